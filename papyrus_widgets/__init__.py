@@ -1,0 +1,3 @@
+"""papyrus-widgets: papyrus image retrieval inside Jupyter."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,345 @@
+"""The Python API: ``search()``, ``ingest()``, ``Results`` — and the ``Engine`` that the widget and
+the CLI share.
+
+An :class:`Engine` resolves the settings once (database URL, model, object store, Dask client) and
+submits work to the cluster; :func:`get_engine` keeps one per process and settings.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from . import imaging, index, jobs, objects, services
+from .config import DEFAULT_MODEL, Settings
+from .errors import ImageError, JobError, PapyrusError
+from .metadata import load_metadata, record_for_image
+
+ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Any  # Any: PIL image or numpy array
+
+
+def query_bytes(image: ImageInput) -> tuple[bytes, str]:
+    """Bytes and a display name for a query given as a path, bytes, PIL image or numpy array."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image), "query"
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image).expanduser()
+        try:
+            return path.read_bytes(), path.name
+        except FileNotFoundError:
+            raise ImageError(f"no such file: {path}") from None
+        except IsADirectoryError:
+            raise ImageError(f"{path} is a folder, not an image file.") from None
+        except OSError as exc:
+            raise ImageError(f"cannot read {path}: {exc.strerror}") from None
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        try:
+            arr = image
+            if arr.dtype != np.uint8:
+                arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+            image = Image.fromarray(arr)
+        except (TypeError, ValueError) as exc:
+            raise ImageError(f"this array is not an image (shape {image.shape}, {image.dtype}): {exc}") from None
+    if isinstance(image, Image.Image):
+        buf = io.BytesIO()
+        imaging.to_rgb(image).save(buf, "PNG")
+        return buf.getvalue(), "query.png"
+    raise ImageError(f"cannot search with a {type(image).__name__}: give a file path, bytes, a PIL image or an array.")
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    """The hits of one search. ``frame()`` gives a DataFrame; in a notebook it shows as a grid."""
+
+    query: str
+    hits: list[jobs.Hit]
+    elapsed: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+    def __getitem__(self, i: int) -> jobs.Hit:
+        return self.hits[i]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.hits)
+
+    @property
+    def top(self) -> jobs.Hit | None:
+        return self.hits[0] if self.hits else None
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        return [h.to_dict() for h in self.hits]
+
+    def frame(self):  # type: ignore[no-untyped-def]
+        """A pandas DataFrame, one row per hit."""
+        import pandas as pd
+
+        columns = [
+            "rank", "score", "inventory", "title", "date_text", "place", "hgv_id", "tm_id",
+            "papyri_info_url", "key", "inventory_key", "source_name",
+        ]  # fmt: skip
+        return pd.DataFrame([{c: d[c] for c in columns} for d in self.to_dicts()], columns=columns)
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(
+            {"query": self.query, "elapsed": round(self.elapsed, 3), "hits": self.to_dicts()},
+            ensure_ascii=False,
+            **kwargs,
+        )
+
+    def _repr_html_(self) -> str:
+        cards = []
+        for h in self.hits:
+            img = (
+                f'<img src="data:image/jpeg;base64,{base64.b64encode(h.thumbnail).decode()}" '
+                f'alt="{html.escape(h.inventory or h.key)}" style="max-width:160px;max-height:160px">'
+                if h.thumbnail
+                else '<div style="width:160px;height:120px;background:#eee"></div>'
+            )
+            link = (
+                f'<a href="{html.escape(h.papyri_info_url)}" target="_blank" rel="noopener">papyri.info</a>'
+                if h.papyri_info_url
+                else ""
+            )
+            meta = " · ".join(html.escape(x) for x in (h.date_text, h.place) if x)
+            cards.append(
+                '<div style="display:inline-block;vertical-align:top;width:170px;margin:4px;font-size:12px">'
+                f"{img}<div><b>#{h.rank}</b> {h.score:.3f}</div>"
+                f"<div><b>{html.escape(h.inventory or h.key)}</b></div>"
+                f"<div>{html.escape(h.title or '')}</div><div>{meta}</div><div>{link}</div></div>"
+            )
+        head = f"<div><b>{len(self.hits)} hits</b> for {html.escape(self.query)} in {self.elapsed:.2f} s</div>"
+        return f"<div class='papyrus-results'>{head}{''.join(cards)}</div>"
+
+    def __repr__(self) -> str:
+        lines = [f"Results for {self.query!r}: {len(self.hits)} hits in {self.elapsed:.2f} s"]
+        for h in self.hits:
+            lines.append(f"  {h.rank:>2}. {h.score:.3f}  {h.inventory or h.key}  {h.title or ''}")
+        return "\n".join(lines)
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did: images added, skipped as already indexed, failed (with reasons)."""
+
+    added: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return self.added + self.skipped + len(self.failed)
+
+    def __str__(self) -> str:
+        text = f"{self.added} added, {self.skipped} skipped (already indexed), {len(self.failed)} failed"
+        if self.seconds:
+            text += f" in {self.seconds:.1f} s"
+        return text + "".join(f"\n  failed: {Path(p).name}: {why}" for p, why in self.failed)
+
+
+# --- the engine --------------------------------------------------------------------------------
+
+
+class Engine:
+    """Settings resolved into running services; shared by the widget, the API and the CLI."""
+
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings.from_env()
+        self._lock = threading.Lock()
+        self._resolved: Settings | None = None
+
+    # services ----------------------------------------------------------------------------
+    @property
+    def database_url(self) -> str:
+        return services.database_url(self.settings)
+
+    @property
+    def store(self) -> objects.ObjectStore:
+        return jobs.worker_store(self.settings)
+
+    @property
+    def client(self) -> Any:
+        return services.dask_client(self.settings)
+
+    def resolved_settings(self) -> Settings:
+        """Settings with the database URL and the model source filled in (what tasks receive)."""
+        with self._lock:
+            if self._resolved is None:
+                url = self.database_url
+                index.ensure_schema(url)
+                model = self.settings.model
+                if not model:
+                    with index.connect(url) as conn:
+                        model = index.get_meta(conn, "model") or DEFAULT_MODEL
+                self._resolved = self.settings.replace(database_url=url, model=model)
+            return self._resolved
+
+    def _forget_model(self) -> None:
+        with self._lock:
+            self._resolved = None
+
+    # searching ---------------------------------------------------------------------------
+    def submit_search(
+        self,
+        data: bytes,
+        *,
+        name: str = "query",
+        k: int = 8,
+        corners: Sequence[Sequence[float]] | None = None,
+        filters: Mapping[str, Any] | None = None,
+    ) -> jobs.SearchJob:
+        """Store the query image and submit the search futures; returns a job handle at once."""
+        k = index.check_k(k)
+        index.filter_sql(filters)  # unknown or malformed filters fail here, before any work
+        if corners is not None:
+            imaging.order_corners(corners)
+        if not data:
+            raise ImageError(f"{name} is empty (0 bytes): choose an image file.")
+        if len(data) > self.settings.max_upload_bytes:
+            raise ImageError(
+                f"{name} is {len(data) / 1e6:.0f} MB, over the limit of "
+                f"{self.settings.max_upload_bytes / 1e6:.0f} MB: downscale it or raise PAPYRUS_MAX_UPLOAD_BYTES."
+            )
+        settings = self.resolved_settings()
+        sha = imaging.sha256_hex(data)
+        key = objects.object_key(objects.QUERIES, sha, objects.extension_for(name))
+        self.store.put(key, data)
+        corner_list = None if corners is None else [[float(x), float(y)] for x, y in corners]
+        return jobs.submit_search(
+            self.client, settings, key, name=name, k=k, corners=corner_list, filters=dict(filters or {})
+        )
+
+    def search(
+        self,
+        image: ImageInput,
+        *,
+        k: int = 8,
+        corners: Sequence[Sequence[float]] | None = None,
+        filters: Mapping[str, Any] | None = None,
+        timeout: float | None = 300,
+    ) -> Results:
+        data, name = query_bytes(image)
+        job = self.submit_search(data, name=name, k=k, corners=corners, filters=filters)
+        try:
+            hits = job.hits(timeout=timeout)
+        except TimeoutError:
+            job.cancel()
+            raise JobError(f"the search did not finish within {timeout} s: check the workers (papyrus doctor).")
+        return Results(query=name, hits=hits, elapsed=job.elapsed())
+
+    # ingesting ---------------------------------------------------------------------------
+    def ingest(
+        self,
+        folder: str | os.PathLike,
+        metadata: str | os.PathLike | None = None,
+        *,
+        batch_size: int = 8,
+        progress: bool = True,
+    ) -> IngestReport:
+        """Index every image under ``folder`` with its catalogue record (HGV XML dir or CSV)."""
+        import time
+
+        from distributed import as_completed
+        from tqdm.auto import tqdm
+
+        t0 = time.perf_counter()
+        paths = list(iter_images(folder))
+        records = load_metadata(metadata)
+        items = [jobs.IngestItem(str(p), record_for_image(p, records)) for p in paths]
+        settings = self.resolved_settings()
+        client = self.client
+        report = IngestReport()
+        futures = [
+            client.submit(jobs.ingest_batch_task, settings, items[i : i + batch_size], pure=False, retries=1)
+            for i in range(0, len(items), batch_size)
+        ]
+        sizes = {f.key: len(items[i * batch_size : (i + 1) * batch_size]) for i, f in enumerate(futures)}
+        bar = tqdm(total=len(items), unit="img", desc="ingest", disable=not progress)
+        try:
+            for fut in as_completed(futures, loop=client.loop):
+                try:
+                    batch: jobs.BatchReport = fut.result()
+                except PapyrusError:
+                    client.cancel(futures)
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a lost batch is reported, the rest goes on
+                    report.failed.append((f"batch {fut.key}", jobs.error_message(exc)))
+                    bar.update(sizes[fut.key])
+                    continue
+                report.added += batch.added
+                report.skipped += batch.skipped
+                report.failed.extend(batch.failed)
+                bar.update(sizes[fut.key])
+        finally:
+            bar.close()
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def stats(self) -> dict[str, Any]:
+        with index.connect(self.database_url) as conn:
+            return index.stats(conn)
+
+
+def iter_images(folder: str | os.PathLike) -> Iterable[Path]:
+    root = Path(folder).expanduser()
+    if root.is_file():
+        yield root
+        return
+    if not root.is_dir():
+        raise ImageError(f"no such folder: {root}")
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.suffix.lower() in jobs.IMAGE_SUFFIXES and not p.name.startswith("."):
+            yield p
+
+
+_engines: dict[Settings, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def get_engine(settings: Settings | None = None) -> Engine:
+    """The engine of this process for ``settings`` (default: from the environment)."""
+    settings = settings or Settings.from_env()
+    with _engines_lock:
+        engine = _engines.get(settings)
+        if engine is None:
+            engine = _engines[settings] = Engine(settings)
+        return engine
+
+
+def search(
+    image: ImageInput,
+    k: int = 8,
+    *,
+    corners: Sequence[Sequence[float]] | None = None,
+    filters: Mapping[str, Any] | None = None,
+    settings: Settings | None = None,
+) -> Results:
+    """Find the k reference papyri nearest to ``image`` (path, bytes, PIL image or array)."""
+    return get_engine(settings).search(image, k=k, corners=corners, filters=filters)
+
+
+def ingest(
+    folder: str | os.PathLike,
+    metadata: str | os.PathLike | None = None,
+    *,
+    settings: Settings | None = None,
+    progress: bool = True,
+) -> IngestReport:
+    """Add the images under ``folder`` (with HGV EpiDoc XML or CSV ``metadata``) to the index."""
+    return get_engine(settings).ingest(folder, metadata, progress=progress)

@@ -1,0 +1,277 @@
+"""``papyrus`` — the shell face of the same engine: demo, ingest, search, train, doctor, db."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .config import DEFAULT_MODEL, Settings
+from .errors import ModelError, PapyrusError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        data_dir=getattr(args, "data_dir", None),
+        model=getattr(args, "model", None),
+        database_url=getattr(args, "database_url", None),
+        dask_scheduler=getattr(args, "scheduler", None),
+    )
+
+
+def _corners(text: str | None) -> list[list[float]] | None:
+    if not text:
+        return None
+    try:
+        nums = [float(x) for x in text.replace(";", ",").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError("--corners takes 8 numbers: x1,y1,x2,y2,x3,y3,x4,y4") from None
+    if len(nums) != 8:
+        raise argparse.ArgumentTypeError("--corners takes 8 numbers: x1,y1,x2,y2,x3,y3,x4,y4")
+    return [nums[i : i + 2] for i in range(0, 8, 2)]
+
+
+def _filters(args: argparse.Namespace) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for name in ("date_from", "date_to", "place", "collection", "text"):
+        value = getattr(args, name, None)
+        if value not in (None, ""):
+            out[name] = value
+    return out
+
+
+def print_hits(results, out=sys.stdout) -> None:  # type: ignore[no-untyped-def]
+    print(f"{len(results)} hits for {results.query} in {results.elapsed:.2f} s", file=out)
+    print(f"{'rank':>4}  {'score':>6}  {'inventory':<28} {'HGV':<8} {'date':<18} {'place':<22} title", file=out)
+    for h in results:
+        print(
+            f"{h.rank:>4}  {h.score:>6.3f}  {(h.inventory or h.key)[:28]:<28} {(h.hgv_id or '')[:8]:<8} "
+            f"{(h.date_text or '')[:18]:<18} {(h.place or '')[:22]:<22} {(h.title or '')[:40]}",
+            file=out,
+        )
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .api import get_engine
+
+    engine = get_engine(_settings(args))
+    results = engine.search(args.image, k=args.k, corners=_corners(args.corners), filters=_filters(args))
+    if args.json:
+        print(results.to_json(indent=2))
+    else:
+        print_hits(results)
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from .api import get_engine
+
+    engine = get_engine(_settings(args))
+    report = engine.ingest(args.folder, args.metadata, batch_size=args.batch_size, progress=not args.quiet)
+    print(report)
+    stats = engine.stats()
+    print(f"index: {stats['papyri']} papyri, {stats['images']} images (model {stats['model_source']})")
+    return 0 if not report.failed or report.added or report.skipped else EXIT_ERROR
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .services import doctor
+
+    checks = doctor(_settings(args), start_services=not args.no_start)
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        print(f"{'ok ' if c.ok else 'ERR'}  {c.name:<{width}}  {c.detail}")
+    return 0 if all(c.ok for c in checks) else EXIT_ERROR
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from . import index
+    from .config import mask_url
+    from .services import database_url
+
+    url = database_url(_settings(args))
+    if args.action == "url":
+        print(mask_url(url) if not args.show_password else url)
+        return 0
+    version = index.ensure_schema(url)
+    with index.connect(url) as conn:
+        stats = index.stats(conn)
+    print(f"schema version {version}: {stats['papyri']} papyri, {stats['images']} images")
+    for model, n in stats["models"].items():
+        print(f"  model {model}: {n} images")
+    return 0
+
+
+def train_demo_model(images_dir: Path, out_dir: Path, *, epochs: int | None = None) -> Path:
+    """Train the small demo model on a folder of references (a few minutes on a CPU)."""
+    from .api import iter_images
+    from .imaging import decode_image
+    from .training import train_triplets
+
+    imgs = [decode_image(p.read_bytes(), max_side=512, name=p.name) for p in iter_images(images_dir)]
+    kwargs = {"epochs": epochs} if epochs else {}
+    train_triplets(imgs, out_dir=out_dir, **kwargs)
+    return out_dir
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    out = train_demo_model(Path(args.references), Path(args.out), epochs=args.epochs)
+    print(f"model written to {out}: use it with PAPYRUS_MODEL={out}")
+    return 0
+
+
+def _gallery_parts(gallery: Path) -> tuple[Path, Path | None]:
+    refs = gallery / "references" if (gallery / "references").is_dir() else gallery
+    meta = None
+    for name in ("hgv-epidoc", "metadata", "metadata.csv"):
+        if (gallery / name).exists():
+            meta = gallery / name
+            break
+    return refs, meta
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .api import get_engine, iter_images
+    from .model import load_model
+
+    settings = _settings(args)
+    gallery = Path(args.gallery).expanduser() if args.gallery else None
+    if gallery is None or not gallery.is_dir():
+        print(
+            "papyrus demo: give a gallery folder with --gallery DIR (scans in DIR/references, HGV EpiDoc XML "
+            "in DIR/hgv-epidoc); downloading the curated demo gallery is not part of this release yet.",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    refs, meta = _gallery_parts(gallery)
+    engine = get_engine(settings)
+    resolved = engine.resolved_settings()
+    model = resolved.model or DEFAULT_MODEL
+    try:
+        load_model(model, revision=resolved.model_revision)
+        print(f"model: {model}")
+    except ModelError as exc:
+        if settings.model:
+            raise
+        demo_dir = settings.data_dir / "models" / "papyrus-demo"
+        if not (demo_dir / "config.json").exists():
+            print(f"model: {exc}")
+            print(f"model: training a small demo model on {refs} instead (a few minutes on a CPU) …")
+            train_demo_model(refs, demo_dir)
+        model = str(demo_dir)
+        print(f"model: {model} (demo model trained here, not the published papyrusNet)")
+        settings = settings.replace(model=model)
+        engine = get_engine(settings)
+    print(f"ingest: {refs}" + (f" with metadata {meta}" if meta else ""))
+    report = engine.ingest(refs, meta, progress=not args.quiet)
+    print(report)
+    query = Path(args.query) if args.query else next(iter(iter_images(refs)))
+    print(f"search: {query}")
+    results = engine.search(query, k=args.k)
+    print_hits(results)
+    if args.no_lab or os.environ.get("DEMO_NO_LAB"):
+        return 0
+    notebook = Path(args.notebook)
+    lab = shutil.which("jupyter", path=str(Path(sys.executable).parent)) or shutil.which("jupyter")
+    if not lab:
+        print("JupyterLab is not installed: pip install 'papyrus-widgets[lab]'", file=sys.stderr)
+        return EXIT_ERROR
+    env = dict(os.environ, PAPYRUS_MODEL=model, PAPYRUS_DATA_DIR=str(settings.data_dir))
+    print(f"starting JupyterLab on {notebook} (Ctrl-C to stop)")
+    return subprocess.call([lab, "lab", str(notebook)], env=env)
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", help="where the embedded services keep their data (PAPYRUS_DATA_DIR)")
+    common.add_argument("--model", help="Hub repo id or local directory of the model (PAPYRUS_MODEL)")
+    common.add_argument("--database-url", help="PostgreSQL with pgvector (PAPYRUS_DATABASE_URL)")
+    common.add_argument("--scheduler", help="Dask scheduler address (PAPYRUS_DASK_SCHEDULER)")
+
+    p = argparse.ArgumentParser(prog="papyrus", description="Papyrus image retrieval: index, search, diagnose.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", parents=[common], help="find the reference papyri nearest to a photo")
+    s.add_argument("image")
+    s.add_argument("-k", type=int, default=8, help="number of hits (default 8)")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.add_argument("--corners", help="x1,y1,x2,y2,x3,y3,x4,y4: the papyrus' corners in the photo (any order)")
+    s.add_argument("--date-from", type=int, help="only papyri dated (partly) in or after this year (BC < 0)")
+    s.add_argument("--date-to", type=int, help="only papyri dated (partly) in or before this year")
+    s.add_argument("--place", help="place of origin contains this text")
+    s.add_argument("--collection", help="collection, e.g. P.Heid.")
+    s.add_argument("--text", help="title contains this text")
+    s.set_defaults(func=cmd_search)
+
+    i = sub.add_parser("ingest", parents=[common], help="index a folder of reference scans")
+    i.add_argument("folder")
+    i.add_argument("--metadata", help="HGV EpiDoc XML folder/file or CSV with the catalogue records")
+    i.add_argument("--batch-size", type=int, default=8)
+    i.add_argument("--quiet", action="store_true", help="no progress bar")
+    i.set_defaults(func=cmd_ingest)
+
+    d = sub.add_parser("doctor", parents=[common], help="show settings (secrets masked) and check services")
+    d.add_argument("--no-start", action="store_true", help="do not start embedded services")
+    d.set_defaults(func=cmd_doctor)
+
+    db = sub.add_parser("db", parents=[common], help="database: migrate and show counts, or print the URL")
+    db.add_argument("action", choices=["status", "url"], nargs="?", default="status")
+    db.add_argument("--show-password", action="store_true")
+    db.set_defaults(func=cmd_db)
+
+    t = sub.add_parser("train", help="train a small model on a folder of references (from scratch)")
+    t.add_argument("references")
+    t.add_argument("--out", required=True, help="output directory (Hugging Face Hub format)")
+    t.add_argument("--epochs", type=int)
+    t.set_defaults(func=cmd_train)
+
+    demo = sub.add_parser("demo", parents=[common], help="index a demo gallery, search it, open JupyterLab")
+    demo.add_argument("--gallery", help="folder with references/ (scans) and hgv-epidoc/ (metadata)")
+    demo.add_argument("--query", help="image to search for (default: the first reference)")
+    demo.add_argument("-k", type=int, default=5)
+    demo.add_argument("--no-lab", action="store_true", help="stop before starting JupyterLab (also DEMO_NO_LAB=1)")
+    demo.add_argument("--notebook", default="notebooks/quickstart.ipynb")
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PapyrusError as exc:
+        print(f"papyrus {args.command}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except argparse.ArgumentTypeError as exc:
+        print(f"papyrus {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"papyrus {args.command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        from .services import close_clients
+
+        try:
+            close_clients()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

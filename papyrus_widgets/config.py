@@ -1,0 +1,146 @@
+"""Settings: read once from the environment (or keyword arguments) into one frozen object.
+
+Every setting has one name and is read here only. ``Settings.describe()`` shows them with
+credentials masked (used by ``papyrus doctor`` and reprs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+import platformdirs
+
+DEFAULT_MODEL = "veerav96/papyrusNet"
+"""Hub repo id of the published papyrusNet model (Siamese ResNet18, 128-d)."""
+
+ENV_PREFIX = "PAPYRUS_"
+
+
+def _env_bool(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All configuration of papyrus-widgets. Build with :meth:`from_env`."""
+
+    data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("papyrus-widgets")))
+    database_url: str | None = None
+    """PostgreSQL with pgvector. None: an embedded server under ``data_dir/postgres``."""
+    s3_endpoint: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_bucket: str = "papyrus"
+    s3_secure: bool = True
+    dask_scheduler: str | None = None
+    """Address of a Dask scheduler. None: a LocalCluster created once per process."""
+    dask_workers: int = 2
+    model: str | None = None
+    """Hugging Face Hub repo id or a local directory / checkpoint file. None: the model that built
+    the index (recorded at ingest), else :data:`DEFAULT_MODEL`."""
+    model_revision: str | None = None
+    max_image_pixels: int = 60_000_000
+    """Images larger than this (width x height) are refused before decoding."""
+    max_upload_bytes: int = 64 * 1024 * 1024
+    thumbnail_size: int = 256
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Settings from ``PAPYRUS_*`` environment variables, then keyword overrides."""
+        e = os.environ if env is None else env
+        values: dict[str, Any] = {}
+
+        def get(name: str) -> str | None:
+            v = e.get(ENV_PREFIX + name)
+            return v if v not in (None, "") else None
+
+        if get("DATA_DIR"):
+            values["data_dir"] = Path(get("DATA_DIR")).expanduser()  # type: ignore[arg-type]
+        for attr, name in [
+            ("database_url", "DATABASE_URL"),
+            ("s3_endpoint", "S3_ENDPOINT"),
+            ("s3_access_key", "S3_ACCESS_KEY"),
+            ("s3_secret_key", "S3_SECRET_KEY"),
+            ("dask_scheduler", "DASK_SCHEDULER"),
+            ("model_revision", "MODEL_REVISION"),
+        ]:
+            if get(name):
+                values[attr] = get(name)
+        if get("S3_BUCKET"):
+            values["s3_bucket"] = get("S3_BUCKET")
+        if get("MODEL"):
+            values["model"] = get("MODEL")
+        values["s3_secure"] = _env_bool(get("S3_SECURE"), True)
+        for attr, name in [
+            ("dask_workers", "DASK_WORKERS"),
+            ("max_image_pixels", "MAX_IMAGE_PIXELS"),
+            ("max_upload_bytes", "MAX_UPLOAD_BYTES"),
+        ]:
+            raw = get(name)
+            if raw:
+                try:
+                    values[attr] = int(raw)
+                except ValueError:
+                    raise ValueError(f"{ENV_PREFIX}{name}={raw!r} is not a whole number") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "data_dir" in values:
+            values["data_dir"] = Path(values["data_dir"]).expanduser()
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> dict[str, str]:
+        """Every setting as text, credentials masked, for ``papyrus doctor`` and reprs."""
+        out: dict[str, str] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in {"s3_access_key", "s3_secret_key"}:
+                text = mask(value)
+            elif f.name == "database_url":
+                text = mask_url(value) if value else "(embedded PostgreSQL under data_dir/postgres)"
+            elif f.name == "dask_scheduler" and not value:
+                text = "(LocalCluster in this process)"
+            elif f.name == "model" and not value:
+                text = f"(the model that built the index, else {DEFAULT_MODEL})"
+            elif f.name == "s3_endpoint" and not value:
+                text = "(local directory store under data_dir/objects)"
+            else:
+                text = "" if value is None else str(value)
+            out[f.name] = text
+        return out
+
+    def __repr__(self) -> str:  # never print credentials
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.describe().items())
+        return f"Settings({inner})"
+
+
+def mask(secret: str | None) -> str:
+    """``'abcd…'`` → ``'****'``; None → ``''``."""
+    return "" if not secret else "****"
+
+
+def mask_url(url: str) -> str:
+    """Hide the password (and query secrets) of a connection URL."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "****"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:****@{host}" if ":" in userinfo else f"{user}@{host}"
+    query = "&".join(
+        (p.split("=", 1)[0] + "=****") if p.lower().startswith(("password=", "sslpassword=")) else p
+        for p in parts.query.split("&")
+        if p
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

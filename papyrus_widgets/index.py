@@ -1,0 +1,423 @@
+"""The vector index: PostgreSQL + pgvector schema, migrations, bulk insert and kNN with filters.
+
+Tables
+- ``papyri``: one row per catalogue record (HGV id when known), with metadata;
+- ``images``: one row per (papyrus, image bytes), with the 128-d embedding, the object-store keys
+  of the original and the thumbnail, and the fingerprint of the model that made the vector;
+- ``index_meta``: key/value facts about the index (the model that built it);
+- ``schema_version``: migrations applied.
+
+A search ranks images by cosine distance (HNSW index, ``vector_cosine_ops``).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from .config import mask_url
+from .errors import QueryError, ServiceError
+from .metadata import PapyrusRecord
+
+EMBEDDING_DIM = 128
+MIN_PGVECTOR = (0, 5, 0)  # HNSW arrived in 0.5.0
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        f"""
+        CREATE TABLE papyri (
+            id              bigserial PRIMARY KEY,
+            key             text NOT NULL UNIQUE,
+            hgv_id          text,
+            tm_id           text,
+            inventory       text,
+            inventory_key   text,
+            collection      text,
+            title           text,
+            date_text       text,
+            date_from       integer,
+            date_to         integer,
+            place           text,
+            subjects        text[] NOT NULL DEFAULT '{{}}',
+            image_urls      text[] NOT NULL DEFAULT '{{}}',
+            papyri_info_url text,
+            updated_at      timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX papyri_dates ON papyri (date_from, date_to);
+        CREATE INDEX papyri_collection ON papyri (collection);
+        CREATE TABLE images (
+            id          bigserial PRIMARY KEY,
+            papyrus_id  bigint NOT NULL REFERENCES papyri(id) ON DELETE CASCADE,
+            sha256      text NOT NULL,
+            source_name text,
+            object_key  text NOT NULL,
+            thumb_key   text NOT NULL,
+            width       integer,
+            height      integer,
+            model       text NOT NULL,
+            embedding   vector({EMBEDDING_DIM}) NOT NULL,
+            created_at  timestamptz NOT NULL DEFAULT now(),
+            UNIQUE (papyrus_id, sha256)
+        );
+        CREATE INDEX images_embedding_hnsw ON images USING hnsw (embedding vector_cosine_ops);
+        CREATE TABLE index_meta (key text PRIMARY KEY, value text NOT NULL);
+        """,
+    ),
+]
+
+PAPYRUS_COLUMNS = (
+    "key",
+    "hgv_id",
+    "tm_id",
+    "inventory",
+    "inventory_key",
+    "collection",
+    "title",
+    "date_text",
+    "date_from",
+    "date_to",
+    "place",
+    "subjects",
+    "image_urls",
+    "papyri_info_url",
+)
+
+FILTER_FIELDS = ("date_from", "date_to", "place", "collection", "text")
+"""Allowed search filters: papyri dated (partly) after ``date_from`` / before ``date_to`` (years,
+negative = BC), ``place`` and ``text`` (case-insensitive substring of place / title), ``collection``."""
+
+_MIGRATION_LOCK = 7_305_512_001  # pg_advisory_xact_lock key for migrations
+
+
+@dataclass
+class ImageRow:
+    """One image ready for the index."""
+
+    record: PapyrusRecord
+    sha256: str
+    source_name: str
+    object_key: str
+    thumb_key: str
+    width: int
+    height: int
+    model: str
+    embedding: np.ndarray = field(repr=False)
+
+
+# --- connections -------------------------------------------------------------------------------
+
+_pools: dict[str, ConnectionPool] = {}
+_pools_lock = threading.Lock()
+
+
+def _configure(conn: psycopg.Connection) -> None:
+    register_vector(conn)
+
+
+def get_pool(url: str) -> ConnectionPool:
+    """The connection pool of this process for ``url`` (created once, reused by every task)."""
+    with _pools_lock:
+        pool = _pools.get(url)
+        if pool is None or pool.closed:
+            ensure_schema(url)
+            pool = ConnectionPool(
+                url, min_size=1, max_size=4, configure=_configure, open=False, name="papyrus", timeout=30
+            )
+            try:
+                pool.open(wait=True, timeout=30)
+            except psycopg.Error as exc:
+                raise ServiceError(_db_message(url, exc)) from None
+            _pools[url] = pool
+        return pool
+
+
+def close_pools() -> None:
+    with _pools_lock:
+        for pool in _pools.values():
+            pool.close()
+        _pools.clear()
+
+
+def _db_message(url: str, exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"cannot reach PostgreSQL at {mask_url(url)} ({first}): check that the server runs and "
+        "PAPYRUS_DATABASE_URL is right, or unset it to use the embedded server."
+    )
+
+
+def connect(url: str) -> psycopg.Connection:
+    """A single new connection with the vector type registered (for migrations and tools)."""
+    try:
+        conn = psycopg.connect(url, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise ServiceError(_db_message(url, exc)) from None
+    try:
+        register_vector(conn)
+    except psycopg.ProgrammingError:
+        pass  # the extension is not created yet; ensure_schema creates it
+    return conn
+
+
+# --- schema ------------------------------------------------------------------------------------
+
+_schema_ready: set[str] = set()
+
+
+def ensure_schema(url: str) -> int:
+    """Create the vector extension and apply pending migrations; returns the schema version."""
+    if url in _schema_ready:
+        return MIGRATIONS[-1][0]
+    with connect(url) as conn:
+        try:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        except psycopg.errors.FeatureNotSupported as exc:
+            raise ServiceError(
+                f"PostgreSQL at {mask_url(url)} has no pgvector extension ({exc}): install pgvector on the "
+                "server, then run CREATE EXTENSION vector."
+            ) from None
+        except psycopg.errors.InsufficientPrivilege:
+            conn.rollback()
+            exists = conn.execute("SELECT 1 FROM pg_extension WHERE extname='vector'").fetchone()
+            if not exists:
+                raise ServiceError(
+                    f"PostgreSQL at {mask_url(url)}: the vector extension is missing and this user may not "
+                    "create it: ask an administrator to run CREATE EXTENSION vector."
+                ) from None
+        conn.commit()
+        (version,) = conn.execute("SELECT extversion FROM pg_extension WHERE extname='vector'").fetchone()
+        if _version_tuple(version) < MIN_PGVECTOR:
+            raise ServiceError(
+                f"pgvector {version} at {mask_url(url)} is too old: papyrus-widgets needs "
+                f"{'.'.join(map(str, MIN_PGVECTOR))} or newer (ALTER EXTENSION vector UPDATE)."
+            )
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version ("
+                " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            (current,) = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+            if current > MIGRATIONS[-1][0]:
+                raise ServiceError(
+                    f"the index schema (version {current}) is newer than this papyrus-widgets "
+                    f"(version {MIGRATIONS[-1][0]}): upgrade the package."
+                )
+            for number, sql in MIGRATIONS:
+                if number > current:
+                    conn.execute(sql)
+                    conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
+    _schema_ready.add(url)
+    return MIGRATIONS[-1][0]
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".")[:3] if p.isdigit())
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+def existing_images(conn: psycopg.Connection, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which (papyrus key, sha256) pairs the index already holds."""
+    pairs = list(pairs)
+    if not pairs:
+        return set()
+    rows = conn.execute(
+        "SELECT p.key, i.sha256 FROM images i JOIN papyri p ON p.id = i.papyrus_id"
+        " WHERE (p.key, i.sha256) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+        ([k for k, _ in pairs], [s for _, s in pairs]),
+    ).fetchall()
+    return {(k, s) for k, s in rows}
+
+
+def upsert_papyri(conn: psycopg.Connection, records: Sequence[PapyrusRecord]) -> dict[str, int]:
+    """Insert or update catalogue records; returns key → id."""
+    unique = {r.key: r for r in records}
+    ids: dict[str, int] = {}
+    cols = ", ".join(PAPYRUS_COLUMNS)
+    placeholders = ", ".join(["%s"] * len(PAPYRUS_COLUMNS))
+    updates = ", ".join(f"{c} = coalesce(EXCLUDED.{c}, papyri.{c})" for c in PAPYRUS_COLUMNS[1:])
+    with conn.cursor() as cur:
+        for record in unique.values():
+            values = _papyrus_values(record)
+            cur.execute(
+                f"INSERT INTO papyri ({cols}) VALUES ({placeholders})"
+                f" ON CONFLICT (key) DO UPDATE SET {updates}, updated_at = now() RETURNING id",
+                values,
+            )
+            ids[record.key] = cur.fetchone()[0]
+    return ids
+
+
+def _papyrus_values(r: PapyrusRecord) -> list[Any]:
+    return [
+        r.key,
+        r.hgv_id,
+        r.tm_id,
+        r.inventory,
+        r.inventory_key,
+        r.collection,
+        r.title,
+        r.date_text,
+        r.date_from,
+        r.date_to,
+        r.place,
+        list(r.subjects),
+        list(r.image_urls),
+        r.papyri_info_url,
+    ]
+
+
+def add_images(conn: psycopg.Connection, rows: Sequence[ImageRow]) -> tuple[int, int]:
+    """Bulk-add images with binary COPY in one transaction; returns (added, skipped duplicates)."""
+    if not rows:
+        return 0, 0
+    with conn.transaction():
+        ids = upsert_papyri(conn, [r.record for r in rows])
+        conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS images_load"
+            " (LIKE images INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        with conn.cursor() as cur:
+            with cur.copy(
+                "COPY images_load (papyrus_id, sha256, source_name, object_key, thumb_key, width, height,"
+                " model, embedding) FROM STDIN WITH (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(["int8", "text", "text", "text", "text", "int4", "int4", "text", "vector"])
+                for r in rows:
+                    copy.write_row(
+                        (
+                            ids[r.record.key],
+                            r.sha256,
+                            r.source_name,
+                            r.object_key,
+                            r.thumb_key,
+                            r.width,
+                            r.height,
+                            r.model,
+                            np.asarray(r.embedding, dtype=np.float32),
+                        )
+                    )
+            cur.execute(
+                "INSERT INTO images (papyrus_id, sha256, source_name, object_key, thumb_key, width, height,"
+                " model, embedding)"
+                " SELECT DISTINCT ON (papyrus_id, sha256) papyrus_id, sha256, source_name, object_key,"
+                " thumb_key, width, height, model, embedding FROM images_load"
+                " ON CONFLICT (papyrus_id, sha256) DO NOTHING"
+            )
+            added = cur.rowcount
+    return added, len(rows) - added
+
+
+def set_meta(conn: psycopg.Connection, key: str, value: str) -> None:
+    conn.execute(
+        "INSERT INTO index_meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+        (key, value),
+    )
+
+
+def get_meta(conn: psycopg.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM index_meta WHERE key = %s", (key,)).fetchone()
+    return row[0] if row else None
+
+
+# --- searching ---------------------------------------------------------------------------------
+
+
+def check_k(k: Any, maximum: int = 1000) -> int:
+    """k as a validated int (1 … maximum)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise QueryError(f"k must be a whole number between 1 and {maximum}, got {k!r}.")
+    if not 1 <= int(k) <= maximum:
+        raise QueryError(f"k must be between 1 and {maximum}, got {k}.")
+    return int(k)
+
+
+def filter_sql(filters: Mapping[str, Any] | None) -> tuple[str, list[Any]]:
+    """Allow-listed, parameterised WHERE clause for metadata filters."""
+    if not filters:
+        return "", []
+    unknown = set(filters) - set(FILTER_FIELDS)
+    if unknown:
+        raise QueryError(f"unknown filter(s) {sorted(unknown)}: use {', '.join(FILTER_FIELDS)}.")
+    clauses: list[str] = []
+    params: list[Any] = []
+    for name in FILTER_FIELDS:
+        value = filters.get(name)
+        if value is None or value == "":
+            continue
+        if name in ("date_from", "date_to"):
+            try:
+                year = int(value)
+            except (TypeError, ValueError):
+                raise QueryError(f"filter {name} must be a year (negative for BC), got {value!r}.") from None
+            if name == "date_from":
+                clauses.append("coalesce(p.date_to, p.date_from) >= %s")
+            else:
+                clauses.append("coalesce(p.date_from, p.date_to) <= %s")
+            params.append(year)
+        elif name == "collection":
+            clauses.append("p.collection = %s")
+            params.append(str(value))
+        else:
+            column = "p.place" if name == "place" else "p.title"
+            clauses.append(f"{column} ILIKE %s ESCAPE '\\'")
+            params.append("%" + _escape_like(str(value)) + "%")
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def knn(
+    conn: psycopg.Connection,
+    vector: np.ndarray,
+    k: int,
+    filters: Mapping[str, Any] | None = None,
+    ef_search: int | None = None,
+) -> list[dict[str, Any]]:
+    """The k nearest images by cosine similarity, with their papyrus metadata, best first."""
+    k = check_k(k)
+    where, params = filter_sql(filters)
+    vec = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if vec.shape != (EMBEDDING_DIM,) or not np.all(np.isfinite(vec)):
+        raise QueryError(f"the query vector must be {EMBEDDING_DIM} finite numbers.")
+    cols = ", ".join(f"p.{c}" for c in PAPYRUS_COLUMNS)
+    sql = (
+        f"SELECT i.id AS image_id, i.embedding <=> %s AS distance, i.object_key, i.thumb_key,"
+        f" i.source_name, i.model, {cols}"
+        f" FROM images i JOIN papyri p ON p.id = i.papyrus_id{where}"
+        f" ORDER BY i.embedding <=> %s LIMIT %s"
+    )
+    with conn.transaction():
+        ef = max(int(ef_search or 40), k)
+        conn.execute(f"SET LOCAL hnsw.ef_search = {ef:d}")
+        if where:
+            # pgvector >= 0.8 keeps scanning the HNSW graph until k rows pass the filter
+            try:
+                with conn.transaction():
+                    conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            except psycopg.Error:
+                pass
+        with conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(sql, [vec, *params, vec, k]).fetchall()
+    # relaxed_order may return near-ties out of order: order exactly by distance
+    rows.sort(key=lambda r: r["distance"])
+    return rows
+
+
+def stats(conn: psycopg.Connection) -> dict[str, Any]:
+    papyri = conn.execute("SELECT count(*) FROM papyri").fetchone()[0]
+    images = conn.execute("SELECT count(*) FROM images").fetchone()[0]
+    models = dict(conn.execute("SELECT model, count(*) FROM images GROUP BY model").fetchall())
+    return {"papyri": papyri, "images": images, "models": models, "model_source": get_meta(conn, "model")}

@@ -1,0 +1,380 @@
+"""The Dask side: worker-cached resources, the search chain of futures, the ingest tasks.
+
+A search is three futures, each a stage the widget shows:
+``prepare`` (decode safely, deskew by corners, model input) → ``embed`` (worker-cached model) →
+``search`` (kNN in pgvector, thumbnails attached as bytes).
+Tasks receive a :class:`~papyrus_widgets.config.Settings` whose ``database_url`` and ``model``
+are already resolved by the engine, so a worker never guesses.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from . import imaging, index, objects
+from .config import Settings
+from .errors import ImageError, JobError, ModelError, PapyrusError
+from .metadata import PapyrusRecord
+
+SEARCH_PRIORITY = 10  # searches overtake ingest batches on a shared cluster
+STAGES = ("queued", "preparing", "embedding", "searching", "done")
+
+
+# --- per-process caches on workers (and in the client process when it runs tasks itself) -------
+
+
+@functools.lru_cache(maxsize=4)
+def worker_model(source: str, revision: str | None) -> tuple[Any, str]:
+    """(model, fingerprint), loaded once per worker process and reused by every task."""
+    import torch
+
+    from .model import load_model, model_fingerprint
+
+    threads = int(os.environ.get("PAPYRUS_TORCH_THREADS", "0") or 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    model = load_model(source, revision=revision)
+    return model, model_fingerprint(model)
+
+
+@functools.lru_cache(maxsize=8)
+def _store_for(data_dir: Path, s3_endpoint: str | None, s3_bucket: str) -> objects.ObjectStore:
+    return objects.open_store(Settings(data_dir=data_dir, s3_endpoint=s3_endpoint, s3_bucket=s3_bucket))
+
+
+def worker_store(settings: Settings) -> objects.ObjectStore:
+    """The object store of this process for these settings (created once)."""
+    return _store_for(settings.data_dir, settings.s3_endpoint, settings.s3_bucket)
+
+
+def _require_resolved(settings: Settings) -> tuple[str, str]:
+    if not settings.database_url or not settings.model:
+        raise JobError("internal error: a task received unresolved settings (no database URL or model).")
+    return settings.database_url, settings.model
+
+
+# --- hits --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Hit:
+    """One search result: a reference image of a papyrus, with its catalogue record."""
+
+    rank: int
+    score: float
+    key: str
+    hgv_id: str | None
+    tm_id: str | None
+    inventory: str | None
+    inventory_key: str | None
+    collection: str | None
+    title: str | None
+    date_text: str | None
+    date_from: int | None
+    date_to: int | None
+    place: str | None
+    papyri_info_url: str | None
+    image_urls: list[str] = field(default_factory=list)
+    source_name: str | None = None
+    image_key: str | None = None
+    thumb_key: str | None = None
+    thumbnail: bytes | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (everything but the thumbnail bytes)."""
+        d = asdict(self)
+        d.pop("thumbnail")
+        return d
+
+
+def _hit(row: Mapping[str, Any], rank: int, thumbnail: bytes | None) -> Hit:
+    return Hit(
+        rank=rank,
+        score=round(1.0 - float(row["distance"]), 6),
+        key=row["key"],
+        hgv_id=row["hgv_id"],
+        tm_id=row["tm_id"],
+        inventory=row["inventory"],
+        inventory_key=row["inventory_key"],
+        collection=row["collection"],
+        title=row["title"],
+        date_text=row["date_text"],
+        date_from=row["date_from"],
+        date_to=row["date_to"],
+        place=row["place"],
+        papyri_info_url=row["papyri_info_url"],
+        image_urls=list(row["image_urls"] or []),
+        source_name=row["source_name"],
+        image_key=row["object_key"],
+        thumb_key=row["thumb_key"],
+        thumbnail=thumbnail,
+    )
+
+
+# --- search tasks ------------------------------------------------------------------------------
+
+
+def prepare_task(settings: Settings, query_key: str, name: str, corners: Sequence[Sequence[float]] | None) -> np.ndarray:
+    """Stage 1: fetch the stored query, decode it safely, deskew by corners, make model input."""
+    data = worker_store(settings).get(query_key)
+    img = imaging.decode_image(
+        data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_upload_bytes, max_side=2048, name=name
+    )
+    if corners is not None:
+        img = imaging.deskew(img, corners)
+    return imaging.model_input(img)
+
+
+def embed_task(settings: Settings, arrays: np.ndarray) -> np.ndarray:
+    """Stage 2: embed with the model cached on this worker."""
+    from .model import embed_arrays
+
+    _, source = _require_resolved(settings)
+    model, _ = worker_model(source, settings.model_revision)
+    batch = arrays[None] if arrays.ndim == 3 else arrays
+    return embed_arrays(model, batch)[0]
+
+
+def search_task(
+    settings: Settings, vector: np.ndarray, k: int, filters: Mapping[str, Any] | None
+) -> list[Hit]:
+    """Stage 3: kNN in pgvector, then the thumbnails of the hits as bytes."""
+    url, source = _require_resolved(settings)
+    _, fingerprint = worker_model(source, settings.model_revision)
+    with index.get_pool(url).connection() as conn:
+        rows = index.knn(conn, vector, k, filters)
+    if rows and all(r["model"] != fingerprint for r in rows):
+        raise ModelError(
+            f"the index was built with another model than {source}: search with the model that built it "
+            "(unset PAPYRUS_MODEL) or re-ingest the collection with this one."
+        )
+    store = worker_store(settings)
+    hits = []
+    for rank, row in enumerate(rows, start=1):
+        try:
+            thumb: bytes | None = store.get(row["thumb_key"])
+        except (KeyError, PapyrusError):
+            thumb = None  # a missing thumbnail must not lose the result
+        hits.append(_hit(row, rank, thumb))
+    return hits
+
+
+# --- the job handle ----------------------------------------------------------------------------
+
+
+def error_message(exc: BaseException) -> str:
+    """One readable line for any failure of a job."""
+    if isinstance(exc, PapyrusError):
+        return str(exc)
+    name = type(exc).__name__
+    if name == "KilledWorker":
+        return (
+            "a Dask worker died while running this job (out of memory or killed) and the retries were used "
+            "up: try again; if it repeats, check the workers' memory."
+        )
+    if name in ("CancelledError", "FutureCancelledError"):
+        return "the job was cancelled."
+    if isinstance(exc, TimeoutError):
+        return "the job timed out: check that the Dask workers are running (papyrus doctor)."
+    return f"the job failed ({name}: {exc})."
+
+
+class SearchJob:
+    """Handle of one search running on the cluster as a chain of futures."""
+
+    def __init__(self, client: Any, futures: list[tuple[str, Any]], name: str):
+        self.id = uuid.uuid4().hex[:12]
+        self.name = name
+        self._client = client
+        self._futures = futures  # [(stage, future)] in order
+        self._started = time.monotonic()
+        self._finished: float | None = None
+        self._cancelled = False
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[["SearchJob"], None]] = []
+        self._fired = False
+        futures[-1][1].add_done_callback(self._on_last_done)
+
+    def _on_last_done(self, _future: Any) -> None:
+        with self._lock:
+            if self._finished is None:
+                self._finished = time.monotonic()
+            if self._fired:
+                return
+            self._fired = True
+            callbacks = list(self._callbacks)
+        for fn in callbacks:
+            fn(self)
+
+    def add_done_callback(self, fn: Callable[["SearchJob"], None]) -> None:
+        """Call ``fn(job)`` once when the job ends (from the client's thread), or now if it has."""
+        with self._lock:
+            if not self._fired:
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    def elapsed(self) -> float:
+        end = self._finished if self._finished is not None else time.monotonic()
+        return end - self._started
+
+    def done(self) -> bool:
+        return self._cancelled or self._futures[-1][1].done()
+
+    def _failure(self) -> BaseException | None:
+        for _stage, fut in self._futures:
+            if fut.status in ("error", "lost"):
+                try:
+                    return fut.exception(timeout=5) or JobError("the job failed.")
+                except Exception as exc:  # noqa: BLE001
+                    return exc
+        return None
+
+    def status(self) -> dict[str, Any]:
+        """``{"state", "stage", "elapsed", "message"}`` without blocking."""
+        elapsed = round(self.elapsed(), 2)
+        if self._cancelled or any(f.status == "cancelled" for _, f in self._futures):
+            return {"state": "cancelled", "stage": "cancelled", "elapsed": elapsed, "message": "cancelled"}
+        failure = self._failure()
+        if failure is not None:
+            return {"state": "error", "stage": "error", "elapsed": elapsed, "message": error_message(failure)}
+        for stage, fut in self._futures:
+            if fut.status == "pending":
+                return {"state": "running", "stage": stage, "elapsed": elapsed, "message": ""}
+        return {"state": "done", "stage": "done", "elapsed": elapsed, "message": ""}
+
+    def hits(self, timeout: float | None = None) -> list[Hit]:
+        """The hits (waits up to ``timeout`` s); raises a :class:`PapyrusError` if the job failed."""
+        if self._cancelled:
+            raise JobError("the search was cancelled.")
+        try:
+            return self._futures[-1][1].result(timeout=timeout)
+        except PapyrusError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            failure = self._failure()
+            raise JobError(error_message(failure or exc)) from None
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._client.cancel([f for _, f in self._futures])
+        self._on_last_done(None)
+
+    def __repr__(self) -> str:
+        s = self.status()
+        return f"<SearchJob {self.id} {self.name!r} {s['stage']} {s['elapsed']:.1f}s>"
+
+
+def submit_search(
+    client: Any,
+    settings: Settings,
+    query_key: str,
+    *,
+    name: str,
+    k: int,
+    corners: Sequence[Sequence[float]] | None,
+    filters: Mapping[str, Any] | None,
+) -> SearchJob:
+    """Submit prepare → embed → search as three futures; returns at once."""
+    tag = uuid.uuid4().hex[:8]
+    opts = dict(pure=False, priority=SEARCH_PRIORITY, retries=1)
+    prepared = client.submit(prepare_task, settings, query_key, name, corners, key=f"papyrus-prepare-{tag}", **opts)
+    vector = client.submit(embed_task, settings, prepared, key=f"papyrus-embed-{tag}", **opts)
+    hits = client.submit(search_task, settings, vector, k, filters, key=f"papyrus-search-{tag}", **opts)
+    return SearchJob(client, [("preparing", prepared), ("embedding", vector), ("searching", hits)], name)
+
+
+# --- ingest ------------------------------------------------------------------------------------
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
+
+
+@dataclass
+class IngestItem:
+    path: str
+    record: PapyrusRecord
+
+
+@dataclass
+class BatchReport:
+    added: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def ingest_batch_task(settings: Settings, items: Sequence[IngestItem]) -> BatchReport:
+    """Read, store (original + thumbnail), embed and COPY one batch of images; skips what is indexed."""
+    from .model import embed_arrays
+
+    url, source = _require_resolved(settings)
+    model, fingerprint = worker_model(source, settings.model_revision)
+    store = worker_store(settings)
+    pool = index.get_pool(url)
+    report = BatchReport()
+    loaded: list[tuple[IngestItem, bytes, str]] = []
+    for item in items:
+        try:
+            data = Path(item.path).read_bytes()
+        except OSError as exc:
+            report.failed.append((item.path, f"cannot read the file: {exc.strerror}"))
+            continue
+        loaded.append((item, data, imaging.sha256_hex(data)))
+    with pool.connection() as conn:
+        other = conn.execute("SELECT model FROM images WHERE model <> %s LIMIT 1", (fingerprint,)).fetchone()
+        if other:
+            raise ModelError(
+                f"the index holds vectors of another model ({other[0]}); {source} would mix them: "
+                "ingest into a new database (PAPYRUS_DATABASE_URL / PAPYRUS_DATA_DIR) or use the index's model."
+            )
+        present = index.existing_images(conn, [(it.record.key, sha) for it, _, sha in loaded])
+    rows: list[index.ImageRow] = []
+    arrays: list[np.ndarray] = []
+    for item, data, sha in loaded:
+        if (item.record.key, sha) in present:
+            report.skipped += 1
+            continue
+        name = Path(item.path).name
+        try:
+            img = imaging.decode_image(data, max_pixels=settings.max_image_pixels, max_side=1024, name=name)
+            width, height = img.info.get("original_size", img.size)
+            ext = objects.extension_for(name, img.info.get("format"))
+            key = objects.object_key(objects.ORIGINALS, sha, ext)
+            thumb_key = objects.object_key(objects.THUMBNAILS, sha, ".jpg")
+            store.put(key, data, "image/jpeg" if ext == ".jpg" else "application/octet-stream")
+            store.put(thumb_key, imaging.thumbnail_bytes(img, settings.thumbnail_size), "image/jpeg")
+            arrays.append(imaging.model_input(img))
+        except ImageError as exc:
+            report.failed.append((item.path, str(exc)))
+            continue
+        rows.append(
+            index.ImageRow(
+                record=item.record,
+                sha256=sha,
+                source_name=name,
+                object_key=key,
+                thumb_key=thumb_key,
+                width=int(width),
+                height=int(height),
+                model=fingerprint,
+                embedding=np.zeros(index.EMBEDDING_DIM, dtype=np.float32),
+            )
+        )
+    if rows:
+        vectors = embed_arrays(model, np.stack(arrays))
+        for row, vec in zip(rows, vectors):
+            row.embedding = vec
+        with pool.connection() as conn:
+            added, skipped = index.add_images(conn, rows)
+            index.set_meta(conn, "model", source)
+        report.added += added
+        report.skipped += skipped
+    return report

