@@ -78,24 +78,20 @@ def decode_image(
         raise ImageError(f"{name} is too large to decode safely ({exc}).") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"{name} could not be decoded ({exc}): the file may be truncated or corrupt.") from None
+    fmt = img.format
+    original_size = (w, h)
     try:
+        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF says: shown rotated by 90 degrees
+            original_size = (h, w)
         img = ImageOps.exif_transpose(img) or img
     except Exception:  # a broken EXIF block must not lose the image
         pass
-    fmt = img.format
     rgb = to_rgb(img)
-    original_size = rgb.size if not (max_side and img.format == "JPEG") else _undrafted(rgb.size, (w, h))
     if max_side and max(rgb.size) > max_side:
         rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     rgb.info["original_size"] = original_size
     rgb.info["format"] = fmt
     return rgb
-
-
-def _undrafted(decoded: tuple[int, int], header: tuple[int, int]) -> tuple[int, int]:
-    """The full size of a draft-decoded JPEG, after any EXIF rotation."""
-    swapped = (decoded[0] > decoded[1]) != (header[0] > header[1])
-    return (header[1], header[0]) if swapped else header
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -152,7 +148,9 @@ def order_corners(corners: Sequence[Sequence[float]], size: tuple[int, int] | No
     if size is not None and area < 1e-4 * size[0] * size[1]:
         raise CornersError("the marked area is too small: mark the four corners of the papyrus.")
     # After angular ordering a quadrilateral is simple; require convexity so the warp is sane.
-    cross = [np.cross(ordered[(i + 1) % 4] - ordered[i], ordered[(i + 2) % 4] - ordered[(i + 1) % 4]) for i in range(4)]
+    edges = np.roll(ordered, -1, axis=0) - ordered
+    nxt = np.roll(edges, -1, axis=0)
+    cross = edges[:, 0] * nxt[:, 1] - edges[:, 1] * nxt[:, 0]
     if not (all(c > 0 for c in cross) or all(c < 0 for c in cross)):
         raise CornersError("the corners do not form a convex quadrilateral: drag them to the papyrus' corners.")
     return ordered

@@ -1,0 +1,58 @@
+"""The local object store: content-addressed keys, atomic writes, no escape from the root."""
+
+from __future__ import annotations
+
+import pytest
+
+from papyrus_widgets import objects
+from papyrus_widgets.config import Settings
+from papyrus_widgets.errors import ServiceError
+
+SHA = "ab" * 32
+
+
+def test_keys_are_content_addressed():
+    assert objects.object_key(objects.ORIGINALS, SHA, ".JPG") == f"originals/ab/{SHA}.jpg"
+    with pytest.raises(ValueError):
+        objects.object_key("../etc", SHA)
+    with pytest.raises(ValueError):
+        objects.object_key(objects.ORIGINALS, "../../x")
+    with pytest.raises(ValueError):
+        objects.object_key(objects.ORIGINALS, SHA, "./../x")
+
+
+def test_put_get_idempotent(tmp_path):
+    store = objects.LocalStore(tmp_path)
+    key = objects.object_key(objects.THUMBNAILS, SHA, ".jpg")
+    store.put(key, b"hello")
+    store.put(key, b"hello")
+    assert store.get(key) == b"hello"
+    assert store.exists(key) and store.count() == 1 and store.count("thumbnails") == 1
+    store.delete(key)
+    assert not store.exists(key)
+    with pytest.raises(KeyError):
+        store.get(key)
+
+
+@pytest.mark.parametrize("key", ["../x", "a/../../x", "/etc/passwd", "a//b", "a\\..\\b", "", "a/./b", "x\x00y"])
+def test_keys_cannot_escape_root(tmp_path, key):
+    store = objects.LocalStore(tmp_path / "root")
+    with pytest.raises(ValueError):
+        store.put(key, b"x")
+    with pytest.raises(ValueError):
+        store.get(key)
+    assert not (tmp_path / "x").exists()
+
+
+def test_unwritable_store_gives_service_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    store = objects.LocalStore(blocker)
+    with pytest.raises(ServiceError, match="cannot write"):
+        store.put(objects.object_key(objects.ORIGINALS, SHA), b"x")
+
+
+def test_open_store_defaults_to_local(tmp_path):
+    store = objects.open_store(Settings(data_dir=tmp_path))
+    assert isinstance(store, objects.LocalStore)
+    assert store.root == (tmp_path / "objects").resolve()
