@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distributed import WorkerPlugin
+
 from .config import Settings, mask_url
 from .errors import PapyrusError, ServiceError
 
@@ -90,18 +92,12 @@ def dask_client(settings: Settings) -> Any:
             if settings.dask_scheduler:
                 client = Client(settings.dask_scheduler, timeout=20, set_as_default=False)
             else:
-                try:
-                    import bokeh  # noqa: F401
-
-                    dashboard: str | None = "127.0.0.1:0"
-                except ImportError:
-                    dashboard = None
                 cluster = LocalCluster(
                     n_workers=max(1, settings.dask_workers),
                     threads_per_worker=1,
                     processes=True,
                     host="127.0.0.1",
-                    dashboard_address=dashboard,
+                    dashboard_address="127.0.0.1:0",  # a free port: several kernels may run clusters
                     silence_logs=logging.ERROR,
                 )
                 client = Client(cluster, set_as_default=False)
@@ -111,10 +107,53 @@ def dask_client(settings: Settings) -> Any:
                 f"cannot connect to the Dask scheduler {where} ({exc}): start it, check "
                 "PAPYRUS_DASK_SCHEDULER, or unset it for a LocalCluster."
             ) from None
+        try:
+            client.register_plugin(QuietExpectedErrors(), name="papyrus-quiet-errors")
+        except Exception:  # noqa: BLE001 - only log hygiene; never block the user on it
+            log.debug("could not register the worker log filter", exc_info=True)
         if not _clients:
             atexit.register(close_clients)
         _clients[key] = client
         return client
+
+
+class _DropExpectedFailures(logging.Filter):
+    """Drops a worker's "Compute Failed" log record when the task failed with a PapyrusError.
+
+    Those errors (a corrupt upload, bad corners) are shown to the user as one readable line; the
+    worker's traceback would only repeat them as noise in the notebook's output.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Compute Failed"):
+            return True
+        text = " ".join(str(a) for a in (record.args or ()))
+        return "papyrus_widgets" not in text or not any(name in text for name in _expected_error_names())
+
+
+def _expected_error_names() -> tuple[str, ...]:
+    from . import errors
+
+    return tuple(
+        f"{cls.__name__}("
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.PapyrusError)
+    )
+
+
+class QuietExpectedErrors(WorkerPlugin):
+    """Dask worker plugin installing :class:`_DropExpectedFailures` on each worker."""
+
+    idempotent = True
+    name = "papyrus-quiet-errors"
+
+    def setup(self, worker: Any) -> None:
+        logger = logging.getLogger("distributed.worker")
+        if not any(isinstance(f, _DropExpectedFailures) for f in logger.filters):
+            logger.addFilter(_DropExpectedFailures())
+
+    def teardown(self, worker: Any) -> None:
+        pass
 
 
 def close_clients() -> None:
