@@ -187,7 +187,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not lab:
         print("JupyterLab is not installed: pip install 'papyrus-widgets[lab]'", file=sys.stderr)
         return EXIT_ERROR
-    env = dict(os.environ, PAPYRUS_MODEL=model, PAPYRUS_DATA_DIR=str(settings.data_dir))
+    env = dict(
+        os.environ,
+        PAPYRUS_MODEL=model,
+        PAPYRUS_DATA_DIR=str(settings.data_dir),
+        PAPYRUS_GALLERY=str(gallery.resolve()),
+        PAPYRUS_QUERY=str(query.resolve()),
+    )
     print(f"starting JupyterLab on {notebook} (Ctrl-C to stop)")
     return subprocess.call([lab, "lab", str(notebook)], env=env)
 
