@@ -47,13 +47,22 @@ def worker_model(source: str, revision: str | None) -> tuple[Any, str]:
 
 
 @functools.lru_cache(maxsize=8)
-def _store_for(data_dir: Path, s3_endpoint: str | None, s3_bucket: str) -> objects.ObjectStore:
-    return objects.open_store(Settings(data_dir=data_dir, s3_endpoint=s3_endpoint, s3_bucket=s3_bucket))
+def _store_for(settings: Settings) -> objects.ObjectStore:
+    return objects.open_store(settings)
 
 
 def worker_store(settings: Settings) -> objects.ObjectStore:
-    """The object store of this process for these settings (created once)."""
-    return _store_for(settings.data_dir, settings.s3_endpoint, settings.s3_bucket)
+    """The object store of this process for these settings (created once; keys and TLS included)."""
+    return _store_for(
+        Settings(
+            data_dir=settings.data_dir,
+            s3_endpoint=settings.s3_endpoint,
+            s3_access_key=settings.s3_access_key,
+            s3_secret_key=settings.s3_secret_key,
+            s3_bucket=settings.s3_bucket,
+            s3_secure=settings.s3_secure,
+        )
+    )
 
 
 def _require_resolved(settings: Settings) -> tuple[str, str]:

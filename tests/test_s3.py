@@ -1,0 +1,316 @@
+"""The S3/MinIO object store through the real ``minio`` client, against an S3 server on 127.0.0.1.
+
+By default this module starts moto's S3 server (``python -m moto.server``) in a subprocess on a
+free port and switches its IAM authentication on: every request must be signed with an access key
+made on that server, so a wrong or missing secret is refused, as MinIO refuses it. With
+``PAPYRUS_TEST_S3_ENDPOINT`` (plus ``PAPYRUS_TEST_S3_ACCESS_KEY`` and ``PAPYRUS_TEST_S3_SECRET_KEY``;
+``PAPYRUS_TEST_S3_SECURE=1`` for TLS when the endpoint has no scheme) the same tests run against that
+server instead, e.g. a real MinIO.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from papyrus_widgets import jobs, objects
+from papyrus_widgets.config import Settings
+from papyrus_widgets.errors import ServiceError
+
+from .conftest import HGV_DIR, REFERENCES
+from .realservers import free_port, stop, wait_for
+
+SHA = "cd" * 32
+FOUR = ["19331_p_g_107.jpg", "21108_p_g_407_a-c.jpg", "19317_p_g_192_c.jpg", "21114_p_g_24.jpg"]
+
+
+@dataclass
+class S3Server:
+    endpoint: str  # as a user writes PAPYRUS_S3_ENDPOINT
+    secure: bool
+    access_key: str
+    secret_key: str
+    moto_url: str | None = None  # set when the server is the moto subprocess of this module
+
+    def settings(self, bucket: str, **changes: object) -> Settings:
+        return Settings(
+            s3_endpoint=self.endpoint,
+            s3_access_key=self.access_key,
+            s3_secret_key=self.secret_key,
+            s3_bucket=bucket,
+            s3_secure=self.secure,
+        ).replace(**changes)
+
+    def store(self, bucket: str, **kwargs: object) -> objects.S3Store:
+        args = dict(access_key=self.access_key, secret_key=self.secret_key, secure=self.secure)
+        args.update(kwargs)
+        return objects.S3Store(
+            self.endpoint, args["access_key"], args["secret_key"], bucket, secure=bool(args["secure"])
+        )
+
+    @contextlib.contextmanager
+    def presigned_requests_allowed(self) -> Iterator[None]:
+        """moto cannot check presigned signatures while IAM auth is on (it answers 500): switch it
+        off for the duration. A real server checks them, and nothing changes there."""
+        if self.moto_url is None:
+            yield
+            return
+        _moto_auth(self.moto_url, "inf")
+        try:
+            yield
+        finally:
+            _moto_auth(self.moto_url, "0")
+
+
+def _moto_auth(url: str, count: str) -> None:
+    """Authenticate every request after ``count`` more ("0": from now on; "inf": never)."""
+    req = urllib.request.Request(
+        url + "/moto-api/reset-auth", data=count.encode(), headers={"Content-Type": "text/plain"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    endpoint = os.environ.get("PAPYRUS_TEST_S3_ENDPOINT")
+    if endpoint:
+        yield S3Server(
+            endpoint=endpoint,
+            secure=os.environ.get("PAPYRUS_TEST_S3_SECURE", "").lower() in ("1", "true", "yes", "on"),
+            access_key=os.environ.get("PAPYRUS_TEST_S3_ACCESS_KEY", ""),
+            secret_key=os.environ.get("PAPYRUS_TEST_S3_SECRET_KEY", ""),
+        )
+        return
+    boto3 = pytest.importorskip("boto3", reason="the moto S3 server needs moto[server] (pip install .[test])")
+    pytest.importorskip("moto.server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        ping = lambda: urllib.request.urlopen(url + "/moto-api/", timeout=2).status  # noqa: E731
+        wait_for("moto S3 server", ping, procs=(proc,), log=log)
+        # a user with an access key and an S3 policy, made while auth is still off
+        iam = boto3.client(
+            "iam", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+        )
+        iam.create_user(UserName="papyrus")
+        key = iam.create_access_key(UserName="papyrus")["AccessKey"]
+        allow_s3 = {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}
+        policy = {"Version": "2012-10-17", "Statement": [allow_s3]}
+        iam.put_user_policy(UserName="papyrus", PolicyName="s3", PolicyDocument=json.dumps(policy))
+        _moto_auth(url, "0")
+        yield S3Server(
+            endpoint=f"127.0.0.1:{port}",
+            secure=False,
+            access_key=key["AccessKeyId"],
+            secret_key=key["SecretAccessKey"],
+            moto_url=url,
+        )
+    finally:
+        stop(proc)
+
+
+@pytest.fixture()
+def bucket(s3: S3Server) -> Iterator[str]:
+    """A fresh bucket name; the bucket and its objects are removed afterwards."""
+    name = f"papyrus-test-{uuid.uuid4().hex[:10]}"
+    yield name
+    client = s3.store(name)._client
+    with contextlib.suppress(Exception):
+        if client.bucket_exists(name):
+            for obj in client.list_objects(name, recursive=True):
+                client.remove_object(name, obj.object_name)
+            client.remove_bucket(name)
+
+
+def _key(prefix: str = objects.THUMBNAILS, sha: str = SHA, ext: str = ".jpg") -> str:
+    return objects.object_key(prefix, sha, ext)
+
+
+def test_round_trip_creates_the_bucket(s3, bucket):
+    store = s3.store(bucket)
+    assert not store._client.bucket_exists(bucket)
+    key = _key()
+    original = _key(objects.ORIGINALS, "ef" * 32)
+    assert not store.exists(key)
+    store.put(key, b"thumbnail bytes", "image/jpeg")
+    store.put(original, b"original bytes")
+    assert store._client.bucket_exists(bucket)
+    assert store.get(key) == b"thumbnail bytes" and store.get(original) == b"original bytes"
+    assert store.exists(key) and store.exists(original)
+    assert store._client.stat_object(bucket, key).content_type == "image/jpeg"
+    assert store.count() == 2 and store.count("thumbnails") == 1 and store.count("originals") == 1
+    assert store.count("queries") == 0
+    store.delete(key)
+    assert not store.exists(key) and store.count() == 1
+    store.delete(key)  # deleting what is gone is not an error
+    assert store.describe() == f"S3 bucket {bucket} at {'https' if s3.secure else 'http'}://{store.host}"
+    with pytest.raises(ValueError):
+        store.put("../escape", b"x")
+
+
+def test_put_of_an_existing_key_skips_the_upload(s3, bucket):
+    store = s3.store(bucket)
+    uploads = []
+    real_put = store._client.put_object
+    store._client.put_object = lambda *a, **kw: (uploads.append(a[1]), real_put(*a, **kw))[1]
+    key = _key()
+    store.put(key, b"same bytes")
+    store.put(key, b"same bytes")
+    assert uploads == [key]
+    assert store.get(key) == b"same bytes" and store.count() == 1
+
+
+def test_large_payload_goes_up_in_parts(s3, bucket, monkeypatch):
+    # 6 MiB parts keep it small; the client alone would pick 5 MiB parts (3 of them) for 11 MiB
+    monkeypatch.setattr(objects.S3Store, "PART_SIZE", 6 * 1024 * 1024)
+    store = s3.store(bucket)
+    data = os.urandom(11 * 1024 * 1024)
+    key = _key(objects.ORIGINALS, ext=".tif")
+    store.put(key, data)
+    stat = store._client.stat_object(bucket, key)
+    assert stat.size == len(data)
+    assert stat.etag.endswith("-2")  # a multipart upload of 2 parts (6 + 5 MiB)
+    assert store.get(key) == data
+
+
+def test_missing_key_is_a_key_error(s3, bucket):
+    store = s3.store(bucket)
+    with pytest.raises(KeyError):
+        store.get(_key())
+    assert not store.exists(_key())
+
+
+def test_presigned_url_is_fetchable_without_credentials(s3, bucket):
+    store = s3.store(bucket)
+    key = _key()
+    store.put(key, b"presigned thumbnail", "image/jpeg")
+    url = store.presigned_url(key, expires=120)
+    assert url.startswith(store.endpoint + f"/{bucket}/{key}?")
+    assert "X-Amz-Expires=120" in url and "X-Amz-Signature=" in url
+    assert s3.secret_key not in url
+    with s3.presigned_requests_allowed():
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            assert resp.read() == b"presigned thumbnail"
+    if s3.moto_url is None:  # a real server checks the signature
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(url.replace("X-Amz-Expires=120", "X-Amz-Expires=9999"), timeout=10)
+
+
+def test_unreachable_endpoint_is_one_line_without_the_secret():
+    port = free_port()  # nothing listens there
+    secret = "s3cr3t-" + uuid.uuid4().hex
+    settings = Settings(
+        s3_endpoint=f"127.0.0.1:{port}", s3_access_key="AKIDEXAMPLE", s3_secret_key=secret, s3_secure=False
+    )
+    store = objects.open_store(settings)
+    assert isinstance(store, objects.S3Store)
+    for call in (lambda: store.put(_key(), b"x"), lambda: store.get(_key()), lambda: store.count()):
+        with pytest.raises(ServiceError) as info:
+            call()
+        message = str(info.value)
+        assert f"127.0.0.1:{port}" in message and "PAPYRUS_S3_ENDPOINT" in message
+        assert secret not in message and "\n" not in message
+    assert secret not in repr(settings) and secret not in str(settings.describe())
+
+
+def test_wrong_secret_is_refused_readably(s3, bucket):
+    if not s3.access_key:
+        pytest.skip("the S3 server of this run allows anonymous access")
+    wrong = "wrong-" + uuid.uuid4().hex
+    with pytest.raises(ServiceError) as info:
+        s3.store(bucket, secret_key=wrong).put(_key(), b"x")
+    message = str(info.value)
+    assert "PAPYRUS_S3_SECRET_KEY" in message and wrong not in message and s3.secret_key not in message
+    with pytest.raises(ServiceError, match="PAPYRUS_S3"):
+        s3.store(bucket, access_key=None, secret_key=None).put(_key(), b"x")  # anonymous
+
+
+def test_tls_against_a_plain_http_server_names_the_setting(s3, bucket):
+    if s3.secure or "://" in s3.endpoint:
+        pytest.skip("the S3 server of this run speaks TLS or names its scheme")
+    with pytest.raises(ServiceError, match="PAPYRUS_S3_SECURE"):
+        s3.store(bucket, secure=True).exists(_key())
+
+
+def test_settings_from_the_environment_open_the_s3_store(s3, bucket):
+    scheme = "https" if s3.secure else "http"
+    env = {
+        "PAPYRUS_S3_ENDPOINT": s3.endpoint if "://" in s3.endpoint else f"{scheme}://{s3.endpoint}",
+        "PAPYRUS_S3_ACCESS_KEY": s3.access_key,
+        "PAPYRUS_S3_SECRET_KEY": s3.secret_key,
+        "PAPYRUS_S3_BUCKET": bucket,
+    }
+    store = objects.open_store(Settings.from_env(env=env))
+    assert isinstance(store, objects.S3Store) and store.bucket == bucket and store.secure == s3.secure
+    store.put(_key(), b"from env")
+    assert store.get(_key()) == b"from env"
+    masked = Settings.from_env(env=env).describe()
+    assert masked["s3_secret_key"] == "****" if s3.secret_key else masked["s3_secret_key"] == ""
+
+
+def test_doctor_checks_the_bucket_and_masks_the_keys(s3, bucket, tmp_path, model_dir):
+    from papyrus_widgets.services import doctor
+
+    settings = s3.settings(bucket, data_dir=tmp_path, model=str(model_dir))
+    checks = {c.name: c for c in doctor(settings, start_services=False)}
+    store = checks["object store"]
+    assert store.ok and f"S3 bucket {bucket} at" in store.detail and "writable" in store.detail
+    assert checks["setting s3_secret_key"].detail == ("****" if s3.secret_key else "")
+    assert all(s3.secret_key not in c.detail for c in checks.values() if s3.secret_key)
+    assert s3.store(bucket).count() == 0  # the probe object was removed
+
+
+def test_worker_store_uses_the_keys_and_tls_setting(s3, bucket):
+    store = jobs.worker_store(s3.settings(bucket))
+    store.put(_key(), b"worker")
+    assert store.get(_key()) == b"worker"
+    assert jobs.worker_store(s3.settings(bucket)) is store  # one store (one client) per process
+
+
+def test_engine_ingests_and_searches_with_the_s3_store(s3, bucket, tmp_path, model_dir):
+    from papyrus_widgets.api import Engine
+
+    folder = tmp_path / "references"
+    folder.mkdir()
+    for name in FOUR:
+        shutil.copy(REFERENCES / name, folder / name)
+    settings = s3.settings(bucket, data_dir=tmp_path / "data", model=str(model_dir), dask_workers=1)
+    engine = Engine(settings)
+    client = None
+    try:
+        client = engine.client
+        report = engine.ingest(folder, HGV_DIR, progress=False)
+        assert (report.added, report.skipped, report.failed) == (4, 0, [])
+        results = engine.search(folder / "21108_p_g_407_a-c.jpg", k=3)
+        assert results.top.inventory_key == "p_g_407_a-c" and results.top.thumbnail
+        bucket_store = s3.store(bucket)
+        assert bucket_store.count("originals") == 4 and bucket_store.count("thumbnails") == 4
+        assert bucket_store.count("queries") == 1
+        assert bucket_store.get(results.top.thumb_key) == results.top.thumbnail
+        assert not (tmp_path / "data" / "objects").exists()  # nothing went to the local store
+    finally:
+        if client is not None:
+            cluster = client.cluster
+            client.close()
+            if cluster is not None:
+                cluster.close()
