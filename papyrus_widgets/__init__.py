@@ -41,3 +41,10 @@ def __getattr__(name: str) -> Any:
 
         return PapyrusSearch
     raise AttributeError(f"module 'papyrus_widgets' has no attribute {name!r}")
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext papyrus_widgets`` registers the ``%papyrus`` line magic."""
+    from .magic import load_ipython_extension as load
+
+    load(ipython)
