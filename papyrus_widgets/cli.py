@@ -146,14 +146,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .model import load_model
 
     settings = _settings(args)
-    gallery = Path(args.gallery).expanduser() if args.gallery else None
-    if gallery is None or not gallery.is_dir():
-        print(
-            "papyrus demo: give a gallery folder with --gallery DIR (scans in DIR/references, HGV EpiDoc XML "
-            "in DIR/hgv-epidoc); downloading the curated demo gallery is not part of this release yet.",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+    if args.gallery:
+        gallery = Path(args.gallery).expanduser()
+        if not gallery.is_dir():
+            print(f"papyrus demo: no such folder: {gallery}", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        from .gallery import fetch_gallery
+
+        gallery = settings.data_dir / "gallery"
+        print(f"gallery: downloading {args.manifest or 'the demo gallery'} into {gallery} …")
+        print(fetch_gallery(gallery, args.manifest, progress=not args.quiet))
     refs, meta = _gallery_parts(gallery)
     engine = get_engine(settings)
     resolved = engine.resolved_settings()
@@ -246,7 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     demo = sub.add_parser("demo", parents=[common], help="index a demo gallery, search it, open JupyterLab")
-    demo.add_argument("--gallery", help="folder with references/ (scans) and hgv-epidoc/ (metadata)")
+    demo.add_argument("--gallery", help="a local folder with references/ (scans) and hgv-epidoc/ or metadata.csv")
+    demo.add_argument(
+        "--manifest", help="gallery manifest CSV (path or URL) to download; default: the shipped demo gallery"
+    )
     demo.add_argument("--query", help="image to search for (default: the first reference)")
     demo.add_argument("-k", type=int, default=5)
     demo.add_argument("--no-lab", action="store_true", help="stop before starting JupyterLab (also DEMO_NO_LAB=1)")
