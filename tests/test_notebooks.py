@@ -45,6 +45,7 @@ def test_build_index_notebook_from_an_empty_data_dir(monkeypatch, tmp_path, sett
         PAPYRUS_DATA_DIR=str(tmp_path / "data"),
         PAPYRUS_MODEL=str(settings.model),
         PAPYRUS_GALLERY=str(SHARED_DATA / "heidelberg"),
+        PAPYRUS_QUERY=str(SHARED_DATA / "heidelberg" / "references" / "19331_p_g_107.jpg"),
     )
     text = "\n".join(outputs(nb))
     assert "43 added, 1 skipped" in text
@@ -61,6 +62,7 @@ def test_quickstart_notebook(monkeypatch, indexed_engine, settings):
         PAPYRUS_DATA_DIR=str(settings.data_dir),
         PAPYRUS_MODEL=str(settings.model),
         PAPYRUS_GALLERY=str(SHARED_DATA / "heidelberg"),
+        PAPYRUS_QUERY=str(SHARED_DATA / "heidelberg" / "references" / "19331_p_g_107.jpg"),
     )
     widget_views = [
         o for c in nb.cells for o in c.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
