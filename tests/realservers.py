@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import socket
 import subprocess
+import sys
 import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
+
+import pytest
+
+from papyrus_widgets import objects
+from papyrus_widgets.config import Settings
 
 T = TypeVar("T")
 
@@ -70,3 +81,99 @@ def stop(proc: subprocess.Popen, *, timeout: float = 10, sig: int | None = None)
             pass
     except OSError:
         pass
+
+
+# --- an S3 server: moto's server mode on 127.0.0.1, or PAPYRUS_TEST_S3_ENDPOINT (a real MinIO) ---
+
+
+@dataclass
+class S3Server:
+    endpoint: str  # as a user writes PAPYRUS_S3_ENDPOINT
+    secure: bool
+    access_key: str
+    secret_key: str
+    moto_url: str | None = None  # set when the server is the moto subprocess of this module
+
+    def settings(self, bucket: str, **changes: object) -> Settings:
+        return Settings(
+            s3_endpoint=self.endpoint,
+            s3_access_key=self.access_key,
+            s3_secret_key=self.secret_key,
+            s3_bucket=bucket,
+            s3_secure=self.secure,
+        ).replace(**changes)
+
+    def store(self, bucket: str, **kwargs: object) -> objects.S3Store:
+        args = dict(access_key=self.access_key, secret_key=self.secret_key, secure=self.secure)
+        args.update(kwargs)
+        return objects.S3Store(
+            self.endpoint, args["access_key"], args["secret_key"], bucket, secure=bool(args["secure"])
+        )
+
+    @contextlib.contextmanager
+    def presigned_requests_allowed(self) -> Iterator[None]:
+        """moto cannot check presigned signatures while IAM auth is on (it answers 500): switch it
+        off for the duration. A real server checks them, and nothing changes there."""
+        if self.moto_url is None:
+            yield
+            return
+        _moto_auth(self.moto_url, "inf")
+        try:
+            yield
+        finally:
+            _moto_auth(self.moto_url, "0")
+
+
+def _moto_auth(url: str, count: str) -> None:
+    """Authenticate every request after ``count`` more ("0": from now on; "inf": never)."""
+    req = urllib.request.Request(
+        url + "/moto-api/reset-auth", data=count.encode(), headers={"Content-Type": "text/plain"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    endpoint = os.environ.get("PAPYRUS_TEST_S3_ENDPOINT")
+    if endpoint:
+        yield S3Server(
+            endpoint=endpoint,
+            secure=os.environ.get("PAPYRUS_TEST_S3_SECURE", "").lower() in ("1", "true", "yes", "on"),
+            access_key=os.environ.get("PAPYRUS_TEST_S3_ACCESS_KEY", ""),
+            secret_key=os.environ.get("PAPYRUS_TEST_S3_SECRET_KEY", ""),
+        )
+        return
+    import boto3  # moto[server] and boto3 come with the test extras (pip install .[test])
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        ping = lambda: urllib.request.urlopen(url + "/moto-api/", timeout=2).status  # noqa: E731
+        wait_for("moto S3 server", ping, procs=(proc,), log=log)
+        # a user with an access key and an S3 policy, made while auth is still off
+        iam = boto3.client(
+            "iam", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+        )
+        iam.create_user(UserName="papyrus")
+        key = iam.create_access_key(UserName="papyrus")["AccessKey"]
+        allow_s3 = {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}
+        policy = {"Version": "2012-10-17", "Statement": [allow_s3]}
+        iam.put_user_policy(UserName="papyrus", PolicyName="s3", PolicyDocument=json.dumps(policy))
+        _moto_auth(url, "0")
+        yield S3Server(
+            endpoint=f"127.0.0.1:{port}",
+            secure=False,
+            access_key=key["AccessKeyId"],
+            secret_key=key["SecretAccessKey"],
+            moto_url=url,
+        )
+    finally:
+        stop(proc)

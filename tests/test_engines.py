@@ -28,7 +28,7 @@ from papyrus_widgets.config import Settings
 from papyrus_widgets.errors import ServiceError
 
 from .conftest import HGV_DIR, REFERENCES, REPO
-from .realservers import free_port, stop, wait_for
+from .realservers import free_port, s3, stop, wait_for  # noqa: F401 - s3 is a fixture
 
 FOUR = ["19331_p_g_107.jpg", "21108_p_g_407_a-c.jpg", "19317_p_g_192_c.jpg", "21114_p_g_24.jpg"]
 APP_USER = "papyrus_app"
@@ -283,3 +283,39 @@ def test_doctor_reports_the_external_engines(pg, dask_cluster, tmp_path, model_d
     assert "0 images" in checks["database"].detail and "pgvector" in checks["database"].detail
     assert checks["dask"].ok and "with 2 workers" in checks["dask"].detail
     assert all(pg.app_password not in c.detail for c in checks.values())
+
+
+# --- the scale-out notebook on all three external engines at once --------------------------------
+
+
+@pytest.mark.slow
+def test_scale_out_notebook_on_external_engines(pg, dask_cluster, s3, tmp_path, model_dir, monkeypatch):
+    from .test_notebooks import execute, outputs
+
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    _four_references(gallery / "references")
+    (gallery / "hgv-epidoc").symlink_to(HGV_DIR)
+    bucket = f"papyrus-nb-{uuid.uuid4().hex[:8]}"
+    nb = execute(
+        "scale-out.ipynb",
+        monkeypatch,
+        PAPYRUS_DATABASE_URL=pg.database(f"nb_{uuid.uuid4().hex[:8]}"),
+        PAPYRUS_DASK_SCHEDULER=dask_cluster.address,
+        PAPYRUS_S3_ENDPOINT=s3.endpoint,
+        PAPYRUS_S3_ACCESS_KEY=s3.access_key,
+        PAPYRUS_S3_SECRET_KEY=s3.secret_key,
+        PAPYRUS_S3_BUCKET=bucket,
+        PAPYRUS_S3_SECURE="true" if s3.secure else "false",
+        PAPYRUS_DATA_DIR=str(tmp_path / "data"),
+        PAPYRUS_MODEL=str(model_dir),
+        PAPYRUS_GALLERY=str(gallery),
+    )
+    text = "\n".join(outputs(nb)) + "\n".join(outputs(nb, "text/html"))
+    assert "ERROR" not in text and s3.secret_key not in text and pg.app_password not in text
+    assert f"scheduler: {dask_cluster.address}" in text and "2 workers" in text
+    assert "4 added, 0 skipped" in text
+    assert f"S3 bucket {bucket} at " in text and s3.endpoint.split("//")[-1] in text
+    assert "4 originals, 4 thumbnails" in text
+    assert "P.Heid. inv. G 192 c" in text  # the first reference (sorted) finds itself
+    assert not (tmp_path / "data" / "postgres").exists()  # no embedded server was started
