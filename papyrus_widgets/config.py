@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -127,8 +128,13 @@ def mask(secret: str | None) -> str:
     return "" if not secret else "****"
 
 
+_DSN_PASSWORD = re.compile(r"((?:^|\s)(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE)
+
+
 def mask_url(url: str) -> str:
-    """Hide the password (and query secrets) of a connection URL."""
+    """Hide the password (and query secrets) of a connection URL or a ``key=value`` DSN."""
+    if "://" not in url:
+        return _DSN_PASSWORD.sub(lambda m: m.group(1) + "****", url)
     try:
         parts = urlsplit(url)
     except ValueError:

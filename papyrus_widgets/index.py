@@ -12,15 +12,18 @@ A search ranks images by cosine distance (HNSW index, ``vector_cosine_ops``).
 
 from __future__ import annotations
 
+import re
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+from urllib.parse import unquote
 
 import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .config import mask_url
 from .errors import QueryError, ServiceError
@@ -114,6 +117,12 @@ class ImageRow:
 
 # --- connections -------------------------------------------------------------------------------
 
+POOL_TIMEOUT = 10.0
+"""Seconds to wait for the first connections when a process opens its pool."""
+POOL_WAIT = 2.0
+"""Seconds a task waits for a pooled connection before it tries one direct connection instead
+(after an outage the pool reconnects with a growing back-off, even once the server is back)."""
+
 _pools: dict[str, ConnectionPool] = {}
 _pools_lock = threading.Lock()
 
@@ -128,15 +137,50 @@ def get_pool(url: str) -> ConnectionPool:
         pool = _pools.get(url)
         if pool is None or pool.closed:
             ensure_schema(url)
+            # check: a pooled connection is tested (an empty query) before it is handed out, so
+            # connections broken by a server restart are replaced instead of failing a search
             pool = ConnectionPool(
-                url, min_size=1, max_size=4, configure=_configure, open=False, name="papyrus", timeout=30
+                url,
+                min_size=1,
+                max_size=4,
+                configure=_configure,
+                check=ConnectionPool.check_connection,
+                open=False,
+                name="papyrus",
+                timeout=POOL_TIMEOUT,
             )
             try:
-                pool.open(wait=True, timeout=30)
+                pool.open(wait=True, timeout=POOL_TIMEOUT)
             except psycopg.Error as exc:
                 raise ServiceError(_db_message(url, exc)) from None
             _pools[url] = pool
         return pool
+
+
+@contextmanager
+def pooled_connection(url: str) -> Iterator[psycopg.Connection]:
+    """A connection from this process's pool for ``url``, committed (or rolled back) and returned
+    at the end. A server that is down or went away mid-query is a :class:`ServiceError` (one
+    readable line) within seconds, never a raw driver error or a long wait."""
+    pool = get_pool(url)
+    try:
+        conn = pool.getconn(timeout=POOL_WAIT)
+    except PoolTimeout:
+        # none free, or the pool is waiting out its reconnect back-off although the server may be
+        # back: one direct connection (a ServiceError at once if the server is still down)
+        with connect(url) as direct:
+            try:
+                yield direct
+            except psycopg.OperationalError as exc:
+                raise ServiceError(_db_message(url, exc)) from None
+        return
+    try:
+        with conn:  # commit, or roll back on an error
+            yield conn
+    except psycopg.OperationalError as exc:  # the server went away mid-query
+        raise ServiceError(_db_message(url, exc)) from None
+    finally:
+        pool.putconn(conn)
 
 
 def close_pools() -> None:
@@ -148,10 +192,38 @@ def close_pools() -> None:
 
 def _db_message(url: str, exc: BaseException) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return (
+    return hide_passwords(
         f"cannot reach PostgreSQL at {mask_url(url)} ({first}): check that the server runs and "
-        "PAPYRUS_DATABASE_URL is right, or unset it to use the embedded server."
+        "PAPYRUS_DATABASE_URL is right, or unset it to use the embedded server.",
+        url,
     )
+
+
+_PASSWORD_PARAM = re.compile(
+    r"(?:^|[\s&?;])(?:ssl)?password\s*=\s*('(?:[^'\\]|\\.)*'|[^\s&;]*)", re.IGNORECASE
+)
+
+
+def hide_passwords(text: str, url: str) -> str:
+    """``text`` with every password of the connection string ``url`` replaced by ``****``.
+
+    libpq's own messages can quote parts of the string it could not parse (a bad percent-escape in
+    the password, an unclosed ``[``), and a ``key=value`` string is not a URL ``mask_url`` knows.
+    """
+    secrets: set[str] = set()
+    authority = re.split(r"[/?#]", url.split("://", 1)[1], maxsplit=1)[0] if "://" in url else ""
+    for userinfo in {authority.split("@", 1)[0], authority.rsplit("@", 1)[0]} if "@" in authority else ():
+        if ":" in userinfo:  # user:password@host; libpq ends it at the first '@', urlsplit at the last
+            secrets.add(userinfo.split(":", 1)[1])
+    for m in _PASSWORD_PARAM.finditer(url):  # ?password=… and password=… in key=value strings
+        value = m.group(1)
+        secrets.add(value)
+        if len(value) >= 2 and value[0] == value[-1] == "'":
+            secrets.add(value[1:-1])
+    secrets |= {unquote(s) for s in secrets}
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, "****")
+    return text
 
 
 def connect(url: str) -> psycopg.Connection:
@@ -346,6 +418,11 @@ def filter_sql(filters: Mapping[str, Any] | None) -> tuple[str, list[Any]]:
     """Allow-listed, parameterised WHERE clause for metadata filters."""
     if not filters:
         return "", []
+    if not isinstance(filters, Mapping):
+        raise QueryError(
+            f"filters must be a mapping of field to value, got a {type(filters).__name__}: "
+            f"use a dict with {', '.join(FILTER_FIELDS)}."
+        )
     unknown = set(filters) - set(FILTER_FIELDS)
     if unknown:
         raise QueryError(f"unknown filter(s) {sorted(unknown)}: use {', '.join(FILTER_FIELDS)}.")
@@ -365,6 +442,8 @@ def filter_sql(filters: Mapping[str, Any] | None) -> tuple[str, list[Any]]:
             else:
                 clauses.append("coalesce(p.date_from, p.date_to) <= %s")
             params.append(year)
+        elif "\x00" in str(value):  # PostgreSQL text cannot hold NUL: refuse it here, as one line
+            raise QueryError(f"filter {name} contains a NUL character (\\x00): remove it and search again.")
         elif name == "collection":
             clauses.append("p.collection = %s")
             params.append(str(value))

@@ -26,6 +26,8 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
+from .errors import PapyrusError
+
 __all__ = [
     "MetadataError",
     "PapyrusRecord",
@@ -60,8 +62,11 @@ _PAPYRI_INFO_HGV_RE = re.compile(r"^https?://papyri\.info/hgv/(\d+[a-z]?)(?:/.*)
 _WS_RE = re.compile(r"\s+")
 
 
-class MetadataError(ValueError):
-    """A metadata file is malformed, hostile or lacks what is needed; the message names the file."""
+class MetadataError(PapyrusError, ValueError):
+    """A metadata file is malformed, hostile or lacks what is needed; the message names the file.
+
+    A :class:`~papyrus_widgets.errors.PapyrusError`, so the CLI and the widget show it as one line.
+    """
 
 
 @dataclass(frozen=True)
