@@ -12,7 +12,7 @@ import warnings
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from .errors import CornersError, ImageError
 
@@ -214,3 +214,223 @@ def model_input(img: Image.Image, size: int = MODEL_INPUT_SIZE) -> np.ndarray:
     arr = (arr - IMAGENET_MEAN) / IMAGENET_STD
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
+
+
+# --- corner suggestion ---------------------------------------------------------------------------
+
+SUGGEST_WORK_SIDE = 384
+"""Long side (px) at which :func:`suggest_corners` looks for the papyrus region."""
+
+
+def suggest_corners(img: Image.Image, work_side: int = SUGGEST_WORK_SIDE) -> list[list[float]] | None:
+    """Corners (TL, TR, BR, BL, in ``img``'s pixels) of the region that stands out from the background.
+
+    The background colour is the median colour of the image's border; pixels far enough from it
+    (Otsu threshold on the colour distance, at least a fixed contrast) are foreground. The largest
+    foreground component is closed over small gaps, its convex hull is reduced to the largest
+    inscribed quadrilateral, and each side of that quadrilateral is pushed outwards until the whole
+    hull lies inside. Returns None when no separate region is found (the papyrus fills the photo,
+    or nothing stands out): then the whole image is the query.
+    """
+    w, h = img.size
+    if w < 16 or h < 16:
+        return None
+    small = img.convert("RGB")
+    if max(w, h) > work_side:
+        small = small.copy()
+        small.thumbnail((work_side, work_side), Image.Resampling.BOX)
+    arr = np.asarray(small, dtype=np.float32)
+    sh, sw = arr.shape[:2]
+    b = max(2, round(0.03 * min(sh, sw)))
+    border = np.concatenate(
+        [arr[:b].reshape(-1, 3), arr[-b:].reshape(-1, 3), arr[:, :b].reshape(-1, 3), arr[:, -b:].reshape(-1, 3)]
+    )
+    background = np.median(border, axis=0)
+    spread = float(np.median(np.linalg.norm(border - background, axis=1)))
+    dist = np.linalg.norm(arr - background, axis=2)
+    threshold = max(_otsu(dist), 24.0, 3.0 * spread)
+    mask = Image.fromarray(((dist > threshold) * 255).astype(np.uint8), "L")
+    size = 5 if min(sh, sw) >= 100 else 3
+    mask = mask.filter(ImageFilter.MaxFilter(size)).filter(ImageFilter.MinFilter(size))  # close gaps, holes
+    mask = mask.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))  # drop specks
+    component = _largest_component(np.asarray(mask) > 127)
+    if component is None:
+        return None
+    fraction = component.sum() / component.size
+    if fraction < 0.02 or fraction > 0.97:
+        return None
+    hull = _convex_hull(_component_outline(component))
+    if len(hull) < 4:
+        return None
+    quad = _enclosing_quad(hull, _largest_inscribed_quad(hull))
+    quad[:, 0] = np.clip(quad[:, 0], 0, sw) * (w / sw)
+    quad[:, 1] = np.clip(quad[:, 1], 0, sh) * (h / sh)
+    try:
+        ordered = order_corners(quad, (w, h))
+    except CornersError:
+        return None
+    return [[round(float(x), 1), round(float(y), 1)] for x, y in ordered]
+
+
+def _otsu(values: np.ndarray) -> float:
+    hist, edges = np.histogram(values, bins=256, range=(0.0, float(values.max()) + 1e-6))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight = np.cumsum(hist).astype(np.float64)
+    total = weight[-1]
+    if total == 0:
+        return 0.0
+    mean = np.cumsum(hist * centres)
+    w0, w1 = weight[:-1], total - weight[:-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m0 = mean[:-1] / w0
+        m1 = (mean[-1] - mean[:-1]) / w1
+        between = w0 * w1 * (m0 - m1) ** 2
+    between = np.nan_to_num(between, nan=-1.0)
+    return float(centres[int(np.argmax(between))])
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray | None:
+    """The largest 4-connected True region of ``mask`` that keeps off the image's edge (the papyrus
+    lies inside the photo; regions touching the edge are mounts, tables, rulers), else the largest.
+
+    Union-find over the runs of each row, so it stays fast in pure numpy + Python.
+    """
+    runs: list[tuple[int, int, int]] = []  # (row, start, end exclusive)
+    row_runs: list[list[int]] = []
+    for y in range(mask.shape[0]):
+        padded = np.concatenate(([False], mask[y], [False])).astype(np.int8)
+        edges = np.flatnonzero(np.diff(padded))
+        ids = []
+        for start, end in zip(edges[::2], edges[1::2]):
+            ids.append(len(runs))
+            runs.append((y, int(start), int(end)))
+        row_runs.append(ids)
+    if not runs:
+        return None
+    parent = list(range(len(runs)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for y in range(1, len(row_runs)):
+        above, here = row_runs[y - 1], row_runs[y]
+        i = j = 0
+        while i < len(above) and j < len(here):
+            _, a0, a1 = runs[above[i]]
+            _, b0, b1 = runs[here[j]]
+            if a0 < b1 and b0 < a1:  # overlapping runs touch
+                ra, rb = find(above[i]), find(here[j])
+                if ra != rb:
+                    parent[ra] = rb
+            if a1 < b1:
+                i += 1
+            else:
+                j += 1
+    height, width = mask.shape
+    sizes: dict[int, int] = {}
+    on_edge: set[int] = set()
+    for idx, (y, start, end) in enumerate(runs):
+        root = find(idx)
+        sizes[root] = sizes.get(root, 0) + end - start
+        if y == 0 or y == height - 1 or start == 0 or end == width:
+            on_edge.add(root)
+    inner = [r for r in sizes if r not in on_edge and sizes[r] >= 0.02 * mask.size]
+    best = max(inner or list(sizes), key=sizes.__getitem__)
+    out = np.zeros(mask.shape, dtype=bool)
+    for idx, (y, start, end) in enumerate(runs):
+        if find(idx) == best:
+            out[y, start:end] = True
+    return out
+
+
+def _component_outline(component: np.ndarray) -> np.ndarray:
+    """Pixel-corner points of the leftmost and rightmost pixel of every row (enough for the hull)."""
+    rows = np.flatnonzero(component.any(axis=1))
+    left = np.argmax(component[rows], axis=1)
+    right = component.shape[1] - np.argmax(component[rows, ::-1], axis=1)
+    ys = rows.astype(np.float64)
+    return np.concatenate(
+        [
+            np.stack([left, ys], axis=1),
+            np.stack([left, ys + 1], axis=1),
+            np.stack([right, ys], axis=1),
+            np.stack([right, ys + 1], axis=1),
+        ]
+    ).astype(np.float64)
+
+
+def _convex_hull(points: np.ndarray) -> np.ndarray:
+    """Convex hull (Andrew's monotone chain), counter-clockwise in a y-up frame, no repeated point."""
+    pts = np.unique(points, axis=0)
+    if len(pts) < 3:
+        return pts
+
+    def cross(o: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+        return float((a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]))
+
+    lower: list[np.ndarray] = []
+    for p in pts:
+        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
+            lower.pop()
+        lower.append(p)
+    upper: list[np.ndarray] = []
+    for p in pts[::-1]:
+        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
+            upper.pop()
+        upper.append(p)
+    return np.array(lower[:-1] + upper[:-1])
+
+
+def _largest_inscribed_quad(hull: np.ndarray) -> np.ndarray:
+    """The four hull vertices spanning the largest quadrilateral (in hull order)."""
+    if len(hull) > 160:  # keep the O(n^3) search small: every k-th vertex is close enough
+        hull = hull[np.linspace(0, len(hull), 160, endpoint=False).astype(int)]
+    n = len(hull)
+    d = hull[None, :, :] - hull[:, None, :]  # d[i, k] = P[k] - P[i]
+    # tri[i, k, j] = cross(P[k] - P[i], P[j] - P[i]) = twice the signed area of triangle (i, k, j)
+    tri = d[:, :, None, 0] * d[:, None, :, 1] - d[:, :, None, 1] * d[:, None, :, 0]
+    idx = np.arange(n)
+    best, best_quad = -1.0, hull[:4]
+    for i in range(n):
+        for k in range(i + 2, n):
+            if i == 0 and k == n - 1:
+                continue
+            inside = (idx > i) & (idx < k)
+            outside = ~inside & (idx != i) & (idx != k)
+            a = tri[i, k]
+            j1 = int(np.flatnonzero(inside)[np.argmax(np.abs(a[inside]))])
+            j2 = int(np.flatnonzero(outside)[np.argmax(np.abs(a[outside]))])
+            area = abs(a[j1]) + abs(a[j2])
+            if area > best:
+                best = area
+                best_quad = hull[[i, j1, k, j2]]
+    return np.asarray(best_quad, dtype=np.float64)
+
+
+def _enclosing_quad(hull: np.ndarray, quad: np.ndarray) -> np.ndarray:
+    """Push each side of ``quad`` outwards (parallel) until every hull point is inside; new corners."""
+    centre = quad.mean(axis=0)
+    lines = []
+    for a, b in zip(quad, np.roll(quad, -1, axis=0)):
+        direction = b - a
+        normal = np.array([direction[1], -direction[0]])
+        norm = np.linalg.norm(normal)
+        if norm == 0:
+            return quad
+        normal /= norm
+        if np.dot(centre - a, normal) > 0:  # make the normal point outwards
+            normal = -normal
+        offset = max(float(np.max((hull - a) @ normal)), 0.0)
+        lines.append((a + normal * offset, direction))
+    corners = []
+    for i in range(4):  # the corner at quad[i] joins side i-1 and side i
+        (p1, d1), (p2, d2) = lines[i - 1], lines[i]
+        m = np.array([[d1[0], -d2[0]], [d1[1], -d2[1]]], dtype=np.float64)
+        if abs(np.linalg.det(m)) < 1e-9:
+            return quad
+        t = np.linalg.solve(m, np.asarray(p2 - p1, dtype=np.float64))
+        corners.append(p1 + d1 * t[0])
+    return np.asarray(corners, dtype=np.float64)

@@ -1,8 +1,22 @@
 """The notebook widget: :class:`PapyrusSearch` (anywidget).
 
-The browser view (``static/widget.js``, built from ``js/widget.js``) sends the chosen image as a
-binary buffer; the kernel submits a search job to the engine, pushes its status every second and
-pushes the hits, with their thumbnails as binary buffers, as soon as the job finishes.
+The browser view (``static/widget.js``, built from ``js/widget.js``) downscales the chosen image
+(long side ``max_side``), lets the user mark four corners, and sends the image as a binary buffer
+with the corners, k and the metadata filters; the kernel submits a search job to the engine,
+pushes its status every second and pushes the hits, with their thumbnails as binary buffers, as
+soon as the job finishes. Every finished search is kept in a short history that the view (or
+:meth:`PapyrusSearch.restore`) can bring back without searching again.
+
+Messages from the view (``content`` of the anywidget custom message; buffers in brackets):
+
+- ``{"type": "search", "request", "name", "k", "corners", "filters"}`` [image, crop preview JPEG]
+  → ``{"type": "ack", "request", "ok"}`` once the search is submitted (or refused);
+- ``{"type": "cancel"}``;
+- ``{"type": "suggest_corners", "request", "name"}`` [image]
+  → ``{"type": "corners", "request", "corners": [[x, y] × 4] | None, "message"}``;
+- ``{"type": "restore", "id"}``: show an earlier result set of the history;
+- ``{"type": "preview", "request", "key"}`` → ``{"type": "preview", "request", "key", "message"}``
+  [JPEG, long side 1024] for the ``image_key`` of a result on show or in the history.
 """
 
 from __future__ import annotations
@@ -11,15 +25,17 @@ import asyncio
 import re
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import anywidget
 import traitlets as t
 
+from . import imaging
 from .api import Engine, Results, get_engine, query_bytes
 from .config import Settings, mask_url
-from .errors import ImageError, PapyrusError
-from .jobs import SearchJob
+from .errors import ImageError, PapyrusError, QueryError
+from .index import FILTER_FIELDS
+from .jobs import SearchJob, error_message
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -28,6 +44,15 @@ STATIC = Path(__file__).parent / "static"
 
 POLL_SECONDS = 1.0
 """How often the status line is refreshed while a search runs."""
+
+HISTORY_LIMIT = 12
+"""How many finished searches the history strip keeps (oldest dropped first)."""
+
+PREVIEW_SIDE = 320
+"""Long side (px) of the query crop kept per search for the history strip and the compare view."""
+
+WIDGET_FILTERS = ("date_from", "date_to", "place", "collection")
+"""The filters the view has fields for (``filters`` also accepts every name in index.FILTER_FIELDS)."""
 
 _URL_WITH_USERINFO = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/@'\"<>]+@[^\s'\"<>]*")
 
@@ -52,9 +77,16 @@ class PapyrusSearch(anywidget.AnyWidget):
     """Find the reference papyri nearest to a photo, inside a notebook.
 
     >>> w = PapyrusSearch(k=8)
-    >>> w                      # pick an image and press Search in the widget, or:
-    >>> w.search("photo.jpg")  # path, bytes, PIL image or numpy array
+    >>> w                      # drop, paste or pick an image, mark its corners, press Search; or:
+    >>> w.search("photo.jpg", corners=[[120, 80], [1900, 60], [1950, 2400], [90, 2450]])
     >>> w.results_frame()      # the hits as a pandas DataFrame
+
+    In the browser the image can be dropped onto the widget, pasted (Ctrl+V while the widget has
+    the focus) or picked with the file input; photos larger than ``max_side`` pixels are
+    downscaled in the browser before they are sent. Four corners clicked on the photo (in any
+    order; "Suggest corners" asks a worker to find the papyrus) deskew the query before it is
+    embedded; without corners the whole image is searched. ``filters`` restrict the hits by
+    date (years, negative = BC), place and collection.
 
     The engine (database, object store, Dask cluster, model) is started lazily on the first
     search, with ``get_engine(settings)``; constructing or displaying the widget starts nothing.
@@ -65,17 +97,34 @@ class PapyrusSearch(anywidget.AnyWidget):
     unreadable image, a ``k`` out of range, a service down) are shown in the widget's status line
     and ``error`` trait; they are never raised from the browser's messages, and the widget stays
     usable. :meth:`close` cancels a running search.
+
+    Every finished search goes into ``history`` (the last :data:`HISTORY_LIMIT`); the strip in
+    the view, or :meth:`restore`, shows an earlier result set again without searching.
     """
 
     _esm = STATIC / "widget.js"
     _css = STATIC / "widget.css"
 
     k = t.Int(8, help="number of results").tag(sync=True)
+    max_side = t.Int(
+        2048, help="long side (px) to which the browser downscales larger photos before sending them"
+    ).tag(sync=True)
+    filters = t.Dict(
+        help="metadata filters for the next search: date_from, date_to (years, negative = BC), place, collection"
+    ).tag(sync=True)
     status = t.Dict(help="state, stage, elapsed (s) and message of the current or last search").tag(sync=True)
     results = t.List(t.Dict(), help="hits of the last search as dicts (see jobs.Hit.to_dict)").tag(sync=True)
     thumbnails = t.List(t.Bytes(), help="JPEG thumbnail per result (b'' when missing)").tag(sync=True)
     query_name = t.Unicode("", help="name of the query image").tag(sync=True)
+    query_preview = t.Bytes(b"", help="JPEG of the query as searched (the deskewed crop) for the results shown").tag(
+        sync=True
+    )
     error = t.Unicode("", help="message of the last error, '' when the last search did not fail").tag(sync=True)
+    history = t.List(
+        t.Dict(), help="finished searches, oldest first: id, name, k, filters, corners, count, elapsed, top"
+    ).tag(sync=True)
+    history_previews = t.List(t.Bytes(), help="query preview JPEG per history entry (b'' when none)").tag(sync=True)
+    history_id = t.Unicode("", help="id of the history entry whose results are shown ('' when none)").tag(sync=True)
 
     def __init__(
         self,
@@ -88,11 +137,26 @@ class PapyrusSearch(anywidget.AnyWidget):
         self._settings = settings
         self._engine = engine
         self._query: bytes | None = None
+        self._corners: list[list[float]] | None = None
         self._job: SearchJob | None = None
+        self._pending: dict[str, Any] = {}
         self._results = Results(query="", hits=[])
+        self._entries: list[dict[str, Any]] = []  # history: {"id", "results", "preview", "info"}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._side_futures: dict[str, Any] = {}  # suggest / preview futures by kind
         self.on_msg(self._on_view_msg)
+
+    @t.validate("max_side")
+    def _valid_max_side(self, proposal: Any) -> int:
+        value = int(proposal["value"])
+        if not 256 <= value <= 16384:
+            raise t.TraitError(f"max_side must be between 256 and 16384 pixels, got {value}.")
+        return value
+
+    @t.validate("filters")
+    def _valid_filters(self, proposal: Any) -> dict:
+        return clean_filters(proposal["value"], error=t.TraitError)
 
     # ------------------------------------------------------------------ query and search
 
@@ -103,6 +167,7 @@ class PapyrusSearch(anywidget.AnyWidget):
 
     @query.setter
     def query(self, value: Any) -> None:
+        self._corners = None
         if value is None:
             self._query = None
             self.query_name = ""
@@ -112,13 +177,27 @@ class PapyrusSearch(anywidget.AnyWidget):
         self.query_name = name
 
     @property
+    def corners(self) -> list[list[float]] | None:
+        """The four corners (TL, TR, BR, BL, image pixels) of the last search, None for the whole image."""
+        return None if self._corners is None else [list(c) for c in self._corners]
+
+    @property
     def job(self) -> SearchJob | None:
         """The search job still running, or None."""
         return self._job
 
-    def search(self, query: Any = None, k: int | None = None) -> SearchJob | None:
+    def search(
+        self,
+        query: Any = None,
+        k: int | None = None,
+        *,
+        corners: Sequence[Sequence[float]] | None = None,
+        filters: Mapping[str, Any] | None = None,
+    ) -> SearchJob | None:
         """Search with ``query`` (or the current :attr:`query`) and show the results.
 
+        ``corners``: four (x, y) points in the image's pixels, in any order, to deskew the papyrus
+        before searching (None: the whole image). ``filters``: replaces :attr:`filters` first.
         Returns the submitted job, or None when the search could not start; the reason is then
         shown in the widget (``status`` / ``error``). A search still running is cancelled first.
         """
@@ -127,18 +206,34 @@ class PapyrusSearch(anywidget.AnyWidget):
                 self.query = query
             if k is not None:
                 self.k = int(k)
+            if filters is not None:
+                self.filters = clean_filters(filters)
             if self._query is None:
                 raise ImageError("no query image: choose an image file, or call search('photo.jpg').")
-            return self._submit(self._query, self.query_name or "query")
+            corner_list = _corner_list(corners)
+            preview = query_preview_bytes(self._query, corner_list)
+            return self._submit(
+                self._query, self.query_name or "query", corners=corner_list, filters=self.filters, preview=preview
+            )
         except Exception as exc:  # shown in the widget, never raised
             self._show_error(exc)
             return None
+
+    def suggest_corners(self, query: Any = None, timeout: float | None = 120) -> list[list[float]] | None:
+        """Corners (TL, TR, BR, BL) of the papyrus in ``query`` (or the current :attr:`query`), found
+        on a worker; None when no region stands out from the background. Blocks; raises on errors."""
+        if query is not None:
+            self.query = query
+        if self._query is None:
+            raise ImageError("no query image: choose an image file, or call suggest_corners('photo.jpg').")
+        return self._get_engine().suggest_corners(self._query, timeout=timeout)
 
     def cancel(self) -> None:
         """Cancel the running search, if any."""
         job = self._job
         self._stop_polling()
         self._job = None
+        self._pending = {}
         if job is None:
             return
         try:
@@ -151,6 +246,34 @@ class PapyrusSearch(anywidget.AnyWidget):
             status.update(state="cancelled", stage="cancelled")
         self.status = self._public_status(status)
 
+    def restore(self, entry: int | str) -> None:
+        """Show the results of an earlier search again: ``entry`` is a history id or an index into
+        :attr:`history` (negative counts from the newest). A search still running is cancelled."""
+        found = None
+        if isinstance(entry, int) and not isinstance(entry, bool):
+            try:
+                found = self._entries[entry]
+            except IndexError:
+                raise QueryError(f"the history holds {len(self._entries)} searches; there is no entry {entry}.") from None
+        else:
+            found = next((e for e in self._entries if e["id"] == str(entry)), None)
+            if found is None:
+                raise QueryError(f"no search {entry!r} in the history (it keeps the last {HISTORY_LIMIT}): search again.")
+        if self._job is not None:
+            self.cancel()
+        results: Results = found["results"]
+        self._results = results
+        with self.hold_sync():
+            self.results = results.to_dicts()
+            self.thumbnails = [hit.thumbnail or b"" for hit in results.hits]
+            self.query_name = results.query
+            self.query_preview = found["preview"]
+            self.error = ""
+            self.status = self._public_status(
+                {"state": "done", "stage": "done", "elapsed": results.elapsed, "message": ""}
+            )
+            self.history_id = found["id"]
+
     def close(self) -> None:
         """Cancel a running search, stop the status poll and close the widget."""
         job = getattr(self, "_job", None)
@@ -162,6 +285,13 @@ class PapyrusSearch(anywidget.AnyWidget):
                 job.cancel()
             except Exception:  # closing must not fail
                 pass
+        for future in list(getattr(self, "_side_futures", {}).values()):
+            try:
+                future.cancel()
+            except Exception:  # closing must not fail
+                pass
+        if hasattr(self, "_side_futures"):
+            self._side_futures.clear()
         super().close()
 
     def results_frame(self) -> "pd.DataFrame":
@@ -172,6 +302,10 @@ class PapyrusSearch(anywidget.AnyWidget):
     def last_results(self) -> Results:
         """The results of the last search as :class:`~papyrus_widgets.api.Results` (with thumbnails)."""
         return self._results
+
+    def history_results(self) -> list[Results]:
+        """The results of every search in :attr:`history`, oldest first."""
+        return [e["results"] for e in self._entries]
 
     # ------------------------------------------------------------------ engine and jobs
 
@@ -186,13 +320,17 @@ class PapyrusSearch(anywidget.AnyWidget):
         name: str,
         corners: list[list[float]] | None = None,
         filters: dict | None = None,
+        preview: bytes = b"",
     ) -> SearchJob:
         if self._job is not None:
             self.cancel()
         self._results = Results(query=name, hits=[])
+        filters = clean_filters(filters)
         with self.hold_sync():  # old results must not stand under a new query's status
             self.results = []
             self.thumbnails = []
+            self.query_preview = preview
+            self.history_id = ""
             self.error = ""
             # The first search starts the services (database, cluster) before it returns.
             self.status = {"state": "running", "stage": "submitting", "elapsed": 0.0, "message": ""}
@@ -201,6 +339,10 @@ class PapyrusSearch(anywidget.AnyWidget):
         job = engine.submit_search(data, name=name, k=int(self.k), corners=corners, filters=filters)
         self._loop = loop
         self._job = job
+        if corners is not None:  # valid: the engine checked them
+            corners = [[float(x), float(y)] for x, y in imaging.order_corners(corners)]
+        self._corners = corners
+        self._pending = {"preview": preview, "corners": corners, "filters": filters, "k": int(self.k)}
         with self.hold_sync():
             self.error = ""
             self.status = self._public_status(job.status())
@@ -240,6 +382,7 @@ class PapyrusSearch(anywidget.AnyWidget):
                 return
             self._stop_polling()
             self._job = None
+            pending, self._pending = self._pending, {}
             if state == "done":
                 hits = job.hits()
                 self._results = Results(query=job.name, hits=hits, elapsed=float(status.get("elapsed") or 0.0))
@@ -247,6 +390,7 @@ class PapyrusSearch(anywidget.AnyWidget):
                     self.results = [hit.to_dict() for hit in hits]
                     self.thumbnails = [hit.thumbnail or b"" for hit in hits]
                     self.error = ""
+                    self._remember(job.id, self._results, pending)
                     self.status = self._public_status(status)
             elif state == "error":
                 message = status.get("message") or "The search failed."
@@ -257,6 +401,26 @@ class PapyrusSearch(anywidget.AnyWidget):
             self._stop_polling()
             self._job = None
             self._show_error(exc)
+
+    def _remember(self, entry_id: str, results: Results, pending: dict[str, Any]) -> None:
+        """Add a finished search to the history (call inside hold_sync)."""
+        top = results.top
+        info = {
+            "id": entry_id,
+            "name": results.query,
+            "k": pending.get("k", int(self.k)),
+            "filters": dict(pending.get("filters") or {}),
+            "corners": pending.get("corners"),
+            "count": len(results.hits),
+            "elapsed": round(results.elapsed, 3),
+            "top": (top.inventory or top.inventory_key or top.key) if top else "",
+            "top_score": round(top.score, 6) if top else None,
+        }
+        self._entries.append({"id": entry_id, "results": results, "preview": pending.get("preview") or b"", "info": info})
+        del self._entries[:-HISTORY_LIMIT]
+        self.history = [e["info"] for e in self._entries]
+        self.history_previews = [e["preview"] for e in self._entries]
+        self.history_id = entry_id
 
     def _stop_polling(self) -> None:
         timer, self._timer = self._timer, None
@@ -289,28 +453,115 @@ class PapyrusSearch(anywidget.AnyWidget):
         }
         return out
 
+    # ------------------------------------------------------------------ side requests (suggest, preview)
+
+    def _side_request(self, kind: str, request: Any, future: Any, reply: dict[str, Any]) -> None:
+        """Track ``future`` (replacing an older one of the same kind) and answer the view when it ends."""
+        old = self._side_futures.pop(kind, None)
+        if old is not None:
+            old.cancel()
+        self._side_futures[kind] = future
+        loop = _current_loop()
+        future.add_done_callback(
+            lambda f, loop=loop: _call_soon(loop, self._side_done, kind, request, f, reply)
+        )
+
+    def _side_done(self, kind: str, request: Any, future: Any, reply: dict[str, Any]) -> None:
+        if self._side_futures.get(kind) is not future:
+            return  # superseded or closed
+        del self._side_futures[kind]
+        content = dict(reply, request=request, message="")
+        buffers: list[bytes] = []
+        try:
+            if future.status == "cancelled":
+                content["message"] = "cancelled"
+            else:
+                exc = future.exception() if future.status == "error" else None
+                if exc is not None:
+                    content["message"] = _scrub(error_message(exc))
+                else:
+                    value = future.result()
+                    if kind == "suggest":
+                        content["corners"] = value
+                        if value is None:
+                            content["message"] = (
+                                "no papyrus region stands out from the background: click its four corners, "
+                                "or search the whole image."
+                            )
+                    else:
+                        buffers = [value]
+        except Exception as exc:  # noqa: BLE001 - the view gets one readable line
+            content["message"] = _scrub(error_message(exc))
+        finally:
+            future.release()
+        self.send(content, buffers or None)
+
     # ------------------------------------------------------------------ browser messages
 
     def _on_view_msg(self, _widget: Any, content: Any, buffers: list) -> None:
-        """Messages from the view. Never raises: errors go to the status line."""
+        """Messages from the view. Never raises: errors go to the status line (or the reply)."""
         if not isinstance(content, dict):
             return
         kind = content.get("type")
+        request = content.get("request")
         try:
             if kind == "search":
-                if not buffers:
-                    raise ImageError("the browser sent no image data: choose the file again.")
-                data = bytes(buffers[0])
-                name = str(content.get("name") or "query")
-                if content.get("k") is not None:
-                    self.k = int(content["k"])
-                self._query = data
-                self.query_name = name
-                self._submit(data, name, corners=content.get("corners"), filters=content.get("filters"))
+                ok = False
+                try:
+                    if not buffers:
+                        raise ImageError("the browser sent no image data: choose the file again.")
+                    data = bytes(buffers[0])
+                    name = str(content.get("name") or "query")
+                    if content.get("k") is not None:
+                        self.k = int(content["k"])
+                    filters = content.get("filters")
+                    if filters is not None:
+                        self.filters = clean_filters(filters)
+                    self._query = data
+                    self.query_name = name
+                    corners = _corner_list(content.get("corners"))
+                    preview = bytes(buffers[1]) if len(buffers) > 1 else b""
+                    if not preview:
+                        preview = query_preview_bytes(data, corners)
+                    self._submit(data, name, corners=corners, filters=self.filters, preview=preview)
+                    ok = True
+                finally:
+                    if request is not None:
+                        self.send({"type": "ack", "request": request, "ok": ok})
             elif kind == "cancel":
                 self.cancel()
+            elif kind == "restore":
+                self.restore(str(content.get("id") or ""))
+            elif kind == "suggest_corners":
+                reply = {"type": "corners", "corners": None}
+                try:
+                    if not buffers:
+                        raise ImageError("the browser sent no image data: choose the file again.")
+                    name = str(content.get("name") or "query")
+                    future = self._get_engine().submit_suggest_corners(bytes(buffers[0]), name=name)
+                except Exception as exc:
+                    self.send(dict(reply, request=request, message=_readable(exc)))
+                    return
+                self._side_request("suggest", request, future, reply)
+            elif kind == "preview":
+                key = str(content.get("key") or "")
+                reply = {"type": "preview", "key": key}
+                try:
+                    if key not in self._known_image_keys():
+                        raise QueryError("that image is not among the results on show: search again.")
+                    future = self._get_engine().submit_preview(key)
+                except Exception as exc:
+                    self.send(dict(reply, request=request, message=_readable(exc)))
+                    return
+                self._side_request("preview", request, future, reply)
         except Exception as exc:
             self._show_error(exc)
+
+    def _known_image_keys(self) -> set[str]:
+        keys = {h.image_key for h in self._results.hits if h.image_key}
+        for entry in self._entries:
+            keys.update(h.image_key for h in entry["results"].hits if h.image_key)
+        return keys
 
     # ------------------------------------------------------------------ repr
 
@@ -324,6 +575,63 @@ class PapyrusSearch(anywidget.AnyWidget):
         if self.error:
             parts.append(f"error={self.error!r}")
         return f"PapyrusSearch({', '.join(parts)})"
+
+
+def clean_filters(filters: Any, error: type[Exception] = QueryError) -> dict[str, Any]:
+    """``filters`` without empty values; years as ints. Unknown names raise ``error``."""
+    if filters is None:
+        return {}
+    if not isinstance(filters, Mapping):
+        raise error(f"filters must be a dict with {', '.join(FILTER_FIELDS)}; got {type(filters).__name__}.")
+    unknown = sorted(set(filters) - set(FILTER_FIELDS))
+    if unknown:
+        raise error(f"unknown filter(s) {unknown}: use {', '.join(FILTER_FIELDS)}.")
+    out: dict[str, Any] = {}
+    for name in FILTER_FIELDS:
+        value = filters.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        if name in ("date_from", "date_to"):
+            try:
+                number = float(value)
+                if not number.is_integer():
+                    raise ValueError
+                value = int(number)
+            except (TypeError, ValueError, OverflowError):
+                raise error(f"filter {name} must be a year (negative for BC), got {value!r}.") from None
+        else:
+            value = str(value).strip()
+        out[name] = value
+    return out
+
+
+def _corner_list(corners: Any) -> list[list[float]] | None:
+    """Corners as given (validated later by the engine) as a list of [x, y] floats, or None."""
+    if corners is None:
+        return None
+    try:
+        return [[float(x), float(y)] for x, y in corners]
+    except (TypeError, ValueError):
+        from .errors import CornersError
+
+        raise CornersError("corners must be four (x, y) points in image pixels.") from None
+
+
+def query_preview_bytes(data: bytes, corners: list[list[float]] | None, size: int = PREVIEW_SIDE) -> bytes:
+    """A small JPEG of the query as it is searched (deskewed by ``corners``), b'' when it cannot be made.
+
+    ``corners`` are in the pixels of the image (after EXIF orientation); the image is decoded at
+    a reduced size, so they are scaled to it.
+    """
+    try:
+        img = imaging.decode_image(data, max_side=4 * size, name="query")
+        if corners is not None:
+            width, height = img.info.get("original_size", img.size)
+            sx, sy = img.size[0] / width, img.size[1] / height
+            img = imaging.deskew(img, [[x * sx, y * sy] for x, y in corners])
+        return imaging.thumbnail_bytes(img, size)
+    except Exception:  # noqa: BLE001 - the search itself reports what is wrong with the image
+        return b""
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -1,9 +1,11 @@
 """The widget in a real JupyterLab, driven by headless Chromium (Playwright, sync API).
 
 Starts ``jupyter lab`` with this venv's Python on a free port with a random token, opens a
-notebook that shows ``PapyrusSearch()``, picks a reference image, presses Search and checks the
-result cards. The kernel reads the same data directory and model as the test session's
-``settings`` (the embedded PostgreSQL under it is shared between the two processes).
+notebook that shows ``PapyrusSearch()`` and drives it as a scholar would: picks, drops and pastes
+images, marks the four corners of a photographed papyrus (and lets the worker suggest them),
+searches, compares, exports, goes back in the history, cancels, and switches to the dark theme.
+The kernel reads the same data directory and model as the test session's ``settings`` (the
+embedded PostgreSQL under it is shared between the two processes).
 
 Needs ``/usr/bin/chromium`` (Debian package ``chromium``; never ``playwright install``).
 Screenshots go to ``test-output/browser/``.
@@ -28,8 +30,10 @@ import pytest
 
 try:
     from .conftest import REFERENCES
+    from .test_widget import PHOTO_CORNERS, PHOTO_INVENTORY, PHOTO_SIZE, warped_photo
 except ImportError:  # tests/ run as a plain folder (no __init__.py)
     from conftest import REFERENCES  # type: ignore[import-not-found, no-redef]
+    from test_widget import PHOTO_CORNERS, PHOTO_INVENTORY, PHOTO_SIZE, warped_photo  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.browser
 
@@ -48,10 +52,12 @@ REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "test-output" / "browser"
 QUERY = REFERENCES / "19331_p_g_107.jpg"
 QUERY_INVENTORY = "p_g_107"
+OTHER = REFERENCES / "21114_p_g_24.jpg"
+OTHER_INVENTORY = "p_g_24"
 
 SERVER_START_TIMEOUT = 120  # s until /api/status answers
 WIDGET_TIMEOUT = 180_000  # ms until the widget shows (kernel start + imports)
-RESULTS_TIMEOUT = 120_000  # ms until result cards show (first search starts the kernel's services)
+RESULTS_TIMEOUT = 60_000  # ms until result cards show (first search starts the kernel's services)
 
 # Browser console messages that are JupyterLab's own noise, not the widget's. Each entry is a
 # regular expression matched against the message text; keep this list short and explained.
@@ -276,6 +282,7 @@ def test_search_in_jupyterlab(page: Any, lab: dict[str, Any]) -> None:
     assert widget.get_by_test_id("query-name").inner_text().strip() == f"Query: {QUERY.name}"
 
     OUTPUT.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size({"width": 1280, "height": 1800})  # tall enough for the photo and the first results
     widget.scroll_into_view_if_needed()
     page.screenshot(path=str(OUTPUT / "widget-light.png"))
 
@@ -285,8 +292,12 @@ def test_search_in_jupyterlab(page: Any, lab: dict[str, Any]) -> None:
     page.wait_for_timeout(500)
     widget.scroll_into_view_if_needed()
     page.screenshot(path=str(OUTPUT / "widget-dark.png"))
+    # Dark theme: the widget follows JupyterLab's variables (no light panels left behind).
+    background = widget.evaluate("el => getComputedStyle(el).backgroundColor")
+    assert sum(int(c) for c in re.findall(r"\d+", background)[:3]) < 3 * 100, background
     page.evaluate("() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Light'})")
     page.wait_for_function("() => document.body.dataset.jpThemeLight === 'true'", timeout=30_000)
+    page.set_viewport_size({"width": 1280, "height": 1100})
 
 
 def test_corrupt_upload_shows_an_alert_and_recovers(page: Any, lab: dict[str, Any], tmp_path: Path) -> None:
@@ -312,4 +323,327 @@ def test_corrupt_upload_shows_an_alert_and_recovers(page: Any, lab: dict[str, An
     cards = wait_for_cards(page, widget, lab, "recover")
     assert widget.get_by_role("alert").count() == 0
     assert cards.count() == 3
+    assert cards.first.get_attribute("data-inventory-key") == QUERY_INVENTORY
+
+
+def kernel_execute(page: Any, code: str) -> None:
+    """Run ``code`` in the notebook's kernel (as a hidden cell would); fail on a Python error."""
+    reply = page.evaluate(
+        """async (code) => {
+            const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+            const future = kernel.requestExecute({ code, stop_on_error: true, store_history: false });
+            let error = null;
+            future.onIOPub = (msg) => {
+                if (msg.header.msg_type === 'error') error = `${msg.content.ename}: ${msg.content.evalue}`;
+            };
+            const done = await future.done;
+            return { status: done.content.status, error };
+        }""",
+        code,
+    )
+    assert reply["status"] == "ok", f"kernel code failed: {reply['error']}\n{code}"
+
+
+def wait_state(page: Any, widget: Any, state: str, timeout: float = RESULTS_TIMEOUT) -> str:
+    """Wait until the status line is in ``state`` (idle, running, done, error, cancelled); its text."""
+    status = widget.get_by_test_id("status")
+    page.wait_for_function("([el, s]) => el.dataset.state === s", arg=[status.element_handle(), state], timeout=timeout)
+    return status.inner_text().strip()
+
+
+def wait_history(page: Any, widget: Any, lab: dict[str, Any], count: int, name: str) -> None:
+    """Wait until the history strip holds ``count`` searches; on a timeout, fail with what shows."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(
+            "([el, n]) => el.children.length === n",
+            arg=[widget.get_by_test_id("history").element_handle(), count],
+            timeout=RESULTS_TIMEOUT,
+        )
+    except PlaywrightTimeout:
+        OUTPUT.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(OUTPUT / f"failure-{name}.png"))
+        pytest.fail(
+            f"the history did not reach {count} searches; status line: "
+            f"{widget.get_by_test_id('status').inner_text()!r}; console errors: {page.console_errors!r}\n"
+            f"server log:\n{Path(lab['log']).read_text(errors='replace')[-4000:]}"
+        )
+
+
+def step_states(widget: Any) -> dict[str, str]:
+    items = widget.get_by_test_id("stages").locator("li")
+    return {items.nth(i).get_attribute("data-step"): items.nth(i).get_attribute("data-state") for i in range(items.count())}
+
+
+def file_payload(path: Path) -> dict[str, str]:
+    import base64
+
+    return {"b64": base64.b64encode(path.read_bytes()).decode(), "name": path.name, "type": "image/jpeg"}
+
+
+def drop_file(widget: Any, path: Path) -> None:
+    """Drop ``path`` onto the widget's drop zone: dragenter, dragover, drop with a real DataTransfer."""
+    widget.get_by_test_id("drop-zone").evaluate(
+        """(zone, f) => {
+            const bytes = Uint8Array.from(atob(f.b64), (c) => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], f.name, { type: f.type }));
+            for (const type of ['dragenter', 'dragover', 'drop']) {
+                zone.dispatchEvent(new DragEvent(type, { bubbles: true, cancelable: true, dataTransfer: dt }));
+            }
+        }""",
+        file_payload(path),
+    )
+
+
+def paste_file(widget: Any, path: Path) -> None:
+    """Paste ``path`` as an image on the clipboard while the widget has the focus."""
+    widget.get_by_test_id("k-input").focus()
+    widget.get_by_test_id("k-input").evaluate(
+        """(input, f) => {
+            const bytes = Uint8Array.from(atob(f.b64), (c) => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], 'image.png', { type: f.type }));
+            input.dispatchEvent(new ClipboardEvent('paste', { bubbles: true, cancelable: true, clipboardData: dt }));
+        }""",
+        file_payload(path),
+    )
+
+
+def canvas_point(canvas: Any, x: float, y: float) -> tuple[float, float]:
+    """Page coordinates of image pixel (x, y) on the corner canvas (which shows the whole photo)."""
+    box = canvas.bounding_box()
+    width, height = int(canvas.get_attribute("data-image-width")), int(canvas.get_attribute("data-image-height"))
+    return box["x"] + x * box["width"] / width, box["y"] + y * box["height"] / height
+
+
+def canvas_corners(canvas: Any) -> list[list[float]]:
+    return json.loads(canvas.get_attribute("data-corners") or "[]")
+
+
+def assert_near(got: list[list[float]], want: list[list[float]], tolerance: float) -> None:
+    assert len(got) == len(want) == 4, got
+    for g, w in zip(got, want):
+        assert abs(g[0] - w[0]) <= tolerance and abs(g[1] - w[1]) <= tolerance, (got, want, tolerance)
+
+
+def test_compare_export_and_keyboard(page: Any, lab: dict[str, Any], tmp_path: Path) -> None:
+    widget = open_and_run_notebook(page, lab)
+    widget.get_by_test_id("file-input").set_input_files(str(QUERY))
+    widget.get_by_test_id("search-button").click()
+    cards = wait_for_cards(page, widget, lab, "compare")
+    wait_state(page, widget, "done")
+    assert set(step_states(widget).values()) == {"done"}
+    assert widget.get_by_test_id("history-item").count() == 1
+
+    # Click a result: query (as searched) and result side by side; a larger image replaces the thumbnail.
+    cards.first.get_by_test_id("result-open").click()
+    compare = widget.get_by_test_id("compare")
+    compare.wait_for(state="visible", timeout=10_000)
+    for name in ("compare-query", "compare-result"):
+        page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0", arg=widget.get_by_test_id(name).element_handle(), timeout=10_000
+        )
+    result_img = widget.get_by_test_id("compare-result")
+    page.wait_for_function("img => img.dataset.size === 'large'", arg=result_img.element_handle(), timeout=60_000)
+    page.wait_for_function("img => img.complete && img.naturalWidth > 256", arg=result_img.element_handle(), timeout=10_000)
+    assert "#1" in widget.get_by_test_id("compare").inner_text()
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    compare.scroll_into_view_if_needed()
+    page.screenshot(path=str(OUTPUT / "widget-compare.png"))
+    page.keyboard.press("Escape")
+    compare.wait_for(state="hidden", timeout=5_000)
+    assert page.evaluate("() => document.activeElement.dataset.testid") == "result-open", "focus returns to the card"
+
+    # Export: CSV and JSON built in the browser from the results.
+    with page.expect_download() as info:
+        widget.get_by_test_id("export-csv").click()
+    csv_path = tmp_path / info.value.suggested_filename
+    info.value.save_as(csv_path)
+    assert csv_path.name == "papyrus-results-19331_p_g_107.csv"
+    lines = csv_path.read_text(encoding="utf-8-sig").splitlines()
+    assert lines[0].startswith("rank,score,inventory,") and len(lines) == 1 + cards.count()
+    assert ",p_g_107," in lines[1]
+    with page.expect_download() as info:
+        widget.get_by_test_id("export-json").click()
+    exported = json.loads(Path(info.value.path()).read_text(encoding="utf-8"))
+    assert exported["query"] == QUERY.name and exported["hits"][0]["inventory_key"] == QUERY_INVENTORY
+
+    # Filters: Enter in a filter field searches with them.
+    widget.get_by_test_id("filters-toggle").click()
+    widget.get_by_label("Place").fill("Hermopolis")
+    widget.get_by_label("Place").press("Enter")
+    wait_history(page, widget, lab, 2, "filters")
+    wait_state(page, widget, "done")
+    places = widget.get_by_test_id("result-meta").all_inner_texts()
+    assert places and all("hermopolis" in p.lower() for p in places), places
+    assert widget.get_by_test_id("filters-toggle").inner_text().strip() == "Filters (1)"
+    kernel_execute(page, "assert w.filters == {'place': 'Hermopolis'}, w.filters")
+
+
+def test_drop_paste_and_history(page: Any, lab: dict[str, Any]) -> None:
+    widget = open_and_run_notebook(page, lab)
+    drop_file(widget, QUERY)
+    widget.get_by_test_id("editor").wait_for(state="visible", timeout=10_000)
+    assert widget.get_by_test_id("chosen-name").inner_text().startswith(QUERY.name)
+    assert page.evaluate("() => document.querySelector('.papyrus-search [data-testid=\"file-input\"]').files[0].name") == QUERY.name
+    widget.get_by_test_id("search-button").click()
+    cards = wait_for_cards(page, widget, lab, "drop")
+    wait_state(page, widget, "done")
+    assert cards.first.get_attribute("data-inventory-key") == QUERY_INVENTORY
+
+    paste_file(widget, OTHER)
+    page.wait_for_function(
+        "el => el.textContent.startsWith('pasted-image.jpg')", arg=widget.get_by_test_id("chosen-name").element_handle()
+    )
+    assert page.evaluate("() => document.querySelector('.papyrus-search [data-testid=\"file-input\"]').files[0].name") == "pasted-image.jpg"
+    widget.get_by_test_id("search-button").click()
+    history = widget.get_by_test_id("history-item")
+    wait_history(page, widget, lab, 2, "paste")
+    wait_state(page, widget, "done")
+    assert widget.get_by_test_id("query-name").inner_text().strip() == "Query: pasted-image.jpg"
+    assert cards.first.get_attribute("data-inventory-key") == OTHER_INVENTORY
+    assert history.nth(1).get_attribute("aria-pressed") == "true"
+
+    # Back to the first result set, without searching again.
+    history.nth(0).click()
+    page.wait_for_function(
+        "([el, key]) => el.querySelector('[data-testid=result-card]')?.dataset.inventoryKey === key",
+        arg=[widget.get_by_test_id("results").element_handle(), QUERY_INVENTORY],
+        timeout=10_000,
+    )
+    assert history.nth(0).get_attribute("aria-pressed") == "true"
+    assert widget.get_by_test_id("query-name").inner_text().strip() == f"Query: {QUERY.name}"
+    assert re.fullmatch(r"done in \d+\.\d s", wait_state(page, widget, "done"))
+    kernel_execute(page, f"assert w.results[0]['inventory_key'] == {QUERY_INVENTORY!r}, w.results[0]")
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    widget.get_by_test_id("history").scroll_into_view_if_needed()
+    page.screenshot(path=str(OUTPUT / "widget-history.png"))
+
+
+def test_four_corner_crop_of_a_photographed_papyrus(page: Any, lab: dict[str, Any], tmp_path: Path) -> None:
+    # 2600 x 3000 as seen, stored on its side with EXIF orientation 6 (as phones do): the browser
+    # shows it upright and sends it upright, downscaled to 2048.
+    import io
+
+    from PIL import Image
+
+    data, truth = warped_photo()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    photo = tmp_path / "photo.jpg"
+    Image.open(io.BytesIO(data)).transpose(Image.Transpose.ROTATE_90).save(photo, "JPEG", quality=90, exif=exif.tobytes())
+    assert Image.open(photo).size == (PHOTO_SIZE[1], PHOTO_SIZE[0])
+    widget = open_and_run_notebook(page, lab)
+    widget.get_by_test_id("file-input").set_input_files(str(photo))
+    canvas = widget.get_by_test_id("corner-canvas")
+    canvas.wait_for(state="visible", timeout=10_000)
+    page.wait_for_function("c => c.dataset.imageWidth === '2600'", arg=canvas.element_handle(), timeout=10_000)
+    assert "sent as 1775 × 2048" in widget.get_by_test_id("chosen-name").inner_text()
+    canvas.scroll_into_view_if_needed()
+    tolerance = 1.5 * PHOTO_SIZE[1] / canvas.bounding_box()["height"]  # 1.5 display pixels in photo pixels
+
+    # The worker suggests the corners (in the downscaled copy's pixels; shown in the photo's).
+    widget.get_by_test_id("suggest-button").click()
+    page.wait_for_function("c => c.dataset.count === '4' && c.dataset.suggested === 'true'", arg=canvas.element_handle(), timeout=RESULTS_TIMEOUT)
+    assert_near(canvas_corners(canvas), truth, 0.02 * max(PHOTO_SIZE))
+    widget.get_by_test_id("reset-button").click()
+    assert canvas.get_attribute("data-count") == "0"
+
+    # Click the four corners in a scrambled order, the first one off target, then drag it there.
+    order = [2, 0, 3, 1]
+    off = canvas_point(canvas, truth[2][0] - 60, truth[2][1] - 90)
+    page.mouse.click(*off)
+    for i in order[1:]:
+        page.mouse.click(*canvas_point(canvas, *truth[i]))
+    assert canvas.get_attribute("data-count") == "4"
+    page.mouse.move(*canvas_point(canvas, truth[2][0] - 60, truth[2][1] - 90))
+    page.mouse.down()
+    page.mouse.move(*canvas_point(canvas, *truth[2]), steps=6)
+    page.mouse.up()
+    assert_near(canvas_corners(canvas), truth, tolerance)  # ordered TL, TR, BR, BL
+    assert widget.get_by_test_id("preview-canvas").get_attribute("data-mode") == "deskewed"
+    assert "Four corners marked" in widget.get_by_test_id("corner-hint").inner_text()
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "widget-corners.png"))
+
+    widget.get_by_test_id("search-button").click()
+    cards = wait_for_cards(page, widget, lab, "corners")
+    wait_state(page, widget, "done")
+    assert cards.first.get_attribute("data-inventory-key") == PHOTO_INVENTORY
+    # The kernel got the downscaled copy and the corners in its pixels.
+    scale = 2048 / PHOTO_SIZE[1]
+    kernel_execute(
+        page,
+        "import io\nfrom PIL import Image\n"
+        "assert Image.open(io.BytesIO(w.query)).size == (1775, 2048), Image.open(io.BytesIO(w.query)).size\n"
+        f"want = {[[x * scale, y * scale] for x, y in truth]!r}\n"
+        f"assert all(abs(a - b) <= {tolerance * scale + 1:.2f} for p, q in zip(w.corners, want) for a, b in zip(p, q)), w.corners\n"
+        "assert w.history[-1]['corners'] is not None",
+    )
+    widget.scroll_into_view_if_needed()
+    page.screenshot(path=str(OUTPUT / "widget-corners-results.png"))
+
+
+BLOCK_WORKERS = """
+import time
+from distributed import Event
+_client = w._get_engine().client
+_block = Event("papyrus-test-block", client=_client)
+_block.clear()
+def _papyrus_blocker(name):
+    from distributed import Event
+    Event(name).wait(60)
+_threads = sum(_client.nthreads().values())
+_blockers = [_client.submit(_papyrus_blocker, "papyrus-test-block", pure=False, priority=1000) for _ in range(_threads)]
+_deadline = time.monotonic() + 30
+while sum(len(v) for v in _client.processing().values()) < _threads and time.monotonic() < _deadline:
+    time.sleep(0.05)
+"""
+
+RELEASE_WORKERS = """
+_block.set()
+_client.gather(_blockers)
+del _blockers
+"""
+
+
+def test_cancel_a_running_search(page: Any, lab: dict[str, Any]) -> None:
+    widget = open_and_run_notebook(page, lab)
+    kernel_execute(page, BLOCK_WORKERS)  # every worker busy: a search waits in "preparing"
+    try:
+        widget.get_by_test_id("file-input").set_input_files(str(QUERY))
+        search, cancel = widget.get_by_test_id("search-button"), widget.get_by_test_id("cancel-button")
+        search.click()
+        status = widget.get_by_test_id("status")
+        page.wait_for_function(
+            "el => el.dataset.state === 'running' && el.dataset.stage === 'preparing'",
+            arg=status.element_handle(),
+            timeout=RESULTS_TIMEOUT,
+        )
+        page.wait_for_timeout(1200)  # the seconds tick while it waits
+        assert re.fullmatch(r"preparing image… [1-9]\d*\.\d s", status.inner_text().strip()), status.inner_text()
+        steps = step_states(widget)
+        assert steps["uploading"] == "done" and steps["preparing"] == "current" and steps["done"] == "todo"
+        assert cancel.is_enabled()
+        OUTPUT.mkdir(parents=True, exist_ok=True)
+        widget.scroll_into_view_if_needed()
+        page.screenshot(path=str(OUTPUT / "widget-running.png"))
+        cancel.click()
+        assert re.fullmatch(r"cancelled after \d+\.\d s", wait_state(page, widget, "cancelled", 10_000))
+        assert cancel.is_disabled() and widget.get_by_test_id("result-card").count() == 0
+
+        # Escape cancels too.
+        search.click()
+        wait_state(page, widget, "running", 10_000)
+        search.focus()
+        page.keyboard.press("Escape")
+        wait_state(page, widget, "cancelled", 10_000)
+        kernel_execute(page, "assert w.job is None and w._timer is None and w.status['state'] == 'cancelled'")
+    finally:
+        kernel_execute(page, RELEASE_WORKERS)
+    # The workers are free again: the next search runs to the end.
+    search.click()
+    cards = wait_for_cards(page, widget, lab, "after-cancel")
     assert cards.first.get_attribute("data-inventory-key") == QUERY_INVENTORY

@@ -1,4 +1,5 @@
-"""PapyrusSearch: traits, the query setter, the 1 s status poll and the done callback.
+"""PapyrusSearch: traits, the query setter, the 1 s status poll and the done callback; the view's
+messages (search with corners and filters, suggest corners, restore from the history, preview).
 
 The engine tests run against the real engine of the test session (embedded PostgreSQL, a
 LocalCluster, a small model; fixtures ``settings`` and ``indexed_engine`` in conftest.py). The
@@ -18,10 +19,13 @@ import pytest
 from ipywidgets.widgets.widget import _remove_buffers
 from PIL import Image
 
+import traitlets
+
+from papyrus_widgets import imaging
 from papyrus_widgets import widget as widget_module
 from papyrus_widgets.config import Settings
-from papyrus_widgets.errors import ImageError, ServiceError
-from papyrus_widgets.widget import PapyrusSearch
+from papyrus_widgets.errors import ImageError, QueryError, ServiceError
+from papyrus_widgets.widget import PapyrusSearch, clean_filters, query_preview_bytes
 
 try:
     from .conftest import REFERENCES
@@ -32,6 +36,56 @@ QUERY = REFERENCES / "19331_p_g_107.jpg"
 QUERY_INVENTORY = "p_g_107"
 TIMEOUT = 180.0
 """Upper bound for one search (the first one loads the model on a worker)."""
+
+
+# A photographed papyrus: a reference scan warped in perspective onto a dark table.
+PHOTO_REFERENCE = "21114_p_g_24.jpg"
+PHOTO_INVENTORY = "p_g_24"
+PHOTO_SIZE = (2600, 3000)
+PHOTO_CORNERS = [[420.0, 380.0], [2150.0, 520.0], [2300.0, 2750.0], [300.0, 2600.0]]
+"""Where the scan's corners (TL, TR, BR, BL) land on the photo, in photo pixels."""
+
+
+def _coefficients(out_pts: list[list[float]], in_pts: list[list[float]]) -> tuple[float, ...]:
+    """Pillow PERSPECTIVE coefficients that map output points onto input points."""
+    rows, rhs = [], []
+    for (x, y), (u, v) in zip(out_pts, in_pts):
+        rows += [[x, y, 1, 0, 0, 0, -u * x, -u * y], [0, 0, 0, x, y, 1, -v * x, -v * y]]
+        rhs += [u, v]
+    return tuple(np.linalg.solve(np.array(rows, dtype=float), np.array(rhs, dtype=float)))
+
+
+def warped_photo(
+    reference: str = PHOTO_REFERENCE,
+    size: tuple[int, int] = PHOTO_SIZE,
+    corners: list[list[float]] = PHOTO_CORNERS,
+    max_side: int | None = None,
+) -> tuple[bytes, list[list[float]]]:
+    """JPEG bytes of the reference "photographed" at an angle on a dark table, and where its corners
+    are on that photo (scaled when ``max_side`` shrinks the photo)."""
+    scan = Image.open(REFERENCES / reference).convert("RGB")
+    w, h = scan.size
+    coeffs = _coefficients(corners, [[0, 0], [w, 0], [w, h], [0, h]])
+    warped = scan.transform(size, Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BICUBIC)
+    mask = Image.new("L", scan.size, 255).transform(size, Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BILINEAR)
+    ramp = np.linspace(28, 52, size[1], dtype=np.float32)[:, None, None]  # a table lit from one side
+    table = Image.fromarray((ramp * np.array([1.0, 0.9, 0.8], dtype=np.float32) + np.zeros((1, size[0], 1))).astype(np.uint8))
+    table.paste(warped, (0, 0), mask)
+    points = [list(c) for c in corners]
+    if max_side and max(size) > max_side:
+        scale = max_side / max(size)
+        table = table.resize((round(size[0] * scale), round(size[1] * scale)), Image.Resampling.LANCZOS)
+        points = [[x * table.width / size[0], y * table.height / size[1]] for x, y in corners]
+    buf = io.BytesIO()
+    table.save(buf, "JPEG", quality=90)
+    return buf.getvalue(), points
+
+
+def capture_sends(w: PapyrusSearch) -> list[tuple[dict, list]]:
+    """Record the custom messages the kernel sends to the view."""
+    sent: list[tuple[dict, list]] = []
+    w.send = lambda content, buffers=None: sent.append((content, list(buffers or [])))  # type: ignore[method-assign]
+    return sent
 
 
 def other_reference(engine: Any) -> tuple[Path, str]:
@@ -373,3 +427,287 @@ def test_search_from_a_kernel_cell(settings: Any, indexed_engine: Any, tmp_path:
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     out = "".join(o.get("text", "") for o in nb.cells[1].outputs if o.get("output_type") == "stream")
     assert out.split() == ["done", QUERY_INVENTORY, "3", "True", "True", "done"], out
+
+
+# --- corners, filters, suggestions, history, previews --------------------------------------------
+
+
+def test_filters_trait_is_cleaned_and_checked() -> None:
+    w = PapyrusSearch()
+    try:
+        assert w.filters == {}
+        w.filters = {"date_from": "-50", "date_to": 300.0, "place": " Hermopolis ", "collection": ""}
+        assert w.filters == {"date_from": -50, "date_to": 300, "place": "Hermopolis"}
+        with pytest.raises(traitlets.TraitError, match="unknown filter"):
+            w.filters = {"city": "Hermopolis"}
+        with pytest.raises(traitlets.TraitError, match="year"):
+            w.filters = {"date_from": "3rd century"}
+        assert w.filters == {"date_from": -50, "date_to": 300, "place": "Hermopolis"}
+        assert clean_filters(None) == {}
+        with pytest.raises(QueryError, match="dict"):
+            clean_filters(["place"])
+    finally:
+        w.close()
+
+
+def test_max_side_trait() -> None:
+    w = PapyrusSearch()
+    try:
+        assert w.max_side == 2048 and w.get_state(["max_side"]) == {"max_side": 2048}
+        w.max_side = 1024
+        with pytest.raises(traitlets.TraitError, match="between"):
+            w.max_side = 100
+        assert w.max_side == 1024
+    finally:
+        w.close()
+
+
+def test_suggest_corners_finds_a_photographed_papyrus() -> None:
+    data, truth = warped_photo(max_side=2048)
+    img = imaging.decode_image(data)
+    corners = imaging.suggest_corners(img)
+    assert corners is not None
+    tolerance = 0.02 * max(img.size)
+    for got, want in zip(corners, truth):
+        assert abs(got[0] - want[0]) < tolerance and abs(got[1] - want[1]) < tolerance, (corners, truth)
+    # Nothing stands out: no suggestion (the whole image is searched).
+    assert imaging.suggest_corners(Image.new("RGB", (400, 300), (200, 190, 170))) is None
+    assert imaging.suggest_corners(Image.new("RGB", (8, 8))) is None
+
+
+def test_query_preview_is_the_deskewed_crop() -> None:
+    data, truth = warped_photo(max_side=2048)
+    preview = Image.open(io.BytesIO(query_preview_bytes(data, truth)))
+    tl, tr, br, bl = np.array(truth)
+    width = max(np.linalg.norm(tr - tl), np.linalg.norm(br - bl))
+    height = max(np.linalg.norm(bl - tl), np.linalg.norm(br - tr))
+    assert max(preview.size) == widget_module.PREVIEW_SIDE
+    assert abs(preview.width / preview.height - width / height) < 0.01  # the shape imaging.deskew gives
+    # Upright: the scan's white margins are at the crop's corners, not the dark table.
+    arr = np.asarray(preview.convert("L"), dtype=np.float32)
+    assert min(arr[:8, :8].mean(), arr[:8, -8:].mean(), arr[-8:, :8].mean(), arr[-8:, -8:].mean()) > 150
+    whole = Image.open(io.BytesIO(query_preview_bytes(data, None)))
+    assert abs(whole.width / whole.height - 2600 / 3000) < 0.02
+    assert query_preview_bytes(b"not an image", None) == b""
+
+
+def test_search_message_with_corners_and_filters(indexed_engine: Any) -> None:
+    data, corners = warped_photo(max_side=2048)
+    shuffled = [corners[2], corners[0], corners[3], corners[1]]
+
+    async def main() -> None:
+        w = PapyrusSearch(engine=indexed_engine)
+        sent = capture_sends(w)
+        content = {
+            "type": "search",
+            "request": "r1",
+            "name": "photo.jpg",
+            "k": 3,
+            "corners": shuffled,
+            "filters": {"collection": "P.Heid.", "date_from": "", "place": None},
+        }
+        send_from_view(w, content, [memoryview(data)])
+        assert sent[0] == ({"type": "ack", "request": "r1", "ok": True}, [])
+        assert w.filters == {"collection": "P.Heid."}
+        final = await finished(w)
+        assert final["state"] == "done", final
+        assert w.results[0]["inventory_key"] == PHOTO_INVENTORY
+        assert np.allclose(w.corners, corners), "ordered TL, TR, BR, BL"
+        assert w.query_preview.startswith(b"\xff\xd8\xff"), "made in the kernel when the view sends none"
+        assert len(w.history) == 1 and w.history[0]["corners"] is not None
+        assert w.history[0]["filters"] == {"collection": "P.Heid."} and w.history_id == w.history[0]["id"]
+
+        # Without corners the same photo is searched whole (and with this untrained model it misses).
+        send_from_view(w, dict(content, request="r2", corners=None), [memoryview(data), memoryview(b"\xff\xd8\xffpreview")])
+        final = await finished(w)
+        assert final["state"] == "done", final
+        assert w.corners is None and w.query_preview == b"\xff\xd8\xffpreview", "the view's crop is kept"
+        assert len(w.history) == 2 and w.history[1]["corners"] is None
+        w.close()
+
+    asyncio.run(main())
+
+
+def test_filters_restrict_the_hits(indexed_engine: Any) -> None:
+    async def main() -> None:
+        w = PapyrusSearch(k=20, engine=indexed_engine)
+        w.filters = {"place": "hermopolis"}
+        assert w.search(QUERY) is not None, w.error
+        final = await finished(w)
+        assert final["state"] == "done", final
+        assert w.results and all("hermopolis" in (r["place"] or "").lower() for r in w.results)
+
+        assert w.search(QUERY, filters={"date_from": 300, "date_to": 400}) is not None, w.error
+        final = await finished(w)
+        assert final["state"] == "done", final
+        assert w.filters == {"date_from": 300, "date_to": 400}
+        for r in w.results:
+            low = r["date_from"] if r["date_from"] is not None else r["date_to"]
+            high = r["date_to"] if r["date_to"] is not None else r["date_from"]
+            assert high >= 300 and low <= 400, r
+
+        # A filter that nothing matches: done, no hits, no error.
+        assert w.search(QUERY, filters={"collection": "P.Nowhere"}) is not None, w.error
+        final = await finished(w)
+        assert final["state"] == "done" and w.results == [] and w.error == ""
+        w.close()
+
+    asyncio.run(main())
+
+
+def test_bad_corners_and_filters_from_the_view_are_readable_errors(indexed_engine: Any) -> None:
+    async def main() -> None:
+        w = PapyrusSearch(engine=indexed_engine)
+        sent = capture_sends(w)
+        line = [[0, 0], [100, 100], [200, 200], [300, 300]]
+        send_from_view(w, {"type": "search", "request": "a", "name": "x.jpg", "corners": line}, [QUERY.read_bytes()])
+        assert sent[-1][0] == {"type": "ack", "request": "a", "ok": False}
+        assert w.status["state"] == "error" and "one line" in w.error and w.job is None
+        send_from_view(w, {"type": "search", "request": "b", "name": "x.jpg", "corners": [["a", 1]]}, [QUERY.read_bytes()])
+        assert sent[-1][0]["ok"] is False and "four (x, y) points" in w.error
+        send_from_view(w, {"type": "search", "request": "c", "name": "x.jpg", "filters": {"city": "x"}}, [QUERY.read_bytes()])
+        assert sent[-1][0]["ok"] is False and "unknown filter" in w.error
+        assert "Traceback" not in w.error and "bug" not in w.error
+        w.close()
+
+    asyncio.run(main())
+
+
+async def next_message(sent: list, kind: str, timeout: float = TIMEOUT) -> tuple[dict, list]:
+    await wait_for(lambda: any(c.get("type") == kind for c, _ in sent), timeout, f"a {kind!r} message")
+    return next((c, b) for c, b in sent if c.get("type") == kind)
+
+
+def test_suggest_corners_message(indexed_engine: Any) -> None:
+    data, truth = warped_photo(max_side=2048)
+
+    async def main() -> None:
+        w = PapyrusSearch(engine=indexed_engine)
+        sent = capture_sends(w)
+        send_from_view(w, {"type": "suggest_corners", "request": "s1", "name": "photo.jpg"}, [memoryview(data)])
+        content, _ = await next_message(sent, "corners")
+        assert content["request"] == "s1" and content["message"] == ""
+        tolerance = 0.02 * 2048
+        for got, want in zip(content["corners"], truth):
+            assert abs(got[0] - want[0]) < tolerance and abs(got[1] - want[1]) < tolerance, (content, truth)
+        assert w._side_futures == {}
+
+        # A plain image: no corners, and a message that says what to do.
+        sent.clear()
+        blank = io.BytesIO()
+        Image.new("RGB", (300, 200), (210, 200, 180)).save(blank, "PNG")
+        send_from_view(w, {"type": "suggest_corners", "request": "s2", "name": "blank.png"}, [blank.getvalue()])
+        content, _ = await next_message(sent, "corners")
+        assert content["request"] == "s2" and content["corners"] is None and "four corners" in content["message"]
+
+        # Not an image: the worker's readable error comes back in the reply.
+        sent.clear()
+        send_from_view(w, {"type": "suggest_corners", "request": "s3", "name": "bad.jpg"}, [b"not an image"])
+        content, _ = await next_message(sent, "corners")
+        assert content["corners"] is None and "not an image" in content["message"]
+        # No image at all: answered at once.
+        sent.clear()
+        send_from_view(w, {"type": "suggest_corners", "request": "s4"}, [])
+        assert sent[0][0]["request"] == "s4" and "no image data" in sent[0][0]["message"]
+        assert w.status == {}, "a suggestion never touches the search status"
+        w.close()
+
+    asyncio.run(main())
+
+
+def test_suggest_corners_from_python(indexed_engine: Any) -> None:
+    data, truth = warped_photo(max_side=2048)
+    w = PapyrusSearch(engine=indexed_engine)
+    try:
+        corners = w.suggest_corners(data)
+        assert corners is not None and len(corners) == 4
+        assert abs(corners[0][0] - truth[0][0]) < 40 and abs(corners[2][1] - truth[2][1]) < 40
+    finally:
+        w.close()
+
+
+def test_history_restores_earlier_results_without_searching(indexed_engine: Any) -> None:
+    other, other_inventory = other_reference(indexed_engine)
+
+    async def main() -> None:
+        w = PapyrusSearch(k=3, engine=indexed_engine)
+        assert w.search(QUERY) is not None, w.error
+        assert (await finished(w))["state"] == "done"
+        assert w.search(other) is not None, w.error
+        assert (await finished(w))["state"] == "done"
+        assert [e["name"] for e in w.history] == [QUERY.name, other.name]
+        assert len(w.history_previews) == 2 and all(p.startswith(b"\xff\xd8\xff") for p in w.history_previews)
+        first, second = (e["id"] for e in w.history)
+        assert w.history_id == second and w.results[0]["inventory_key"] == other_inventory
+
+        seen = record_states(w)
+        send_from_view(w, {"type": "restore", "id": first})
+        assert w.history_id == first and w.query_name == QUERY.name and w.job is None
+        assert w.results[0]["inventory_key"] == QUERY_INVENTORY and len(w.thumbnails) == 3
+        assert w.status["state"] == "done" and seen == [("done", "done")], "restored, not searched again"
+        assert w.results_frame().iloc[0]["inventory_key"] == QUERY_INVENTORY
+        assert [r.query for r in w.history_results()] == [QUERY.name, other.name]
+
+        w.restore(-1)
+        assert w.history_id == second and w.results[0]["inventory_key"] == other_inventory
+        send_from_view(w, {"type": "restore", "id": "no-such-search"})
+        assert w.status["state"] == "error" and "history" in w.error
+        with pytest.raises(QueryError):
+            w.restore(7)
+        w.close()
+
+    asyncio.run(main())
+
+
+def test_history_keeps_the_last_searches(indexed_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(widget_module, "HISTORY_LIMIT", 2)
+
+    async def main() -> None:
+        w = PapyrusSearch(k=1, engine=indexed_engine)
+        for _ in range(3):
+            assert w.search(QUERY) is not None, w.error
+            assert (await finished(w))["state"] == "done"
+        assert len(w.history) == 2 and len(w.history_previews) == 2 and len(w.history_results()) == 2
+        w.close()
+
+    asyncio.run(main())
+
+
+def test_preview_message_sends_a_larger_image_of_a_result(indexed_engine: Any) -> None:
+    async def main() -> None:
+        w = PapyrusSearch(k=2, engine=indexed_engine)
+        assert w.search(QUERY) is not None, w.error
+        assert (await finished(w))["state"] == "done"
+        sent = capture_sends(w)
+        key = w.results[0]["image_key"]
+        send_from_view(w, {"type": "preview", "request": "p1", "key": key})
+        content, buffers = await next_message(sent, "preview")
+        assert content == {"type": "preview", "key": key, "request": "p1", "message": ""}
+        image = Image.open(io.BytesIO(bytes(buffers[0])))
+        assert image.format == "JPEG" and max(image.size) == min(1024, max(Image.open(QUERY).size))
+
+        # Only images of results on show (or in the history) can be asked for.
+        sent.clear()
+        send_from_view(w, {"type": "preview", "request": "p2", "key": "queries/../../etc/passwd"})
+        content, buffers = sent[0]
+        assert content["request"] == "p2" and "not among the results" in content["message"] and buffers == []
+        w.close()
+
+    asyncio.run(main())
+
+
+def test_closing_cancels_a_pending_suggestion(indexed_engine: Any) -> None:
+    data, _ = warped_photo(max_side=1024)
+
+    async def main() -> None:
+        w = PapyrusSearch(engine=indexed_engine)
+        sent = capture_sends(w)
+        send_from_view(w, {"type": "suggest_corners", "request": "s1", "name": "photo.jpg"}, [data])
+        future = w._side_futures.get("suggest")
+        assert future is not None
+        w.close()
+        assert w._side_futures == {}
+        await asyncio.sleep(0.5)
+        assert not [c for c, _ in sent if c.get("type") == "corners"], "no reply after close"
+
+    asyncio.run(main())
