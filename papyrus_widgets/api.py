@@ -203,8 +203,12 @@ class Engine:
         k: int = 8,
         corners: Sequence[Sequence[float]] | None = None,
         filters: Mapping[str, Any] | None = None,
+        verify: bool | None = None,
     ) -> jobs.SearchJob:
-        """Store the query image and submit the search futures; returns a job handle at once."""
+        """Store the query image and submit the search futures; returns a job handle at once.
+
+        ``verify`` (default :data:`jobs.VERIFY_BY_DEFAULT`): re-rank the top hits by local-feature
+        geometric verification, with the inlier matches as evidence on each hit."""
         k = index.check_k(k)
         index.filter_sql(filters)  # unknown or malformed filters fail here, before any work
         if corners is not None:
@@ -222,7 +226,14 @@ class Engine:
         self.store.put(key, data)
         corner_list = None if corners is None else [[float(x), float(y)] for x, y in corners]
         return jobs.submit_search(
-            self.client, settings, key, name=name, k=k, corners=corner_list, filters=dict(filters or {})
+            self.client,
+            settings,
+            key,
+            name=name,
+            k=k,
+            corners=corner_list,
+            filters=dict(filters or {}),
+            verify=jobs.VERIFY_BY_DEFAULT if verify is None else bool(verify),
         )
 
     def search(
@@ -233,15 +244,58 @@ class Engine:
         corners: Sequence[Sequence[float]] | None = None,
         filters: Mapping[str, Any] | None = None,
         timeout: float | None = 300,
+        verify: bool | None = None,
     ) -> Results:
         data, name = query_bytes(image)
-        job = self.submit_search(data, name=name, k=k, corners=corners, filters=filters)
+        job = self.submit_search(data, name=name, k=k, corners=corners, filters=filters, verify=verify)
         try:
             hits = job.hits(timeout=timeout)
         except TimeoutError:
             job.cancel()
-            raise JobError(f"the search did not finish within {timeout} s: check the workers (papyrus doctor).")
+            raise JobError(
+                f"the search did not finish within {timeout} s: check the workers (papyrus doctor)."
+            ) from None
         return Results(query=name, hits=hits, elapsed=job.elapsed())
+
+    def submit_suggest_corners(self, data: bytes, *, name: str = "query") -> Any:
+        """Store the image and submit a corner suggestion on a worker; returns the Dask future at once.
+
+        Its result is four corners (TL, TR, BR, BL) in the image's pixels, or None when no papyrus
+        region stands out from the background.
+        """
+        if not data:
+            raise ImageError(f"{name} is empty (0 bytes): choose an image file.")
+        if len(data) > self.settings.max_upload_bytes:
+            raise ImageError(
+                f"{name} is {len(data) / 1e6:.0f} MB, over the limit of "
+                f"{self.settings.max_upload_bytes / 1e6:.0f} MB: downscale it or raise PAPYRUS_MAX_UPLOAD_BYTES."
+            )
+        settings = self.resolved_settings()
+        key = objects.object_key(objects.QUERIES, imaging.sha256_hex(data), objects.extension_for(name))
+        self.store.put(key, data)
+        return self.client.submit(
+            jobs.suggest_corners_task, settings, key, name, pure=False, priority=jobs.SEARCH_PRIORITY, retries=1
+        )
+
+    def suggest_corners(self, image: ImageInput, *, timeout: float | None = 120) -> list[list[float]] | None:
+        """Suggested corners (TL, TR, BR, BL) of the papyrus in ``image``, or None (see submit_suggest_corners)."""
+        data, name = query_bytes(image)
+        future = self.submit_suggest_corners(data, name=name)
+        try:
+            return future.result(timeout=timeout)
+        except PapyrusError as exc:
+            raise jobs.detach_error(exc) from None
+        except Exception as exc:  # noqa: BLE001
+            raise JobError(jobs.error_message(exc)) from None
+        finally:
+            future.release()
+
+    def submit_preview(self, key: str, *, max_side: int = 1024) -> Any:
+        """Submit a JPEG preview (long side at most ``max_side``) of the stored image ``key``; a Dask future."""
+        settings = self.resolved_settings()
+        return self.client.submit(
+            jobs.preview_task, settings, key, max_side, pure=False, priority=jobs.SEARCH_PRIORITY, retries=1
+        )
 
     # ingesting ---------------------------------------------------------------------------
     def ingest(
@@ -275,10 +329,11 @@ class Engine:
             for fut in as_completed(futures, loop=client.loop):
                 try:
                     batch: jobs.BatchReport = fut.result()
-                except PapyrusError:
+                except PapyrusError as exc:
                     client.cancel(futures)
-                    raise
+                    raise jobs.detach_error(exc) from None
                 except Exception as exc:  # noqa: BLE001 - a lost batch is reported, the rest goes on
+                    jobs.detach_error(exc)  # else the failed future is never released
                     report.failed.append((f"batch {fut.key}", jobs.error_message(exc)))
                     bar.update(sizes[fut.key])
                     continue
@@ -329,9 +384,11 @@ def search(
     corners: Sequence[Sequence[float]] | None = None,
     filters: Mapping[str, Any] | None = None,
     settings: Settings | None = None,
+    verify: bool | None = None,
 ) -> Results:
-    """Find the k reference papyri nearest to ``image`` (path, bytes, PIL image or array)."""
-    return get_engine(settings).search(image, k=k, corners=corners, filters=filters)
+    """Find the k reference papyri nearest to ``image`` (path, bytes, PIL image or array);
+    ``verify=False`` skips the re-ranking by local features (on by default)."""
+    return get_engine(settings).search(image, k=k, corners=corners, filters=filters, verify=verify)
 
 
 def ingest(

@@ -1,4 +1,4 @@
-"""``papyrus`` — the shell face of the same engine: demo, ingest, search, train, doctor, db."""
+"""``papyrus`` — the shell face of the same engine: demo, ingest, search, train, evaluate, doctor, db."""
 
 from __future__ import annotations
 
@@ -113,21 +113,64 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
-def train_demo_model(images_dir: Path, out_dir: Path, *, epochs: int | None = None) -> Path:
-    """Train the small demo model on a folder of references (a few minutes on a CPU)."""
-    from .api import iter_images
-    from .imaging import decode_image
-    from .training import train_triplets
+def train_demo_model(images_dir: Path, out_dir: Path, *, epochs: int | None = None, **options: object) -> Path:
+    """Train a model on a folder of references or labelled folders (the small demo model: a few
+    minutes on a CPU). ``options`` go to :func:`papyrus_widgets.training.train_triplets`."""
+    from .training import load_training_data, train_triplets
 
-    imgs = [decode_image(p.read_bytes(), max_side=512, name=p.name) for p in iter_images(images_dir)]
+    limit = options.pop("limit", None)
+    identities = load_training_data(images_dir, limit=limit)  # type: ignore[arg-type]
     kwargs = {"epochs": epochs} if epochs else {}
-    train_triplets(imgs, out_dir=out_dir, **kwargs)
+    train_triplets(identities, out_dir=out_dir, source=Path(images_dir).name, **kwargs, **options)  # type: ignore[arg-type]
     return out_dir
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    out = train_demo_model(Path(args.references), Path(args.out), epochs=args.epochs)
+    options = {
+        "steps_per_epoch": args.steps,
+        "batch_size": args.batch_size,
+        "mining": args.mining,
+        "pretrained": args.pretrained,
+        "trainable": args.trainable,
+        "seed": args.seed,
+        "checkpoint_dir": args.checkpoint_dir,
+        "resume": args.resume,
+        "limit": args.limit,
+        "progress": not args.quiet,
+    }
+    out = train_demo_model(Path(args.references), Path(args.out), epochs=args.epochs, **options)
     print(f"model written to {out}: use it with PAPYRUS_MODEL={out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .api import get_engine
+    from .evaluation import evaluate, load_queries, make_queries
+
+    if args.k < 5:
+        raise argparse.ArgumentTypeError(f"-k must be at least 5 (top-5 accuracy is reported), got {args.k}")
+    if args.recaptures:
+        queries: list = make_queries(args.queries, args.recaptures, seed=args.seed)
+        what = f"{len(queries)} software re-photographs ({args.recaptures} per image) of {args.queries}"
+    else:
+        queries = load_queries(args.queries)
+        what = f"{len(queries)} query images in {args.queries}"
+    engine = get_engine(_settings(args))
+    modes = [("embedding", False), ("verified", True)] if args.compare else [("verified" if args.verify else "embedding", args.verify)]
+    results = [
+        evaluate(engine, queries, k=args.k, verify=flag, label=label, progress=not args.quiet and not args.json)
+        for label, flag in modes
+    ]
+    if args.json:
+        print(json.dumps({"queries": what, "k": args.k, "results": {r.label: r.metrics() for r in results}}, indent=2))
+        return 0
+    print(f"evaluate: {what}, ground truth by inventory, k={args.k}")
+    print(f"{'search':<10} {'top-1':>6} {'top-5':>6} {'mAP':>6} {'recall@' + str(args.k):>9} {'ms/query':>9}")
+    for r in results:
+        print(
+            f"{r.label:<10} {r.top1:>6.3f} {r.top5:>6.3f} {r.mean_average_precision:>6.3f} "
+            f"{r.recall_at_k:>9.3f} {r.seconds_per_query * 1000:>9.0f}"
+        )
     return 0
 
 
@@ -242,11 +285,32 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--show-password", action="store_true")
     db.set_defaults(func=cmd_db)
 
-    t = sub.add_parser("train", help="train a small model on a folder of references (from scratch)")
-    t.add_argument("references")
+    t = sub.add_parser("train", help="train a model on a folder of references or labelled folders")
+    t.add_argument("references", help="folder of reference scans, or one subfolder of photographs per papyrus")
     t.add_argument("--out", required=True, help="output directory (Hugging Face Hub format)")
     t.add_argument("--epochs", type=int)
+    t.add_argument("--steps", type=int, help="steps per epoch (default: one pass over the papyri)")
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--mining", choices=["batch_hard", "semi_hard", "random"], default="batch_hard")
+    t.add_argument("--trainable", choices=["layer4", "all", "head"], help="freeze policy (default: all from scratch, layer4 when fine-tuning)")
+    t.add_argument("--pretrained", action="store_true", help="start from torchvision's ImageNet weights when they can be had")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--limit", type=int, help="train on the first N papyri only")
+    t.add_argument("--checkpoint-dir", help="save a checkpoint after every epoch here")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", parents=[common], help="measure top-1/top-5/mAP of the index on labelled queries")
+    ev.add_argument("--queries", required=True, help="folder of query photos named like the references (<HGV id>_<inventory>.jpg)")
+    ev.add_argument("--recaptures", type=int, default=0, help="use N software re-photographs of each image instead")
+    ev.add_argument("-k", type=int, default=10, help="hits per query (default 10, at least 5)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the re-photographs")
+    ev.add_argument("--no-verify", dest="verify", action="store_false", help="rank by the embedding only")
+    ev.add_argument("--compare", action="store_true", help="evaluate with and without verification")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=cmd_evaluate)
 
     demo = sub.add_parser("demo", parents=[common], help="index a demo gallery, search it, open JupyterLab")
     demo.add_argument("--gallery", help="a local folder with references/ (scans) and hgv-epidoc/ or metadata.csv")

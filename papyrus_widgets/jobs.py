@@ -1,14 +1,17 @@
 """The Dask side: worker-cached resources, the search chain of futures, the ingest tasks.
 
-A search is three futures, each a stage the widget shows:
+A search is three or four futures, each a stage the widget shows:
 ``prepare`` (decode safely, deskew by corners, model input) → ``embed`` (worker-cached model) →
-``search`` (kNN in pgvector, thumbnails attached as bytes).
+``search`` (kNN in pgvector, thumbnails attached as bytes) → ``verify`` (optional: re-rank the top
+hits by local features, :mod:`papyrus_widgets.verify`, with the inlier matches as evidence).
 Tasks receive a :class:`~papyrus_widgets.config.Settings` whose ``database_url`` and ``model``
 are already resolved by the engine, so a worker never guesses.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import os
 import threading
@@ -26,7 +29,12 @@ from .errors import ImageError, JobError, ModelError, PapyrusError
 from .metadata import PapyrusRecord
 
 SEARCH_PRIORITY = 10  # searches overtake ingest batches on a shared cluster
-STAGES = ("queued", "preparing", "embedding", "searching", "done")
+STAGES = ("queued", "preparing", "embedding", "searching", "verifying", "done")
+VERIFY_BY_DEFAULT = True
+"""Searches verify their top hits unless asked not to (``verify=False``)."""
+VERIFY_CANDIDATES = 10
+"""With verification, the search fetches ``max(k, VERIFY_CANDIDATES)`` candidates, re-ranks the
+first ``VERIFY_CANDIDATES`` of them by local features, and returns the best ``k``."""
 
 
 # --- per-process caches on workers (and in the client process when it runs tasks itself) -------
@@ -97,6 +105,14 @@ class Hit:
     image_key: str | None = None
     thumb_key: str | None = None
     thumbnail: bytes | None = field(default=None, repr=False)
+    # set by the verifying stage (None / empty when the search was not verified):
+    embedding_score: float | None = None
+    """The cosine similarity of the embeddings; ``score`` blends it with the verification."""
+    inliers: int | None = None
+    """Local-feature matches that agree on one homography (RANSAC inliers)."""
+    matches: list[list[float]] = field(default_factory=list, repr=False)
+    """Up to 50 inlier pairs ``[qx, qy, rx, ry]``: query pixels (the photo as uploaded, after EXIF
+    orientation) and reference pixels (the stored original)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (everything but the thumbnail bytes)."""
@@ -139,7 +155,10 @@ def prepare_task(settings: Settings, query_key: str, name: str, corners: Sequenc
         data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_upload_bytes, max_side=2048, name=name
     )
     if corners is not None:
-        img = imaging.deskew(img, corners)
+        # corners are in the pixels of the original (EXIF-upright) image; the decode may be smaller
+        ow, oh = img.info.get("original_size", img.size)
+        sx, sy = img.width / ow, img.height / oh
+        img = imaging.deskew(img, [[float(x) * sx, float(y) * sy] for x, y in corners])
     return imaging.model_input(img)
 
 
@@ -159,7 +178,7 @@ def search_task(
     """Stage 3: kNN in pgvector, then the thumbnails of the hits as bytes."""
     url, source = _require_resolved(settings)
     _, fingerprint = worker_model(source, settings.model_revision)
-    with index.get_pool(url).connection() as conn:
+    with index.pooled_connection(url) as conn:
         rows = index.knn(conn, vector, k, filters)
     if rows and all(r["model"] != fingerprint for r in rows):
         raise ModelError(
@@ -175,6 +194,102 @@ def search_task(
             thumb = None  # a missing thumbnail must not lose the result
         hits.append(_hit(row, rank, thumb))
     return hits
+
+
+def _reference_features_cache() -> Any:
+    global _FEATURES
+    if _FEATURES is None:
+        from .verify import FeatureCache
+
+        _FEATURES = FeatureCache()
+    return _FEATURES
+
+
+_FEATURES: Any = None
+
+
+def reference_features(settings: Settings, image_key: str) -> Any:
+    """Local features of the stored reference ``image_key``, computed on first use and kept in this
+    process's LRU (the key is content-addressed, so an entry never goes stale)."""
+    from .verify import MAX_SIDE, extract_features
+
+    store = worker_store(settings)
+
+    def compute() -> Any:
+        data = store.get(image_key)
+        img = imaging.decode_image(data, max_pixels=settings.max_image_pixels, max_side=MAX_SIDE, name=image_key)
+        return extract_features(img, size=img.info.get("original_size"))
+
+    return _reference_features_cache().get((store.describe(), image_key), compute)
+
+
+def verify_task(settings: Settings, query_key: str, name: str, hits: list[Hit], k: int) -> list[Hit]:
+    """Stage 4: re-rank the first :data:`VERIFY_CANDIDATES` hits by local-feature geometric
+    verification, blend the scores, attach the inlier matches, return the best ``k``.
+
+    Evidence is a bonus: a reference whose features cannot be had keeps its embedding score, and
+    a query that cannot be decoded here (it was decoded by ``prepare``) returns the hits as found.
+    """
+    from .verify import MAX_SIDE, Candidate, extract_features, rerank
+
+    if not hits:
+        return hits
+    # copies: the search future's own result may be this very list (same worker), and a retried
+    # task must not blend twice
+    hits = [dataclasses.replace(h, matches=list(h.matches)) for h in hits]
+    head, tail = hits[:VERIFY_CANDIDATES], hits[VERIFY_CANDIDATES:]
+    try:
+        data = worker_store(settings).get(query_key)
+        img = imaging.decode_image(
+            data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_upload_bytes, max_side=MAX_SIDE, name=name
+        )
+        query = extract_features(img, size=img.info.get("original_size"))
+    except PapyrusError:
+        return hits[:k]
+    candidates = [
+        Candidate(h.score, functools.partial(reference_features, settings, h.image_key), h) for h in head if h.image_key
+    ]
+    ordered: list[Hit] = []
+    for r in rerank(query, candidates):
+        hit: Hit = r.payload
+        hit.embedding_score = r.embedding_score
+        hit.score = round(r.score, 6)
+        if r.verification is not None:
+            hit.inliers = r.verification.inliers
+            hit.matches = r.verification.matches
+        ordered.append(hit)
+    ordered += [h for h in head if not h.image_key] + tail
+    for h in tail:
+        h.embedding_score = h.score
+    out = ordered[:k]
+    for rank, h in enumerate(out, start=1):
+        h.rank = rank
+    return out
+
+
+# --- small tasks for the widget ------------------------------------------------------------------
+
+
+def suggest_corners_task(settings: Settings, query_key: str, name: str) -> list[list[float]] | None:
+    """Corners of the papyrus region of a stored query (TL, TR, BR, BL) in the pixels of the image
+    as stored (after EXIF orientation), or None when no separate region stands out."""
+    data = worker_store(settings).get(query_key)
+    img = imaging.decode_image(
+        data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_upload_bytes, max_side=1024, name=name
+    )
+    corners = imaging.suggest_corners(img)
+    if corners is None:
+        return None
+    width, height = img.info.get("original_size", img.size)
+    sx, sy = width / img.size[0], height / img.size[1]
+    return [[round(x * sx, 1), round(y * sy, 1)] for x, y in corners]
+
+
+def preview_task(settings: Settings, key: str, max_side: int = 1024) -> bytes:
+    """A JPEG of the stored image ``key`` whose long side is at most ``max_side`` pixels."""
+    data = worker_store(settings).get(key)
+    img = imaging.decode_image(data, max_pixels=settings.max_image_pixels, max_side=max_side, name=key)
+    return imaging.jpeg_bytes(img, quality=85)
 
 
 # --- the job handle ----------------------------------------------------------------------------
@@ -195,6 +310,22 @@ def error_message(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "the job timed out: check that the Dask workers are running (papyrus doctor)."
     return f"the job failed ({name}: {exc})."
+
+
+def detach_error(exc: BaseException) -> BaseException:
+    """A copy of the error a failed future raised, to raise on; the original loses its traceback.
+
+    ``Future.result()`` raises the very exception object the client keeps for the future. Raising
+    it hangs the caller's frames on it, and through them the job and its futures: the client then
+    never releases a failed job's futures (zombie tasks in the scheduler). Raise the copy instead.
+    """
+    exc.__traceback__ = None
+    exc.__context__ = None
+    try:
+        clone = copy.copy(exc)
+    except Exception:  # noqa: BLE001 - an exception class that cannot be copied
+        return JobError(error_message(exc))
+    return clone if isinstance(clone, BaseException) else JobError(error_message(exc))
 
 
 class SearchJob:
@@ -262,14 +393,19 @@ class SearchJob:
         return {"state": "done", "stage": "done", "elapsed": elapsed, "message": ""}
 
     def hits(self, timeout: float | None = None) -> list[Hit]:
-        """The hits (waits up to ``timeout`` s); raises a :class:`PapyrusError` if the job failed."""
+        """The hits (waits up to ``timeout`` s); raises a :class:`PapyrusError` if the job failed and
+        :class:`TimeoutError` if it is still running after ``timeout`` s (it keeps running)."""
         if self._cancelled:
             raise JobError("the search was cancelled.")
+        last = self._futures[-1][1]
         try:
-            return self._futures[-1][1].result(timeout=timeout)
-        except PapyrusError:
-            raise
+            return last.result(timeout=timeout)
         except Exception as exc:  # noqa: BLE001
+            if isinstance(exc, TimeoutError) and not last.done():
+                raise TimeoutError(f"the search is still running after {timeout} s.") from None
+            if isinstance(exc, PapyrusError):
+                raise detach_error(exc) from None
+            detach_error(exc)
             failure = self._failure()
             raise JobError(error_message(failure or exc)) from None
 
@@ -292,14 +428,20 @@ def submit_search(
     k: int,
     corners: Sequence[Sequence[float]] | None,
     filters: Mapping[str, Any] | None,
+    verify: bool = False,
 ) -> SearchJob:
-    """Submit prepare → embed → search as three futures; returns at once."""
+    """Submit prepare → embed → search (→ verify) as three (four) futures; returns at once."""
     tag = uuid.uuid4().hex[:8]
     opts = dict(pure=False, priority=SEARCH_PRIORITY, retries=1)
     prepared = client.submit(prepare_task, settings, query_key, name, corners, key=f"papyrus-prepare-{tag}", **opts)
     vector = client.submit(embed_task, settings, prepared, key=f"papyrus-embed-{tag}", **opts)
-    hits = client.submit(search_task, settings, vector, k, filters, key=f"papyrus-search-{tag}", **opts)
-    return SearchJob(client, [("preparing", prepared), ("embedding", vector), ("searching", hits)], name)
+    n = max(k, VERIFY_CANDIDATES) if verify else k
+    hits = client.submit(search_task, settings, vector, n, filters, key=f"papyrus-search-{tag}", **opts)
+    stages = [("preparing", prepared), ("embedding", vector), ("searching", hits)]
+    if verify:
+        checked = client.submit(verify_task, settings, query_key, name, hits, k, key=f"papyrus-verify-{tag}", **opts)
+        stages.append(("verifying", checked))
+    return SearchJob(client, stages, name)
 
 
 # --- ingest ------------------------------------------------------------------------------------
@@ -327,7 +469,7 @@ def ingest_batch_task(settings: Settings, items: Sequence[IngestItem]) -> BatchR
     url, source = _require_resolved(settings)
     model, fingerprint = worker_model(source, settings.model_revision)
     store = worker_store(settings)
-    pool = index.get_pool(url)
+    index.get_pool(url)  # a server that is down fails the first batch here, before any work
     report = BatchReport()
     loaded: list[tuple[IngestItem, bytes, str]] = []
     for item in items:
@@ -337,7 +479,7 @@ def ingest_batch_task(settings: Settings, items: Sequence[IngestItem]) -> BatchR
             report.failed.append((item.path, f"cannot read the file: {exc.strerror}"))
             continue
         loaded.append((item, data, imaging.sha256_hex(data)))
-    with pool.connection() as conn:
+    with index.pooled_connection(url) as conn:
         other = conn.execute("SELECT model FROM images WHERE model <> %s LIMIT 1", (fingerprint,)).fetchone()
         if other:
             raise ModelError(
@@ -381,7 +523,7 @@ def ingest_batch_task(settings: Settings, items: Sequence[IngestItem]) -> BatchR
         vectors = embed_arrays(model, np.stack(arrays))
         for row, vec in zip(rows, vectors):
             row.embedding = vec
-        with pool.connection() as conn:
+        with index.pooled_connection(url) as conn:
             added, skipped = index.add_images(conn, rows)
             index.set_meta(conn, "model", source)
         report.added += added

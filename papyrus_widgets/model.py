@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
-from huggingface_hub import PyTorchModelHubMixin
+from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 
 from .errors import ModelError
 
@@ -49,21 +50,68 @@ class SiameseResNet18(
     outputs are L2-normalised. Input: (N, 3, 224, 224) ImageNet-normalised (see
     :func:`papyrus_widgets.imaging.model_input`).
 
-    ``save_pretrained(dir)`` writes ``config.json`` + ``model.safetensors``; ``push_to_hub``
-    publishes them (both from :class:`huggingface_hub.PyTorchModelHubMixin`).
+    ``save_pretrained(dir)`` writes ``config.json`` + ``model.safetensors`` + a model card
+    (README.md, see :meth:`generate_model_card`); ``push_to_hub(repo_id)`` publishes them (both
+    from :class:`huggingface_hub.PyTorchModelHubMixin`).
+
+    ``trainable``: the freeze policy (:data:`FREEZE_POLICIES`; default ``layer4``, for fine-tuning);
+    ``pretrained``: start the backbone from torchvision's ImageNet weights when they can be had
+    (see :func:`_resnet18`); ``config.json`` records whether it did.
     """
 
-    def __init__(self, embedding_dim: int = 128, trainable: str = "layer4") -> None:
+    def __init__(self, embedding_dim: int = 128, trainable: str = "layer4", pretrained: bool = False) -> None:
         super().__init__()
         if not isinstance(embedding_dim, int) or embedding_dim < 1:
             raise ModelError(f"embedding_dim must be a positive whole number, got {embedding_dim!r}.")
         self.embedding_dim = embedding_dim
-        self.base_model = torchvision.models.resnet18(weights=None)
+        self.base_model, self.backbone_weights = _resnet18(bool(pretrained))
         self.base_model.fc = nn.Linear(512, embedding_dim)
+        config = getattr(self, "_hub_mixin_config", None)
+        if isinstance(config, dict):  # what the backbone really started from, not what was asked
+            config["pretrained"] = self.backbone_weights is not None
+        self.training_summary: dict[str, Any] | None = None
+        self.metrics: dict[str, Any] | None = None
         apply_freeze_policy(self, trainable)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.base_model(x), dim=1)
+
+    @classmethod
+    def _from_pretrained(cls, **kwargs: Any) -> "SiameseResNet18":  # type: ignore[override]
+        # ``from_pretrained`` loads saved weights over the backbone: never fetch ImageNet weights first
+        pretrained = bool(kwargs.pop("pretrained", False))
+        model = super()._from_pretrained(pretrained=False, **kwargs)
+        if isinstance(getattr(model, "_hub_mixin_config", None), dict):
+            model._hub_mixin_config["pretrained"] = pretrained
+        return model
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
+        """The README.md ``save_pretrained`` / ``push_to_hub`` write: what the model is, the data it
+        was trained on (``training_summary``, set by :func:`papyrus_widgets.training.train_triplets`)
+        and its retrieval metrics (``metrics``, e.g. from :func:`papyrus_widgets.evaluation.evaluate`).
+        ``model_card_kwargs={"training": {...}, "metrics": {...}}`` override both."""
+        training = kwargs.get("training", self.training_summary)
+        metrics = kwargs.get("metrics", self.metrics)
+        return model_card(self, training=training, metrics=metrics)
+
+
+def _resnet18(pretrained: bool) -> tuple[nn.Module, str | None]:
+    """torchvision's resnet18; with ``pretrained`` its ImageNet weights through the weights API
+    (``ResNet18_Weights.DEFAULT``, cached under ``TORCH_HOME``). When they cannot be had (offline,
+    no cache) a :class:`UserWarning` says so and the backbone starts from random weights."""
+    if pretrained:
+        weights = torchvision.models.ResNet18_Weights.DEFAULT
+        try:
+            return torchvision.models.resnet18(weights=weights), f"torchvision {weights}"
+        except Exception as exc:  # noqa: BLE001 - no network, no cache, a broken download
+            warnings.warn(
+                f"could not get the pretrained ResNet18 weights ({weights}: {type(exc).__name__}: "
+                f"{_one_line(exc)}); the backbone starts from random weights (training from scratch). "
+                "Put the weights file in $TORCH_HOME/hub/checkpoints to use them offline.",
+                UserWarning,
+                stacklevel=3,
+            )
+    return torchvision.models.resnet18(weights=None), None
 
 
 def apply_freeze_policy(model: SiameseResNet18, trainable: str) -> SiameseResNet18:
@@ -83,6 +131,88 @@ def apply_freeze_policy(model: SiameseResNet18, trainable: str) -> SiameseResNet
     if isinstance(config, dict):
         config["trainable"] = trainable
     return model
+
+
+# --------------------------------------------------------------------------------------------- model card
+
+IMAGENET_WEIGHTS = "torchvision ResNet18_Weights.IMAGENET1K_V1"
+
+
+def model_card(
+    model: SiameseResNet18,
+    training: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+) -> ModelCard:
+    """A Hub model card for ``model``: metadata header, architecture, backbone, the training data
+    and settings (``training``) and the retrieval metrics (``metrics``), each as a table."""
+    data = ModelCardData(
+        library_name="papyrus-widgets",
+        pipeline_tag="image-feature-extraction",
+        tags=sorted({"papyrus", "image-retrieval", "image-feature-extraction", "siamese", "resnet18", "triplet-loss"}),
+    )
+    backbone = (
+        f"started from ImageNet weights ({model.backbone_weights})"
+        if getattr(model, "backbone_weights", None)
+        else "**trained from scratch, no pretrained backbone** (random initialisation)"
+    )
+    lines = [
+        "---",
+        data.to_yaml(),
+        "---",
+        "",
+        "# papyrus-widgets embedding model (SiameseResNet18)",
+        "",
+        f"torchvision ResNet18 → {model.embedding_dim}-d L2-normalised embedding (224 px input, the whole "
+        "papyrus resized to a square), trained with triplet loss so that photographs of the same papyrus "
+        "lie close together. Backbone: " + backbone + f". Freeze policy: `{getattr(model, 'trainable', '?')}`.",
+        "",
+    ]
+    if training:
+        t = dict(training)
+        rows = [
+            ("data", f"{t.get('images', '?')} images of {t.get('identities', t.get('images', '?'))} papyri"
+             + (f" from `{t['source']}`" if t.get("source") else "")),
+            ("positives", t.get("positives", "software re-photographs of each image (`training.recapture`)")),
+            ("negatives", t.get("mining", "batch_hard")),
+            ("epochs", f"{t.get('epochs', '?')} x {t.get('steps_per_epoch', '?')} steps, batch {t.get('batch_size', '?')}"),
+            ("margin / lr", f"{t.get('margin', '?')} / {t.get('lr', '?')}"),
+            ("trainable", t.get("trainable", getattr(model, "trainable", "?"))),
+            ("seed", t.get("seed", "?")),
+            ("device", t.get("device", "cpu")),
+        ]
+        if isinstance(t.get("final_loss"), (int, float)):
+            rows.append(("final loss", f"{t['final_loss']:.4f} (mean of the last epoch)"))
+        if isinstance(t.get("seconds"), (int, float)):
+            rows.append(("training time", f"{t['seconds']:.0f} s"))
+        lines += ["## Training data and settings", "", "| | |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in rows]
+        lines.append("")
+    else:
+        lines += ["## Training data and settings", "", "Not recorded (an untrained or imported model).", ""]
+    if metrics:
+        m = dict(metrics)
+        lines += ["## Evaluation", ""]
+        if m.get("data"):
+            lines += [f"Queries: {m['data']}", ""]
+        lines += ["| metric | value |", "|---|---|"]
+        for key, value in m.items():
+            if key == "data":
+                continue
+            shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+            lines.append(f"| {key} | {shown} |")
+        lines.append("")
+    else:
+        lines += ["## Evaluation", "", "No metrics recorded yet (`papyrus evaluate` measures them).", ""]
+    lines += [
+        "## Use",
+        "",
+        "```python",
+        "from papyrus_widgets.model import load_model",
+        'model = load_model("<this repo id or directory>")  # revision="<commit>" pins a version',
+        "```",
+        "",
+    ]
+    return ModelCard("\n".join(lines))
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -279,6 +409,9 @@ def _build(state: Mapping[str, Any], config: Mapping[str, Any], source: str) -> 
             f"give {embedding_dim}: fix config.json or save the model again."
         )
     model = SiameseResNet18(embedding_dim=embedding_dim, trainable=trainable)
+    if config.get("pretrained"):  # the saved weights came from an ImageNet start: keep saying so
+        model.backbone_weights = IMAGENET_WEIGHTS
+        model._hub_mixin_config["pretrained"] = True
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         parts = []

@@ -63,6 +63,20 @@ def test_search_with_corners_and_metadata(indexed_engine):
     assert res.top.title == "Erlaß des Statthalters Sulpicius Similis"
 
 
+def test_corners_are_in_original_pixels_even_for_big_photos(indexed_engine):
+    # a 3000 px photo is decoded at 2048 px on the worker; corners must still mean original pixels
+    img = Image.open(reference("21114_p_g_24.jpg")).convert("RGB")
+    scale = 3000 / max(img.size)
+    big = img.resize((round(img.width * scale), round(img.height * scale)))
+    canvas = Image.new("RGB", (big.width + 400, big.height + 400), (20, 20, 20))
+    canvas.paste(big, (200, 200))
+    buf = io.BytesIO()
+    canvas.save(buf, "JPEG", quality=92)
+    x0, y0, x1, y1 = 200, 200, 200 + big.width, 200 + big.height
+    res = indexed_engine.search(buf.getvalue(), k=1, corners=[[x1, y1], [x0, y0], [x1, y0], [x0, y1]])
+    assert res.top.inventory_key == "p_g_24" and res.top.score > 0.99
+
+
 def test_filters_narrow_the_hits(indexed_engine):
     res = indexed_engine.search(reference("19331_p_g_107.jpg"), k=5, filters={"date_to": 0})
     assert all(h.date_from is not None and h.date_from <= 0 for h in res)

@@ -3,6 +3,7 @@ papyrus_widgets.training (recapture, triplet training) — on CPU, with real ref
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from pathlib import Path
@@ -21,7 +22,17 @@ from papyrus_widgets.model import (
     load_model,
     model_fingerprint,
 )
-from papyrus_widgets.training import batch_hard_triplet_loss, recapture, train_triplets
+from papyrus_widgets.training import (
+    LiveLossPlot,
+    batch_hard_triplet_loss,
+    load_checkpoint,
+    load_labelled_folders,
+    load_references,
+    load_training_data,
+    recapture,
+    train_triplets,
+    triplet_loss,
+)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REFERENCES = DATA / "heidelberg" / "references"
@@ -77,7 +88,7 @@ def test_freeze_policies() -> None:
     frozen = {n.split(".")[1] for n, p in m.named_parameters() if not p.requires_grad}
     assert trainable == {"layer4", "fc"}
     assert frozen == {"conv1", "bn1", "layer1", "layer2", "layer3"}
-    assert m._hub_mixin_config == {"embedding_dim": 128, "trainable": "layer4"}
+    assert m._hub_mixin_config == {"embedding_dim": 128, "trainable": "layer4", "pretrained": False}
 
     apply_freeze_policy(m, "head")
     assert [n for n, p in m.named_parameters() if p.requires_grad] == ["base_model.fc.weight", "base_model.fc.bias"]
@@ -127,7 +138,11 @@ def test_save_pretrained_round_trip(tmp_path, model, inputs, expected) -> None:
     model.save_pretrained(tmp_path / "m")
     files = {p.name for p in (tmp_path / "m").iterdir()}
     assert {"config.json", "model.safetensors", "README.md"} <= files
-    assert json.loads((tmp_path / "m" / "config.json").read_text()) == {"embedding_dim": 128, "trainable": "layer4"}
+    assert json.loads((tmp_path / "m" / "config.json").read_text()) == {
+        "embedding_dim": 128,
+        "trainable": "layer4",
+        "pretrained": False,
+    }
     assert "library_name: papyrus-widgets" in (tmp_path / "m" / "README.md").read_text()
     loaded = load_model(str(tmp_path / "m"))
     assert not loaded.training
@@ -314,3 +329,386 @@ def test_train_triplets_is_deterministic_per_seed(ref_images) -> None:
     assert a.training_summary["losses"] == b.training_summary["losses"]
     assert model_fingerprint(a) == model_fingerprint(b)
     assert model_fingerprint(a) != model_fingerprint(c)
+
+
+def test_train_from_identities_with_callback_and_mining(ref_images) -> None:
+    identities = {"a": ref_images[:2], "b": ref_images[2:3], "c": ref_images[3:4]}  # "a": two photos
+    seen = []
+    plot = LiveLossPlot()
+
+    def callback(info):
+        seen.append((info["epoch"], info["epochs"], len(info["losses"]), round(info["loss"], 6)))
+        plot(info)
+
+    m = train_triplets(identities, epochs=2, steps_per_epoch=1, batch_size=4, seed=3, mining="random",
+                       progress=False, callback=callback)
+    s = m.training_summary
+    assert s["identities"] == 3 and s["images"] == 4 and s["mining"] == "random"
+    assert "several photographs" in s["positives"]
+    assert seen == [(1, 2, 1, round(s["epoch_losses"][0], 6)), (2, 2, 2, round(s["epoch_losses"][1], 6))]
+    assert plot.figure is not None and len(plot.figure.axes[0].lines) == 2
+    with pytest.raises(ModelError, match="batch_hard, semi_hard, random"):
+        train_triplets(identities, epochs=1, batch_size=4, mining="hardest", progress=False)
+    with pytest.raises(ModelError, match="at least 2 papyri"):
+        train_triplets({"a": ref_images[:3]}, epochs=1, batch_size=4, progress=False)
+
+
+# --------------------------------------------------------------------------------------------- losses
+
+
+def test_triplet_loss_mining_variants() -> None:
+    # anchors 0/1 (label 0) and 2/3 (label 1) on a line: distances are plain differences
+    emb = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.5, 0.0], [4.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    m = 1.0
+    # batch-hard: anchor 0: pos 1, closest neg 1.5 → relu(1 - 1.5 + 1) = .5; anchor 1: pos 1, neg .5 → 1.5;
+    # anchor 2: pos 2.5, neg .5 → 3; anchor 3: pos 2.5, neg 3 → .5
+    assert float(triplet_loss(emb, labels, m, "batch_hard")) == pytest.approx((0.5 + 1.5 + 3 + 0.5) / 4)
+    assert float(batch_hard_triplet_loss(emb, labels, m)) == pytest.approx((0.5 + 1.5 + 3 + 0.5) / 4)
+    # semi-hard: the closest negative farther than the positive, else the closest
+    # anchor 0: pos 1, negs 1.5/4 → 1.5 → .5; anchor 1: pos 1, negs .5/3 → 3 → 0; anchor 2: pos 2.5, negs 1.5/.5 → none
+    # farther → closest .5 → 3; anchor 3: pos 2.5, negs 4/3 → 3 → .5
+    assert float(triplet_loss(emb, labels, m, "semi_hard")) == pytest.approx((0.5 + 0 + 3 + 0.5) / 4)
+    # random: one positive each here, negatives drawn from the generator; reproducible per seed
+    a = triplet_loss(emb, labels, m, "random", torch.Generator().manual_seed(0))
+    b = triplet_loss(emb, labels, m, "random", torch.Generator().manual_seed(0))
+    assert float(a) == float(b)
+    options = set()
+    for seed in range(20):
+        options.add(round(float(triplet_loss(emb, labels, m, "random", torch.Generator().manual_seed(seed))), 4))
+    assert len(options) > 1  # the negatives really vary
+    # each anchor has two negatives: anchor 0 → .5 or 0, 1 → 1.5 or 0, 2 → 3 or 2, 3 → .5 or 0
+    import itertools
+
+    possible = {round(sum(c) / 4, 4) for c in itertools.product((0.5, 0), (1.5, 0), (3, 2), (0.5, 0))}
+    assert options <= possible
+    with pytest.raises(ModelError, match="unknown negative mining"):
+        triplet_loss(emb, labels, m, "hardest")
+
+
+# --------------------------------------------------------------------------------------------- data sources
+
+
+def _link(folder: Path, names: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).symlink_to(REFERENCES / name)
+
+
+def test_load_references_groups_by_inventory_and_bytes(tmp_path) -> None:
+    _link(tmp_path / "refs", ["19322_p_g_213.jpg", "19324_p_g_213.jpg", "21090.xml_p_g_159.jpg",
+                              "21090_p_g_159.jpg", "19331_p_g_107.jpg"])
+    ids = load_references(tmp_path / "refs", max_side=128)
+    assert sorted(ids) == ["p_g_107", "p_g_159", "p_g_213"]
+    assert all(len(v) == 1 for v in ids.values())  # byte-identical pairs are one image of one papyrus
+    assert all(max(img.size) <= 128 for v in ids.values() for img in v)
+    assert list(load_references(tmp_path / "refs", max_side=64, limit=2)) == ["p_g_107", "p_g_159"]
+    assert sorted(load_training_data(tmp_path / "refs", max_side=64)) == sorted(ids)
+    with pytest.raises(ModelError, match="no such folder"):
+        load_references(tmp_path / "missing")
+
+
+def test_labelled_folders_and_the_anchor_train_layout(tmp_path) -> None:
+    flat = tmp_path / "flat"
+    _link(flat / "papyrus A", ["19331_p_g_107.jpg", "21105_p_g_654.jpg"])
+    _link(flat / "papyrus B", ["19314_p_g_25_a.jpg"])
+    ids = load_labelled_folders(flat, max_side=64)
+    assert {k: len(v) for k, v in ids.items()} == {"papyrus A": 2, "papyrus B": 1}
+    assert {k: len(v) for k, v in load_training_data(flat, max_side=64).items()} == {"papyrus A": 2, "papyrus B": 1}
+
+    layout = tmp_path / "papyrusnet"
+    _link(layout / "anchor" / "p1", ["19331_p_g_107.jpg"])
+    _link(layout / "train" / "p1", ["21105_p_g_654.jpg", "19314_p_g_25_a.jpg"])
+    _link(layout / "anchor" / "p2", ["21114_p_g_24.jpg"])
+    _link(layout / "train" / "p2", ["21119_p_g_771.jpg"])
+    ids = load_labelled_folders(layout, max_side=64)
+    assert {k: len(v) for k, v in ids.items()} == {"p1": 3, "p2": 2}
+    with pytest.raises(ModelError, match="at least two"):
+        load_labelled_folders(flat / "papyrus B")
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_resume_ends_where_an_uninterrupted_run_ends(tmp_path, ref_images) -> None:
+    tiny = dict(steps_per_epoch=1, batch_size=4, seed=9, progress=False, trainable="head", lr=1e-2)
+    whole = train_triplets(ref_images[:3], epochs=3, **tiny)
+
+    ckpt = tmp_path / "ckpt"
+    first = train_triplets(ref_images[:3], epochs=1, checkpoint_dir=ckpt, **tiny)
+    state = load_checkpoint(ckpt / "checkpoint.pt")  # weights_only=True: plain data only
+    assert state["epoch"] == 1 and len(state["losses"]) == 1 and "optimizer" in state
+    assert model_fingerprint(first) != model_fingerprint(whole)
+    resumed = train_triplets(ref_images[:3], epochs=3, checkpoint_dir=ckpt, resume=True, **tiny)
+    assert resumed.training_summary["resumed_from_epoch"] == 1
+    assert resumed.training_summary["losses"] == whole.training_summary["losses"]
+    assert model_fingerprint(resumed) == model_fingerprint(whole)
+    assert load_checkpoint(ckpt / "checkpoint.pt")["epoch"] == 3
+
+    # a checkpoint of another run is refused, and so is a file that is not one
+    with pytest.raises(ModelError, match="different run"):
+        train_triplets(ref_images[:4], epochs=3, checkpoint_dir=ckpt, resume=True, **tiny)
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    with pytest.raises(ModelError, match="not a papyrus-widgets training checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    marker = tmp_path / "unpickled"
+    torch.save({"format": "x", "payload": _Payload(str(marker))}, tmp_path / "evil.pt")
+    with pytest.raises(ModelError, match="cannot resume"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------------------------- pretrained backbone, card
+
+
+def test_pretrained_falls_back_to_random_weights_offline(tmp_path, monkeypatch, inputs) -> None:
+    # no cached weights and no network: every download attempt meets a closed port at once
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    started = time.perf_counter()
+    with pytest.warns(UserWarning, match="could not get the pretrained ResNet18 weights.*random weights"):
+        m = SiameseResNet18(pretrained=True)
+    assert time.perf_counter() - started < 30
+    assert m.backbone_weights is None and m._hub_mixin_config["pretrained"] is False
+    assert m.trainable == "layer4"
+    out = embed_arrays(m.eval(), inputs[:2])
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    m.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["pretrained"] is False
+    assert "trained from scratch, no pretrained backbone" in (tmp_path / "m" / "README.md").read_text().lower()
+    # training with pretrained=True offline trains from scratch (all layers), with the same warning
+    with pytest.warns(UserWarning, match="random weights"):
+        t = train_triplets(load_references_small(), epochs=1, steps_per_epoch=1, batch_size=4, pretrained=True,
+                           progress=False)
+    assert t.training_summary["pretrained"] is False and t.training_summary["trainable"] == "all"
+
+
+def load_references_small() -> list[Image.Image]:
+    return [decode_image(p.read_bytes(), max_side=128) for p in sorted(REFERENCES.glob("*.jpg"))[:3]]
+
+
+def test_pretrained_weights_through_the_weights_api(tmp_path, monkeypatch) -> None:
+    import torchvision
+    from torchvision.models._api import WeightsEnum
+
+    torch.manual_seed(99)
+    imagenet = torchvision.models.resnet18(weights=None).state_dict()
+    calls = []
+
+    def fake_get_state_dict(self, *args, **kwargs):
+        calls.append(str(self))
+        return imagenet
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", fake_get_state_dict)
+    m = SiameseResNet18(pretrained=True)
+    assert calls == ["ResNet18_Weights.IMAGENET1K_V1"]
+    assert m.backbone_weights == "torchvision ResNet18_Weights.IMAGENET1K_V1"
+    assert m._hub_mixin_config == {"embedding_dim": 128, "trainable": "layer4", "pretrained": True}
+    assert torch.equal(m.base_model.conv1.weight, imagenet["conv1.weight"])
+    assert torch.equal(m.base_model.layer3[1].bn2.running_var, imagenet["layer3.1.bn2.running_var"])
+    assert m.base_model.fc.weight.shape == (128, 512)  # the head is new
+
+    m.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["pretrained"] is True
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "started from ImageNet weights (torchvision ResNet18_Weights.IMAGENET1K_V1)" in card
+    # loading never fetches the ImageNet weights again: the saved weights replace them anyway
+    for loaded in (load_model(str(tmp_path / "m")), SiameseResNet18.from_pretrained(str(tmp_path / "m"))):
+        assert loaded.backbone_weights == "torchvision ResNet18_Weights.IMAGENET1K_V1" or loaded._hub_mixin_config["pretrained"]
+        assert model_fingerprint(loaded) == model_fingerprint(m)
+    assert calls == ["ResNet18_Weights.IMAGENET1K_V1"]
+    # fine-tuning a pretrained backbone freezes all but layer4 + head by default
+    t = train_triplets(load_references_small(), epochs=1, steps_per_epoch=1, batch_size=4, pretrained=True,
+                       progress=False)
+    assert t.training_summary["pretrained"] is True and t.training_summary["trainable"] == "layer4"
+    assert torch.equal(t.base_model.conv1.weight, imagenet["conv1.weight"])  # frozen
+
+
+def test_model_card_names_training_data_and_metrics(tmp_path, model) -> None:
+    m = SiameseResNet18()
+    m.load_state_dict(model.state_dict())
+    m.training_summary = {
+        "source": "heidelberg/references", "identities": 40, "images": 40, "mining": "batch_hard",
+        "epochs": 10, "steps_per_epoch": 5, "batch_size": 16, "margin": 0.8, "lr": 0.001, "trainable": "all",
+        "seed": 0, "device": "cpu", "final_loss": 0.4321, "seconds": 240.0,
+    }
+    m.metrics = {"data": "40 re-photographs of the Heidelberg references", "queries": 40, "top1": 0.75,
+                 "top5": 0.9, "mAP": 0.8123}
+    m.save_pretrained(tmp_path / "m")
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: papyrus-widgets" in card
+    assert "pipeline_tag: image-feature-extraction" in card
+    for text in ("40 images of 40 papyri from `heidelberg/references`", "| negatives | batch_hard |",
+                 "10 x 5 steps, batch 16", "0.4321", "| training time | 240 s |",
+                 "Queries: 40 re-photographs of the Heidelberg references", "| top1 | 0.750 |", "| mAP | 0.812 |",
+                 "| queries | 40 |"):
+        assert text in card, text
+    # model_card_kwargs override what the model carries
+    m.save_pretrained(tmp_path / "n", model_card_kwargs={"metrics": {"top1": 0.5}})
+    other = (tmp_path / "n" / "README.md").read_text()
+    assert "| top1 | 0.500 |" in other and "0.750" not in other
+    # a model without records says so
+    plain = SiameseResNet18()
+    plain.save_pretrained(tmp_path / "p")
+    text = (tmp_path / "p" / "README.md").read_text()
+    assert "Not recorded" in text and "No metrics recorded yet" in text
+
+
+# --------------------------------------------------------------------------------------------- push_to_hub
+
+
+class _HubStandIn:
+    """A real HTTP server speaking the Hub's upload protocol (create repo, validate YAML, preupload,
+    the LFS batch API + PUT, and the NDJSON commit), keeping what it receives in memory."""
+
+    TOKEN = "hf_standin_token"
+
+    def __init__(self) -> None:
+        import hashlib
+        import http.server
+        import threading
+
+        self.repos: set[str] = set()
+        self.lfs: dict[str, bytes] = {}
+        self.commits: list[dict] = []
+        self.requests: list[str] = []
+        stand_in = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    data = b""
+                    while True:
+                        size = int(self.rfile.readline().strip().split(b";")[0], 16)
+                        if size == 0:
+                            self.rfile.readline()
+                            return data
+                        data += self.rfile.read(size)
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _send(self, status: int, payload) -> None:
+                body = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _authorised(self) -> bool:
+                if self.headers.get("Authorization") != f"Bearer {stand_in.TOKEN}":
+                    self._send(401, {"error": "Invalid credentials in Authorization header"})
+                    return False
+                return True
+
+            def do_PUT(self):
+                stand_in.requests.append(f"PUT {self.path}")
+                data = self._body()
+                oid = self.path.rsplit("/", 1)[-1]
+                if hashlib.sha256(data).hexdigest() != oid:
+                    return self._send(400, {"error": "sha256 mismatch"})
+                stand_in.lfs[oid] = data
+                self._send(200, {})
+
+            def do_POST(self):
+                path = self.path.split("?", 1)[0]
+                stand_in.requests.append(f"POST {path}")
+                body = self._body()
+                if not self._authorised():
+                    return None
+                base = f"http://127.0.0.1:{self.server.server_address[1]}"
+                if path == "/api/repos/create":
+                    req = json.loads(body)
+                    repo = f"{req['organization']}/{req['name']}"
+                    stand_in.repos.add(repo)
+                    return self._send(200, {"url": f"{base}/{repo}"})
+                if path == "/api/validate-yaml":
+                    return self._send(200, {"errors": [], "warnings": []})
+                if "/preupload/" in path:
+                    files = json.loads(body)["files"]
+                    return self._send(200, {"files": [
+                        {"path": f["path"], "uploadMode": "lfs" if f["path"].endswith(".safetensors") else "regular",
+                         "shouldIgnore": False} for f in files]})
+                if path.endswith(".git/info/lfs/objects/batch"):
+                    objects = json.loads(body)["objects"]
+                    return self._send(200, {"transfer": "basic", "objects": [
+                        {"oid": o["oid"], "size": o["size"],
+                         "actions": {"upload": {"href": f"{base}/lfs-upload/{o['oid']}"}}} for o in objects]})
+                if "/commit/" in path:
+                    repo, revision = path[len("/api/models/"):].split("/commit/")
+                    if repo not in stand_in.repos:
+                        return self._send(404, {"error": "Repository not found"})
+                    lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+                    files = {}
+                    for line in lines[1:]:
+                        v = line["value"]
+                        if line["key"] == "file":
+                            files[v["path"]] = base64.b64decode(v["content"])
+                        elif line["key"] == "lfsFile":
+                            files[v["path"]] = stand_in.lfs[v["oid"]]
+                    oid = hashlib.sha1(body).hexdigest()
+                    stand_in.commits.append({"repo": repo, "revision": revision, "header": lines[0]["value"],
+                                             "files": files, "oid": oid})
+                    return self._send(200, {"commitUrl": f"{base}/{repo}/commit/{oid}", "commitOid": oid,
+                                            "pullRequestUrl": None, "success": True})
+                return self._send(404, {"error": f"no route {path}"})
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    from huggingface_hub import constants
+
+    server = _HubStandIn()
+    monkeypatch.setattr(constants, "ENDPOINT", server.url)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the LFS protocol (Xet's CAS is not stood in)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    yield server
+    server.close()
+
+
+def test_push_to_hub_uploads_weights_config_and_card(tmp_path, hub, model) -> None:
+    m = SiameseResNet18()
+    m.load_state_dict(model.state_dict())
+    m.training_summary = {"identities": 40, "images": 40, "epochs": 3, "steps_per_epoch": 5, "batch_size": 16}
+    m.metrics = {"queries": 40, "top1": 0.6, "mAP": 0.7}
+    url = m.push_to_hub("curator/papyrus-test", token=_HubStandIn.TOKEN, commit_message="first model")
+    assert "curator/papyrus-test" in hub.repos
+    assert len(hub.commits) == 1
+    commit = hub.commits[0]
+    assert commit["repo"] == "curator/papyrus-test" and commit["revision"] == "main"
+    assert commit["header"]["summary"] == "first model"
+    assert commit["oid"] in str(url)
+    assert set(commit["files"]) == {"config.json", "model.safetensors", "README.md"}
+    # the weights went through the LFS batch API and load back to the same model
+    assert any(r.endswith(".git/info/lfs/objects/batch") for r in hub.requests)
+    assert any(r.startswith("PUT /lfs-upload/") for r in hub.requests)
+    pushed = tmp_path / "pushed"
+    pushed.mkdir()
+    for name, data in commit["files"].items():
+        (pushed / name).write_bytes(data)
+    assert model_fingerprint(load_model(str(pushed))) == model_fingerprint(m)
+    assert json.loads(commit["files"]["config.json"]) == {"embedding_dim": 128, "trainable": "layer4", "pretrained": False}
+    card = commit["files"]["README.md"].decode()
+    assert "library_name: papyrus-widgets" in card and "40 images of 40 papyri" in card and "| top1 | 0.600 |" in card
+
+    # without the right token the stand-in refuses, as the Hub does
+    from huggingface_hub.errors import HfHubHTTPError
+
+    with pytest.raises(HfHubHTTPError):
+        m.push_to_hub("curator/papyrus-test", token="hf_wrong")
+    assert len(hub.commits) == 1

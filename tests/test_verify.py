@@ -1,0 +1,256 @@
+"""Geometric verification (papyrus_widgets.verify) on real scans, and the verifying stage of the
+search chain on the test session's services."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from papyrus_widgets import jobs, verify
+from papyrus_widgets.imaging import _perspective_coefficients, decode_image
+from papyrus_widgets.training import recapture
+
+from .conftest import reference
+
+QUERY_NAME = "19331_p_g_107.jpg"  # tall, fibrous, holes: plenty of texture
+OTHER_NAME = "21105_p_g_654.jpg"  # another papyrus, same library footer
+
+
+@pytest.fixture(scope="module")
+def scan() -> Image.Image:
+    return decode_image(reference(QUERY_NAME).read_bytes(), max_side=1024, name=QUERY_NAME)
+
+
+@pytest.fixture(scope="module")
+def scan_features(scan) -> verify.Features:
+    return verify.extract_features(scan, size=scan.info["original_size"])
+
+
+@pytest.fixture(scope="module")
+def other_features() -> verify.Features:
+    img = decode_image(reference(OTHER_NAME).read_bytes(), max_side=1024, name=OTHER_NAME)
+    return verify.extract_features(img, size=img.info["original_size"])
+
+
+@pytest.fixture(scope="module")
+def warped(scan):
+    """A photo of the scan with a known perspective: (image, map from photo pixels to scan pixels)."""
+    w, h = scan.size
+    out_w, out_h = 700, 900
+    # where the scan's corners land in the photo: a camera held at an angle
+    photo_corners = np.array([[60, 40], [640, 90], [610, 860], [30, 820]], dtype=np.float64)
+    scan_corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float64)
+    coeffs = _perspective_coefficients(photo_corners, scan_corners)  # photo (output) → scan (input)
+    photo = scan.transform((out_w, out_h), Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BILINEAR, fillcolor=(30, 30, 30))
+
+    def to_scan(x: float, y: float) -> tuple[float, float]:
+        a, b, c, d, e, f, g, hh = coeffs
+        den = g * x + hh * y + 1
+        return (a * x + b * y + c) / den, (d * x + e * y + f) / den
+
+    return photo, to_scan
+
+
+def test_features_are_bounded_and_in_stored_pixels(scan, scan_features) -> None:
+    f = scan_features
+    stored_w, stored_h = scan.info["original_size"]
+    assert max(scan.size) == 1024 and max(stored_w, stored_h) > 1024  # decoded smaller than stored
+    assert f.size == (stored_w, stored_h) and f.work_side == verify.MAX_SIDE
+    assert 200 < len(f) <= verify.MAX_KEYPOINTS
+    assert f.descriptors.shape == (len(f), 128) and f.descriptors.dtype == np.uint8
+    assert f.method == "sift"
+    # points span the stored image, not the 1024 px work image
+    assert f.points[:, 0].min() >= -1 and f.points[:, 0].max() <= stored_w
+    assert f.points[:, 1].max() > 1024 * 1.2
+    fewer = verify.extract_features(scan, size=f.size, max_keypoints=100, max_side=512)
+    assert len(fewer) <= 100 and fewer.work_side == 512 and fewer.size == f.size
+    # without ``size`` the points are in the pixels of the image given (info is not trusted:
+    # Pillow copies it onto derived images, as onto this crop)
+    crop = scan.crop((0, 0, 400, 600))
+    assert crop.info.get("original_size") == f.size
+    own = verify.extract_features(crop)
+    assert own.size == (400, 600) and own.points[:, 0].max() <= 400 and own.points[:, 1].max() <= 600
+
+
+def test_features_round_trip_as_bytes(scan_features) -> None:
+    data = scan_features.to_bytes()
+    back = verify.Features.from_bytes(data)
+    assert back.size == scan_features.size and back.method == "sift" and back.work_side == verify.MAX_SIDE
+    np.testing.assert_array_equal(back.points, scan_features.points)
+    np.testing.assert_array_equal(back.descriptors, scan_features.descriptors)
+    assert len(data) < 200_000
+
+
+def test_known_perspective_gives_inliers_at_the_right_places(warped, scan, scan_features) -> None:
+    photo, to_scan = warped
+    query = verify.extract_features(photo)
+    v = verify.match(query, scan_features)
+    assert v.inliers >= verify.FULL_INLIERS and v.support == 1.0
+    assert 0 < len(v.matches) <= verify.MAX_EVIDENCE
+    # every evidence pair is the same spot: the photo point, mapped back, lands on the scan point
+    sx = scan_features.size[0] / scan.size[0]
+    errors = []
+    for qx, qy, rx, ry in v.matches:
+        x, y = to_scan(qx, qy)
+        errors.append(np.hypot(x * sx - rx, y * sx - ry))
+    assert np.median(errors) < 3 * sx and max(errors) < 12 * sx, errors
+    # the homography maps reference pixels to photo pixels: the scan's centre lands near the photo's
+    H = np.asarray(v.homography)
+    cx, cy = scan_features.size[0] / 2, scan_features.size[1] / 2
+    px, py, pw = H @ [cx, cy, 1.0]
+    back = to_scan(px / pw, py / pw)
+    assert np.hypot(back[0] * sx - cx, back[1] * sx - cy) < 10 * sx
+    json.dumps(v.matches)  # evidence is plain JSON
+
+
+def test_another_papyrus_gets_no_support(warped, other_features) -> None:
+    photo, _ = warped
+    v = verify.match(verify.extract_features(photo), other_features)
+    assert v.inliers <= verify.MIN_INLIERS and v.support == 0.0
+
+
+def test_recaptured_photo_verifies_only_against_its_own_scan(scan, scan_features, other_features) -> None:
+    photo = recapture(scan, np.random.default_rng(3))
+    query = verify.extract_features(photo)
+    right = verify.match(query, scan_features)
+    wrong = verify.match(query, other_features)
+    assert right.inliers > verify.MIN_INLIERS + 5 and right.support > 0
+    assert wrong.support == 0.0 and wrong.inliers < right.inliers
+
+
+def test_support_and_blend() -> None:
+    assert verify.support(0) == verify.support(verify.MIN_INLIERS) == 0.0
+    assert verify.support(verify.FULL_INLIERS) == verify.support(1000) == 1.0
+    mid = verify.support((verify.MIN_INLIERS + verify.FULL_INLIERS) // 2)
+    assert 0.3 < mid < 0.7
+    assert verify.blend(0.6, 0.0) == pytest.approx(0.6)
+    assert verify.blend(0.6, 1.0) == pytest.approx(1.0)
+    assert verify.blend(0.6, 0.5) == pytest.approx(0.8)
+    assert verify.blend(1.0, 0.3) == pytest.approx(1.0)
+
+
+def test_rerank_lifts_the_verified_reference(warped, scan_features, other_features) -> None:
+    photo, _ = warped
+    query = verify.extract_features(photo)
+
+    def broken() -> verify.Features:
+        raise KeyError("originals/missing.jpg")
+
+    candidates = [
+        verify.Candidate(0.9, other_features, "other"),
+        verify.Candidate(0.85, broken, "missing"),
+        verify.Candidate(0.7, lambda: scan_features, "right"),
+    ]
+    out = verify.rerank(query, candidates)
+    assert [r.payload for r in out] == ["right", "other", "missing"]
+    assert out[0].score == pytest.approx(1.0) and out[0].embedding_score == 0.7
+    assert out[1].score == pytest.approx(0.9) and out[1].verification.inliers <= verify.MIN_INLIERS
+    assert out[2].verification is None and out[2].score == 0.85  # a failed reference keeps its hit
+
+
+def test_orb_fallback_matches_too(warped, scan) -> None:
+    photo, _ = warped
+    q = verify.extract_features(photo, method="orb")
+    r = verify.extract_features(scan, method="orb")
+    assert q.method == r.method == "orb" and r.descriptors.shape[1] == 32
+    assert verify.match(q, r).inliers >= verify.FULL_INLIERS
+    with pytest.raises(ValueError, match="sift"):
+        verify.match(q, verify.extract_features(scan))
+
+
+def test_feature_cache_is_an_lru() -> None:
+    cache = verify.FeatureCache(maxsize=2)
+    made = []
+
+    def make(name):
+        def compute():
+            made.append(name)
+            return name
+        return compute
+
+    assert cache.get("a", make("a")) == "a"
+    assert cache.get("b", make("b")) == "b"
+    assert cache.get("a", make("a")) == "a"  # hit, and "a" is now the most recent
+    cache.get("c", make("c"))  # evicts "b"
+    cache.get("b", make("b"))
+    assert made == ["a", "b", "c", "b"] and cache.hits == 1 and cache.misses == 4 and len(cache) == 2
+
+
+def test_draw_matches_figure(warped, scan) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.patches import ConnectionPatch
+
+    photo, _ = warped
+    v = verify.match(verify.extract_features(photo), verify.extract_features(scan))
+    fig = verify.draw_matches(photo, scan, v.matches, title=f"{v.inliers} inliers")
+    assert len(fig.axes) == 2
+    assert sum(isinstance(a, ConnectionPatch) for a in fig.artists) == len(v.matches) > 0
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    assert buf.getvalue()[:4] == b"\x89PNG"
+
+
+# --------------------------------------------------------------------------------------------- the search chain
+
+
+def _photo_bytes(name: str, seed: int) -> bytes:
+    scan = decode_image(reference(name).read_bytes(), max_side=1024, name=name)
+    buf = io.BytesIO()
+    recapture(scan, np.random.default_rng(seed)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_search_chain_verifies_with_evidence(indexed_engine) -> None:
+    data = _photo_bytes(QUERY_NAME, seed=3)
+    job = indexed_engine.submit_search(data, name="photo.jpg", k=5)
+    assert [stage for stage, _ in job._futures] == ["preparing", "embedding", "searching", "verifying"]
+    hits = job.hits(timeout=300)
+    assert len(hits) == 5 and [h.rank for h in hits] == [1, 2, 3, 4, 5]
+    assert all(h.embedding_score is not None and h.inliers is not None for h in hits)
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)
+    right = [h for h in hits if h.inventory_key == "p_g_107"]
+    assert right and right[0].rank == 1, [(h.inventory_key, h.score, h.inliers) for h in hits]
+    top = right[0]
+    assert top.inliers > verify.MIN_INLIERS and 0 < len(top.matches) <= verify.MAX_EVIDENCE
+    assert top.score > top.embedding_score
+    # evidence in stored pixels: the query as uploaded, the reference original
+    qw, qh = Image.open(io.BytesIO(data)).size
+    rw, rh = Image.open(reference(QUERY_NAME)).size
+    m = np.asarray(top.matches)
+    assert m[:, 0].max() <= qw and m[:, 1].max() <= qh and m[:, 2].max() <= rw and m[:, 3].max() <= rh
+    assert m[:, 3].max() > qh  # reference coordinates are the original's (1882 px tall), not the query's
+    d = top.to_dict()
+    assert d["inliers"] == top.inliers and len(d["matches"]) == len(top.matches)
+    json.dumps(d)
+    # unverified hits carry no evidence
+    wrong = [h for h in hits if h.inventory_key != "p_g_107"]
+    assert all(h.inliers <= verify.MIN_INLIERS and h.score == pytest.approx(h.embedding_score) for h in wrong)
+
+
+def test_search_without_verification_and_timing(indexed_engine) -> None:
+    data = _photo_bytes(QUERY_NAME, seed=4)
+    indexed_engine.search(data, k=5)  # warm: the workers' reference features for these hits
+    plain, checked = [], []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        res = indexed_engine.search(data, k=5, verify=False)
+        plain.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        indexed_engine.search(data, k=5, verify=True)
+        checked.append(time.perf_counter() - t0)
+    assert all(h.inliers is None and h.embedding_score is None and h.matches == [] for h in res)
+    job = indexed_engine.submit_search(data, name="photo.jpg", k=5, verify=False)
+    assert [stage for stage, _ in job._futures] == ["preparing", "embedding", "searching"]
+    job.hits(timeout=300)
+    print(
+        f"\nsearch latency, warm workers: {min(plain) * 1000:.0f} ms without verification, "
+        f"{min(checked) * 1000:.0f} ms with (best of 2)"
+    )
