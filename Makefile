@@ -51,3 +51,12 @@ test: test-js test-py
 
 clean:
 	rm -rf $(VENV) test-output .pytest_cache *.egg-info
+
+# Benchmarks: every figure against its baseline in the same run, written to benchmarks/results.md
+# (see benchmarks/README.md). BENCH_1M=1 adds the 1,000,000-vector kNN figure (slow, opt-in);
+# BENCH_ARGS=--quick is a smoke run.
+BENCH_1M ?=
+BENCH_ARGS ?=
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py $(if $(filter-out 0 no false,$(BENCH_1M)),--million,) $(BENCH_ARGS)

@@ -1,0 +1,361 @@
+"""Figure 2 — ingest throughput: images/s of ``Engine.ingest`` on real scans vs the bare model forward.
+
+Images: the 44 Heidelberg references and the photos under ``more/`` (up to 4.5k x 7k px), linked
+into a temporary folder (the shared data is never copied), with their HGV EpiDoc records.
+
+- **candidate**: ``Engine.ingest(folder, hgv-epidoc/)`` on a warm LocalCluster of 2 workers
+  (model and connection pool already loaded), into an empty index and object store, repeated;
+- **limit**: the bare model forward (``embed_arrays``, batches of 8) on pre-decoded tensors, on
+  the same 2 workers (the tensors are scattered to them beforehand, one task per worker) — what
+  the same cluster can embed at best; the in-process forward with 1 and with all cores' torch
+  threads is reported too;
+- **where the gap goes**: each stage of the ingest task timed alone per image in this process
+  (one torch thread, as on a worker): read + sha256, decode (``decode_image`` max_side=1024),
+  model input, thumbnail, object-store writes, forward, binary COPY (``index.add_images``), plus
+  the catalogue parse the client does once per ingest.
+
+Run alone: ``python benchmarks/bench_ingest_throughput.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C
+
+NAME = "ingest_throughput"
+BATCH = 8  # Engine.ingest's default batch_size
+
+
+def wipe_index(engine: Any) -> None:
+    """An empty index and object store (the schema, the model record and the services stay)."""
+    from papyrus_widgets import index
+
+    with index.connect(engine.resolved_settings().database_url) as conn:
+        conn.execute("TRUNCATE images, papyri RESTART IDENTITY CASCADE")
+        conn.commit()
+        conn.autocommit = True
+        conn.execute("VACUUM ANALYZE images")
+    shutil.rmtree(engine.settings.data_dir / "objects", ignore_errors=True)
+
+
+def measure_ingest(engine: Any, folder: Path, repeats: int) -> list[dict[str, Any]]:
+    """Runs of Engine.ingest into an empty index, with the workers' task stream of each run."""
+    from distributed import get_task_stream
+
+    runs = []
+    for r in range(repeats):
+        wipe_index(engine)
+        with get_task_stream(engine.client) as stream:
+            epoch0 = time.time()
+            t0 = time.perf_counter()
+            report = engine.ingest(folder, C.HGV_DIR, progress=False)
+            seconds = time.perf_counter() - t0
+        if report.failed:
+            raise RuntimeError(f"ingest failed for {report.failed}")
+        computes = [
+            (ss["start"], ss["stop"])
+            for task in stream.data
+            if "ingest_batch_task" in str(task.get("key"))
+            for ss in task.get("startstops", ())
+            if ss.get("action") == "compute"
+        ]
+        first_start = min((a for a, _ in computes), default=epoch0) - epoch0
+        last_stop = max((b for _, b in computes), default=epoch0) - epoch0
+        processed = report.added + report.skipped
+        runs.append(
+            {
+                "seconds": seconds,
+                "added": report.added,
+                "skipped": report.skipped,
+                "images_per_s": processed / seconds,
+                "batches": len(computes),
+                "worker_compute_s": sum(b - a for a, b in computes),
+                "before_first_task_s": first_start,
+                "after_last_task_s": seconds - last_stop,
+            }
+        )
+        print(f"  ingest run {r + 1}/{repeats}: {report}  → {processed / seconds:.2f} images/s", flush=True)
+    return runs
+
+
+def forward_task(source: str, revision: str | None, arrays: np.ndarray) -> int:
+    """The bare forward on a worker (its cached model), nothing else."""
+    from papyrus_widgets import jobs
+    from papyrus_widgets.model import embed_arrays
+
+    model, _ = jobs.worker_model(source, revision)
+    embed_arrays(model, arrays, batch_size=BATCH)
+    return len(arrays)
+
+
+def measure_cluster_limit(client: Any, settings: Any, inputs: np.ndarray, repeats: int) -> dict[str, Any]:
+    """images/s of the bare forward on every worker at once, the inputs already on the workers."""
+    workers = sorted(client.scheduler_info()["workers"])
+    chunks = np.array_split(inputs, len(workers))
+    placed = [client.scatter(chunk, workers=[w], broadcast=False) for chunk, w in zip(chunks, workers)]
+    args = (settings.model, settings.model_revision)
+    client.gather(
+        [client.submit(forward_task, *args, p, workers=[w], pure=False) for p, w in zip(placed, workers)]
+    )
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        futures = [
+            client.submit(forward_task, *args, p, workers=[w], pure=False) for p, w in zip(placed, workers)
+        ]
+        done = sum(client.gather(futures))
+        rates.append(done / (time.perf_counter() - t0))
+    del placed
+    return {"workers": len(workers), "images_per_s_runs": rates, "images_per_s": C.median(rates)}
+
+
+def measure_limit(model: Any, inputs: np.ndarray, threads: int, repeats: int) -> dict[str, Any]:
+    import torch
+
+    from papyrus_widgets.model import embed_arrays
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        embed_arrays(model, inputs[:BATCH], batch_size=BATCH)  # warm-up
+        rates = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            embed_arrays(model, inputs, batch_size=BATCH)
+            rates.append(len(inputs) / (time.perf_counter() - t0))
+    finally:
+        torch.set_num_threads(before)
+    return {"torch_threads": threads, "images_per_s_runs": rates, "images_per_s": C.median(rates)}
+
+
+def measure_stages(engine: Any, paths: list[Path], model: Any, scratch: Path) -> dict[str, Any]:
+    """Per-image seconds of each stage of ``jobs.ingest_batch_task``, in this process, 1 torch thread."""
+    import torch
+
+    from papyrus_widgets import imaging, index, objects
+    from papyrus_widgets.metadata import load_metadata, record_for_image
+    from papyrus_widgets.model import embed_arrays, model_fingerprint
+
+    settings = engine.resolved_settings()
+    sw = C.Stopwatch()
+    with sw("catalogue parse (once per ingest)"):
+        records = load_metadata(C.HGV_DIR)
+    fingerprint = model_fingerprint(model)
+    store = objects.LocalStore(scratch)
+    pool = index.get_pool(settings.database_url)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    wipe_index(engine)
+    n_images = 0
+    try:
+        for start in range(0, len(paths), BATCH):
+            batch = paths[start : start + BATCH]
+            rows, arrays = [], []
+            for p in batch:
+                with sw("read + sha256"):
+                    data = p.read_bytes()
+                    sha = imaging.sha256_hex(data)
+                with sw("decode (max_side 1024)"):
+                    img = imaging.decode_image(
+                        data, max_pixels=settings.max_image_pixels, max_side=1024, name=p.name
+                    )
+                ext = objects.extension_for(p.name, img.info.get("format"))
+                key = objects.object_key(objects.ORIGINALS, sha, ext)
+                thumb_key = objects.object_key(objects.THUMBNAILS, sha, ".jpg")
+                with sw("thumbnail (256 px JPEG)"):
+                    thumb = imaging.thumbnail_bytes(img, settings.thumbnail_size)
+                with sw("object store writes"):
+                    store.put(key, data)
+                    store.put(thumb_key, thumb)
+                with sw("model input (resize 224, normalise)"):
+                    arrays.append(imaging.model_input(img))
+                w, h = img.info.get("original_size", img.size)
+                rows.append(
+                    index.ImageRow(
+                        record=record_for_image(p, records),
+                        sha256=sha,
+                        source_name=p.name,
+                        object_key=key,
+                        thumb_key=thumb_key,
+                        width=int(w),
+                        height=int(h),
+                        model=fingerprint,
+                        embedding=np.zeros(index.EMBEDDING_DIM, dtype=np.float32),
+                    )
+                )
+            with sw("forward (1 thread, batch of 8)"):
+                vectors = embed_arrays(model, np.stack(arrays), batch_size=BATCH)
+            for row, vec in zip(rows, vectors):
+                row.embedding = vec
+            with sw("binary COPY (index.add_images)"), pool.connection() as conn:
+                index.add_images(conn, rows)
+            n_images += len(batch)
+    finally:
+        torch.set_num_threads(before)
+    per_image = {name: sum(v) / n_images for name, v in sw.times.items()}
+    return {"images": n_images, "seconds_per_image": per_image}
+
+
+def main() -> None:
+    args = C.parse_args(__doc__.splitlines()[0])
+    C.setup_environment()
+    load_start = C.load_average()
+    repeats = 1 if args.quick else 3
+
+    from papyrus_widgets import imaging
+    from papyrus_widgets.api import Engine
+    from papyrus_widgets.model import load_model
+
+    paths = C.reference_images() + C.more_images()
+    if args.quick:
+        paths = C.reference_images()[:16] + C.more_images()[:2]
+    with C.workspace("ingest") as ws:
+        folder = C.link_folder(paths, ws.root / "scans")
+        pixels = []
+        for p in paths:
+            from PIL import Image
+
+            with Image.open(p) as im:
+                pixels.append(im.size[0] * im.size[1])
+        engine = Engine(ws.settings(workers=2))
+        settings = engine.resolved_settings()
+        client = engine.client
+        C.warm_workers(client, settings)
+        print(
+            f"{len(paths)} scans, {sum(p.stat().st_size for p in paths) / 1e6:.1f} MB, "
+            f"median {np.median(pixels) / 1e6:.1f} MP; 2 workers (1 thread each)",
+            flush=True,
+        )
+
+        model = load_model(settings.model)
+        inputs = np.stack(
+            [
+                imaging.model_input(imaging.decode_image(p.read_bytes(), max_side=1024, name=p.name))
+                for p in paths
+            ]
+        )
+        # ingest and the limit alternate, so that both see the same moments of a shared machine
+        runs, limit_runs = [], []
+        for _ in range(repeats):
+            runs += measure_ingest(engine, folder, 1)
+            limit_runs.append(measure_cluster_limit(client, settings, inputs, 1)["images_per_s"])
+        ingest_rate = C.median([r["images_per_s"] for r in runs])
+        limit = {"workers": 2, "images_per_s_runs": limit_runs, "images_per_s": C.median(limit_runs)}
+        cores = C.machine()["usable_cores"] or 1
+        in_process_all = measure_limit(model, inputs, cores, repeats)
+        in_process_1 = measure_limit(model, inputs, 1, repeats)
+        stages = measure_stages(engine, paths, model, ws.root / "scratch-objects")
+        versions = C.db_versions(settings.database_url)
+
+    workers = 2
+    n = len(paths)
+    per_image = stages["seconds_per_image"]
+    task_stages = {k: v for k, v in per_image.items() if not k.startswith("catalogue")}
+    serial = sum(task_stages.values())
+    med_run = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+    ingest_core_s = workers * med_run["seconds"] / n  # core-seconds each image costs in the real ingest
+    compute_core_s = med_run["worker_compute_s"] / n
+    before_core_s = workers * med_run["before_first_task_s"] / n
+    after_core_s = workers * med_run["after_last_task_s"] / n
+    idle_core_s = ingest_core_s - compute_core_s - before_core_s - after_core_s
+    result = {
+        "title": "Ingest throughput: Engine.ingest vs the bare model forward",
+        "quick": args.quick,
+        "images": len(paths),
+        "megapixels_median": float(np.median(pixels) / 1e6),
+        "workers": workers,
+        "ingest_runs": runs,
+        "ingest_images_per_s": ingest_rate,
+        "limit": limit,
+        "in_process_forward_all_threads": in_process_all,
+        "in_process_forward_one_thread": in_process_1,
+        "stages": stages,
+        "core_seconds_per_image": {
+            "ingest: workers x wall / images (median run)": ingest_core_s,
+            "in tasks (worker compute)": compute_core_s,
+            "workers waiting before the first task (client: list files, parse catalogue, submit)": before_core_s,
+            "workers idle between tasks (uneven batches, scheduling)": idle_core_s,
+            "after the last task (result to the client)": after_core_s,
+            "sum of the task's stages timed alone in-process": serial,
+            "catalogue parse timed alone (once per ingest, per image)": per_image.get(
+                "catalogue parse (once per ingest)", 0.0
+            ),
+        },
+        "ratios": {
+            "ingest_over_limit": C.ratio(ingest_rate, limit["images_per_s"]),
+            "forward_share_of_stages": C.ratio(
+                task_stages.get("forward (1 thread, batch of 8)", 0.0), serial
+            ),
+        },
+        "load_average_start": load_start,
+        "versions": versions,
+    }
+    result["headline"] = (
+        f"ingest {ingest_rate:.2f} images/s = {result['ratios']['ingest_over_limit']:.2f}x the bare forward "
+        f"({limit['images_per_s']:.1f} images/s)"
+    )
+    print()
+    print(f"Ingest of {len(paths)} real scans, 2 workers; median of {repeats} run(s)")
+    print(f"RATIO ingest/limit = {result['ratios']['ingest_over_limit']:.3f}")
+    print(
+        C.table(
+            [
+                ["Engine.ingest (warm, 2 workers x 1 thread)", ingest_rate],
+                ["limit: bare forward on the same 2 workers, batch 8", limit["images_per_s"]],
+                [
+                    f"bare forward in-process, {in_process_all['torch_threads']} threads",
+                    in_process_all["images_per_s"],
+                ],
+                ["bare forward in-process, 1 thread", in_process_1["images_per_s"]],
+            ],
+            ["path", "images/s"],
+        )
+    )
+    print()
+    rows = [
+        [k, C.ms(v), f"{100 * v / serial:.0f} %"]
+        for k, v in sorted(task_stages.items(), key=lambda kv: -kv[1])
+    ]
+    rows.append(["sum of the task's stages (1 core)", C.ms(serial), "100 %"])
+    rows.append(
+        [
+            "catalogue parse alone (client, once; per image)",
+            C.ms(per_image.get("catalogue parse (once per ingest)", 0.0)),
+            "",
+        ]
+    )
+    print(C.table(rows, ["stage timed alone (per image, in-process)", "ms", "share"]))
+    print()
+    budget = [
+        ["ingest: 2 workers x wall / images", C.ms(ingest_core_s), "100 %"],
+        [
+            "  in ingest tasks (worker compute)",
+            C.ms(compute_core_s),
+            f"{100 * compute_core_s / ingest_core_s:.0f} %",
+        ],
+        [
+            "  waiting for the client (list, parse catalogue, submit)",
+            C.ms(before_core_s),
+            f"{100 * before_core_s / ingest_core_s:.0f} %",
+        ],
+        [
+            "  idle between tasks (uneven batches, scheduling)",
+            C.ms(idle_core_s),
+            f"{100 * idle_core_s / ingest_core_s:.0f} %",
+        ],
+        ["  after the last task", C.ms(after_core_s), f"{100 * after_core_s / ingest_core_s:.0f} %"],
+    ]
+    print(C.table(budget, ["core-ms per image in the real ingest (median run)", "ms", "share"]))
+    C.write_result(args.out, NAME, result)
+
+
+if __name__ == "__main__":
+    main()
