@@ -136,6 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "checkpoint_dir": args.checkpoint_dir,
         "resume": args.resume,
         "limit": args.limit,
+        "cache_views": args.cache_views,
         "progress": not args.quiet,
     }
     out = train_demo_model(Path(args.references), Path(args.out), epochs=args.epochs, **options)
@@ -294,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mining", choices=["batch_hard", "semi_hard", "random"], default="batch_hard")
     t.add_argument("--trainable", choices=["layer4", "all", "head"], help="freeze policy (default: all from scratch, layer4 when fine-tuning)")
     t.add_argument("--pretrained", action="store_true", help="start from torchvision's ImageNet weights when they can be had")
+    t.add_argument("--cache-views", type=int, default=0,
+                   help="train the head on cached features of N re-photographs per papyrus (fast on a CPU; implies --trainable head)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--limit", type=int, help="train on the first N papyri only")
     t.add_argument("--checkpoint-dir", help="save a checkpoint after every epoch here")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
 from .errors import ModelError
-from .imaging import MODEL_INPUT_SIZE, _perspective_coefficients, model_input, to_rgb
+from .imaging import _perspective_coefficients, model_input, to_rgb
 from .model import SiameseResNet18, apply_freeze_policy
 
 RECAPTURE_MAX_SIDE = 512

@@ -156,8 +156,6 @@ def extract_features(
     read implicitly, since Pillow copies ``info`` onto every derived image); default ``img.size``.
     Points are returned in those pixels.
     """
-    import cv2
-
     method = method or feature_method()
     size = tuple(size or img.size)  # type: ignore[assignment]
     grey = img.convert("L")

@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 
 from papyrus_widgets.evaluation import (
-    EvaluationResult,
     MemoryIndex,
     QueryOutcome,
     average_precision,
@@ -115,7 +114,9 @@ def test_evaluate_counts_top1_top5_map_recall() -> None:
     assert list(frame["rank"].fillna(0)) == [1, 3, 6, 0] and list(frame["inventory"]) == ["a", "b", "c", "d"]
     assert "fixed: 4 queries: top-1 0.250, top-5 0.500" in str(res)
     # no verify argument: none passed on (the engine's default applies)
-    evaluate(_FixedIndex(answers), queries[:1], k=5).outcomes
+    plain = _FixedIndex(answers)
+    evaluate(plain, queries[:1], k=5)
+    assert plain.calls == [("qa", 5, {})]
     with pytest.raises(ValueError, match="at least 5"):
         evaluate(index, queries, k=3)
     with pytest.raises(ValueError, match="no queries"):

@@ -712,3 +712,26 @@ def test_push_to_hub_uploads_weights_config_and_card(tmp_path, hub, model) -> No
     with pytest.raises(HfHubHTTPError):
         m.push_to_hub("curator/papyrus-test", token="hf_wrong")
     assert len(hub.commits) == 1
+
+
+def test_papyrus_train_command(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    refs = tmp_path / "refs"
+    _link(refs, ["19314_p_g_25_a.jpg", "19331_p_g_107.jpg", "21105_p_g_654.jpg", "21114_p_g_24.jpg"])
+    out = tmp_path / "model"
+    proc = subprocess.run(
+        [sys.executable, "-m", "papyrus_widgets.cli", "train", str(refs), "--out", str(out), "--epochs", "2",
+         "--steps", "3", "--batch-size", "4", "--limit", "3", "--cache-views", "2", "--mining", "semi_hard",
+         "--checkpoint-dir", str(tmp_path / "ckpt"), "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"model written to {out}" in proc.stdout
+    card = (out / "README.md").read_text()
+    assert "3 images of 3 papyri" in card and "| negatives | semi_hard |" in card and "2 x 3 steps, batch 4" in card
+    assert "a pool of 2 per papyrus" in card
+    assert json.loads((out / "config.json").read_text())["trainable"] == "head"
+    assert load_checkpoint(tmp_path / "ckpt" / "checkpoint.pt")["epoch"] == 2
+    load_model(str(out))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from papyrus_widgets import jobs, verify
+from papyrus_widgets import verify
 from papyrus_widgets.imaging import _perspective_coefficients, decode_image
 from papyrus_widgets.training import recapture
 
