@@ -195,6 +195,22 @@ class Engine:
             self._resolved = None
 
     # searching ---------------------------------------------------------------------------
+    def _store_query(self, data: bytes, name: str) -> tuple[Settings, str]:
+        """Check the size of an uploaded query and store it under ``queries/``; returns the
+        resolved settings and the object key that tasks read it from."""
+        if not data:
+            raise ImageError(f"{name} is empty (0 bytes): choose an image file.")
+        limit = self.settings.max_upload_bytes
+        if len(data) > limit:
+            raise ImageError(
+                f"{name} is {len(data) / 2**20:.1f} MiB, over the limit of {limit / 2**20:.1f} MiB: "
+                "downscale it or raise PAPYRUS_MAX_UPLOAD_BYTES."
+            )
+        settings = self.resolved_settings()
+        key = objects.object_key(objects.QUERIES, imaging.sha256_hex(data), objects.extension_for(name))
+        self.store.put(key, data)
+        return settings, key
+
     def submit_search(
         self,
         data: bytes,
@@ -213,17 +229,7 @@ class Engine:
         index.filter_sql(filters)  # unknown or malformed filters fail here, before any work
         if corners is not None:
             imaging.order_corners(corners)
-        if not data:
-            raise ImageError(f"{name} is empty (0 bytes): choose an image file.")
-        if len(data) > self.settings.max_upload_bytes:
-            raise ImageError(
-                f"{name} is {len(data) / 1e6:.0f} MB, over the limit of "
-                f"{self.settings.max_upload_bytes / 1e6:.0f} MB: downscale it or raise PAPYRUS_MAX_UPLOAD_BYTES."
-            )
-        settings = self.resolved_settings()
-        sha = imaging.sha256_hex(data)
-        key = objects.object_key(objects.QUERIES, sha, objects.extension_for(name))
-        self.store.put(key, data)
+        settings, key = self._store_query(data, name)
         corner_list = None if corners is None else [[float(x), float(y)] for x, y in corners]
         return jobs.submit_search(
             self.client,
@@ -263,16 +269,7 @@ class Engine:
         Its result is four corners (TL, TR, BR, BL) in the image's pixels, or None when no papyrus
         region stands out from the background.
         """
-        if not data:
-            raise ImageError(f"{name} is empty (0 bytes): choose an image file.")
-        if len(data) > self.settings.max_upload_bytes:
-            raise ImageError(
-                f"{name} is {len(data) / 1e6:.0f} MB, over the limit of "
-                f"{self.settings.max_upload_bytes / 1e6:.0f} MB: downscale it or raise PAPYRUS_MAX_UPLOAD_BYTES."
-            )
-        settings = self.resolved_settings()
-        key = objects.object_key(objects.QUERIES, imaging.sha256_hex(data), objects.extension_for(name))
-        self.store.put(key, data)
+        settings, key = self._store_query(data, name)
         return self.client.submit(
             jobs.suggest_corners_task, settings, key, name, pure=False, priority=jobs.SEARCH_PRIORITY, retries=1
         )
