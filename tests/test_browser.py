@@ -28,12 +28,8 @@ from typing import Any, Iterator
 
 import pytest
 
-try:
-    from .conftest import REFERENCES
-    from .test_widget import PHOTO_CORNERS, PHOTO_INVENTORY, PHOTO_SIZE, warped_photo
-except ImportError:  # tests/ run as a plain folder (no __init__.py)
-    from conftest import REFERENCES  # type: ignore[import-not-found, no-redef]
-    from test_widget import PHOTO_CORNERS, PHOTO_INVENTORY, PHOTO_SIZE, warped_photo  # type: ignore[no-redef]
+from .conftest import REFERENCES
+from .test_widget import PHOTO_INVENTORY, PHOTO_SIZE, warped_photo
 
 pytestmark = pytest.mark.browser
 

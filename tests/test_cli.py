@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -52,7 +51,7 @@ def test_search_table_and_model_from_index(indexed_engine, settings):
 def test_errors_are_one_readable_line(indexed_engine, settings, args, words):
     proc = run(args, settings)
     assert proc.returncode != 0
-    lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("papyrus ")]
+    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("papyrus ")]
     assert lines and words in lines[-1], proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -80,7 +79,7 @@ def test_doctor_all_ok(indexed_engine, settings):
     proc = run(["doctor"], settings)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for name in ("database", "object store", "dask", "model"):
-        assert any(l.startswith("ok ") and f" {name} " in l for l in proc.stdout.splitlines()), proc.stdout
+        assert any(line.startswith("ok ") and f" {name} " in line for line in proc.stdout.splitlines()), proc.stdout
     assert "pgvector" in proc.stdout
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from papyrus_widgets.errors import ImageError
 from papyrus_widgets.evaluation import (
     MemoryIndex,
     QueryOutcome,
@@ -25,7 +26,6 @@ from papyrus_widgets.evaluation import (
     rank_histogram,
     summarise,
 )
-from papyrus_widgets.errors import ImageError
 from papyrus_widgets.model import SiameseResNet18
 
 from .conftest import REFERENCES

@@ -16,10 +16,9 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+import traitlets
 from ipywidgets.widgets.widget import _remove_buffers
 from PIL import Image
-
-import traitlets
 
 from papyrus_widgets import imaging
 from papyrus_widgets import widget as widget_module
