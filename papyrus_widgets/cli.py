@@ -214,8 +214,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         demo_dir = settings.data_dir / "models" / "papyrus-demo"
         if not (demo_dir / "config.json").exists():
             print(f"model: {exc}")
-            print(f"model: training a small demo model on {refs} instead (a few minutes on a CPU) …")
-            train_demo_model(refs, demo_dir)
+            print(f"model: training a small demo model on {refs} instead (about a minute on a CPU) …")
+            # From scratch on a CPU, training the whole network for minutes collapses (all papyri
+            # look alike); training the head on cached features of re-photographs through the
+            # frozen trunk does not (benchmarks/bench_retrieval.py: top-1 0.24 → 0.51).
+            train_demo_model(
+                refs, demo_dir, epochs=40, steps_per_epoch=50, batch_size=16, trainable="head", cache_views=16
+            )
         model = str(demo_dir)
         print(f"model: {model} (demo model trained here, not the published papyrusNet)")
         settings = settings.replace(model=model)
