@@ -203,7 +203,7 @@ class Engine:
         limit = self.settings.max_upload_bytes
         if len(data) > limit:
             raise ImageError(
-                f"{name} is {len(data) / 2**20:.1f} MiB, over the limit of {limit / 2**20:.1f} MiB: "
+                f"{name} is {len(data):,} bytes, over the limit of {limit:,} bytes ({limit / 2**20:.0f} MiB): "
                 "downscale it or raise PAPYRUS_MAX_UPLOAD_BYTES."
             )
         settings = self.resolved_settings()

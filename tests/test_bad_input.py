@@ -203,7 +203,8 @@ CASES: dict[str, Case] = {
         lambda: photo_of_megapixels(100.5), error=ImageError, words="over the limit of 60 MP"
     ),
     "upload-over-64mb": Case(
-        lambda: b"\xff\xd8\xff\xe0" + bytes(64 * 1024 * 1024), error=ImageError, words="MB"
+        lambda: b"\xff\xd8\xff\xe0" + bytes(64 * 1024 * 1024), error=ImageError,
+        words="is 67,108,868 bytes, over the limit of 67,108,864 bytes (64 MiB)",
     ),
     # --- odd but valid: must work, and find the reference they were made from ---
     "photo-55mp-under-limit": Case(lambda: photo_of_megapixels(55), top=REF_KEY),
