@@ -143,6 +143,7 @@ def measure_stages(engine: Any, paths: list[Path], model: Any, scratch: Path) ->
     from papyrus_widgets import imaging, index, objects
     from papyrus_widgets.metadata import load_metadata, record_for_image
     from papyrus_widgets.model import embed_arrays, model_fingerprint
+    from papyrus_widgets.verify import extract_features
 
     settings = engine.resolved_settings()
     sw = C.Stopwatch()
@@ -172,9 +173,12 @@ def measure_stages(engine: Any, paths: list[Path], model: Any, scratch: Path) ->
                 thumb_key = objects.object_key(objects.THUMBNAILS, sha, ".jpg")
                 with sw("thumbnail (256 px JPEG)"):
                     thumb = imaging.thumbnail_bytes(img, settings.thumbnail_size)
+                with sw("local features (SIFT at 768 px, for verification)"):
+                    features = extract_features(img, size=img.info.get("original_size", img.size)).to_bytes()
                 with sw("object store writes"):
                     store.put(key, data)
                     store.put(thumb_key, thumb)
+                    store.put(objects.features_key(key), features)
                 with sw("model input (resize 224, normalise)"):
                     arrays.append(imaging.model_input(img))
                 w, h = img.info.get("original_size", img.size)

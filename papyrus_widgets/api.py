@@ -223,7 +223,7 @@ class Engine:
     ) -> jobs.SearchJob:
         """Store the query image and submit the search futures; returns a job handle at once.
 
-        ``verify`` (default :data:`jobs.VERIFY_BY_DEFAULT`): re-rank the top hits by local-feature
+        ``verify`` (default ``Settings.verify``, i.e. on unless ``PAPYRUS_VERIFY=0``): re-rank the top hits by local-feature
         geometric verification, with the inlier matches as evidence on each hit."""
         k = index.check_k(k)
         index.filter_sql(filters)  # unknown or malformed filters fail here, before any work
@@ -239,7 +239,7 @@ class Engine:
             k=k,
             corners=corner_list,
             filters=dict(filters or {}),
-            verify=jobs.VERIFY_BY_DEFAULT if verify is None else bool(verify),
+            verify=self.settings.verify if verify is None else bool(verify),
         )
 
     def search(

@@ -66,7 +66,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .api import get_engine
 
     engine = get_engine(_settings(args))
-    results = engine.search(args.image, k=args.k, corners=_corners(args.corners), filters=_filters(args))
+    results = engine.search(
+        args.image, k=args.k, corners=_corners(args.corners), filters=_filters(args), verify=args.verify
+    )
     if args.json:
         print(results.to_json(indent=2))
     else:
@@ -273,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--place", help="place of origin contains this text")
     s.add_argument("--collection", help="collection, e.g. P.Heid.")
     s.add_argument("--text", help="title contains this text")
+    s.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="re-rank the top hits by local-feature verification (default: on unless PAPYRUS_VERIFY=0)",
+    )
     s.set_defaults(func=cmd_search)
 
     i = sub.add_parser("ingest", parents=[common], help="index a folder of reference scans")

@@ -51,6 +51,10 @@ class Settings:
     """Images larger than this (width x height) are refused before decoding."""
     max_upload_bytes: int = 64 * 1024 * 1024
     thumbnail_size: int = 256
+    verify: bool = True
+    """Searches re-rank their top hits by local-feature geometric verification (with evidence)
+    unless asked not to; ingest stores each reference's local features for it. ``PAPYRUS_VERIFY=0``:
+    rank by the embedding only (faster: no verifying stage, no features at ingest)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -79,6 +83,7 @@ class Settings:
         if get("MODEL"):
             values["model"] = get("MODEL")
         values["s3_secure"] = _env_bool(get("S3_SECURE"), True)
+        values["verify"] = _env_bool(get("VERIFY"), True)
         for attr, name in [
             ("dask_workers", "DASK_WORKERS"),
             ("max_image_pixels", "MAX_IMAGE_PIXELS"),

@@ -31,7 +31,8 @@ from .metadata import PapyrusRecord
 SEARCH_PRIORITY = 10  # searches overtake ingest batches on a shared cluster
 STAGES = ("queued", "preparing", "embedding", "searching", "verifying", "done")
 VERIFY_BY_DEFAULT = True
-"""Searches verify their top hits unless asked not to (``verify=False``)."""
+"""Searches verify their top hits unless asked not to (``verify=False``) or configured not to
+(``Settings.verify`` / ``PAPYRUS_VERIFY=0``)."""
 VERIFY_CANDIDATES = 10
 """With verification, the search fetches ``max(k, VERIFY_CANDIDATES)`` candidates, re-ranks the
 first ``VERIFY_CANDIDATES`` of them by local features, and returns the best ``k``."""
@@ -209,16 +210,34 @@ _FEATURES: Any = None
 
 
 def reference_features(settings: Settings, image_key: str) -> Any:
-    """Local features of the stored reference ``image_key``, computed on first use and kept in this
-    process's LRU (the key is content-addressed, so an entry never goes stale)."""
-    from .verify import MAX_SIDE, extract_features
+    """Local features of the stored reference ``image_key``: kept in this process's LRU, read from
+    the object store where ingest put them (``features/…npz``), else computed from the original and
+    stored for next time (collections ingested before features were stored, or made with other
+    bounds). Keys are content-addressed, so an entry never goes stale."""
+    from .verify import MAX_SIDE, Features, extract_features, feature_params
 
     store = worker_store(settings)
+    fkey = objects.features_key(image_key)
 
     def compute() -> Any:
+        try:
+            stored = Features.from_bytes(store.get(fkey))
+            if stored.params == feature_params():
+                return stored
+        except KeyError:
+            pass  # not stored (yet)
+        except PapyrusError:
+            pass  # the store failed to give it: the original may still come
+        except Exception:  # noqa: BLE001 - an unreadable .npz is recomputed, never fatal
+            pass
         data = store.get(image_key)
         img = imaging.decode_image(data, max_pixels=settings.max_image_pixels, max_side=MAX_SIDE, name=image_key)
-        return extract_features(img, size=img.info.get("original_size"))
+        features = extract_features(img, size=img.info.get("original_size"))
+        try:
+            store.put(fkey, features.to_bytes())
+        except PapyrusError:
+            pass  # a cache fill: the search goes on without it
+        return features
 
     return _reference_features_cache().get((store.describe(), image_key), compute)
 
@@ -502,6 +521,11 @@ def ingest_batch_task(settings: Settings, items: Sequence[IngestItem]) -> BatchR
             thumb_key = objects.object_key(objects.THUMBNAILS, sha, ".jpg")
             store.put(key, data, "image/jpeg" if ext == ".jpg" else "application/octet-stream")
             store.put(thumb_key, imaging.thumbnail_bytes(img, settings.thumbnail_size), "image/jpeg")
+            if settings.verify:  # the searches' verifying stage reads them instead of decoding the scan
+                from .verify import extract_features
+
+                features = extract_features(img, size=(int(width), int(height)))
+                store.put(objects.features_key(key), features.to_bytes())
             arrays.append(imaging.model_input(img))
         except ImageError as exc:
             report.failed.append((item.path, str(exc)))

@@ -23,19 +23,27 @@ from .errors import ServiceError
 ORIGINALS = "originals"
 QUERIES = "queries"
 THUMBNAILS = "thumbnails"
+FEATURES = "features"
+"""Local features of each original (``verify.Features`` as ``.npz``), made at ingest."""
 
 _EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
 
 
 def object_key(prefix: str, sha256: str, ext: str = "") -> str:
     """``originals/ab/abcdef….jpg`` — the one way keys are made."""
-    if prefix not in (ORIGINALS, QUERIES, THUMBNAILS):
+    if prefix not in (ORIGINALS, QUERIES, THUMBNAILS, FEATURES):
         raise ValueError(f"unknown object prefix {prefix!r}")
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
         raise ValueError("object keys are made from a sha256 hex digest")
     if ext and not (ext.startswith(".") and ext[1:].isalnum() and len(ext) <= 6):
         raise ValueError(f"bad file extension {ext!r}")
     return f"{prefix}/{sha256[:2]}/{sha256}{ext.lower()}"
+
+
+def features_key(original_key: str) -> str:
+    """``features/ab/abcdef….npz`` for ``originals/ab/abcdef….jpg``: the local features of an original."""
+    sha = check_key(original_key).rsplit("/", 1)[-1].split(".", 1)[0]
+    return object_key(FEATURES, sha, ".npz")
 
 
 def extension_for(name: str | None, fmt: str | None = None) -> str:

@@ -57,7 +57,9 @@ class Features:
 
     ``points``: (N, 2) float32 x, y in the pixels of the image as stored (``size``);
     ``descriptors``: (N, D) uint8 (SIFT values are 0 … 255; ORB bits packed in bytes);
-    ``work_side``: the long side (px) the features were computed at (sets the RANSAC threshold).
+    ``work_side``: the long side (px) the features were computed at (sets the RANSAC threshold);
+    ``params``: how they were made (:func:`feature_params`), so stored features made with other
+    settings are recognised as stale.
     """
 
     points: np.ndarray = field(repr=False)
@@ -65,6 +67,7 @@ class Features:
     size: tuple[int, int]
     method: str
     work_side: int
+    params: str = ""
 
     def __len__(self) -> int:
         return int(len(self.points))
@@ -79,6 +82,7 @@ class Features:
             size=np.asarray(self.size, dtype=np.int64),
             method=np.asarray(self.method),
             work_side=np.asarray(self.work_side, dtype=np.int64),
+            params=np.asarray(self.params),
         )
         return buf.getvalue()
 
@@ -91,6 +95,7 @@ class Features:
                 size=(int(z["size"][0]), int(z["size"][1])),
                 method=str(z["method"]),
                 work_side=int(z["work_side"]),
+                params=str(z["params"]) if "params" in z.files else "",
             )
 
 
@@ -119,6 +124,11 @@ def feature_method() -> str:
     import cv2
 
     return "sift" if hasattr(cv2, "SIFT_create") else "orb"
+
+
+def feature_params(method: str | None = None, max_side: int = MAX_SIDE, max_keypoints: int = MAX_KEYPOINTS) -> str:
+    """``"sift/768/1000"``: the method and bounds features are made with (stored with them)."""
+    return f"{method or feature_method()}/{max_side}/{max_keypoints}"
 
 
 _detector_local = threading.local()
@@ -157,6 +167,7 @@ def extract_features(
     Points are returned in those pixels.
     """
     method = method or feature_method()
+    params = feature_params(method, max_side, max_keypoints)
     size = tuple(size or img.size)  # type: ignore[assignment]
     grey = img.convert("L")
     if max(grey.size) > max_side:
@@ -167,7 +178,7 @@ def extract_features(
     if descriptors is None or not keypoints:
         width = 128 if method == "sift" else 32
         return Features(
-            np.zeros((0, 2), np.float32), np.zeros((0, width), np.uint8), size, method, max(grey.size)  # type: ignore[arg-type]
+            np.zeros((0, 2), np.float32), np.zeros((0, width), np.uint8), size, method, max(grey.size), params  # type: ignore[arg-type]
         )
     if len(keypoints) > max_keypoints:  # SIFT may return a few more (ties at the cut)
         order = np.argsort([-k.response for k in keypoints])[:max_keypoints]
@@ -179,7 +190,7 @@ def extract_features(
     pts[:, 0] = (pts[:, 0] + 0.5) * sx - 0.5
     pts[:, 1] = (pts[:, 1] + 0.5) * sy - 0.5
     desc = np.clip(np.rint(descriptors), 0, 255).astype(np.uint8) if method == "sift" else descriptors.astype(np.uint8)
-    return Features(pts, desc, size, method, max(grey.size))  # type: ignore[arg-type]
+    return Features(pts, desc, size, method, max(grey.size), params)  # type: ignore[arg-type]
 
 
 # --- matching ------------------------------------------------------------------------------------

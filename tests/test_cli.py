@@ -27,6 +27,19 @@ def test_search_json_names_the_papyrus(indexed_engine, settings):
     payload = json.loads(proc.stdout)
     assert payload["hits"][0]["inventory"] == "P.Heid. inv. G 107"
     assert payload["hits"][0]["inventory_key"] == "p_g_107" and len(payload["hits"]) == 3
+    assert payload["hits"][0]["inliers"] > 0  # verified by default
+
+
+@pytest.mark.parametrize(
+    "args, env",
+    [(["--no-verify"], {}), ([], {"PAPYRUS_VERIFY": "0"})],
+    ids=["flag", "setting"],
+)
+def test_search_without_verification(indexed_engine, settings, args, env):
+    proc = run(["search", str(reference("19331_p_g_107.jpg")), "--json", "-k", "2", *args], settings, env)
+    assert proc.returncode == 0, proc.stderr
+    hits = json.loads(proc.stdout)["hits"]
+    assert hits[0]["inventory_key"] == "p_g_107" and all(h["inliers"] is None for h in hits)
 
 
 def test_search_table_and_model_from_index(indexed_engine, settings):

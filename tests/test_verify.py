@@ -3,6 +3,7 @@ search chain on the test session's services."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import time
@@ -254,3 +255,72 @@ def test_search_without_verification_and_timing(indexed_engine) -> None:
         f"\nsearch latency, warm workers: {min(plain) * 1000:.0f} ms without verification, "
         f"{min(checked) * 1000:.0f} ms with (best of 2)"
     )
+
+
+# --------------------------------------------------------------------------- reference features stored at ingest
+
+
+def _image_keys(engine) -> list[str]:
+    from papyrus_widgets import index
+
+    with index.connect(engine.database_url) as conn:
+        return [r[0] for r in conn.execute("SELECT DISTINCT object_key FROM images ORDER BY 1")]
+
+
+def test_ingest_stores_the_features_of_every_reference(indexed_engine) -> None:
+    from papyrus_widgets import objects
+
+    keys = _image_keys(indexed_engine)
+    store = indexed_engine.store
+    assert keys and store.count(objects.FEATURES) == len(keys)
+    for key in keys[:5]:
+        stored = verify.Features.from_bytes(store.get(objects.features_key(key)))
+        assert stored.params == verify.feature_params()
+        assert stored.size == Image.open(io.BytesIO(store.get(key))).size  # points in the original's pixels
+        assert 0 < len(stored) <= verify.MAX_KEYPOINTS
+
+
+def test_verification_reads_stored_features_and_backfills_missing_or_stale_ones(indexed_engine) -> None:
+    from papyrus_widgets import jobs, objects
+
+    settings = indexed_engine.resolved_settings()
+    store = indexed_engine.store
+    first, second = _image_keys(indexed_engine)[:2]
+    jobs._reference_features_cache().clear()
+    # stored at ingest (from the ingest's 1024 px decode): read as is, not recomputed from the scan
+    stored = verify.Features.from_bytes(store.get(objects.features_key(first)))
+    got = jobs.reference_features(settings, first)
+    assert np.array_equal(got.points, stored.points) and np.array_equal(got.descriptors, stored.descriptors)
+    # missing (a collection ingested before features were stored): computed from the original, stored
+    fkey = objects.features_key(second)
+    store.delete(fkey)
+    assert not store.exists(fkey)
+    made = jobs.reference_features(settings, second)
+    assert store.exists(fkey) and len(made) > 0
+    assert np.array_equal(verify.Features.from_bytes(store.get(fkey)).points, made.points)
+    # made with other bounds, or unreadable: recomputed and replaced
+    for bad in (
+        dataclasses.replace(made, params="orb/64/10").to_bytes(),
+        b"not an npz",
+    ):
+        store.put(fkey, bad)
+        jobs._reference_features_cache().clear()
+        again = jobs.reference_features(settings, second)
+        assert again.params == verify.feature_params() and len(again) == len(made)
+        assert verify.Features.from_bytes(store.get(fkey)).params == verify.feature_params()
+
+
+def test_verification_can_be_switched_off_by_setting(indexed_engine) -> None:
+    from papyrus_widgets.api import Engine
+    from papyrus_widgets.config import Settings
+
+    assert Settings.from_env(env={}).verify is True
+    assert Settings.from_env(env={"PAPYRUS_VERIFY": "0"}).verify is False
+    off = Engine(indexed_engine.settings.replace(verify=False))  # the same services and cluster
+    data = _photo_bytes(QUERY_NAME, seed=5)
+    job = off.submit_search(data, name="photo.jpg", k=3)
+    assert [stage for stage, _ in job._futures] == ["preparing", "embedding", "searching"]
+    assert all(h.inliers is None for h in job.hits(timeout=300))
+    job = off.submit_search(data, name="photo.jpg", k=3, verify=True)  # asked for explicitly: on
+    assert [stage for stage, _ in job._futures][-1] == "verifying"
+    job.hits(timeout=300)
