@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 from xml.etree.ElementTree import Element, ParseError
 
 import defusedxml.ElementTree as SafeET
@@ -322,11 +323,9 @@ def _record_from_tei(root: Element, name: str, stem: str | None) -> PapyrusRecor
     if collection is None:
         collection = _element_text(root.find(".//{*}msIdentifier/{*}collection"))
 
-    key = _record_key(hgv_id, stem, tm_id, inventory_key)
-    if key is None:
-        raise MetadataError(f"{name}: record has no HGV id, file name, TM number or inventory")
-    return PapyrusRecord(
-        key=key,
+    return _record(
+        f"{name}: record has no HGV id, file name, TM number or inventory",
+        stem,
         hgv_id=hgv_id,
         tm_id=tm_id,
         inventory=inventory,
@@ -339,8 +338,16 @@ def _record_from_tei(root: Element, name: str, stem: str | None) -> PapyrusRecor
         place=place,
         subjects=subjects,
         image_urls=image_urls,
-        papyri_info_url=_papyri_info_url(hgv_id, tm_id),
     )
+
+
+def _record(missing_key: str, stem: str | None, *, url: str | None = None, **fields: Any) -> PapyrusRecord:
+    """A :class:`PapyrusRecord` keyed by HGV id, file stem, TM number or inventory (the first
+    there is); ``missing_key`` is the MetadataError message when there is none."""
+    key = _record_key(fields["hgv_id"], stem, fields["tm_id"], fields["inventory_key"])
+    if key is None:
+        raise MetadataError(missing_key)
+    return PapyrusRecord(key=key, papyri_info_url=_papyri_info_url(fields["hgv_id"], fields["tm_id"], url), **fields)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -492,11 +499,10 @@ def _record_from_row(values: dict[str, str | None], padoc: bool, where: str) -> 
     image_urls = _dedupe((values.get("image_url") or "").split())
 
     stem = _image_stem(file_name) if file_name else None
-    key = _record_key(hgv_id, stem, tm_id, inventory_key)
-    if key is None:
-        raise MetadataError(f"{where}: row has no file name, HGV id, TM number or inventory")
-    return PapyrusRecord(
-        key=key,
+    return _record(
+        f"{where}: row has no file name, HGV id, TM number or inventory",
+        stem,
+        url=url,
         hgv_id=hgv_id,
         tm_id=tm_id,
         inventory=inventory,
@@ -509,7 +515,6 @@ def _record_from_row(values: dict[str, str | None], padoc: bool, where: str) -> 
         place=values.get("place"),
         subjects=subjects,
         image_urls=image_urls,
-        papyri_info_url=_papyri_info_url(hgv_id, tm_id, url),
     )
 
 
