@@ -143,6 +143,13 @@ def more_images() -> list[Path]:
     return sorted(p for p in MORE.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def ingest_images(quick: bool) -> list[Path]:
+    """The scans the ingest figures index: every reference and every ``more/`` scan (--quick: 18)."""
+    if quick:
+        return reference_images()[:16] + more_images()[:2]
+    return reference_images() + more_images()
+
+
 def link_folder(paths: Iterable[Path], folder: Path) -> Path:
     """A folder of symbolic links to ``paths`` (the shared data is never copied)."""
     folder.mkdir(parents=True, exist_ok=True)

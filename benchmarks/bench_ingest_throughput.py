@@ -218,9 +218,7 @@ def main() -> None:
     from papyrus_widgets.api import Engine
     from papyrus_widgets.model import load_model
 
-    paths = C.reference_images() + C.more_images()
-    if args.quick:
-        paths = C.reference_images()[:16] + C.more_images()[:2]
+    paths = C.ingest_images(args.quick)
     with C.workspace("ingest") as ws:
         folder = C.link_folder(paths, ws.root / "scans")
         pixels = []

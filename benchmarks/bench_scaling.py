@@ -109,9 +109,7 @@ def main() -> None:
 
     from papyrus_widgets.api import Engine
 
-    paths = C.reference_images() + C.more_images()
-    if args.quick:
-        paths = C.reference_images()[:16] + C.more_images()[:2]
+    paths = C.ingest_images(args.quick)
     with C.workspace("scaling") as ws:
         folder = C.link_folder(paths, ws.root / "scans")
         engines = {n: Engine(ws.settings(workers=n)) for n in (1, 2)}
