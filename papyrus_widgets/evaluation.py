@@ -14,6 +14,7 @@ benchmarks that compare models without a database).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import math
@@ -234,7 +235,8 @@ class MemoryIndex:
             return [self._hit(r, int(i), float(scores[i])) for r, i in enumerate(top, start=1)]
         qf = query_features if query_features is not None else verification.extract_features(img)
         candidates = [
-            verification.Candidate(float(scores[i]), (lambda i=int(i): self.reference_features(i)), int(i)) for i in top
+            verification.Candidate(float(scores[i]), functools.partial(self.reference_features, int(i)), int(i))
+            for i in top
         ]
         hits = []
         for rank, r in enumerate(verification.rerank(qf, candidates)[:k], start=1):
@@ -293,7 +295,7 @@ class EvaluationResult:
     def n(self) -> int:
         return len(self.outcomes)
 
-    def metrics(self) -> dict[str, float | int]:
+    def metrics(self) -> dict[str, float | int | None]:
         """Plain numbers (JSON-able), e.g. for a model card or a benchmark result."""
         return {
             "queries": self.n,
@@ -303,7 +305,7 @@ class EvaluationResult:
             f"recall@{self.k}": round(self.recall_at_k, 4),
             "mean_rank_found": round(self.mean_rank, 3) if math.isfinite(self.mean_rank) else None,
             "seconds_per_query": round(self.seconds_per_query, 4),
-        }  # type: ignore[return-value]
+        }
 
     def frame(self):  # type: ignore[no-untyped-def]
         """One row per query: name, inventory, rank of the right answer, AP, top hit, seconds."""

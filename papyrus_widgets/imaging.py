@@ -83,7 +83,7 @@ def decode_image(
     try:
         if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF says: shown rotated by 90 degrees
             original_size = (h, w)
-        img = ImageOps.exif_transpose(img) or img
+        img = ImageOps.exif_transpose(img) or img  # type: ignore[assignment]  # an Image, no longer the file
     except Exception:  # a broken EXIF block must not lose the image
         pass
     rgb = to_rgb(img)
@@ -165,8 +165,8 @@ def deskew(img: Image.Image, corners: Sequence[Sequence[float]], max_side: int =
     """Perspective-correct the quadrilateral ``corners`` of ``img`` into an upright rectangle."""
     quad = order_corners(corners, img.size)
     tl, tr, br, bl = quad
-    width = max(np.linalg.norm(tr - tl), np.linalg.norm(br - bl))
-    height = max(np.linalg.norm(bl - tl), np.linalg.norm(br - tr))
+    width = float(max(np.linalg.norm(tr - tl), np.linalg.norm(br - bl)))
+    height = float(max(np.linalg.norm(bl - tl), np.linalg.norm(br - tr)))
     scale = min(1.0, max_side / max(width, height))
     out_w, out_h = max(8, int(round(width * scale))), max(8, int(round(height * scale)))
     dst = np.array([[0, 0], [out_w, 0], [out_w, out_h], [0, out_h]], dtype=np.float64)
@@ -266,7 +266,7 @@ def suggest_corners(img: Image.Image, work_side: int = SUGGEST_WORK_SIDE) -> lis
     quad[:, 0] = np.clip(quad[:, 0], 0, sw) * (w / sw)
     quad[:, 1] = np.clip(quad[:, 1], 0, sh) * (h / sh)
     try:
-        ordered = order_corners(quad, (w, h))
+        ordered = order_corners(quad.tolist(), (w, h))
     except CornersError:
         return None
     return [[round(float(x), 1), round(float(y), 1)] for x, y in ordered]

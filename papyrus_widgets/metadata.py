@@ -451,8 +451,9 @@ def _read_csv(path: str | os.PathLike[str]) -> list[tuple[PapyrusRecord, str | N
             if not any(cell.strip() for cell in row):
                 continue
             values = {f: _clean(row[i]) if i < len(row) else None for f, i in columns.items()}
-            if values.get("file"):
-                values["file"] = values["file"].replace("\\", "/").rsplit("/", 1)[-1] or None
+            file_name = values.get("file")
+            if file_name:
+                values["file"] = file_name.replace("\\", "/").rsplit("/", 1)[-1] or None
             record = _record_from_row(values, padoc, f"{name}, line {reader.line_num}")
             rows.append((record, values.get("file")))
     except csv.Error as exc:

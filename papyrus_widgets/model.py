@@ -59,6 +59,9 @@ class SiameseResNet18(
     (see :func:`_resnet18`); ``config.json`` records whether it did.
     """
 
+    trainable: str
+    base_model: Any
+
     def __init__(self, embedding_dim: int = 128, trainable: str = "layer4", pretrained: bool = False) -> None:
         super().__init__()
         if not isinstance(embedding_dim, int) or embedding_dim < 1:
@@ -411,7 +414,7 @@ def _build(state: Mapping[str, Any], config: Mapping[str, Any], source: str) -> 
     model = SiameseResNet18(embedding_dim=embedding_dim, trainable=trainable)
     if config.get("pretrained"):  # the saved weights came from an ImageNet start: keep saying so
         model.backbone_weights = IMAGENET_WEIGHTS
-        model._hub_mixin_config["pretrained"] = True
+        model._hub_mixin_config["pretrained"] = True  # type: ignore[index]  # a dict: the mixin's own config
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         parts = []

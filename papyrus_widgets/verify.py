@@ -143,9 +143,9 @@ def _detector(method: str, max_keypoints: int) -> Any:
         cache = _detector_local.cache = {}
     if key not in cache:
         if method == "sift":
-            cache[key] = cv2.SIFT_create(nfeatures=max_keypoints)
+            cache[key] = getattr(cv2, "SIFT_create")(nfeatures=max_keypoints)  # not in every build's stubs
         elif method == "orb":
-            cache[key] = cv2.ORB_create(nfeatures=max_keypoints)
+            cache[key] = getattr(cv2, "ORB_create")(nfeatures=max_keypoints)
         else:
             raise ValueError(f"unknown feature method {method!r}: use 'sift' or 'orb'")
     return cache[key]
@@ -186,7 +186,7 @@ def extract_features(
         descriptors = descriptors[order]
     pts = np.array([k.pt for k in keypoints], dtype=np.float32)
     # keypoint centres at pixel centres: scale (x + 0.5) to the stored size, back to pixel edges
-    sx, sy = size[0] / grey.size[0], size[1] / grey.size[1]
+    sx, sy = size[0] / grey.size[0], size[1] / grey.size[1]  # type: ignore[index]  # set above
     pts[:, 0] = (pts[:, 0] + 0.5) * sx - 0.5
     pts[:, 1] = (pts[:, 1] + 0.5) * sy - 0.5
     desc = np.clip(np.rint(descriptors), 0, 255).astype(np.uint8) if method == "sift" else descriptors.astype(np.uint8)
@@ -245,13 +245,13 @@ def match(query: Features, reference: Features, *, ratio: float = RATIO, max_evi
     if len(good) < 4:
         empty.seconds = time.perf_counter() - t0
         return empty
-    qi = np.array([g[0] for g in good])
-    ri = np.array([g[1] for g in good])
+    q_idx = np.array([g[0] for g in good])
+    r_idx = np.array([g[1] for g in good])
     # fit in work pixels of the query (the threshold is relative to the image size there)
     q_scale = query.work_side / max(query.size)
     r_scale = reference.work_side / max(reference.size)
-    src = reference.points[ri].astype(np.float64) * r_scale
-    dst = query.points[qi].astype(np.float64) * q_scale
+    src = reference.points[r_idx].astype(np.float64) * r_scale
+    dst = query.points[q_idx].astype(np.float64) * q_scale
     threshold = max(1.0, RANSAC_THRESHOLD * query.work_side)
     H, mask = cv2.findHomography(src, dst, ROBUST_METHOD(), threshold, maxIters=2000, confidence=0.995)
     if H is None or mask is None or not _plausible(H):
@@ -261,7 +261,7 @@ def match(query: Features, reference: Features, *, ratio: float = RATIO, max_evi
     n = int(inlier.sum())
     evidence = [
         [round(float(x), 1) for x in (*query.points[a], *reference.points[b])]
-        for a, b in zip(qi[inlier][:max_evidence], ri[inlier][:max_evidence])
+        for a, b in zip(q_idx[inlier][:max_evidence], r_idx[inlier][:max_evidence])
     ]
     # homography in stored pixels: H_px = S_q^-1 · H · S_r
     Hs = np.diag([1 / q_scale, 1 / q_scale, 1.0]) @ H @ np.diag([r_scale, r_scale, 1.0])
