@@ -216,8 +216,9 @@ def main() -> None:
         "versions": versions,
     }
     result["headline"] = (
-        f"kernel with the widget {kernel_peak / MIB:.0f} MiB peak = {result['ratios']['kernel_over_bare_python']:.0f}x a bare "
-        f"Python; a worker with the model {loaded / MIB:.0f} MiB = {result['ratios']['worker_model_loaded_over_idle']:.2f}x an idle one"
+        f"kernel with the widget {kernel_peak / MIB:.0f} MiB peak = "
+        f"{result['ratios']['kernel_over_bare_python']:.0f}x a bare Python; a worker with the model "
+        f"{loaded / MIB:.0f} MiB = {result['ratios']['worker_model_loaded_over_idle']:.2f}x an idle one"
     )
     print()
     print(

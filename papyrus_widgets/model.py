@@ -177,7 +177,10 @@ def model_card(
              + (f" from `{t['source']}`" if t.get("source") else "")),
             ("positives", t.get("positives", "software re-photographs of each image (`training.recapture`)")),
             ("negatives", t.get("mining", "batch_hard")),
-            ("epochs", f"{t.get('epochs', '?')} x {t.get('steps_per_epoch', '?')} steps, batch {t.get('batch_size', '?')}"),
+            (
+                "epochs",
+                f"{t.get('epochs', '?')} x {t.get('steps_per_epoch', '?')} steps, batch {t.get('batch_size', '?')}",
+            ),
             ("margin / lr", f"{t.get('margin', '?')} / {t.get('lr', '?')}"),
             ("trainable", t.get("trainable", getattr(model, "trainable", "?"))),
             ("seed", t.get("seed", "?")),

@@ -157,7 +157,9 @@ def _shrink(img: Image.Image, max_side: int = TRAIN_MAX_SIDE) -> Image.Image:
 
 def _image_files(folder: Path) -> list[Path]:
     return sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
     )
 
 
@@ -389,7 +391,9 @@ def train_triplets(
             fine_tuning = model.backbone_weights is not None
         policy = trainable or ("head" if cache_views else "layer4" if fine_tuning else "all")
         if cache_views and policy != "head":
-            raise ModelError(f"cache_views trains the head on cached trunk features: it needs trainable='head', not {policy!r}.")
+            raise ModelError(
+                f"cache_views trains the head on cached trunk features: it needs trainable='head', not {policy!r}."
+            )
         apply_freeze_policy(model, policy)
         model = model.to(device)
         pool: torch.Tensor | None = None
@@ -442,7 +446,11 @@ def train_triplets(
                     ids, order = order[:per_batch], order[per_batch:]
                     labels = torch.arange(len(ids), device=device).repeat_interleave(2)
                     if pool is not None:
-                        picks = [int(i) * cache_views + int(v) for i in ids for v in rng.choice(cache_views, 2, replace=False)]
+                        picks = [
+                            int(i) * cache_views + int(v)
+                            for i in ids
+                            for v in rng.choice(cache_views, 2, replace=False)
+                        ]
                         embeddings = F.normalize(model.base_model.fc(pool[picks]), dim=1)
                     else:
                         arrays = [model_input(recapture(view, rng)) for i in ids for view in _two_views(small[i], rng)]
@@ -494,7 +502,11 @@ def train_triplets(
         "images": n_images,
         "positives": "software re-photographs (training.recapture)"
         + (" of several photographs per papyrus" if n_images > n else " of each image")
-        + (f", a pool of {cache_views} per papyrus through the frozen trunk once (cached features)" if cache_views else ""),
+        + (
+            f", a pool of {cache_views} per papyrus through the frozen trunk once (cached features)"
+            if cache_views
+            else ""
+        ),
         "mining": mining,
         "epochs": epochs,
         "steps_per_epoch": steps,

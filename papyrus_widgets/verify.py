@@ -214,7 +214,9 @@ def blend(embedding_score: float, support_value: float) -> float:
     return float(embedding_score + (1.0 - embedding_score) * support_value)
 
 
-def match(query: Features, reference: Features, *, ratio: float = RATIO, max_evidence: int = MAX_EVIDENCE) -> Verification:
+def match(
+    query: Features, reference: Features, *, ratio: float = RATIO, max_evidence: int = MAX_EVIDENCE
+) -> Verification:
     """Match ``query`` against ``reference``: ratio-tested nearest neighbours, then a RANSAC
     homography (reference → query). Returns the inliers as evidence."""
     import time
@@ -235,7 +237,11 @@ def match(query: Features, reference: Features, *, ratio: float = RATIO, max_evi
         matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
         q, r = query.descriptors, reference.descriptors
     pairs = matcher.knnMatch(q, r, k=2)
-    good = [(m.queryIdx, m.trainIdx, m.distance) for m, *rest in (p for p in pairs if p) if not rest or m.distance < ratio * rest[0].distance]
+    good = [
+        (m.queryIdx, m.trainIdx, m.distance)
+        for m, *rest in (p for p in pairs if p)
+        if not rest or m.distance < ratio * rest[0].distance
+    ]
     # one reference keypoint may serve one query keypoint only (keep the closest)
     best: dict[int, tuple[int, int, float]] = {}
     for qi, ri, dist in good:
@@ -410,7 +416,9 @@ def draw_matches(
         ax_q.plot(*a, "o", ms=3, color=colour)
         ax_r.plot(*b, "o", ms=3, color=colour)
         fig.add_artist(
-            ConnectionPatch(xyA=a, coordsA=ax_q.transData, xyB=b, coordsB=ax_r.transData, color=colour, lw=0.7, alpha=0.8)
+            ConnectionPatch(
+                xyA=a, coordsA=ax_q.transData, xyB=b, coordsB=ax_r.transData, color=colour, lw=0.7, alpha=0.8
+            )
         )
     if title:
         fig.suptitle(title, fontsize=10)

@@ -458,7 +458,7 @@ def test_checkpoint_resume_ends_where_an_uninterrupted_run_ends(tmp_path, ref_im
     assert not marker.exists()
 
 
-# --------------------------------------------------------------------------------------------- pretrained backbone, card
+# ------------------------------------------------------------------------------------------ pretrained backbone, card
 
 
 def test_pretrained_falls_back_to_random_weights_offline(tmp_path, monkeypatch, inputs) -> None:
@@ -517,7 +517,10 @@ def test_pretrained_weights_through_the_weights_api(tmp_path, monkeypatch) -> No
     assert "started from ImageNet weights (torchvision ResNet18_Weights.IMAGENET1K_V1)" in card
     # loading never fetches the ImageNet weights again: the saved weights replace them anyway
     for loaded in (load_model(str(tmp_path / "m")), SiameseResNet18.from_pretrained(str(tmp_path / "m"))):
-        assert loaded.backbone_weights == "torchvision ResNet18_Weights.IMAGENET1K_V1" or loaded._hub_mixin_config["pretrained"]
+        assert (
+            loaded.backbone_weights == "torchvision ResNet18_Weights.IMAGENET1K_V1"
+            or loaded._hub_mixin_config["pretrained"]
+        )
         assert model_fingerprint(loaded) == model_fingerprint(m)
     assert calls == ["ResNet18_Weights.IMAGENET1K_V1"]
     # fine-tuning a pretrained backbone freezes all but layer4 + head by default
@@ -702,7 +705,11 @@ def test_push_to_hub_uploads_weights_config_and_card(tmp_path, hub, model) -> No
     for name, data in commit["files"].items():
         (pushed / name).write_bytes(data)
     assert model_fingerprint(load_model(str(pushed))) == model_fingerprint(m)
-    assert json.loads(commit["files"]["config.json"]) == {"embedding_dim": 128, "trainable": "layer4", "pretrained": False}
+    assert json.loads(commit["files"]["config.json"]) == {
+        "embedding_dim": 128,
+        "trainable": "layer4",
+        "pretrained": False,
+    }
     card = commit["files"]["README.md"].decode()
     assert "library_name: papyrus-widgets" in card and "40 images of 40 papyri" in card and "| top1 | 0.600 |" in card
 

@@ -65,7 +65,10 @@ def test_quickstart_notebook(monkeypatch, indexed_engine, settings):
         PAPYRUS_QUERY=str(SHARED_DATA / "heidelberg" / "references" / "19331_p_g_107.jpg"),
     )
     widget_views = [
-        o for c in nb.cells for o in c.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+        o
+        for c in nb.cells
+        for o in c.get("outputs", [])
+        if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
     ]
     assert len(widget_views) == 1
     html = "\n".join(outputs(nb, "text/html"))

@@ -47,7 +47,9 @@ def warped(scan):
     photo_corners = np.array([[60, 40], [640, 90], [610, 860], [30, 820]], dtype=np.float64)
     scan_corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float64)
     coeffs = _perspective_coefficients(photo_corners, scan_corners)  # photo (output) → scan (input)
-    photo = scan.transform((out_w, out_h), Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BILINEAR, fillcolor=(30, 30, 30))
+    photo = scan.transform(
+        (out_w, out_h), Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BILINEAR, fillcolor=(30, 30, 30)
+    )
 
     def to_scan(x: float, y: float) -> tuple[float, float]:
         a, b, c, d, e, f, g, hh = coeffs
