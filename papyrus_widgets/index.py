@@ -12,6 +12,7 @@ A search ranks images by cosine distance (HNSW index, ``vector_cosine_ops``).
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from contextlib import contextmanager
@@ -100,6 +101,8 @@ PAPYRUS_COLUMNS = (
 FILTER_FIELDS = ("date_from", "date_to", "place", "collection", "text")
 """Allowed search filters: papyri dated (partly) after ``date_from`` / before ``date_to`` (years,
 negative = BC), ``place`` and ``text`` (case-insensitive substring of place / title), ``collection``."""
+
+log = logging.getLogger(__name__)
 
 _MIGRATION_LOCK = 7_305_512_001  # pg_advisory_xact_lock key for migrations
 
@@ -489,7 +492,13 @@ def hnsw_deferred(url: str) -> Iterator[None]:
     try:
         # shared: several bulk loads may run at once; a repair build waits for all of them
         conn.execute("SELECT pg_advisory_lock_shared(%s)", (_BULK_LOCK,))
-        drop_hnsw(conn)
+        try:
+            drop_hnsw(conn)
+        except psycopg.errors.InsufficientPrivilege:  # not the table's owner: insert into the index
+            log.warning("cannot drop the HNSW index for a bulk load (not the owner of images): keeping it")
+            conn.execute("SELECT pg_advisory_unlock_shared(%s)", (_BULK_LOCK,))
+            yield
+            return
         try:
             yield
         finally:
@@ -509,6 +518,7 @@ def ensure_hnsw(url: str) -> bool:
         (locked,) = conn.execute("SELECT pg_try_advisory_lock(%s)", (_BULK_LOCK,)).fetchone()
         if not locked:
             return False
+        state = "missing"
         try:
             state = hnsw_state(conn)
             if state == "valid":
@@ -517,6 +527,9 @@ def ensure_hnsw(url: str) -> bool:
                 drop_hnsw(conn)
             build_hnsw(conn)
             return True
+        except psycopg.errors.InsufficientPrivilege:  # e.g. a search-only role: searches still work
+            log.warning("the HNSW index is %s and this role may not build it: run papyrus db reindex as owner", state)
+            return False
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_BULK_LOCK,))
 

@@ -236,6 +236,28 @@ def test_a_missing_index_is_rebuilt_by_repair_and_by_reindex(url, conn):
     assert _hnsw_oid(conn) != before and index.hnsw_state(conn) == "valid"
 
 
+def test_a_role_that_may_not_drop_or_build_the_index_still_ingests_and_searches(url, conn):
+    with psycopg.connect(url, autocommit=True) as admin:
+        if not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = 'curator'").fetchone():
+            admin.execute("CREATE ROLE curator LOGIN")
+        admin.execute("GRANT SELECT, INSERT, UPDATE ON papyri, images TO curator")
+        admin.execute("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO curator")
+    curator = url.replace("postgres:@", "curator:@")
+    assert curator != url
+    kept = _hnsw_oid(conn)
+    conn.commit()
+    with index.hnsw_deferred(curator):  # may not drop it: the load inserts into it instead
+        with index.connect(curator) as c:
+            assert index.add_images(c, [_row(i) for i in range(5)]) == (5, 0)
+    assert _hnsw_oid(conn) == kept
+    index.drop_hnsw(conn)
+    conn.commit()
+    assert not index.ensure_hnsw(curator)  # may not build it: a warning, not a failed search
+    with index.connect(curator) as c:
+        assert index.knn(c, _vec(3), 1)[0]["hgv_id"] == "3"
+    assert index.ensure_hnsw(url)  # the owner can
+
+
 @pytest.mark.parametrize(
     "existing, incoming, bulk",
     [(0, 999, False), (0, 1000, True), (1_000_000, 1000, False), (1_000_000, 500_000, True), (4000, 1999, False)],
