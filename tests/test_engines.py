@@ -327,6 +327,16 @@ def test_engine_runs_on_a_client_passed_in_and_leaves_it_open(pg, own_client, tm
     assert get_engine(settings, client=own_client) is not engine  # close() forgot the engine
 
 
+def test_engine_close_closes_the_client_it_made(tmp_path):
+    engine = Engine(Settings(tmp_path / "data", dask_workers=1))
+    client = engine.client
+    assert client.status == "running" and client.cluster is not None
+    engine.close()
+    assert client.status == "closed" and client not in services._clients.values()
+    assert engine.client is not client  # a new one on next use (closed again below)
+    engine.close()
+
+
 def _hnsw(pg: Postgres, database: str) -> tuple[int | None, bool | None]:
     """(oid, valid) of the HNSW index, (None, None) when there is none."""
     with pg.admin(database) as conn:
