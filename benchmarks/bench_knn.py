@@ -15,7 +15,18 @@ reported.
 - **numpy brute force**: ``X @ q`` + ``argpartition`` on the same vectors in this process (also
   the ground truth for recall@10).
 
-Run alone: ``python benchmarks/bench_knn.py [--quick] [--million]``.
+Ingest rows/s, COPY against row-by-row (``--insert-rows``, default 20,000; 2,000 with --quick):
+the same synthetic rows (one papyrus record + one image with its vector each) go into two scratch
+schemas made by the package's own migration, the HNSW index dropped in both (as a bulk ingest
+does), so the figure is the insert path alone:
+
+- **candidate**: ``index.add_images`` (the ingest's path: catalogue upsert in one pipelined
+  batch, binary COPY into a temp table, ``INSERT … SELECT … ON CONFLICT``) in batches of 1,000
+  rows, one transaction per batch;
+- **baseline**: one ``INSERT … RETURNING id`` for the papyrus and one ``INSERT`` for the image per
+  row, committed row by row, as the original Django ORM ``save()`` calls did.
+
+Run alone: ``python benchmarks/bench_knn.py [--quick] [--million] [--insert-rows N]``.
 """
 
 from __future__ import annotations
@@ -145,6 +156,83 @@ def build_hnsw(conn: Any, n: int, cores: int) -> dict[str, Any]:
     }
 
 
+INSERT_BATCH = 1000
+"""Rows per ``index.add_images`` call (one transaction each) in the COPY-vs-row-by-row figure."""
+
+
+def measure_insert(url: str, n: int, fingerprint: str) -> dict[str, Any]:
+    """Ingest rows/s of ``index.add_images`` (binary COPY, batched) and of row-by-row INSERTs
+    committed one by one, into fresh scratch schemas; checks that both stored every row."""
+    from papyrus_widgets import index
+    from papyrus_widgets.metadata import PapyrusRecord
+
+    vectors, _ = make_vectors(n, 1, seed=11)
+    thumb = "thumbnails/00/" + "0" * 64 + ".jpg"
+    original = "originals/00/" + "0" * 64 + ".jpg"
+    rows = [
+        index.ImageRow(
+            record=PapyrusRecord(key=f"ins:{i}", collection="bench", title=f"synthetic papyrus {i}"),
+            sha256=f"{i:064x}",
+            source_name=f"bench-{i}.jpg",
+            object_key=original,
+            thumb_key=thumb,
+            width=1000,
+            height=1400,
+            model=fingerprint,
+            embedding=vectors[i],
+        )
+        for i in range(n)
+    ]
+    papyrus_cols = ", ".join(index.PAPYRUS_COLUMNS)
+    papyrus_sql = (
+        f"INSERT INTO papyri ({papyrus_cols}) VALUES ({', '.join(['%s'] * len(index.PAPYRUS_COLUMNS))})"
+        " ON CONFLICT (key) DO UPDATE SET title = EXCLUDED.title RETURNING id"
+    )
+    image_sql = (
+        "INSERT INTO images (papyrus_id, sha256, source_name, object_key, thumb_key, width, height, model, embedding)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    )
+    out: dict[str, Any] = {"rows": n, "batch": INSERT_BATCH}
+    for method in ("copy", "row_by_row"):
+        schema = f"bench_insert_{method}"
+        with index.connect(url) as conn:
+            conn.autocommit = True
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            conn.execute(f"CREATE SCHEMA {schema}")
+            conn.execute(f"SET search_path = {schema}, public")
+            conn.execute(index.MIGRATIONS[0][1])  # papyri, images, index_meta as the package makes them
+            index.drop_hnsw(conn)
+            conn.autocommit = False
+            t0 = time.perf_counter()
+            if method == "copy":
+                for start in range(0, n, INSERT_BATCH):
+                    index.add_images(conn, rows[start : start + INSERT_BATCH])
+                    conn.commit()
+            else:
+                with conn.cursor() as cur:
+                    for r in rows:
+                        cur.execute(papyrus_sql, index._papyrus_values(r.record))
+                        (papyrus_id,) = cur.fetchone()
+                        cur.execute(
+                            image_sql,
+                            (papyrus_id, r.sha256, r.source_name, r.object_key, r.thumb_key, r.width, r.height,
+                             r.model, r.embedding),
+                        )  # fmt: skip
+                        conn.commit()
+            seconds = time.perf_counter() - t0
+            (stored,) = conn.execute("SELECT count(*) FROM images").fetchone()
+            conn.commit()
+            conn.autocommit = True
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        if stored != n:
+            raise RuntimeError(f"{method}: {stored} of {n} rows stored")
+        out[method] = {"seconds": seconds, "rows_per_s": n / seconds}
+        label = method.replace("_", "-")
+        print(f"  insert {n:,} rows, {label}: {seconds:.1f} s ({n / seconds:,.0f} rows/s)", flush=True)
+    out["copy_over_row_by_row_rows_per_s"] = C.ratio(out["copy"]["rows_per_s"], out["row_by_row"]["rows_per_s"])
+    return out
+
+
 def keys_to_ids(rows: list[dict[str, Any]]) -> list[int]:
     return [int(r["key"].split(":", 1)[1]) for r in rows]
 
@@ -269,12 +357,13 @@ def measure_size(
 
 
 def main() -> None:
-    args = C.parse_args(
-        __doc__.splitlines()[0],
-        lambda p: p.add_argument(
-            "--million", action="store_true", help="also 1,000,000 vectors (slow: HNSW build)"
-        ),
-    )
+    def options(p: Any) -> None:
+        p.add_argument("--million", action="store_true", help="also 1,000,000 vectors (slow: HNSW build)")
+        p.add_argument(
+            "--insert-rows", type=int, help="rows for COPY vs row-by-row inserts (default 20,000; 2,000 with --quick)"
+        )
+
+    args = C.parse_args(__doc__.splitlines()[0], options)
     C.setup_environment()
     load_start = C.load_average()
     sizes = [20_000] if args.quick else [100_000]
@@ -299,6 +388,9 @@ def main() -> None:
             n_exact = 10 if n >= 1_000_000 else (10 if args.quick else 30)
             print(f"kNN at {n:,} vectors", flush=True)
             results.append(measure_size(url, n, n_queries, n_exact, fingerprint, cores))
+        insert_rows = args.insert_rows or (2_000 if args.quick else 20_000)
+        print(f"ingest rows/s: COPY vs row-by-row, {insert_rows:,} rows", flush=True)
+        insert = measure_insert(url, insert_rows, fingerprint)
         index.close_pools()
 
     result = {
@@ -310,14 +402,16 @@ def main() -> None:
             "max_parallel_workers_per_gather": workers_per_gather,
         },
         "sizes": results,
+        "insert": insert,
         "load_average_start": load_start,
         "versions": versions,
     }
     first = results[0]
-    result["ratios"] = first["ratios"]
+    result["ratios"] = {**first["ratios"], "copy_over_row_by_row_rows_per_s": insert["copy_over_row_by_row_rows_per_s"]}
     result["headline"] = (
         f"{first['vectors']:,} vectors: HNSW {first['ratios']['exact_postgres_over_hnsw_p50']:.0f}x faster than the "
-        f"exact scan, recall@10 {first['ratios']['hnsw_recall_at_10']:.3f}"
+        f"exact scan, recall@10 {first['ratios']['hnsw_recall_at_10']:.3f}; ingest COPY "
+        f"{insert['copy_over_row_by_row_rows_per_s']:.0f}x the rows/s of row-by-row inserts"
     )
     for r in results:
         print()
@@ -365,6 +459,22 @@ def main() -> None:
             f"({b['index_bytes_per_vector']:.0f} B/vector), images table {b['images_table_bytes'] / 2**20:.1f} MiB; "
             f"COPY {r['load']['copy_rows_per_s']:,.0f} rows/s"
         )
+    print()
+    print(
+        f"ingest of {insert['rows']:,} rows: RATIO COPY/row-by-row rows/s = "
+        f"{insert['copy_over_row_by_row_rows_per_s']:.1f}x"
+    )
+    print(
+        C.table(
+            [
+                [f"index.add_images (binary COPY, {insert['batch']:,} rows per transaction)",
+                 insert["copy"]["seconds"], insert["copy"]["rows_per_s"]],
+                ["row-by-row INSERTs, a commit per row",
+                 insert["row_by_row"]["seconds"], insert["row_by_row"]["rows_per_s"]],
+            ],
+            ["insert path", "seconds", "rows/s"],
+        )
+    )  # fmt: skip
     C.write_result(args.out, NAME, result)
 
 

@@ -8,9 +8,11 @@ submits work to the cluster; :func:`get_engine` keeps one per process and settin
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -25,6 +27,8 @@ from .errors import ImageError, JobError, PapyrusError
 from .metadata import load_metadata, record_for_image
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Any  # Any: PIL image or numpy array
+
+log = logging.getLogger(__name__)
 
 
 def query_bytes(image: ImageInput) -> tuple[bytes, str]:
@@ -72,6 +76,11 @@ class Results:
     def __len__(self) -> int:
         return len(self.hits)
 
+    @property
+    def ef_search(self) -> int | None:
+        """The ``hnsw.ef_search`` the kNN query ran with (reported by the server), None without hits."""
+        return self.hits[0].ef_search if self.hits else None
+
     def __getitem__(self, i: int) -> jobs.Hit:
         return self.hits[i]
 
@@ -97,7 +106,12 @@ class Results:
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(
-            {"query": self.query, "elapsed": round(self.elapsed, 3), "hits": self.to_dicts()},
+            {
+                "query": self.query,
+                "elapsed": round(self.elapsed, 3),
+                "ef_search": self.ef_search,
+                "hits": self.to_dicts(),
+            },
             ensure_ascii=False,
             **kwargs,
         )
@@ -157,12 +171,18 @@ class IngestReport:
 
 
 class Engine:
-    """Settings resolved into running services; shared by the widget, the API and the CLI."""
+    """Settings resolved into running services; shared by the widget, the API and the CLI.
 
-    def __init__(self, settings: Settings | None = None):
+    ``client``: an existing ``distributed.Client`` to run on (yours: a dask-gateway, dask-jobqueue
+    or ``LocalCluster`` client). It replaces ``PAPYRUS_DASK_SCHEDULER`` and the LocalCluster, and
+    :meth:`close` leaves it open.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, client: Any = None):
         self.settings = settings or Settings.from_env()
         self._lock = threading.Lock()
         self._resolved: Settings | None = None
+        self._given_client = client
 
     # services ----------------------------------------------------------------------------
     @property
@@ -175,7 +195,20 @@ class Engine:
 
     @property
     def client(self) -> Any:
+        """The Dask client: the one passed in, else the process's client for the settings."""
+        if self._given_client is not None:
+            return self._given_client
         return services.dask_client(self.settings)
+
+    def close(self) -> None:
+        """Close the Dask client (and LocalCluster) this engine got from its settings, shared by the
+        engines of this process with the same scheduler setting; a client passed in stays open."""
+        with _engines_lock:
+            for key, engine in list(_engines.items()):
+                if engine is self:
+                    del _engines[key]
+        if self._given_client is None:
+            services.close_client(self.settings)
 
     def resolved_settings(self) -> Settings:
         """Settings with the database URL and the model source filled in (what tasks receive)."""
@@ -183,12 +216,23 @@ class Engine:
             if self._resolved is None:
                 url = self.database_url
                 index.ensure_schema(url)
+                self._repair_hnsw(url)
                 model = self.settings.model
                 if not model:
                     with index.connect(url) as conn:
                         model = index.get_meta(conn, "model") or DEFAULT_MODEL
                 self._resolved = self.settings.replace(database_url=url, model=model)
             return self._resolved
+
+    @staticmethod
+    def _repair_hnsw(url: str) -> None:
+        """Build the HNSW index if a bulk ingest was interrupted before it could (searches are
+        exact scans, correct but slow, until then)."""
+        with index.connect(url) as conn:
+            state = index.hnsw_state(conn)
+        if state != "valid":
+            log.warning("the HNSW index is %s (an interrupted bulk ingest?): building it now", state)
+            index.ensure_hnsw(url)
 
     def _forget_model(self) -> None:
         with self._lock:
@@ -220,12 +264,18 @@ class Engine:
         corners: Sequence[Sequence[float]] | None = None,
         filters: Mapping[str, Any] | None = None,
         verify: bool | None = None,
+        ef_search: int | None = None,
     ) -> jobs.SearchJob:
         """Store the query image and submit the search futures; returns a job handle at once.
 
-        ``verify`` (default ``Settings.verify``, i.e. on unless ``PAPYRUS_VERIFY=0``): re-rank the top hits by local-feature
-        geometric verification, with the inlier matches as evidence on each hit."""
+        ``verify`` (default ``Settings.verify``: on unless ``PAPYRUS_VERIFY=0``): re-rank the top hits by
+        local-feature geometric verification, with the inlier matches as evidence on each hit.
+        ``ef_search`` (1 … 1000): the HNSW candidate list of this query; higher finds the true
+        nearest neighbours more often, a little more slowly. Default ``max(40, 2 × candidates)``
+        (candidates = k, or at least 10 with verification), not pgvector's fixed 40, so that a
+        large k keeps its recall; a value below the candidates is raised to them."""
         k = index.check_k(k)
+        ef_search = index.check_ef_search(ef_search)
         index.filter_sql(filters)  # unknown or malformed filters fail here, before any work
         if corners is not None:
             imaging.order_corners(corners)
@@ -240,6 +290,7 @@ class Engine:
             corners=corner_list,
             filters=dict(filters or {}),
             verify=self.settings.verify if verify is None else bool(verify),
+            ef_search=ef_search,
         )
 
     def search(
@@ -251,9 +302,13 @@ class Engine:
         filters: Mapping[str, Any] | None = None,
         timeout: float | None = 300,
         verify: bool | None = None,
+        ef_search: int | None = None,
     ) -> Results:
+        """Search and wait for the hits (arguments as :meth:`submit_search`)."""
         data, name = query_bytes(image)
-        job = self.submit_search(data, name=name, k=k, corners=corners, filters=filters, verify=verify)
+        job = self.submit_search(
+            data, name=name, k=k, corners=corners, filters=filters, verify=verify, ef_search=ef_search
+        )
         try:
             hits = job.hits(timeout=timeout)
         except TimeoutError:
@@ -302,18 +357,39 @@ class Engine:
         *,
         batch_size: int = 8,
         progress: bool = True,
+        bulk: bool | None = None,
     ) -> IngestReport:
-        """Index every image under ``folder`` with its catalogue record (HGV XML dir or CSV)."""
-        import time
+        """Index every image under ``folder`` with its catalogue record (HGV XML dir or CSV).
 
-        from distributed import as_completed
-        from tqdm.auto import tqdm
+        ``bulk``: drop the HNSW index before the batches and build it once at the end (also if the
+        ingest fails or is interrupted; if the process dies, the next engine or ingest builds it).
+        Default: when the ingest is a bulk load by :func:`index.bulk_load_wanted` (at least
+        ``BULK_MIN_ROWS`` images and half as many as are indexed); otherwise each batch inserts
+        into the index as it goes."""
+        import time
 
         t0 = time.perf_counter()
         paths = list(iter_images(folder))
         records = load_metadata(metadata)
         items = [jobs.IngestItem(str(p), record_for_image(p, records)) for p in paths]
         settings = self.resolved_settings()
+        url = settings.database_url or self.database_url
+        if bulk is None:
+            with index.connect(url) as conn:
+                bulk = index.bulk_load_wanted(index.image_count(conn), len(items))
+        if not bulk:
+            index.ensure_hnsw(url)  # an earlier bulk ingest may have died before its build
+        with index.hnsw_deferred(url) if bulk else contextlib.nullcontext():
+            report = self._run_ingest(settings, items, batch_size, progress)
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _run_ingest(
+        self, settings: Settings, items: list[jobs.IngestItem], batch_size: int, progress: bool
+    ) -> IngestReport:
+        from distributed import as_completed
+        from tqdm.auto import tqdm
+
         client = self.client
         report = IngestReport()
         futures = [
@@ -338,9 +414,11 @@ class Engine:
                 report.skipped += batch.skipped
                 report.failed.extend(batch.failed)
                 bar.update(sizes[fut.key])
+        except BaseException:
+            client.cancel(futures)  # e.g. Ctrl-C: stop the batches before the index is built
+            raise
         finally:
             bar.close()
-        report.seconds = time.perf_counter() - t0
         return report
 
     def stats(self) -> dict[str, Any]:
@@ -360,17 +438,19 @@ def iter_images(folder: str | os.PathLike) -> Iterable[Path]:
             yield p
 
 
-_engines: dict[Settings, Engine] = {}
+_engines: dict[tuple[Settings, int | None], Engine] = {}
 _engines_lock = threading.Lock()
 
 
-def get_engine(settings: Settings | None = None) -> Engine:
-    """The engine of this process for ``settings`` (default: from the environment)."""
+def get_engine(settings: Settings | None = None, *, client: Any = None) -> Engine:
+    """The engine of this process for ``settings`` (default: from the environment) and, if given,
+    an existing Dask ``client`` to run on (see :class:`Engine`)."""
     settings = settings or Settings.from_env()
+    key = (settings, None if client is None else id(client))  # the engine keeps the client alive
     with _engines_lock:
-        engine = _engines.get(settings)
+        engine = _engines.get(key)
         if engine is None:
-            engine = _engines[settings] = Engine(settings)
+            engine = _engines[key] = Engine(settings, client=client)
         return engine
 
 
@@ -382,10 +462,14 @@ def search(
     filters: Mapping[str, Any] | None = None,
     settings: Settings | None = None,
     verify: bool | None = None,
+    ef_search: int | None = None,
 ) -> Results:
     """Find the k reference papyri nearest to ``image`` (path, bytes, PIL image or array);
-    ``verify=False`` skips the re-ranking by local features (on by default)."""
-    return get_engine(settings).search(image, k=k, corners=corners, filters=filters, verify=verify)
+    ``verify=False`` skips the re-ranking by local features (on by default); ``ef_search``
+    (1 … 1000) trades speed for recall in the HNSW index (see :meth:`Engine.submit_search`)."""
+    return get_engine(settings).search(
+        image, k=k, corners=corners, filters=filters, verify=verify, ef_search=ef_search
+    )
 
 
 def ingest(

@@ -39,6 +39,26 @@ def _corners(text: str | None) -> list[list[float]] | None:
     return [nums[i : i + 2] for i in range(0, 8, 2)]
 
 
+def _ef_search(args: argparse.Namespace) -> int | None:
+    """``--ef-search`` as a validated int (usage error, exit 2, when it is not 1 … 1000)."""
+    from . import index
+    from .errors import QueryError
+
+    text = getattr(args, "ef_search", None)
+    if text is None:
+        return None
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--ef-search takes a whole number between 1 and {index.EF_SEARCH_MAX}, got {text!r}"
+        ) from None
+    try:
+        return index.check_ef_search(number)
+    except QueryError as exc:  # "ef_search must be between 1 and 1000, got 0."
+        raise argparse.ArgumentTypeError(str(exc).replace("ef_search", "--ef-search", 1)) from None
+
+
 def _filters(args: argparse.Namespace) -> dict[str, object]:
     out: dict[str, object] = {}
     for name in ("date_from", "date_to", "place", "collection", "text"):
@@ -65,9 +85,15 @@ def print_hits(results, out=sys.stdout) -> None:  # type: ignore[no-untyped-def]
 def cmd_search(args: argparse.Namespace) -> int:
     from .api import get_engine
 
+    ef_search = _ef_search(args)
     engine = get_engine(_settings(args))
     results = engine.search(
-        args.image, k=args.k, corners=_corners(args.corners), filters=_filters(args), verify=args.verify
+        args.image,
+        k=args.k,
+        corners=_corners(args.corners),
+        filters=_filters(args),
+        verify=args.verify,
+        ef_search=ef_search,
     )
     if args.json:
         print(results.to_json(indent=2))
@@ -107,11 +133,17 @@ def cmd_db(args: argparse.Namespace) -> int:
         print(mask_url(url) if not args.show_password else url)
         return 0
     version = index.ensure_schema(url)
+    if args.action == "reindex":
+        vectors, seconds = index.rebuild_hnsw(url)
+        print(f"HNSW index rebuilt over {vectors} vectors in {seconds:.1f} s")
+        return 0
     with index.connect(url) as conn:
         stats = index.stats(conn)
     print(f"schema version {version}: {stats['papyri']} papyri, {stats['images']} images")
     for model, n in stats["models"].items():
         print(f"  model {model}: {n} images")
+    if stats["hnsw"] != "valid":
+        print(f"  HNSW index {stats['hnsw']} (searches scan every vector): run papyrus db reindex")
     return 0
 
 
@@ -281,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="re-rank the top hits by local-feature verification (default: on unless PAPYRUS_VERIFY=0)",
     )
+    s.add_argument(
+        "--ef-search", metavar="N",
+        help="HNSW candidate list, 1-1000: higher finds true neighbours more often, slower (default max(40, 2k))",
+    )  # fmt: skip
     s.set_defaults(func=cmd_search)
 
     i = sub.add_parser("ingest", parents=[common], help="index a folder of reference scans")
@@ -294,8 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-start", action="store_true", help="do not start embedded services")
     d.set_defaults(func=cmd_doctor)
 
-    db = sub.add_parser("db", parents=[common], help="database: migrate and show counts, or print the URL")
-    db.add_argument("action", choices=["status", "url"], nargs="?", default="status")
+    db = sub.add_parser(
+        "db", parents=[common],
+        help="database: migrate and show counts (status), rebuild the HNSW index (reindex), or print the URL",
+    )  # fmt: skip
+    db.add_argument("action", choices=["status", "reindex", "url"], nargs="?", default="status")
     db.add_argument("--show-password", action="store_true")
     db.set_defaults(func=cmd_db)
 

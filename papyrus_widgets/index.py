@@ -12,6 +12,7 @@ A search ranks images by cosine distance (HNSW index, ``vector_cosine_ops``).
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from contextlib import contextmanager
@@ -31,6 +32,10 @@ from .metadata import PapyrusRecord
 
 EMBEDDING_DIM = 128
 MIN_PGVECTOR = (0, 5, 0)  # HNSW arrived in 0.5.0
+
+HNSW_INDEX = "images_embedding_hnsw"
+HNSW_DDL = f"CREATE INDEX IF NOT EXISTS {HNSW_INDEX} ON images USING hnsw (embedding vector_cosine_ops)"
+"""The HNSW index as migration 1 defines it (pgvector's defaults m=16, ef_construction=64)."""
 
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -70,7 +75,7 @@ MIGRATIONS: list[tuple[int, str]] = [
             created_at  timestamptz NOT NULL DEFAULT now(),
             UNIQUE (papyrus_id, sha256)
         );
-        CREATE INDEX images_embedding_hnsw ON images USING hnsw (embedding vector_cosine_ops);
+        {HNSW_DDL};
         CREATE TABLE index_meta (key text PRIMARY KEY, value text NOT NULL);
         """,
     ),
@@ -96,6 +101,8 @@ PAPYRUS_COLUMNS = (
 FILTER_FIELDS = ("date_from", "date_to", "place", "collection", "text")
 """Allowed search filters: papyri dated (partly) after ``date_from`` / before ``date_to`` (years,
 negative = BC), ``place`` and ``text`` (case-insensitive substring of place / title), ``collection``."""
+
+log = logging.getLogger(__name__)
 
 _MIGRATION_LOCK = 7_305_512_001  # pg_advisory_xact_lock key for migrations
 
@@ -312,21 +319,30 @@ def existing_images(conn: psycopg.Connection, pairs: Iterable[tuple[str, str]]) 
 
 
 def upsert_papyri(conn: psycopg.Connection, records: Sequence[PapyrusRecord]) -> dict[str, int]:
-    """Insert or update catalogue records; returns key → id."""
+    """Insert or update catalogue records; returns key → id.
+
+    One statement per record (the last record of a key wins; a field that is None keeps the stored
+    value), sent as one batch: ``executemany`` in pipeline mode, so a batch of records costs one
+    round trip to the server, not one per record."""
     unique = {r.key: r for r in records}
-    ids: dict[str, int] = {}
+    if not unique:
+        return {}
     cols = ", ".join(PAPYRUS_COLUMNS)
     placeholders = ", ".join(["%s"] * len(PAPYRUS_COLUMNS))
     updates = ", ".join(f"{c} = coalesce(EXCLUDED.{c}, papyri.{c})" for c in PAPYRUS_COLUMNS[1:])
+    ids: dict[str, int] = {}
     with conn.cursor() as cur:
-        for record in unique.values():
-            values = _papyrus_values(record)
-            cur.execute(
-                f"INSERT INTO papyri ({cols}) VALUES ({placeholders})"
-                f" ON CONFLICT (key) DO UPDATE SET {updates}, updated_at = now() RETURNING id",
-                values,
-            )
-            ids[record.key] = cur.fetchone()[0]
+        cur.executemany(
+            f"INSERT INTO papyri ({cols}) VALUES ({placeholders})"
+            f" ON CONFLICT (key) DO UPDATE SET {updates}, updated_at = now() RETURNING key, id",
+            [_papyrus_values(record) for record in unique.values()],
+            returning=True,
+        )
+        while True:
+            for key, id_ in cur.fetchall():
+                ids[key] = id_
+            if not cur.nextset():
+                break
     return ids
 
 
@@ -402,7 +418,170 @@ def get_meta(conn: psycopg.Connection, key: str) -> str | None:
     return row[0] if row else None
 
 
+# --- the HNSW index: built once after a bulk load, maintained on small inserts -------------------
+
+BULK_MIN_ROWS = 1000
+"""An ingest of at least this many images …"""
+BULK_RATIO = 0.5
+"""… that adds at least this fraction of the rows already indexed is a bulk load: the HNSW index
+is dropped before its COPY batches and built once at the end (one build over all rows is much
+faster than inserting each vector into the graph). Smaller ingests maintain the index row by row."""
+HNSW_BUILD_MEMORY_MB_MAX = 2048
+"""The most ``maintenance_work_mem`` an index build asks for (about 3 KB per vector keeps the
+graph of up to ~700,000 vectors in memory; beyond, the build still works, more slowly)."""
+_BULK_LOCK = 7_305_512_002  # advisory lock: bulk loads hold it shared, a repair build exclusively
+
+
+def bulk_load_wanted(existing: int, incoming: int) -> bool:
+    """Whether adding ``incoming`` images to ``existing`` ones should defer the HNSW index."""
+    return incoming >= BULK_MIN_ROWS and incoming >= BULK_RATIO * existing
+
+
+def hnsw_state(conn: psycopg.Connection) -> str:
+    """``"valid"``, ``"missing"`` (dropped for a bulk load that did not finish) or ``"invalid"``."""
+    row = conn.execute(
+        "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)", (HNSW_INDEX,)
+    ).fetchone()
+    if row is None:
+        return "missing"
+    return "valid" if row[0] else "invalid"
+
+
+def image_count(conn: psycopg.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM images").fetchone()[0])
+
+
+def drop_hnsw(conn: psycopg.Connection) -> None:
+    conn.execute(f"DROP INDEX IF EXISTS {HNSW_INDEX}")
+
+
+def build_hnsw(conn: psycopg.Connection) -> float:
+    """Create the HNSW index if it does not exist, with ``maintenance_work_mem`` raised (for this
+    build only) to hold the graph in memory; returns the seconds it took."""
+    import time
+
+    rows = image_count(conn)
+    wanted_kb = int(min(HNSW_BUILD_MEMORY_MB_MAX, max(64, rows * 3 / 1024))) * 1024
+    t0 = time.perf_counter()
+    with conn.transaction():
+        (current_kb,) = conn.execute(
+            "SELECT setting::bigint FROM pg_settings WHERE name = 'maintenance_work_mem'"
+        ).fetchone()
+        if wanted_kb > int(current_kb):  # only ever raise it
+            conn.execute(f"SET LOCAL maintenance_work_mem = '{wanted_kb:d}kB'")
+        try:
+            with conn.transaction():
+                conn.execute(HNSW_DDL)
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+            pass  # another process built it at the same moment
+    return time.perf_counter() - t0
+
+
+def _autocommit(url: str) -> psycopg.Connection:
+    conn = connect(url)
+    conn.autocommit = True
+    return conn
+
+
+@contextmanager
+def hnsw_deferred(url: str) -> Iterator[None]:
+    """For a bulk load: drop the HNSW index now, build it once when the block ends (also when it
+    ends with an error). If the process dies in between, the index stays missing and
+    :func:`ensure_hnsw` (the next ingest or engine) or ``papyrus db reindex`` builds it."""
+    conn = _autocommit(url)
+    try:
+        # shared: several bulk loads may run at once; a repair build waits for all of them
+        conn.execute("SELECT pg_advisory_lock_shared(%s)", (_BULK_LOCK,))
+        try:
+            drop_hnsw(conn)
+        except psycopg.errors.InsufficientPrivilege:  # not the table's owner: insert into the index
+            log.warning("cannot drop the HNSW index for a bulk load (not the owner of images): keeping it")
+            conn.execute("SELECT pg_advisory_unlock_shared(%s)", (_BULK_LOCK,))
+            yield
+            return
+        try:
+            yield
+        finally:
+            build_hnsw(conn)
+            conn.execute("ANALYZE papyri, images")  # planner statistics for the new row counts
+            conn.execute("SELECT pg_advisory_unlock_shared(%s)", (_BULK_LOCK,))
+    finally:
+        conn.close()
+
+
+def ensure_hnsw(url: str) -> bool:
+    """Build the HNSW index if it is missing (an interrupted bulk load) or invalid, unless a bulk
+    load is running now (it builds the index at its end); returns whether it built it."""
+    with _autocommit(url) as conn:
+        if hnsw_state(conn) == "valid":
+            return False
+        (locked,) = conn.execute("SELECT pg_try_advisory_lock(%s)", (_BULK_LOCK,)).fetchone()
+        if not locked:
+            return False
+        state = "missing"
+        try:
+            state = hnsw_state(conn)
+            if state == "valid":
+                return False
+            if state == "invalid":
+                drop_hnsw(conn)
+            build_hnsw(conn)
+            return True
+        except psycopg.errors.InsufficientPrivilege:  # e.g. a search-only role: searches still work
+            log.warning("the HNSW index is %s and this role may not build it: run papyrus db reindex as owner", state)
+            return False
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_BULK_LOCK,))
+
+
+def rebuild_hnsw(url: str) -> tuple[int, float]:
+    """Drop and build the HNSW index afresh (``papyrus db reindex``); returns (vectors, seconds)."""
+    with _autocommit(url) as conn:
+        (locked,) = conn.execute("SELECT pg_try_advisory_lock(%s)", (_BULK_LOCK,)).fetchone()
+        if not locked:
+            raise ServiceError(
+                "a bulk ingest is running on this index and builds the HNSW index when it ends: "
+                "wait for it, then run papyrus db reindex again if needed."
+            )
+        try:
+            drop_hnsw(conn)
+            seconds = build_hnsw(conn)
+            return image_count(conn), seconds
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_BULK_LOCK,))
+
+
 # --- searching ---------------------------------------------------------------------------------
+
+
+EF_SEARCH_MAX = 1000
+"""pgvector's upper limit for ``hnsw.ef_search``."""
+EF_SEARCH_MIN_DEFAULT = 40
+"""pgvector's own default of ``hnsw.ef_search``."""
+
+
+def check_ef_search(ef_search: Any) -> int | None:
+    """``ef_search`` as a validated int (1 … 1000, pgvector's range), or None for the default."""
+    if ef_search is None:
+        return None
+    if isinstance(ef_search, bool) or not isinstance(ef_search, (int, np.integer)):
+        raise QueryError(f"ef_search must be a whole number between 1 and {EF_SEARCH_MAX}, got {ef_search!r}.")
+    if not 1 <= int(ef_search) <= EF_SEARCH_MAX:
+        raise QueryError(f"ef_search must be between 1 and {EF_SEARCH_MAX}, got {ef_search}.")
+    return int(ef_search)
+
+
+def effective_ef_search(ef_search: int | None, k: int) -> int:
+    """The ``hnsw.ef_search`` a kNN query for ``k`` hits runs with.
+
+    Given: that value, raised to ``k`` (an HNSW scan returns at most ef_search rows). Not given:
+    ``max(40, 2 * k)`` (at most 1000), not pgvector's fixed 40: the candidate list should be well
+    above the number of hits asked for, else recall drops as k grows.
+    """
+    ef = check_ef_search(ef_search)
+    if ef is None:
+        ef = max(EF_SEARCH_MIN_DEFAULT, 2 * k)
+    return min(EF_SEARCH_MAX, max(ef, k))
 
 
 def check_k(k: Any, maximum: int = 1000) -> int:
@@ -465,8 +644,14 @@ def knn(
     filters: Mapping[str, Any] | None = None,
     ef_search: int | None = None,
 ) -> list[dict[str, Any]]:
-    """The k nearest images by cosine similarity, with their papyrus metadata, best first."""
+    """The k nearest images by cosine similarity, with their papyrus metadata, best first.
+
+    ``ef_search``: the HNSW candidate list size for this query (1 … 1000; higher = better recall,
+    slower), default ``max(40, 2 * k)``, see :func:`effective_ef_search`. Each row carries the
+    value the query ran with as ``ef_search`` (read back from the server in the same statement).
+    """
     k = check_k(k)
+    ef = effective_ef_search(ef_search, k)
     where, params = filter_sql(filters)
     vec = np.asarray(vector, dtype=np.float32).reshape(-1)
     if vec.shape != (EMBEDDING_DIM,) or not np.all(np.isfinite(vec)):
@@ -474,12 +659,11 @@ def knn(
     cols = ", ".join(f"p.{c}" for c in PAPYRUS_COLUMNS)
     sql = (
         f"SELECT i.id AS image_id, i.embedding <=> %s AS distance, i.object_key, i.thumb_key,"
-        f" i.source_name, i.model, {cols}"
+        f" i.source_name, i.model, current_setting('hnsw.ef_search')::int AS ef_search, {cols}"
         f" FROM images i JOIN papyri p ON p.id = i.papyrus_id{where}"
         f" ORDER BY i.embedding <=> %s LIMIT %s"
     )
     with conn.transaction():
-        ef = max(int(ef_search or 40), k)
         conn.execute(f"SET LOCAL hnsw.ef_search = {ef:d}")
         if where:
             # pgvector >= 0.8 keeps scanning the HNSW graph until k rows pass the filter
@@ -499,4 +683,10 @@ def stats(conn: psycopg.Connection) -> dict[str, Any]:
     papyri = conn.execute("SELECT count(*) FROM papyri").fetchone()[0]
     images = conn.execute("SELECT count(*) FROM images").fetchone()[0]
     models = dict(conn.execute("SELECT model, count(*) FROM images GROUP BY model").fetchall())
-    return {"papyri": papyri, "images": images, "models": models, "model_source": get_meta(conn, "model")}
+    return {
+        "papyri": papyri,
+        "images": images,
+        "models": models,
+        "model_source": get_meta(conn, "model"),
+        "hnsw": hnsw_state(conn),
+    }

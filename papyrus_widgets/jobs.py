@@ -114,11 +114,14 @@ class Hit:
     matches: list[list[float]] = field(default_factory=list, repr=False)
     """Up to 50 inlier pairs ``[qx, qy, rx, ry]``: query pixels (the photo as uploaded, after EXIF
     orientation) and reference pixels (the stored original)."""
+    ef_search: int | None = None
+    """The ``hnsw.ef_search`` the kNN query ran with, as the server reported it."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (everything but the thumbnail bytes)."""
+        """JSON-able dict (everything but the thumbnail bytes and the query's ef_search)."""
         d = asdict(self)
         d.pop("thumbnail")
+        d.pop("ef_search")
         return d
 
 
@@ -143,6 +146,7 @@ def _hit(row: Mapping[str, Any], rank: int, thumbnail: bytes | None) -> Hit:
         image_key=row["object_key"],
         thumb_key=row["thumb_key"],
         thumbnail=thumbnail,
+        ef_search=row.get("ef_search"),
     )
 
 
@@ -174,13 +178,18 @@ def embed_task(settings: Settings, arrays: np.ndarray) -> np.ndarray:
 
 
 def search_task(
-    settings: Settings, vector: np.ndarray, k: int, filters: Mapping[str, Any] | None
+    settings: Settings,
+    vector: np.ndarray,
+    k: int,
+    filters: Mapping[str, Any] | None,
+    ef_search: int | None = None,
 ) -> list[Hit]:
-    """Stage 3: kNN in pgvector, then the thumbnails of the hits as bytes."""
+    """Stage 3: kNN in pgvector (``ef_search``: see :func:`index.knn`), then the thumbnails of
+    the hits as bytes."""
     url, source = _require_resolved(settings)
     _, fingerprint = worker_model(source, settings.model_revision)
     with index.pooled_connection(url) as conn:
-        rows = index.knn(conn, vector, k, filters)
+        rows = index.knn(conn, vector, k, filters, ef_search=ef_search)
     if rows and all(r["model"] != fingerprint for r in rows):
         raise ModelError(
             f"the index was built with another model than {source}: search with the model that built it "
@@ -448,6 +457,7 @@ def submit_search(
     corners: Sequence[Sequence[float]] | None,
     filters: Mapping[str, Any] | None,
     verify: bool = False,
+    ef_search: int | None = None,
 ) -> SearchJob:
     """Submit prepare → embed → search (→ verify) as three (four) futures; returns at once."""
     tag = uuid.uuid4().hex[:8]
@@ -455,7 +465,7 @@ def submit_search(
     prepared = client.submit(prepare_task, settings, query_key, name, corners, key=f"papyrus-prepare-{tag}", **opts)
     vector = client.submit(embed_task, settings, prepared, key=f"papyrus-embed-{tag}", **opts)
     n = max(k, VERIFY_CANDIDATES) if verify else k
-    hits = client.submit(search_task, settings, vector, n, filters, key=f"papyrus-search-{tag}", **opts)
+    hits = client.submit(search_task, settings, vector, n, filters, ef_search, key=f"papyrus-search-{tag}", **opts)
     stages = [("preparing", prepared), ("embedding", vector), ("searching", hits)]
     if verify:
         checked = client.submit(verify_task, settings, query_key, name, hits, k, key=f"papyrus-verify-{tag}", **opts)

@@ -31,7 +31,13 @@ def papyrus_magic(line: str) -> Any:
             from .api import get_engine
 
             engine = get_engine(cli._settings(args))
-            return engine.search(args.image, k=args.k, corners=cli._corners(args.corners), filters=cli._filters(args))
+            return engine.search(
+                args.image,
+                k=args.k,
+                corners=cli._corners(args.corners),
+                filters=cli._filters(args),
+                ef_search=cli._ef_search(args),
+            )
         args.func(args)
     except (PapyrusError, argparse.ArgumentTypeError) as exc:
         print(f"papyrus {args.command}: {exc}")

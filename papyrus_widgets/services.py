@@ -79,6 +79,10 @@ def start_embedded_postgres(pgdata: Path) -> str:
         return url
 
 
+def _client_key(settings: Settings) -> str:
+    return settings.dask_scheduler or f"local:{settings.dask_workers}"
+
+
 def dask_client(settings: Settings) -> Any:
     """The Dask client of this process: ``PAPYRUS_DASK_SCHEDULER`` or a LocalCluster made once.
 
@@ -87,7 +91,7 @@ def dask_client(settings: Settings) -> Any:
     """
     from distributed import Client, LocalCluster
 
-    key = settings.dask_scheduler or f"local:{settings.dask_workers}"
+    key = _client_key(settings)
     with _lock:
         client = _clients.get(key)
         if client is not None and client.status in ("running", "connecting"):
@@ -170,19 +174,31 @@ class QuietExpectedErrors(WorkerPlugin):
         pass
 
 
+def close_client(settings: Settings) -> None:
+    """Close the Dask client (and LocalCluster) this process made for ``settings``, if any."""
+    with _lock:
+        client = _clients.pop(_client_key(settings), None)
+    if client is not None:
+        _close(client)
+
+
+def _close(client: Any) -> None:
+    cluster = getattr(client, "cluster", None)
+    try:
+        client.close(timeout=10)
+        if cluster is not None:
+            cluster.close(timeout=10)
+    except Exception:  # noqa: BLE001 - closing must not raise
+        log.debug("closing the Dask client failed", exc_info=True)
+
+
 def close_clients() -> None:
     """Close the Dask clients (and LocalClusters) this process made."""
     with _lock:
         clients = list(_clients.values())
         _clients.clear()
     for client in clients:
-        cluster = getattr(client, "cluster", None)
-        try:
-            client.close(timeout=10)
-            if cluster is not None:
-                cluster.close(timeout=10)
-        except Exception:  # noqa: BLE001 - closing at exit must not raise
-            log.debug("closing the Dask client failed", exc_info=True)
+        _close(client)
 
 
 @dataclass

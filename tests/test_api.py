@@ -117,6 +117,19 @@ def test_bad_parameters_fail_before_any_work(indexed_engine):
         indexed_engine.submit_search(data, filters={"bogus": 1})
     with pytest.raises(CornersError):
         indexed_engine.submit_search(data, corners=[[0, 0], [1, 1], [2, 2], [3, 3]])
+    for ef in (0, 1001, "40", 2.5):
+        with pytest.raises(QueryError, match="ef_search must"):
+            indexed_engine.submit_search(data, ef_search=ef)
+
+
+def test_ef_search_reaches_the_knn_query(indexed_engine):
+    # Results.ef_search is what the server reported from inside the kNN statement on the worker
+    query = reference("21114_p_g_24.jpg")
+    assert indexed_engine.search(query, k=3, ef_search=77).ef_search == 77
+    wide = indexed_engine.search(query, k=30, verify=False)
+    assert wide.ef_search == 60 and wide.top.inventory_key == "p_g_24"  # default max(40, 2k)
+    assert json.loads(wide.to_json())["ef_search"] == 60
+    assert indexed_engine.search(query, k=3).ef_search == 40  # verifying fetches 10 candidates
 
 
 def test_corners_off_the_image_fail_on_the_worker_with_a_message(indexed_engine):

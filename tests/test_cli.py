@@ -69,6 +69,22 @@ def test_errors_are_one_readable_line(indexed_engine, settings, args, words):
     assert "Traceback" not in proc.stderr
 
 
+def test_search_with_ef_search(indexed_engine, settings):
+    proc = run(["search", str(reference("19331_p_g_107.jpg")), "--json", "-k", "2", "--ef-search", "150"], settings)
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads(proc.stdout)
+    assert payload["ef_search"] == 150 and payload["hits"][0]["inventory_key"] == "p_g_107"
+
+
+@pytest.mark.parametrize("value", ["0", "1001", "-3", "abc", "2.5"])
+def test_bad_ef_search_is_a_usage_error_in_one_line(settings, value):
+    proc = run(["search", str(reference("19331_p_g_107.jpg")), "--ef-search", value], settings, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr  # one line
+    assert proc.stderr.startswith("papyrus search: --ef-search ") and "1000" in proc.stderr, proc.stderr
+    assert value in proc.stderr
+
+
 def test_corrupt_image_file(indexed_engine, settings, tmp_path):
     bad = tmp_path / "photo.jpg"
     bad.write_bytes(reference("19331_p_g_107.jpg").read_bytes()[:1500])

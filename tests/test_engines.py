@@ -285,6 +285,122 @@ def test_doctor_reports_the_external_engines(pg, dask_cluster, tmp_path, model_d
     assert all(pg.app_password not in c.detail for c in checks.values())
 
 
+# --- an existing Dask client passed in; HNSW after a bulk load (on the external PostgreSQL) -------
+
+
+@pytest.fixture(scope="module")
+def own_client() -> Iterator:
+    """A LocalCluster client made here, as a user's own (dask-gateway, jobqueue …) client would be."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
+    )  # fmt: skip
+    client = Client(cluster, set_as_default=False)
+    try:
+        yield client
+    finally:
+        _close(client)
+
+
+def test_engine_runs_on_a_client_passed_in_and_leaves_it_open(pg, own_client, tmp_path, model_dir):
+    from papyrus_widgets.api import get_engine
+
+    url = pg.database("papyrus_client")
+    folder = _four_references(tmp_path / "references")
+    settings = Settings(tmp_path / "data", database_url=url, model=str(model_dir), dask_workers=1)
+    made_before = dict(services._clients)
+    engine = get_engine(settings, client=own_client)
+    assert engine.client is own_client and get_engine(settings, client=own_client) is engine
+    report = engine.ingest(folder, HGV_DIR, progress=False)
+    assert (report.added, report.failed) == (4, [])
+    assert engine.search(folder / "21114_p_g_24.jpg", k=2).top.inventory_key == "p_g_24"
+    # the work ran on that client's worker, which loaded the model; no cluster or connection was made
+    assert sum(own_client.run(lambda: jobs.worker_model.cache_info().currsize).values()) >= 1
+    assert services._clients == made_before
+    engine.close()
+    assert own_client.status == "running"
+    assert own_client.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
+    assert get_engine(settings, client=own_client) is not engine  # close() forgot the engine
+
+
+def test_engine_close_closes_the_client_it_made(tmp_path):
+    engine = Engine(Settings(tmp_path / "data", dask_workers=1))
+    client = engine.client
+    assert client.status == "running" and client.cluster is not None
+    engine.close()
+    assert client.status == "closed" and client not in services._clients.values()
+    assert engine.client is not client  # a new one on next use (closed again below)
+    engine.close()
+
+
+def _hnsw(pg: Postgres, database: str) -> tuple[int | None, bool | None]:
+    """(oid, valid) of the HNSW index, (None, None) when there is none."""
+    with pg.admin(database) as conn:
+        row = conn.execute(
+            "SELECT c.oid, i.indisvalid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid WHERE c.relname = %s",
+            (index.HNSW_INDEX,),
+        ).fetchone()
+    return (row[0], row[1]) if row else (None, None)
+
+
+def _papyrus(args: list[str], url: str, data_dir: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPYRUS_")}
+    env.update(PAPYRUS_DATABASE_URL=url, PAPYRUS_DATA_DIR=str(data_dir))
+    cmd = [sys.executable, "-m", "papyrus_widgets.cli", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_bulk_ingest_builds_hnsw_once_small_ingest_keeps_it_interrupted_one_is_repaired(
+    pg, own_client, tmp_path, model_dir, monkeypatch
+):
+    url = pg.database("papyrus_bulk")
+    folder = _four_references(tmp_path / "references")
+    later = tmp_path / "later"
+    later.mkdir()
+    (folder / FOUR[3]).rename(later / FOUR[3])
+    settings = Settings(tmp_path / "data", database_url=url, model=str(model_dir), dask_workers=1)
+    engine = Engine(settings, client=own_client)
+    engine.resolved_settings()  # the schema, with its HNSW index
+    created, valid = _hnsw(pg, "papyrus_bulk")
+    assert created is not None and valid
+    monkeypatch.setattr(index, "BULK_MIN_ROWS", 3)  # three images into an empty table: a bulk load
+    report = engine.ingest(folder, HGV_DIR, batch_size=1, progress=False)
+    assert (report.added, report.failed) == (3, [])
+    rebuilt, valid = _hnsw(pg, "papyrus_bulk")
+    assert valid and rebuilt not in (None, created)  # dropped before the batches, built after them
+    with pg.admin("papyrus_bulk") as conn:
+        conn.execute("SET enable_seqscan = off")  # 3 rows: make the planner show it can use the index
+        plan = " ".join(r[0] for r in conn.execute(
+            "EXPLAIN SELECT i.id FROM images i JOIN papyri p ON p.id = i.papyrus_id"
+            " ORDER BY i.embedding <=> (SELECT embedding FROM images LIMIT 1) LIMIT 2"
+        ))  # fmt: skip
+    assert f"Index Scan using {index.HNSW_INDEX}" in plan
+    assert engine.search(folder / FOUR[0], k=2, ef_search=64).top.inventory_key == "p_g_107"
+
+    report = engine.ingest(later, HGV_DIR, progress=False)  # 1 image to 3: maintained, not rebuilt
+    assert report.added == 1 and _hnsw(pg, "papyrus_bulk") == (rebuilt, True)
+
+    # a bulk ingest killed between its drop and its build leaves no index: status says so, the next
+    # engine builds it, and `papyrus db reindex` rebuilds it on demand
+    with pg.admin("papyrus_bulk") as conn:
+        conn.execute(f"DROP INDEX {index.HNSW_INDEX}")
+    status = _papyrus(["db", "status"], url, tmp_path / "data")
+    assert status.returncode == 0 and "HNSW index missing" in status.stdout and "db reindex" in status.stdout
+    fresh = Engine(settings, client=own_client)
+    assert fresh.search(later / FOUR[3], k=1).top.inventory_key == "p_g_24"
+    repaired, valid = _hnsw(pg, "papyrus_bulk")
+    assert repaired is not None and valid
+    proc = _papyrus(["db", "reindex"], url, tmp_path / "data")
+    assert proc.returncode == 0, proc.stderr
+    assert "HNSW index rebuilt over 4 vectors" in proc.stdout
+    assert _hnsw(pg, "papyrus_bulk")[0] not in (None, repaired)
+    assert pg.app_password not in proc.stdout + proc.stderr + status.stdout
+
+
 # --- the scale-out notebook on all three external engines at once --------------------------------
 
 

@@ -130,3 +130,158 @@ def test_server_without_pgvector_is_explained(url):
     plain = noext.replace("postgres:@", "plain:@")
     with pytest.raises(ServiceError, match="CREATE EXTENSION vector"):
         index.ensure_schema(plain)
+
+
+# --- ef_search per query -----------------------------------------------------------------------
+
+
+def _uniform(n: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, index.EMBEDDING_DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_ef_search_is_the_one_the_query_runs_with(conn):
+    index.add_images(conn, [_row(i) for i in range(100)])
+    # each row reports current_setting('hnsw.ef_search') of its own statement
+    assert {h["ef_search"] for h in index.knn(conn, _vec(1), 5, ef_search=123)} == {123}
+    assert {h["ef_search"] for h in index.knn(conn, _vec(1), 5)} == {40}  # max(40, 2k)
+    assert {h["ef_search"] for h in index.knn(conn, _vec(1), 30)} == {60}
+    assert {h["ef_search"] for h in index.knn(conn, _vec(1), 10, ef_search=3)} == {10}  # raised to k
+    assert {h["ef_search"] for h in index.knn(conn, _vec(1), 600)} == {1000}  # pgvector's ceiling
+    # SET LOCAL: nothing leaks into the connection's later statements
+    assert conn.execute("SELECT current_setting('hnsw.ef_search', true)").fetchone()[0] in (None, "", "40")
+
+
+def test_ef_search_changes_what_the_hnsw_scan_finds(conn):
+    # uniform random 128-d vectors are HNSW's hard case: a 1-candidate scan rarely ends at the true
+    # nearest neighbour, a 400-candidate one always does
+    x, queries = _uniform(2000, 1), _uniform(25, 2)
+    index.add_images(conn, [_row(i, vec=x[i]) for i in range(len(x))])
+    truth = [int(np.argmax(x @ q)) for q in queries]
+
+    def top1_rate(ef: int) -> float:
+        found = [int(index.knn(conn, q, 1, ef_search=ef)[0]["hgv_id"]) for q in queries]
+        return float(np.mean([f == t for f, t in zip(found, truth)]))
+
+    narrow, wide = top1_rate(1), top1_rate(400)
+    assert wide >= 0.95 and narrow <= 0.6, (narrow, wide)
+
+
+@pytest.mark.parametrize("ef", [0, -1, 1001, 2.5, "40", True])
+def test_bad_ef_search(conn, ef):
+    with pytest.raises(QueryError, match="ef_search must"):
+        index.knn(conn, _vec(1), 5, ef_search=ef)
+
+
+# --- HNSW after a bulk load ----------------------------------------------------------------------
+
+
+def _hnsw_oid(c) -> int | None:
+    return c.execute("SELECT to_regclass(%s)::oid", (index.HNSW_INDEX,)).fetchone()[0]
+
+
+def _plan(c, vec) -> str:
+    rows = c.execute(
+        "EXPLAIN SELECT i.id FROM images i JOIN papyri p ON p.id = i.papyrus_id ORDER BY i.embedding <=> %s LIMIT 5",
+        (vec,),
+    ).fetchall()  # the shape of index.knn's query
+    return "\n".join(r[0] for r in rows)
+
+
+def test_bulk_load_drops_the_index_and_builds_it_once_at_the_end(url, conn):
+    before = _hnsw_oid(conn)
+    assert before is not None
+    x = _uniform(1500, 3)
+    with index.hnsw_deferred(url):
+        assert index.hnsw_state(conn) == "missing"
+        for start in range(0, len(x), 500):  # COPY batches, one transaction each, as ingest does
+            assert index.add_images(conn, [_row(i, vec=x[i]) for i in range(start, start + 500)]) == (500, 0)
+            conn.commit()
+        assert not index.ensure_hnsw(url)  # a repair does not build while a bulk load runs
+        with pytest.raises(ServiceError, match="bulk ingest is running"):
+            index.rebuild_hnsw(url)
+        assert index.hnsw_state(conn) == "missing"
+    assert index.hnsw_state(conn) == "valid" and _hnsw_oid(conn) != before
+    assert "Index Scan using images_embedding_hnsw" in _plan(conn, x[7])
+    hits = index.knn(conn, x[7], 3, ef_search=200)
+    assert hits[0]["hgv_id"] == "7" and hits[0]["distance"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_small_inserts_keep_the_index(url, conn):
+    before = _hnsw_oid(conn)
+    index.add_images(conn, [_row(i) for i in range(20)])
+    conn.commit()
+    assert not index.ensure_hnsw(url)
+    assert _hnsw_oid(conn) == before and index.hnsw_state(conn) == "valid"
+
+
+def test_a_bulk_load_that_fails_still_builds_the_index(url, conn):
+    with pytest.raises(RuntimeError), index.hnsw_deferred(url):
+        index.add_images(conn, [_row(i) for i in range(10)])
+        conn.commit()
+        raise RuntimeError("the ingest failed half way")
+    assert index.hnsw_state(conn) == "valid"
+
+
+def test_a_missing_index_is_rebuilt_by_repair_and_by_reindex(url, conn):
+    index.add_images(conn, [_row(i) for i in range(30)])
+    index.drop_hnsw(conn)  # what a bulk ingest killed before its build leaves behind
+    conn.commit()
+    assert index.stats(conn)["hnsw"] == "missing"
+    assert index.ensure_hnsw(url) and index.hnsw_state(conn) == "valid"
+    assert not index.ensure_hnsw(url)  # nothing to do now
+    before = _hnsw_oid(conn)
+    conn.commit()
+    assert index.rebuild_hnsw(url)[0] == 30
+    assert _hnsw_oid(conn) != before and index.hnsw_state(conn) == "valid"
+
+
+def test_a_role_that_may_not_drop_or_build_the_index_still_ingests_and_searches(url, conn):
+    with psycopg.connect(url, autocommit=True) as admin:
+        if not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = 'curator'").fetchone():
+            admin.execute("CREATE ROLE curator LOGIN")
+        admin.execute("GRANT SELECT, INSERT, UPDATE ON papyri, images TO curator")
+        admin.execute("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO curator")
+    curator = url.replace("postgres:@", "curator:@")
+    assert curator != url
+    kept = _hnsw_oid(conn)
+    conn.commit()
+    with index.hnsw_deferred(curator):  # may not drop it: the load inserts into it instead
+        with index.connect(curator) as c:
+            assert index.add_images(c, [_row(i) for i in range(5)]) == (5, 0)
+    assert _hnsw_oid(conn) == kept
+    index.drop_hnsw(conn)
+    conn.commit()
+    assert not index.ensure_hnsw(curator)  # may not build it: a warning, not a failed search
+    with index.connect(curator) as c:
+        assert index.knn(c, _vec(3), 1)[0]["hgv_id"] == "3"
+    assert index.ensure_hnsw(url)  # the owner can
+
+
+@pytest.mark.parametrize(
+    "existing, incoming, bulk",
+    [(0, 999, False), (0, 1000, True), (1_000_000, 1000, False), (1_000_000, 500_000, True), (4000, 1999, False)],
+)
+def test_bulk_load_rule(existing, incoming, bulk):
+    assert index.bulk_load_wanted(existing, incoming) is bulk
+
+
+# --- upsert of catalogue records in one batch ------------------------------------------------------
+
+
+def test_upsert_papyri_batch_inserts_updates_and_keeps_known_fields(conn):
+    records = [PapyrusRecord(key=f"hgv:{i}", title=f"T{i}", place="Theben") for i in range(300)]
+    first = index.upsert_papyri(conn, records)
+    assert len(first) == 300
+    again = index.upsert_papyri(
+        conn,
+        [PapyrusRecord(key="hgv:5", title=None, place="Hermopolis"), PapyrusRecord(key="new", title="N")]
+        + [PapyrusRecord(key="hgv:6", title="old"), PapyrusRecord(key="hgv:6", title="last wins")],
+    )
+    assert set(again) == {"hgv:5", "hgv:6", "new"}
+    assert again["hgv:5"] == first["hgv:5"] and again["hgv:6"] == first["hgv:6"]
+    stored = dict(conn.execute("SELECT key, id FROM papyri").fetchall())
+    assert {k: stored[k] for k in first} == first and stored["new"] == again["new"]
+    assert conn.execute("SELECT title, place FROM papyri WHERE key = 'hgv:5'").fetchone() == ("T5", "Hermopolis")
+    assert conn.execute("SELECT title FROM papyri WHERE key = 'hgv:6'").fetchone() == ("last wins",)
+    assert index.upsert_papyri(conn, []) == {}

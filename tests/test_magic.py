@@ -32,3 +32,10 @@ def test_papyrus_magic_errors_are_one_line(ip, indexed_engine, capsys):
 def test_papyrus_db_magic_prints_counts(ip, indexed_engine, capsys):
     ip.run_line_magic("papyrus", "db status")
     assert "schema version 1:" in capsys.readouterr().out
+
+
+def test_papyrus_search_magic_takes_ef_search(ip, indexed_engine, capsys):
+    results = ip.run_line_magic("papyrus", f"search {reference('21114_p_g_24.jpg')} -k 2 --ef-search 90")
+    assert results.ef_search == 90 and results.top.inventory_key == "p_g_24"
+    assert ip.run_line_magic("papyrus", f"search {reference('21114_p_g_24.jpg')} --ef-search 0") is None
+    assert capsys.readouterr().out.strip() == "papyrus search: --ef-search must be between 1 and 1000, got 0."
