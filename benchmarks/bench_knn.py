@@ -3,8 +3,11 @@
 Vectors: 128-d unit vectors drawn from a mixture of Gaussian clusters (one cluster per 50
 vectors, sigma 0.15 per dimension: a hard case where the ten nearest neighbours are near-ties;
 ``BENCH_KNN_NOISE`` changes it); queries are fresh draws from the same mixture, plus
-near-duplicates of indexed vectors (what a re-photographed papyrus is) for the top-1 hit rate. One papyrus row per vector. They are loaded with
-binary COPY straight into ``papyri`` and ``images`` (the HNSW index dropped first), then the
+near-duplicates of indexed vectors (what a re-photographed papyrus is) for the top-1 hit rate.
+The first rows are **real**: the embeddings of the 44 Heidelberg references and the ``more/``
+scans by a seeded untrained ``SiameseResNet18``, queried with software re-photographs of each
+distinct reference (top-1 by inventory, HNSW against the exact answer). One papyrus row per
+vector. They are loaded with binary COPY straight into ``papyri`` and ``images`` (the HNSW index dropped first), then the
 index is rebuilt as the migration defines it (m=16, ef_construction=64) and its build time is
 reported.
 
@@ -69,6 +72,34 @@ def make_vectors(n: int, n_queries: int, seed: int = 5) -> tuple[np.ndarray, np.
         return out
 
     return draw(n), draw(n_queries)
+
+
+REAL_SEED = 1234
+"""Seed of the untrained ``SiameseResNet18`` that embeds the real scans (as the tests' model)."""
+
+
+def real_embeddings(recaptures: int = 1, seed: int = 2024) -> dict[str, Any]:
+    """Embeddings of the real scans (the Heidelberg references and ``more/``) and of software
+    re-photographs of each distinct reference (the queries), with ground truth by inventory."""
+    import torch
+
+    from papyrus_widgets import imaging
+    from papyrus_widgets.evaluation import inventory_of, make_queries
+    from papyrus_widgets.model import SiameseResNet18, embed_arrays
+
+    torch.manual_seed(REAL_SEED)
+    model = SiameseResNet18().eval()
+    scans = C.reference_images() + C.more_images()
+    arrays = [imaging.model_input(imaging.decode_image(p.read_bytes(), max_side=1024, name=p.name)) for p in scans]
+    inventories = [inventory_of(p) if p.parent == C.REFERENCES else f"more:{p.name}" for p in scans]
+    queries = make_queries(C.REFERENCES, recaptures, seed=seed)
+    q_arrays = [imaging.model_input(img) for img, _ in queries]
+    return {
+        "vectors": embed_arrays(model, np.stack(arrays)),
+        "inventories": inventories,
+        "queries": embed_arrays(model, np.stack(q_arrays)),
+        "query_inventories": [inv for _, inv in queries],
+    }
 
 
 def load(conn: Any, vectors: np.ndarray, fingerprint: str) -> dict[str, float]:
@@ -248,12 +279,14 @@ def numpy_knn(x: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def measure_size(
-    url: str, n: int, n_queries: int, n_exact: int, fingerprint: str, cores: int
+    url: str, n: int, n_queries: int, n_exact: int, fingerprint: str, cores: int, real: dict[str, Any]
 ) -> dict[str, Any]:
     from papyrus_widgets import index
 
     t0 = time.perf_counter()
     vectors, queries = make_vectors(n, n_queries)
+    n_real = len(real["vectors"])
+    vectors[:n_real] = real["vectors"]  # the real scans' embeddings, among the distractors
     gen_s = time.perf_counter() - t0
     with index.connect(url) as conn:
         loaded = load(conn, vectors, fingerprint)
@@ -301,6 +334,29 @@ def measure_size(
                 flush=True,
             )
 
+        # real re-photographs of the references: is a scan of the same papyrus the top hit?
+        def right(ids: list[int] | np.ndarray, inventory: str) -> bool:
+            return len(ids) > 0 and int(ids[0]) < n_real and real["inventories"][int(ids[0])] == inventory
+
+        real_q = list(zip(real["queries"], real["query_inventories"]))
+        real_hnsw = [right(keys_to_ids(index.knn(conn, q, K)), inv) for q, inv in real_q]
+        real_exact = [right(numpy_knn(vectors, q), inv) for q, inv in real_q]
+        real_recall = recall(
+            [keys_to_ids(index.knn(conn, q, K)) for q, _ in real_q], np.stack([numpy_knn(vectors, q) for q, _ in real_q])
+        )
+        real_result = {
+            "scans": n_real,
+            "queries": len(real_q),
+            "hnsw_top1": float(np.mean(real_hnsw)),
+            "exact_top1": float(np.mean(real_exact)),
+            "hnsw_recall_at_10": real_recall,
+        }
+        print(
+            f"  real re-photographs ({len(real_q)}): top-1 HNSW {real_result['hnsw_top1']:.3f} vs exact "
+            f"{real_result['exact_top1']:.3f}, recall@10 vs exact {real_recall:.3f}",
+            flush=True,
+        )
+
         # exact scan in PostgreSQL: the same query with index scans off
         exact_times, exact_found = [], []
         with conn.transaction():
@@ -340,6 +396,7 @@ def measure_size(
         "build": build,
         "hnsw": {str(k): v for k, v in hnsw.items()},
         "exact_postgres": exact,
+        "real": real_result,
         "numpy": {
             "seconds": numpy_s,
             "recall_at_10": 1.0,
@@ -351,6 +408,7 @@ def measure_size(
             "numpy_over_hnsw_p50": C.ratio(numpy_s["p50"], h["p50"]),
             "hnsw_recall_at_10": hnsw[40]["recall_at_10"],
             "hnsw_near_duplicate_top1": hnsw[40]["near_duplicate_top1"],
+            "real_hnsw_top1_over_exact_top1": C.ratio(real_result["hnsw_top1"], real_result["exact_top1"]),
         },
         "noise": NOISE,
     }
@@ -384,10 +442,17 @@ def main() -> None:
             (shared_buffers,) = conn.execute("SHOW shared_buffers").fetchone()
             (workers_per_gather,) = conn.execute("SHOW max_parallel_workers_per_gather").fetchone()
         fingerprint = "benchmark-vectors"
+        t0 = time.perf_counter()
+        real = real_embeddings()
+        print(
+            f"real embeddings: {len(real['vectors'])} scans, {len(real['queries'])} re-photographs "
+            f"({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
         for n in sizes:
             n_exact = 10 if n >= 1_000_000 else (10 if args.quick else 30)
             print(f"kNN at {n:,} vectors", flush=True)
-            results.append(measure_size(url, n, n_queries, n_exact, fingerprint, cores))
+            results.append(measure_size(url, n, n_queries, n_exact, fingerprint, cores, real))
         insert_rows = args.insert_rows or (2_000 if args.quick else 20_000)
         print(f"ingest rows/s: COPY vs row-by-row, {insert_rows:,} rows", flush=True)
         insert = measure_insert(url, insert_rows, fingerprint)
