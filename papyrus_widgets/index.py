@@ -272,7 +272,7 @@ def ensure_schema(url: str) -> int:
                     "create it: ask an administrator to run CREATE EXTENSION vector."
                 ) from None
         conn.commit()
-        (version,) = conn.execute("SELECT extversion FROM pg_extension WHERE extname='vector'").fetchone()
+        version = scalar(conn, "SELECT extversion FROM pg_extension WHERE extname='vector'")
         if _version_tuple(version) < MIN_PGVECTOR:
             raise ServiceError(
                 f"pgvector {version} at {mask_url(url)} is too old: papyrus-widgets needs "
@@ -284,7 +284,7 @@ def ensure_schema(url: str) -> int:
                 "CREATE TABLE IF NOT EXISTS schema_version ("
                 " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            (current,) = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+            current = scalar(conn, "SELECT coalesce(max(version), 0) FROM schema_version")
             if current > MIGRATIONS[-1][0]:
                 raise ServiceError(
                     f"the index schema (version {current}) is newer than this papyrus-widgets "
@@ -296,6 +296,14 @@ def ensure_schema(url: str) -> int:
                     conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
     _schema_ready.add(url)
     return MIGRATIONS[-1][0]
+
+
+def scalar(conn: psycopg.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+    """The single value of a query that returns one row (an aggregate, a SHOW, a function call)."""
+    row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]  # sql is a package constant
+    if row is None:
+        raise ServiceError(f"the database returned no row for {sql.split()[0]} …")
+    return row[0]
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -448,7 +456,7 @@ def hnsw_state(conn: psycopg.Connection) -> str:
 
 
 def image_count(conn: psycopg.Connection) -> int:
-    return int(conn.execute("SELECT count(*) FROM images").fetchone()[0])
+    return int(scalar(conn, "SELECT count(*) FROM images"))
 
 
 def drop_hnsw(conn: psycopg.Connection) -> None:
@@ -464,9 +472,7 @@ def build_hnsw(conn: psycopg.Connection) -> float:
     wanted_kb = int(min(HNSW_BUILD_MEMORY_MB_MAX, max(64, rows * 3 / 1024))) * 1024
     t0 = time.perf_counter()
     with conn.transaction():
-        (current_kb,) = conn.execute(
-            "SELECT setting::bigint FROM pg_settings WHERE name = 'maintenance_work_mem'"
-        ).fetchone()
+        current_kb = scalar(conn, "SELECT setting::bigint FROM pg_settings WHERE name = 'maintenance_work_mem'")
         if wanted_kb > int(current_kb):  # only ever raise it
             conn.execute(f"SET LOCAL maintenance_work_mem = '{wanted_kb:d}kB'")
         try:
@@ -515,7 +521,7 @@ def ensure_hnsw(url: str) -> bool:
     with _autocommit(url) as conn:
         if hnsw_state(conn) == "valid":
             return False
-        (locked,) = conn.execute("SELECT pg_try_advisory_lock(%s)", (_BULK_LOCK,)).fetchone()
+        locked = scalar(conn, "SELECT pg_try_advisory_lock(%s)", (_BULK_LOCK,))
         if not locked:
             return False
         state = "missing"
@@ -537,7 +543,7 @@ def ensure_hnsw(url: str) -> bool:
 def rebuild_hnsw(url: str) -> tuple[int, float]:
     """Drop and build the HNSW index afresh (``papyrus db reindex``); returns (vectors, seconds)."""
     with _autocommit(url) as conn:
-        (locked,) = conn.execute("SELECT pg_try_advisory_lock(%s)", (_BULK_LOCK,)).fetchone()
+        locked = scalar(conn, "SELECT pg_try_advisory_lock(%s)", (_BULK_LOCK,))
         if not locked:
             raise ServiceError(
                 "a bulk ingest is running on this index and builds the HNSW index when it ends: "
@@ -680,9 +686,9 @@ def knn(
 
 
 def stats(conn: psycopg.Connection) -> dict[str, Any]:
-    papyri = conn.execute("SELECT count(*) FROM papyri").fetchone()[0]
-    images = conn.execute("SELECT count(*) FROM images").fetchone()[0]
-    models = dict(conn.execute("SELECT model, count(*) FROM images GROUP BY model").fetchall())
+    papyri = scalar(conn, "SELECT count(*) FROM papyri")
+    images = scalar(conn, "SELECT count(*) FROM images")
+    models: dict[str, int] = dict(conn.execute("SELECT model, count(*) FROM images GROUP BY model").fetchall())
     return {
         "papyri": papyri,
         "images": images,
