@@ -51,6 +51,10 @@ class Settings:
     """Images larger than this (width x height) are refused before decoding."""
     max_upload_bytes: int = 64 * 1024 * 1024
     thumbnail_size: int = 256
+    presigned_urls: bool = False
+    """The widget hands the browser presigned GET URLs of the S3 store for thumbnails and large
+    reference images instead of sending the bytes through the kernel (only with ``s3_endpoint``,
+    and only where the browser can reach that endpoint)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -79,6 +83,7 @@ class Settings:
         if get("MODEL"):
             values["model"] = get("MODEL")
         values["s3_secure"] = _env_bool(get("S3_SECURE"), True)
+        values["presigned_urls"] = _env_bool(get("PRESIGNED_URLS"), False)
         for attr, name in [
             ("dask_workers", "DASK_WORKERS"),
             ("max_image_pixels", "MAX_IMAGE_PIXELS"),
