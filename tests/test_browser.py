@@ -522,9 +522,8 @@ def test_compare_export_and_keyboard(page: Any, lab: dict[str, Any], tmp_path: P
     # The verification evidence: query photo and reference side by side, one line per inlier pair
     # the kernel sent, drawn over the large reference image.
     evidence = widget.get_by_test_id("evidence-canvas")
-    page.wait_for_function(
-        "c => c.dataset.state === 'drawn' && c.dataset.reference === 'large'", arg=evidence.element_handle(), timeout=60_000
-    )
+    drawn = "c => c.dataset.state === 'drawn' && c.dataset.reference === 'large'"
+    page.wait_for_function(drawn, arg=evidence.element_handle(), timeout=60_000)
     lines = int(evidence.get_attribute("data-lines"))
     inliers = int(evidence.get_attribute("data-inliers"))
     assert 12 < inliers and 0 < lines == min(inliers, 50), (lines, inliers)
@@ -684,6 +683,17 @@ def test_four_corner_crop_of_a_photographed_papyrus(page: Any, lab: dict[str, An
     )
     widget.scroll_into_view_if_needed()
     page.screenshot(path=str(OUTPUT / "widget-corners-results.png"))
+
+    # The evidence on the photo: the whole photo as sent (upright), the scan, and the keypoints
+    # that agree on one perspective.
+    cards.first.get_by_test_id("result-open").click()
+    evidence = widget.get_by_test_id("evidence-canvas")
+    drawn = "c => c.dataset.state === 'drawn' && c.dataset.reference === 'large'"
+    page.wait_for_function(drawn, arg=evidence.element_handle(), timeout=60_000)
+    lines = int(evidence.get_attribute("data-lines"))
+    kernel_execute(page, f"top = w.results[0]\nassert len(top['matches']) == {lines} > 0 and top['query_size'] == [1775, 2048]")
+    evidence.scroll_into_view_if_needed()
+    widget.get_by_test_id("evidence").screenshot(path=str(OUTPUT / "widget-evidence-photo.png"))
 
 
 BLOCK_WORKERS = """
