@@ -32,7 +32,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from .conftest import REFERENCES
+from .conftest import HGV_DIR, REFERENCES
+from .realservers import S3Server, s3  # noqa: F401 - the s3 fixture (moto's S3 server on 127.0.0.1)
 from .test_widget import PHOTO_INVENTORY, PHOTO_SIZE, warped_photo
 
 pytestmark = pytest.mark.browser
@@ -128,11 +129,11 @@ def kernel_env(settings: Any, home: Path) -> dict[str, str]:
     return env
 
 
-def write_notebook(path: Path) -> None:
+def write_notebook(path: Path, source: str = NOTEBOOK_SOURCE) -> None:
     import nbformat
 
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(NOTEBOOK_SOURCE)]
+    nb.cells = [nbformat.v4.new_code_cell(source)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     nbformat.write(nb, path)
 
@@ -273,9 +274,9 @@ def page() -> Iterator[Any]:
     assert not errors, "browser errors:\n" + "\n".join(errors)
 
 
-def open_and_run_notebook(page: Any, lab: dict[str, Any]) -> Any:
-    """Open widget.ipynb, wait for its kernel, run the cell; returns the widget's root locator."""
-    page.goto(f"{lab['url']}{lab['open']}widget.ipynb?token={lab['token']}&reset")
+def open_and_run_notebook(page: Any, lab: dict[str, Any], notebook: str = "widget.ipynb") -> Any:
+    """Open ``notebook``, wait for its kernel, run its first cell; returns the widget's root locator."""
+    page.goto(f"{lab['url']}{lab['open']}{notebook}?token={lab['token']}&reset")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     # The kernel is ready when the toolbar's kernel status says idle.
     page.wait_for_function(
@@ -691,7 +692,9 @@ def test_four_corner_crop_of_a_photographed_papyrus(page: Any, lab: dict[str, An
     drawn = "c => c.dataset.state === 'drawn' && c.dataset.reference === 'large'"
     page.wait_for_function(drawn, arg=evidence.element_handle(), timeout=60_000)
     lines = int(evidence.get_attribute("data-lines"))
-    kernel_execute(page, f"top = w.results[0]\nassert len(top['matches']) == {lines} > 0 and top['query_size'] == [1775, 2048]")
+    kernel_execute(
+        page, f"top = w.results[0]\nassert len(top['matches']) == {lines} > 0 and top['query_size'] == [1775, 2048]"
+    )
     evidence.scroll_into_view_if_needed()
     widget.get_by_test_id("evidence").screenshot(path=str(OUTPUT / "widget-evidence-photo.png"))
 
@@ -776,3 +779,78 @@ def test_search_in_notebook7(page: Any, notebook7: dict[str, Any]) -> None:
     page.set_viewport_size({"width": 1280, "height": 1800})
     widget.scroll_into_view_if_needed()
     page.screenshot(path=str(OUTPUT / "widget-notebook7.png"))
+
+
+PRESIGNED_SOURCE = """\
+from papyrus_widgets import PapyrusSearch
+from papyrus_widgets.api import get_engine
+from papyrus_widgets.config import Settings
+
+settings = Settings.from_env(
+    data_dir={data_dir!r}, s3_endpoint={endpoint!r}, s3_access_key={access_key!r}, s3_secret_key={secret_key!r},
+    s3_bucket={bucket!r}, s3_secure={secure!r}, presigned_urls=True, dask_workers=1,
+)
+report = get_engine(settings).ingest({folder!r}, {hgv!r}, progress=False)
+assert (report.added, report.failed) == (4, []), report
+w = PapyrusSearch(settings=settings)
+w
+"""
+
+
+def test_presigned_urls_in_the_browser(
+    page: Any, lab: dict[str, Any], s3: S3Server, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """With PAPYRUS_PRESIGNED_URLS and an S3 store, the browser shows thumbnails and the large image
+    straight from the store (presigned GET URLs) and draws the evidence over them; no bytes of
+    them cross the comm, and no request fails (a failed image load is a console error)."""
+    import shutil
+    import uuid
+
+    folder = tmp_path_factory.mktemp("presigned-references")
+    names = ["19331_p_g_107.jpg", "21108_p_g_407_a-c.jpg", "19317_p_g_192_c.jpg", "21114_p_g_24.jpg"]
+    for name in names:
+        shutil.copy(REFERENCES / name, folder / name)
+    bucket = f"papyrus-browser-{uuid.uuid4().hex[:8]}"
+    source = PRESIGNED_SOURCE.format(
+        data_dir=str(tmp_path_factory.mktemp("presigned-data")),
+        endpoint=s3.endpoint,
+        access_key=s3.access_key,
+        secret_key=s3.secret_key,
+        bucket=bucket,
+        secure=s3.secure,
+        folder=str(folder),
+        hgv=str(HGV_DIR),
+    )
+    write_notebook(lab["root"] / "presigned.ipynb", source)
+    endpoint = ("https://" if s3.secure else "http://") + s3.endpoint.split("://")[-1] + f"/{bucket}/"
+    with s3.presigned_requests_allowed():  # moto checks no presigned signatures while IAM auth is on
+        widget = open_and_run_notebook(page, lab, "presigned.ipynb")
+        try:
+            widget.get_by_test_id("file-input").set_input_files(str(folder / "21108_p_g_407_a-c.jpg"))
+            widget.get_by_test_id("search-button").click()
+            cards = wait_for_cards(page, widget, lab, "presigned")
+            wait_state(page, widget, "done")
+            assert cards.count() == 4 and cards.first.get_attribute("data-inventory-key") == "p_g_407_a-c"
+            for i in range(cards.count()):
+                thumb = cards.nth(i).get_by_test_id("result-thumbnail")
+                assert thumb.get_attribute("src").startswith(endpoint), thumb.get_attribute("src")
+                thumb.scroll_into_view_if_needed()  # thumbnails load lazily
+                page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=thumb.element_handle())
+            kernel_execute(page, "assert w.thumbnails == [b''] * len(w.results) and all(w.thumbnail_urls)")
+
+            cards.first.get_by_test_id("result-open").click()
+            result_img = widget.get_by_test_id("compare-result")
+            page.wait_for_function(
+                "img => img.dataset.size === 'large' && img.complete && img.naturalWidth > 256",
+                arg=result_img.element_handle(),
+                timeout=60_000,
+            )
+            assert result_img.get_attribute("src").startswith(endpoint + "originals/")
+            evidence = widget.get_by_test_id("evidence-canvas")
+            drawn = "c => c.dataset.state === 'drawn' && c.dataset.reference === 'large'"
+            page.wait_for_function(drawn, arg=evidence.element_handle(), timeout=60_000)
+            assert int(evidence.get_attribute("data-lines")) > 0
+            OUTPUT.mkdir(parents=True, exist_ok=True)
+            widget.get_by_test_id("compare").screenshot(path=str(OUTPUT / "widget-presigned-compare.png"))
+        finally:
+            kernel_execute(page, "w.close()\nfrom papyrus_widgets.services import close_clients\nclose_clients()")
