@@ -115,6 +115,13 @@ class PapyrusSearch(anywidget.AnyWidget):
 
     Every finished search goes into ``history`` (the last :data:`HISTORY_LIMIT`); the strip in
     the view, or :meth:`restore`, shows an earlier result set again without searching.
+
+    Clicking a result compares it with the query; when the search verified it by local features
+    (``inliers``, ``matches``, ``query_size``, ``reference_size`` of the hit) the view draws the
+    matched keypoints between the query photo (asked for by ``query_image_key``) and the large
+    reference image. ``dashboard_link`` links the Dask dashboard once the cluster runs. With
+    ``Settings.presigned_urls`` and an S3 store, thumbnails and large reference images reach the
+    browser as presigned URLs instead of bytes through the kernel.
     """
 
     _esm = STATIC / "widget.js"

@@ -8,7 +8,8 @@ The kernel reads the same data directory and model as the test session's ``setti
 embedded PostgreSQL under it is shared between the two processes).
 
 The Notebook 7 test starts ``jupyter notebook`` the same way (one helper, :func:`jupyter_server`)
-and searches there too.
+and searches there too. The presigned-URL test opens a second notebook whose widget uses moto's S3
+server (``realservers.s3``) with ``presigned_urls=True``.
 
 Needs ``/usr/bin/chromium`` (Debian package ``chromium``; never ``playwright install``).
 Screenshots go to ``test-output/browser/``.
