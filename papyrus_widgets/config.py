@@ -55,6 +55,10 @@ class Settings:
     """Searches re-rank their top hits by local-feature geometric verification (with evidence)
     unless asked not to; ingest stores each reference's local features for it. ``PAPYRUS_VERIFY=0``:
     rank by the embedding only (faster: no verifying stage, no features at ingest)."""
+    presigned_urls: bool = False
+    """The widget hands the browser presigned GET URLs of the S3 store for thumbnails and large
+    reference images instead of sending the bytes through the kernel (only with ``s3_endpoint``,
+    and only where the browser can reach that endpoint)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -84,6 +88,7 @@ class Settings:
             values["model"] = get("MODEL")
         values["s3_secure"] = _env_bool(get("S3_SECURE"), True)
         values["verify"] = _env_bool(get("VERIFY"), True)
+        values["presigned_urls"] = _env_bool(get("PRESIGNED_URLS"), False)
         for attr, name in [
             ("dask_workers", "DASK_WORKERS"),
             ("max_image_pixels", "MAX_IMAGE_PIXELS"),

@@ -116,6 +116,10 @@ class Hit:
     orientation) and reference pixels (the stored original)."""
     ef_search: int | None = None
     """The ``hnsw.ef_search`` the kNN query ran with, as the server reported it."""
+    query_size: list[int] | None = None
+    """``[width, height]`` of the query the ``matches`` refer to (the photo as stored, EXIF-upright)."""
+    reference_size: list[int] | None = None
+    """``[width, height]`` of the stored original of this reference that the ``matches`` refer to."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (everything but the thumbnail bytes and the query's ef_search)."""
@@ -274,9 +278,14 @@ def verify_task(settings: Settings, query_key: str, name: str, hits: list[Hit], 
         query = extract_features(img, size=img.info.get("original_size"))
     except PapyrusError:
         return hits[:k]
-    candidates = [
-        Candidate(h.score, functools.partial(reference_features, settings, h.image_key), h) for h in head if h.image_key
-    ]
+    sizes: dict[str, list[int]] = {}  # reference sizes by image key, as their features were had
+
+    def features_of(image_key: str) -> Any:
+        feats = reference_features(settings, image_key)
+        sizes[image_key] = [int(feats.size[0]), int(feats.size[1])]
+        return feats
+
+    candidates = [Candidate(h.score, functools.partial(features_of, h.image_key), h) for h in head if h.image_key]
     ordered: list[Hit] = []
     for r in rerank(query, candidates):
         hit: Hit = r.payload
@@ -285,6 +294,8 @@ def verify_task(settings: Settings, query_key: str, name: str, hits: list[Hit], 
         if r.verification is not None:
             hit.inliers = r.verification.inliers
             hit.matches = r.verification.matches
+            hit.query_size = [int(query.size[0]), int(query.size[1])]
+            hit.reference_size = sizes.get(hit.image_key or "")
         ordered.append(hit)
     ordered += [h for h in head if not h.image_key] + tail
     for h in tail:
@@ -359,9 +370,11 @@ def detach_error(exc: BaseException) -> BaseException:
 class SearchJob:
     """Handle of one search running on the cluster as a chain of futures."""
 
-    def __init__(self, client: Any, futures: list[tuple[str, Any]], name: str):
+    def __init__(self, client: Any, futures: list[tuple[str, Any]], name: str, query_key: str | None = None):
         self.id = uuid.uuid4().hex[:12]
         self.name = name
+        self.query_key = query_key
+        """Object key of the stored query image (what ``Hit.matches`` query pixels refer to)."""
         self._client = client
         self._futures = futures  # [(stage, future)] in order
         self._started = time.monotonic()
@@ -470,7 +483,7 @@ def submit_search(
     if verify:
         checked = client.submit(verify_task, settings, query_key, name, hits, k, key=f"papyrus-verify-{tag}", **opts)
         stages.append(("verifying", checked))
-    return SearchJob(client, stages, name)
+    return SearchJob(client, stages, name, query_key=query_key)
 
 
 # --- ingest ------------------------------------------------------------------------------------

@@ -16,7 +16,15 @@ Messages from the view (``content`` of the anywidget custom message; buffers in 
   → ``{"type": "corners", "request", "corners": [[x, y] × 4] | None, "message"}``;
 - ``{"type": "restore", "id"}``: show an earlier result set of the history;
 - ``{"type": "preview", "request", "key"}`` → ``{"type": "preview", "request", "key", "message"}``
-  [JPEG, long side 1024] for the ``image_key`` of a result on show or in the history.
+  [JPEG, long side 1024] for the ``image_key`` of a result on show or in the history, or for the
+  ``query_image_key`` (the query photo that the evidence ``matches`` of the hits refer to); with
+  presigned URLs configured (``Settings.presigned_urls`` and an S3 store) the reply for a
+  reference image in a browser format carries ``"url"`` (a presigned GET URL) and no buffer.
+
+Thumbnails travel as binary buffers in the ``thumbnails`` trait; with presigned URLs configured,
+``thumbnail_urls`` holds a presigned URL per result instead (and ``thumbnails`` ``b''``), so the
+browser fetches them from the object store itself. Binary buffers are the default because they
+work where the browser cannot reach the object store.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import anywidget
 import traitlets as t
 
-from . import imaging
+from . import imaging, objects
 from .api import Engine, Results, get_engine, query_bytes
 from .config import Settings, mask_url
 from .errors import ImageError, PapyrusError, QueryError
@@ -53,6 +61,13 @@ PREVIEW_SIDE = 320
 
 WIDGET_FILTERS = ("date_from", "date_to", "place", "collection")
 """The filters the view has fields for (``filters`` also accepts every name in index.FILTER_FIELDS)."""
+
+PRESIGNED_SECONDS = 3600
+"""How long a presigned URL handed to the browser stays valid."""
+
+BROWSER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
+"""Stored originals with these suffixes are shown from a presigned URL as they are; others (TIFF…)
+are always converted to JPEG by a worker."""
 
 _URL_WITH_USERINFO = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/@'\"<>]+@[^\s'\"<>]*")
 
@@ -100,6 +115,13 @@ class PapyrusSearch(anywidget.AnyWidget):
 
     Every finished search goes into ``history`` (the last :data:`HISTORY_LIMIT`); the strip in
     the view, or :meth:`restore`, shows an earlier result set again without searching.
+
+    Clicking a result compares it with the query; when the search verified it by local features
+    (``inliers``, ``matches``, ``query_size``, ``reference_size`` of the hit) the view draws the
+    matched keypoints between the query photo (asked for by ``query_image_key``) and the large
+    reference image. ``dashboard_link`` links the Dask dashboard once the cluster runs. With
+    ``Settings.presigned_urls`` and an S3 store, thumbnails and large reference images reach the
+    browser as presigned URLs instead of bytes through the kernel.
     """
 
     _esm = STATIC / "widget.js"
@@ -114,7 +136,16 @@ class PapyrusSearch(anywidget.AnyWidget):
     ).tag(sync=True)
     status = t.Dict(help="state, stage, elapsed (s) and message of the current or last search").tag(sync=True)
     results = t.List(t.Dict(), help="hits of the last search as dicts (see jobs.Hit.to_dict)").tag(sync=True)
-    thumbnails = t.List(t.Bytes(), help="JPEG thumbnail per result (b'' when missing)").tag(sync=True)
+    thumbnails = t.List(t.Bytes(), help="JPEG thumbnail per result (b'' when missing or sent as a URL)").tag(sync=True)
+    thumbnail_urls = t.List(
+        t.Unicode(), help="presigned URL of the thumbnail per result when presigned URLs are configured, else []"
+    ).tag(sync=True)
+    query_image_key = t.Unicode(
+        "", help="object key of the stored query photo of the results on show (what the hits' matches refer to)"
+    ).tag(sync=True)
+    dashboard_link = t.Unicode("", help="URL of the Dask dashboard of the engine's cluster ('' until it runs)").tag(
+        sync=True
+    )
     query_name = t.Unicode("", help="name of the query image").tag(sync=True)
     query_preview = t.Bytes(b"", help="JPEG of the query as searched (the deskewed crop) for the results shown").tag(
         sync=True
@@ -263,9 +294,12 @@ class PapyrusSearch(anywidget.AnyWidget):
             self.cancel()
         results: Results = found["results"]
         self._results = results
+        thumbnails, urls = self._thumbnail_payload(results.hits)
         with self.hold_sync():
             self.results = results.to_dicts()
-            self.thumbnails = [hit.thumbnail or b"" for hit in results.hits]
+            self.thumbnails = thumbnails
+            self.thumbnail_urls = urls
+            self.query_image_key = found.get("query_key") or ""
             self.query_name = results.query
             self.query_preview = found["preview"]
             self.error = ""
@@ -314,6 +348,42 @@ class PapyrusSearch(anywidget.AnyWidget):
             self._engine = get_engine(self._settings)
         return self._engine
 
+    def _update_dashboard_link(self, engine: Engine) -> None:
+        """Show the Dask dashboard of the engine's cluster (its client exists once a job ran)."""
+        try:
+            link = str(getattr(engine.client, "dashboard_link", "") or "")
+        except Exception:  # noqa: BLE001 - a link is a courtesy, never a failure
+            link = ""
+        if link != self.dashboard_link:
+            self.dashboard_link = link
+
+    def _signing_store(self) -> objects.S3Store | None:
+        """The S3 store to presign URLs with when ``presigned_urls`` is configured, else None."""
+        engine = self._engine
+        if engine is None or not engine.settings.presigned_urls:
+            return None
+        store = engine.store
+        return store if isinstance(store, objects.S3Store) else None
+
+    def _thumbnail_payload(self, hits: Sequence[Any]) -> tuple[list[bytes], list[str]]:
+        """(thumbnails, thumbnail_urls) for the view: bytes by default; presigned URLs when
+        configured (a hit whose URL cannot be signed keeps its bytes)."""
+        store = self._signing_store()
+        if store is None:
+            return [hit.thumbnail or b"" for hit in hits], []
+        thumbnails: list[bytes] = []
+        urls: list[str] = []
+        for hit in hits:
+            url = ""
+            if hit.thumb_key:
+                try:
+                    url = store.presigned_url(hit.thumb_key, expires=PRESIGNED_SECONDS)
+                except PapyrusError:
+                    url = ""
+            urls.append(url)
+            thumbnails.append(b"" if url else (hit.thumbnail or b""))
+        return thumbnails, urls
+
     def _submit(
         self,
         data: bytes,
@@ -329,6 +399,8 @@ class PapyrusSearch(anywidget.AnyWidget):
         with self.hold_sync():  # old results must not stand under a new query's status
             self.results = []
             self.thumbnails = []
+            self.thumbnail_urls = []
+            self.query_image_key = ""
             self.query_preview = preview
             self.history_id = ""
             self.error = ""
@@ -342,7 +414,14 @@ class PapyrusSearch(anywidget.AnyWidget):
         if corners is not None:  # valid: the engine checked them
             corners = [[float(x), float(y)] for x, y in imaging.order_corners(corners)]
         self._corners = corners
-        self._pending = {"preview": preview, "corners": corners, "filters": filters, "k": int(self.k)}
+        self._pending = {
+            "preview": preview,
+            "corners": corners,
+            "filters": filters,
+            "k": int(self.k),
+            "query_key": job.query_key or "",
+        }
+        self._update_dashboard_link(engine)
         with self.hold_sync():
             self.error = ""
             self.status = self._public_status(job.status())
@@ -386,9 +465,12 @@ class PapyrusSearch(anywidget.AnyWidget):
             if state == "done":
                 hits = job.hits()
                 self._results = Results(query=job.name, hits=hits, elapsed=float(status.get("elapsed") or 0.0))
+                thumbnails, urls = self._thumbnail_payload(hits)
                 with self.hold_sync():
                     self.results = [hit.to_dict() for hit in hits]
-                    self.thumbnails = [hit.thumbnail or b"" for hit in hits]
+                    self.thumbnails = thumbnails
+                    self.thumbnail_urls = urls
+                    self.query_image_key = pending.get("query_key") or ""
                     self.error = ""
                     self._remember(job.id, self._results, pending)
                     self.status = self._public_status(status)
@@ -416,7 +498,15 @@ class PapyrusSearch(anywidget.AnyWidget):
             "top": (top.inventory or top.inventory_key or top.key) if top else "",
             "top_score": round(top.score, 6) if top else None,
         }
-        self._entries.append({"id": entry_id, "results": results, "preview": pending.get("preview") or b"", "info": info})
+        self._entries.append(
+            {
+                "id": entry_id,
+                "results": results,
+                "preview": pending.get("preview") or b"",
+                "query_key": pending.get("query_key") or "",
+                "info": info,
+            }
+        )
         del self._entries[:-HISTORY_LIMIT]
         self.history = [e["info"] for e in self._entries]
         self.history_previews = [e["preview"] for e in self._entries]
@@ -547,13 +637,19 @@ class PapyrusSearch(anywidget.AnyWidget):
                 key = str(content.get("key") or "")
                 reply = {"type": "preview", "key": key}
                 try:
-                    if key not in self._known_image_keys():
+                    is_query = key in self._query_image_keys()
+                    if not is_query and key not in self._known_image_keys():
                         raise QueryError("that image is not among the results on show: search again.")
+                    url = None if is_query else self._presigned_image_url(key)
+                    if url is not None:
+                        self.send(dict(reply, request=request, message="", url=url))
+                        return
                     future = self._get_engine().submit_preview(key)
                 except Exception as exc:
                     self.send(dict(reply, request=request, message=_readable(exc)))
                     return
-                self._side_request("preview", request, future, reply)
+                # the query photo and a reference image are asked for together (evidence drawing)
+                self._side_request("preview-query" if is_query else "preview", request, future, reply)
         except Exception as exc:
             self._show_error(exc)
 
@@ -562,6 +658,20 @@ class PapyrusSearch(anywidget.AnyWidget):
         for entry in self._entries:
             keys.update(h.image_key for h in entry["results"].hits if h.image_key)
         return keys
+
+    def _query_image_keys(self) -> set[str]:
+        keys = {e["query_key"] for e in self._entries if e.get("query_key")}
+        if self.query_image_key:
+            keys.add(self.query_image_key)
+        return keys
+
+    def _presigned_image_url(self, key: str) -> str | None:
+        """A presigned URL of the stored reference ``key`` when configured and the browser can show
+        its format as it is; None: send the bytes (a JPEG made by a worker)."""
+        store = self._signing_store()
+        if store is None or not key.lower().endswith(BROWSER_IMAGE_SUFFIXES):
+            return None
+        return store.presigned_url(key, expires=PRESIGNED_SECONDS)
 
     # ------------------------------------------------------------------ repr
 

@@ -196,7 +196,10 @@ def test_engine_ingests_and_searches_with_the_s3_store(s3, bucket, tmp_path, mod
     folder.mkdir()
     for name in FOUR:
         shutil.copy(REFERENCES / name, folder / name)
-    settings = s3.settings(bucket, data_dir=tmp_path / "data", model=str(model_dir), dask_workers=1)
+    # presigned_urls only changes what the widget hands the browser (checked at the end)
+    settings = s3.settings(
+        bucket, data_dir=tmp_path / "data", model=str(model_dir), dask_workers=1, presigned_urls=True
+    )
     engine = Engine(settings)
     client = None
     try:
@@ -210,9 +213,91 @@ def test_engine_ingests_and_searches_with_the_s3_store(s3, bucket, tmp_path, mod
         assert bucket_store.count("queries") == 1
         assert bucket_store.get(results.top.thumb_key) == results.top.thumbnail
         assert not (tmp_path / "data" / "objects").exists()  # nothing went to the local store
+        _widget_hands_out_presigned_urls(s3, engine, folder / "21108_p_g_407_a-c.jpg")
     finally:
         if client is not None:
             cluster = client.cluster
             client.close()
             if cluster is not None:
                 cluster.close()
+
+
+def _fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.read()
+
+
+def _widget_hands_out_presigned_urls(s3: S3Server, engine, query) -> None:
+    """With ``presigned_urls`` the widget gives the browser presigned URLs (thumbnails, large
+    reference images) that fetch the stored bytes over plain HTTP; the query photo still comes
+    from a worker (decoded upright)."""
+    import asyncio
+    import time
+
+    from papyrus_widgets.widget import PapyrusSearch
+
+    async def main() -> None:
+        w = PapyrusSearch(k=3, engine=engine)
+        sent: list = []
+        w.send = lambda content, buffers=None: sent.append((content, list(buffers or [])))  # type: ignore[method-assign]
+        assert w.search(query) is not None, w.error
+        deadline = time.monotonic() + 180
+        while w.status.get("state") == "running" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert w.status["state"] == "done", w.status
+        hits = w.last_results.hits
+        assert len(w.thumbnail_urls) == len(hits) == 3
+        assert w.thumbnails == [b""] * 3, "no thumbnail bytes travel through the comm"
+        store = s3.store(engine.settings.s3_bucket)
+        with s3.presigned_requests_allowed():
+            for url, hit in zip(w.thumbnail_urls, hits):
+                assert url.startswith(store.endpoint) and "X-Amz-Signature=" in url and s3.secret_key not in url
+                assert _fetch(url) == store.get(hit.thumb_key) == hit.thumbnail
+
+            def handle(content: dict) -> None:  # as the browser's view sends it
+                w._handle_msg({"content": {"data": {"method": "custom", "content": content}}, "buffers": []})
+
+            key = w.results[0]["image_key"]
+            handle({"type": "preview", "request": "p1", "key": key})
+            content, buffers = sent[-1]
+            assert content["request"] == "p1" and content["message"] == "" and buffers == []
+            assert _fetch(content["url"]) == query.read_bytes() == store.get(key)
+
+            # The query photo is not a reference: a worker sends it as a JPEG buffer.
+            sent.clear()
+            handle({"type": "preview", "request": "p2", "key": w.query_image_key})
+            while not sent and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            content, buffers = sent[0]
+            assert content["message"] == "" and "url" not in content and bytes(buffers[0]).startswith(b"\xff\xd8\xff")
+        w.close()
+
+    asyncio.run(main())
+
+
+def test_presigned_urls_need_the_s3_store_and_the_setting(s3, bucket, tmp_path):
+    from papyrus_widgets.api import Engine
+    from papyrus_widgets.widget import PapyrusSearch
+
+    hit = jobs.Hit(
+        rank=1, score=0.9, key="k", hgv_id=None, tm_id=None, inventory=None, inventory_key=None, collection=None,
+        title=None, date_text=None, date_from=None, date_to=None, place=None, papyri_info_url=None,
+        thumb_key=_key(), thumbnail=b"thumbnail bytes",
+    )  # fmt: skip
+    s3.store(bucket).put(_key(), b"thumbnail bytes", "image/jpeg")
+    assert Settings.from_env(env={"PAPYRUS_PRESIGNED_URLS": "1"}).presigned_urls
+    assert not Settings.from_env(env={}).presigned_urls
+    for settings, presigned in [
+        (s3.settings(bucket), False),  # the default: binary buffers
+        (Settings(data_dir=tmp_path, presigned_urls=True), False),  # a local store has no URLs to give
+        (s3.settings(bucket, presigned_urls=True), True),
+    ]:
+        w = PapyrusSearch(engine=Engine(settings))
+        thumbnails, urls = w._thumbnail_payload([hit])
+        if presigned:
+            assert thumbnails == [b""] and len(urls) == 1
+            with s3.presigned_requests_allowed():
+                assert _fetch(urls[0]) == b"thumbnail bytes"
+        else:
+            assert (thumbnails, urls) == ([b"thumbnail bytes"], [])
+        w.close()

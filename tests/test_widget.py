@@ -710,3 +710,72 @@ def test_closing_cancels_a_pending_suggestion(indexed_engine: Any) -> None:
         assert not [c for c, _ in sent if c.get("type") == "corners"], "no reply after close"
 
     asyncio.run(main())
+
+
+# --- evidence, dashboard -----------------------------------------------------------------------
+
+
+def test_verified_hits_carry_their_evidence_with_the_sizes_it_refers_to(indexed_engine: Any) -> None:
+    """The top hit of a photographed papyrus carries inlier matches in the pixels of the photo as
+    stored and of the stored scan, with both sizes; mapped through the true perspective of the
+    photo, every reference point lands on its query point. The query photo they refer to can be
+    asked for by the view (query_image_key)."""
+    data, corners = warped_photo(max_side=1024)
+    scan = Image.open(REFERENCES / PHOTO_REFERENCE)
+    w_scan, h_scan = scan.size
+    scan_corners = [[0, 0], [w_scan, 0], [w_scan, h_scan], [0, h_scan]]
+    truth = np.array(_coefficients(scan_corners, corners) + (1.0,)).reshape(3, 3)  # scan → photo
+
+    async def main() -> None:
+        w = PapyrusSearch(k=3, engine=indexed_engine)
+        assert w.search(data, corners=corners) is not None, w.error
+        assert (await finished(w))["state"] == "done", w.status
+        top = w.results[0]
+        assert top["inventory_key"] == PHOTO_INVENTORY
+        assert top["query_size"] == list(Image.open(io.BytesIO(data)).size)
+        assert top["reference_size"] == [w_scan, h_scan]
+        assert top["inliers"] > 12 and len(top["matches"]) == min(top["inliers"], 50)
+        tolerance = 0.02 * max(top["query_size"])
+        for qx, qy, rx, ry in top["matches"]:
+            assert 0 <= qx < top["query_size"][0] and 0 <= qy < top["query_size"][1]
+            assert 0 <= rx < w_scan and 0 <= ry < h_scan
+            u, v, s = truth @ np.array([rx + 0.5, ry + 0.5, 1.0])
+            assert abs(u / s - 0.5 - qx) < tolerance and abs(v / s - 0.5 - qy) < tolerance, (qx, qy, rx, ry)
+        for hit in w.results:  # every verified hit: sizes with its matches; never matches without sizes
+            if hit["matches"]:
+                assert hit["query_size"] == top["query_size"] and hit["reference_size"]
+
+        # The query photo the matches refer to: stored by the search, sent on request, upright.
+        assert w.query_image_key.startswith("queries/")
+        assert w.history[-1]["id"] == w.history_id
+        sent = capture_sends(w)
+        send_from_view(w, {"type": "preview", "request": "q1", "key": w.query_image_key})
+        content, buffers = await next_message(sent, "preview")
+        assert content == {"type": "preview", "key": w.query_image_key, "request": "q1", "message": ""}
+        photo = Image.open(io.BytesIO(bytes(buffers[0])))
+        assert photo.size == tuple(top["query_size"]), "a photo of at most 1024 px comes as it is"
+
+        # Restoring an earlier search brings back its query photo's key too.
+        first_key = w.query_image_key
+        assert w.search(QUERY) is not None, w.error
+        assert w.query_image_key == "", "no photo key while another search runs"
+        assert (await finished(w))["state"] == "done"
+        assert w.query_image_key not in ("", first_key)
+        w.restore(0)
+        assert w.query_image_key == first_key and w.results[0]["inventory_key"] == PHOTO_INVENTORY
+        w.close()
+
+    asyncio.run(main())
+
+
+def test_dashboard_link_shows_once_the_cluster_runs(indexed_engine: Any) -> None:
+    async def main() -> None:
+        w = PapyrusSearch(k=2, engine=indexed_engine)
+        assert w.dashboard_link == "", "constructing the widget starts nothing"
+        assert w.search(QUERY) is not None, w.error
+        link = indexed_engine.client.dashboard_link
+        assert link.startswith("http") and w.dashboard_link == link
+        assert (await finished(w))["state"] == "done"
+        w.close()
+
+    asyncio.run(main())

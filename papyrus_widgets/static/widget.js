@@ -13,12 +13,17 @@
 //   history           List     finished searches {id, name, k, filters, corners, count, elapsed, top}
 //   history_previews  List     query preview JPEG per history entry
 //   history_id        Unicode  id of the history entry on show
+//   thumbnail_urls    List     presigned URL per result when presigned URLs are configured (else []); used before `thumbnails`
+//   query_image_key   Unicode  object key of the stored query photo the hits' evidence `matches` refer to
+//   dashboard_link    Unicode  URL of the Dask dashboard ("" until the engine's cluster runs)
 // Messages this view sends (buffers in brackets):
 //   {type: "search", request, name, k, corners, filters} [image, query preview JPEG]   → {type: "ack", request, ok}
 //   {type: "cancel"}
 //   {type: "suggest_corners", request, name} [image]        → {type: "corners", request, corners | null, message}
 //   {type: "restore", id}
-//   {type: "preview", request, key}                         → {type: "preview", request, key, message} [JPEG]
+//   {type: "preview", request, key}                         → {type: "preview", request, key, message, url?} [JPEG]
+//     (key: a result's image_key, or query_image_key for the evidence drawing; `url` instead of a
+//     buffer when the kernel hands out presigned URLs)
 //
 // Corners are marked on the photo as the browser shows it (EXIF orientation applied), in that
 // image's pixels, and sent in the pixels of the image actually sent (scaled when it was downscaled).
@@ -383,6 +388,88 @@ export function fitBox(width, height, maxWidth, maxHeight) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Evidence: the inlier matches of geometric verification drawn between query and reference
+
+/** Inlier counts up to this are what chance agreement gives (papyrus_widgets.verify.MIN_INLIERS). */
+export const EVIDENCE_MIN_INLIERS = 12;
+
+/** `size` as [width, height] of positive finite numbers, or null. */
+export function validSize(size) {
+  if (!Array.isArray(size) || size.length !== 2) return null;
+  const [w, h] = size.map(Number);
+  return Number.isFinite(w) && Number.isFinite(h) && w > 0 && h > 0 ? [w, h] : null;
+}
+
+/**
+ * The query photo and the reference side by side at one height, as large as fits in
+ * maxWidth × maxHeight with `gap` between them (never enlarged past maxHeight).
+ * Returns {width, height, query: rect, reference: rect}; a rect is {x, y, width, height}.
+ */
+export function evidenceLayout(querySize, referenceSize, maxWidth, maxHeight, gap = 12) {
+  const [qw, qh] = validSize(querySize) || [1, 1];
+  const [rw, rh] = validSize(referenceSize) || [1, 1];
+  const qa = qw / qh;
+  const ra = rw / rh;
+  const height = Math.max(1, Math.min(Number(maxHeight), (Number(maxWidth) - gap) / (qa + ra)));
+  const query = { x: 0, y: 0, width: qa * height, height };
+  const reference = { x: query.width + gap, y: 0, width: ra * height, height };
+  return { width: Math.ceil(reference.x + reference.width), height: Math.ceil(height), query, reference };
+}
+
+/**
+ * A point in the pixels of an image of `size` ([w, h], the image the point was measured on)
+ * → its position on `rect`, where that whole image is drawn. Keypoints are in OpenCV's
+ * convention (pixel i's centre at i), the drawn image spans pixel edges 0 … w.
+ */
+export function pointToRect(x, y, size, rect) {
+  return [rect.x + ((Number(x) + 0.5) / size[0]) * rect.width, rect.y + ((Number(y) + 0.5) / size[1]) * rect.height];
+}
+
+/**
+ * Lines to draw for `matches` ([[qx, qy, rx, ry]]: query pixels of an image of `querySize`,
+ * reference pixels of one of `referenceSize`) on `layout` (evidenceLayout): [{query: [x, y],
+ * reference: [x, y]}]. Malformed pairs and points outside their image are left out.
+ */
+export function evidenceLines(matches, querySize, referenceSize, layout) {
+  const qs = validSize(querySize);
+  const rs = validSize(referenceSize);
+  if (!qs || !rs || !Array.isArray(matches)) return [];
+  const inside = (x, y, [w, h]) => x >= -0.5 && y >= -0.5 && x <= w - 0.5 && y <= h - 0.5;
+  const lines = [];
+  for (const m of matches) {
+    if (!Array.isArray(m) || m.length !== 4) continue;
+    const [qx, qy, rx, ry] = m.map(Number);
+    if (![qx, qy, rx, ry].every(Number.isFinite) || !inside(qx, qy, qs) || !inside(rx, ry, rs)) continue;
+    lines.push({ query: pointToRect(qx, qy, qs, layout.query), reference: pointToRect(rx, ry, rs, layout.reference) });
+  }
+  return lines;
+}
+
+/**
+ * What the compare view says (and draws) about the verification of a hit dict:
+ * {kind: "verified" | "weak" | "none" | "unverified", inliers, drawable, caption}.
+ */
+export function evidenceOf(hit) {
+  const h = hit && typeof hit === "object" ? hit : {};
+  const raw = h.inliers;
+  const inliers = raw === null || raw === undefined || raw === "" ? null : Number(raw);
+  const matches = Array.isArray(h.matches) ? h.matches : [];
+  const drawable = Boolean(matches.length && validSize(h.query_size) && validSize(h.reference_size));
+  if (inliers === null || !Number.isFinite(inliers)) {
+    return { kind: "unverified", inliers: null, drawable: false, caption: "Not verified: this result was not checked by local features." };
+  }
+  if (inliers <= 0) {
+    return { kind: "none", inliers: 0, drawable: false, caption: "Not verified: no matching keypoints agree on one geometry." };
+  }
+  const agree = `${inliers} matching keypoint${inliers === 1 ? " agrees" : "s agree"} on one geometry`;
+  if (inliers <= EVIDENCE_MIN_INLIERS) {
+    return { kind: "weak", inliers, drawable, caption: `${agree}: no more than chance gives, so not counted as evidence.` };
+  }
+  const drawn = drawable && matches.length < inliers ? ` (the best ${matches.length} drawn)` : "";
+  return { kind: "verified", inliers, drawable, caption: `${agree}${drawn}.` };
+}
+
+// ---------------------------------------------------------------------------------------------
 // Results, filters, export
 
 /** Cosine similarity as "0.973"; "–" when missing. */
@@ -659,6 +746,7 @@ const EDITOR_MAX_HEIGHT = 440;
 const PREVIEW_BOX = 240; // css px of the live deskew preview
 const QUERY_PREVIEW_SIDE = 320; // px of the crop sent with the search (history strip, compare view)
 const SOURCE_SIDE = 1024; // px of the pixel copy the previews sample from
+const EVIDENCE_MAX_HEIGHT = 380; // css px of the evidence drawing in the compare view
 
 function render({ model, el }) {
   const id = `papyrus-${++uid}`;
@@ -682,6 +770,9 @@ function render({ model, el }) {
   let compareUrls = [];
   let queryPreviewUrl = null;
   const queryPreviewUrls = [];
+  // The query photo the evidence is drawn on (asked for once per query_image_key).
+  let queryPhoto = { key: "", img: null, request: null, message: "" };
+  const queryPhotoUrls = [];
   let disposed = false;
   let frameRequested = false;
   let lastRunningStage = null; // the stage an error or cancellation interrupted (for the stage strip)
@@ -828,6 +919,15 @@ function render({ model, el }) {
   const queryLine = h("div", { class: "papyrus-query", "data-testid": "query-name" });
   const statusLine = h("div", { class: "papyrus-status", "data-testid": "status", "aria-live": "polite" });
   const stagesList = h("ol", { class: "papyrus-stages", "data-testid": "stages", "aria-label": "Search stages" });
+  const dashboardLink = h("a", {
+    class: "papyrus-link papyrus-dashboard",
+    "data-testid": "dashboard-link",
+    target: "_blank",
+    rel: "noopener noreferrer",
+    text: "Dask dashboard ↗",
+    title: "The Dask dashboard of the cluster that runs the searches (opens in a new tab)",
+    hidden: true,
+  });
   const historyList = h("ol", { class: "papyrus-history-list", "data-testid": "history" });
   const historyBox = h("nav", { class: "papyrus-history", "aria-label": "Earlier searches of this session", hidden: true }, [
     h("span", { class: "papyrus-caption", text: "History" }),
@@ -846,6 +946,14 @@ function render({ model, el }) {
   const compareResultImg = h("img", { class: "papyrus-compare-img", "data-testid": "compare-result", alt: "" });
   const compareQueryMissing = h("div", { class: "papyrus-thumb-missing", text: "no preview of the query" });
   const compareInfo = h("div", { class: "papyrus-compare-info", "data-testid": "compare-info" });
+  const evidenceCanvas = h("canvas", {
+    class: "papyrus-evidence-canvas",
+    role: "img",
+    "data-testid": "evidence-canvas",
+    "aria-label": "The query photo (left) and the result (right); lines join keypoints that match",
+  });
+  const evidenceCaption = h("figcaption", { "data-testid": "evidence-caption", "aria-live": "polite" });
+  const evidenceBox = h("figure", { class: "papyrus-evidence", "data-testid": "evidence" }, [evidenceCanvas, evidenceCaption]);
   const compareTitle = h("h3", { id: `${id}-compare-title`, class: "papyrus-compare-title" });
   const compareClose = h("button", { class: "papyrus-button", type: "button", "data-testid": "compare-close", text: "Close" });
   const comparePrev = h("button", { class: "papyrus-button", type: "button", "aria-label": "Previous result", text: "‹" });
@@ -862,6 +970,7 @@ function render({ model, el }) {
         h("figure", {}, [h("div", { class: "papyrus-compare-frame" }, [compareQueryImg, compareQueryMissing]), h("figcaption", { text: "Query (as searched)" })]),
         h("figure", {}, [h("div", { class: "papyrus-compare-frame" }, [compareResultImg]), h("figcaption", { "data-testid": "compare-result-caption", text: "Result" })]),
       ]),
+      evidenceBox,
       compareInfo,
     ],
   );
@@ -884,7 +993,7 @@ function render({ model, el }) {
       form,
       editor,
       queryLine,
-      h("div", { class: "papyrus-progress" }, [statusLine, stagesList]),
+      h("div", { class: "papyrus-progress" }, [statusLine, stagesList, dashboardLink]),
       historyBox,
       compareBox,
       resultsBar,
@@ -1033,11 +1142,23 @@ function render({ model, el }) {
     scheduled.add(fn);
   }
 
+  // A result's thumbnail: its presigned URL when the kernel gave one, else its bytes as a blob URL.
+  function thumbnailUrl(index, urls) {
+    const presigned = safeUrl((model.get("thumbnail_urls") || [])[index]);
+    return presigned || blobUrl((model.get("thumbnails") || [])[index], urls);
+  }
+
+  function updateDashboard() {
+    const url = safeUrl(model.get("dashboard_link"));
+    if (url) dashboardLink.setAttribute("href", url);
+    else dashboardLink.removeAttribute("href");
+    dashboardLink.hidden = !url;
+  }
+
   function updateResults() {
     const results = model.get("results") || [];
-    const thumbnails = model.get("thumbnails") || [];
     retire(resultUrls);
-    const cards = results.map((hit, i) => renderCard(hit, i, blobUrl(thumbnails[i], resultUrls)));
+    const cards = results.map((hit, i) => renderCard(hit, i, thumbnailUrl(i, resultUrls)));
     resultsList.replaceChildren(...cards);
     resultsList.hidden = cards.length === 0;
     resultsBar.hidden = cards.length === 0;
@@ -1387,13 +1508,27 @@ function render({ model, el }) {
       if (pending.chosen === chosen && Array.isArray(content.corners)) updateCornerHint();
       updateButtons();
     } else if (content.type === "preview") {
+      const bytes = buffers && buffers.length ? toBytes(buffers[0]) : null;
+      if (queryPhoto.request && queryPhoto.request === content.request) {
+        queryPhoto.request = null;
+        const url = bytes && bytes.byteLength ? blobUrl(bytes, queryPhotoUrls) : null;
+        if (url) {
+          const img = new Image();
+          img.addEventListener("load", () => drawEvidence());
+          img.src = url;
+          queryPhoto.img = img;
+        } else {
+          queryPhoto.message = content.message || "the query photo could not be loaded";
+          drawEvidence();
+        }
+        return;
+      }
       if (!previewPending || previewPending.request !== content.request) return;
       previewPending = null;
-      const bytes = buffers && buffers.length ? toBytes(buffers[0]) : null;
-      if (bytes && bytes.byteLength && compareIndex >= 0) {
+      const url = safeUrl(content.url) || (bytes && bytes.byteLength ? blobUrl(bytes, compareUrls) : null);
+      if (url && compareIndex >= 0) {
         const hit = (model.get("results") || [])[compareIndex];
         if (hit && hit.image_key === content.key) {
-          const url = blobUrl(bytes, compareUrls);
           compareResultImg.src = url;
           compareResultImg.dataset.size = "large";
         }
@@ -1633,7 +1768,6 @@ function render({ model, el }) {
 
   function showCompare(index, focus = true) {
     const results = model.get("results") || [];
-    const thumbnails = model.get("thumbnails") || [];
     const hit = results[index];
     if (!hit) return;
     if (compareIndex < 0) compareReturnFocus = document.activeElement;
@@ -1644,7 +1778,7 @@ function render({ model, el }) {
     setCompareQuery();
     if (!sameHit) {
       retire(compareUrls);
-      compareResultImg.src = blobUrl(thumbnails[index], compareUrls) || "";
+      compareResultImg.src = thumbnailUrl(index, compareUrls) || "";
       compareResultImg.alt = `${card.inventory}`;
       compareResultImg.dataset.key = hit.image_key || "";
       compareResultImg.dataset.size = "thumbnail";
@@ -1666,8 +1800,95 @@ function render({ model, el }) {
     comparePrev.disabled = index <= 0;
     compareNext.disabled = index >= results.length - 1;
     compareBox.hidden = false;
+    showEvidence(hit);
     for (const card of resultsList.children) card.classList.toggle("papyrus-card-selected", Number(card.dataset.index) === index);
     if (focus) compareClose.focus({ preventScroll: true });
+  }
+
+  // The query photo for the evidence drawing: asked for once per stored query (a worker decodes
+  // it upright and at most 1024 px; the matches are scaled from query_size onto it).
+  function ensureQueryPhoto() {
+    const key = model.get("query_image_key") || "";
+    if (queryPhoto.key === key && (queryPhoto.img || queryPhoto.request || queryPhoto.message)) return;
+    retire(queryPhotoUrls);
+    queryPhoto = { key, img: null, request: null, message: "" };
+    if (!key) {
+      queryPhoto.message = "the query photo is not known for these results";
+      return;
+    }
+    queryPhoto.request = nextRequest();
+    model.send({ type: "preview", request: queryPhoto.request, key });
+  }
+
+  function showEvidence(hit) {
+    const ev = evidenceOf(hit);
+    evidenceCaption.textContent = ev.caption;
+    evidenceBox.dataset.kind = ev.kind;
+    evidenceCanvas.dataset.inliers = ev.inliers === null ? "" : String(ev.inliers);
+    evidenceCanvas.dataset.lines = "0";
+    evidenceCanvas.hidden = !ev.drawable;
+    evidenceCanvas.dataset.state = ev.drawable ? "loading" : "none";
+    if (ev.drawable) {
+      ensureQueryPhoto();
+      drawEvidence();
+    }
+  }
+
+  function loaded(img) {
+    return Boolean(img && img.complete && img.naturalWidth > 0);
+  }
+
+  function drawEvidence() {
+    if (compareIndex < 0 || disposed) return;
+    const hit = (model.get("results") || [])[compareIndex];
+    const ev = evidenceOf(hit);
+    if (!ev.drawable) return;
+    if (queryPhoto.message && !queryPhoto.img) {
+      evidenceCanvas.dataset.state = "failed";
+      evidenceCaption.textContent = `${ev.caption} (Cannot draw them: ${queryPhoto.message})`;
+      return;
+    }
+    if (!loaded(queryPhoto.img) || !loaded(compareResultImg)) return; // drawn again on load
+    const width = Math.max(240, (evidenceBox.clientWidth || compareBox.clientWidth || 720) - 2);
+    const layout = evidenceLayout(hit.query_size, hit.reference_size, width, EVIDENCE_MAX_HEIGHT);
+    const lines = evidenceLines(hit.matches, hit.query_size, hit.reference_size, layout);
+    const dpr = window.devicePixelRatio || 1;
+    evidenceCanvas.width = Math.round(layout.width * dpr);
+    evidenceCanvas.height = Math.round(layout.height * dpr);
+    evidenceCanvas.style.width = `${layout.width}px`;
+    const ctx = evidenceCanvas.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, layout.width, layout.height);
+    for (const [img, r] of [
+      [queryPhoto.img, layout.query],
+      [compareResultImg, layout.reference],
+    ]) {
+      ctx.drawImage(img, r.x, r.y, r.width, r.height);
+    }
+    lines.forEach((line, i) => {
+      const colour = `hsl(${Math.round((i * 137.5) % 360)}, 90%, 55%)`;
+      ctx.beginPath();
+      ctx.moveTo(...line.query);
+      ctx.lineTo(...line.reference);
+      ctx.lineWidth = 2.5;
+      ctx.strokeStyle = "rgba(0, 0, 0, 0.55)";
+      ctx.stroke();
+      ctx.lineWidth = 1.2;
+      ctx.strokeStyle = colour;
+      ctx.stroke();
+      for (const [x, y] of [line.query, line.reference]) {
+        ctx.beginPath();
+        ctx.arc(x, y, 3, 0, 2 * Math.PI);
+        ctx.fillStyle = colour;
+        ctx.fill();
+        ctx.lineWidth = 1;
+        ctx.strokeStyle = "#000000";
+        ctx.stroke();
+      }
+    });
+    evidenceCanvas.dataset.lines = String(lines.length);
+    evidenceCanvas.dataset.reference = compareResultImg.dataset.size || "";
+    evidenceCanvas.dataset.state = "drawn";
   }
 
   function closeCompare(restoreFocus = true) {
@@ -1795,6 +2016,7 @@ function render({ model, el }) {
     [historyList, "click", onHistoryClick],
     [compareClose, "click", () => closeCompare()],
     [comparePrev, "click", () => showCompare(compareIndex - 1)],
+    [compareResultImg, "load", () => drawEvidence()],
     [compareNext, "click", () => showCompare(compareIndex + 1)],
     [root, "dragenter", onDragOver],
     [root, "dragover", onDragOver],
@@ -1821,6 +2043,8 @@ function render({ model, el }) {
     ["change:history", () => schedule(updateHistory)],
     ["change:history_previews", () => schedule(updateHistory)],
     ["change:history_id", () => schedule(updateHistory)],
+    ["change:thumbnail_urls", () => schedule(updateResults)],
+    ["change:dashboard_link", updateDashboard],
     ["msg:custom", onCustomMessage],
   ];
   for (const [name, fn] of modelEvents) model.on(name, fn);
@@ -1846,6 +2070,7 @@ function render({ model, el }) {
   updateStatus();
   updateHistory();
   updateResults();
+  updateDashboard();
 
   return () => {
     disposed = true;
@@ -1858,6 +2083,7 @@ function render({ model, el }) {
     revoke(historyUrls);
     revoke(compareUrls);
     revoke(queryPreviewUrls);
+    revoke(queryPhotoUrls);
     if (chosen && chosen.bitmap) chosen.bitmap.close();
     if (chosen && chosen.display) chosen.display.close();
     root.remove();

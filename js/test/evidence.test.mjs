@@ -1,0 +1,126 @@
+// The evidence drawing of the compare view: layout, coordinate mapping, captions. Run: node --test js/test/
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { test } from "node:test";
+
+import { EVIDENCE_MIN_INLIERS, evidenceLayout, evidenceLines, evidenceOf, pointToRect, validSize } from "../widget.js";
+
+const close = (a, b, eps = 1e-9) => assert.ok(Math.abs(a - b) <= eps, `${a} ≉ ${b}`);
+
+test("validSize accepts two positive numbers only", () => {
+  assert.deepEqual(validSize([640, 480]), [640, 480]);
+  assert.deepEqual(validSize(["640", "480"]), [640, 480]);
+  for (const bad of [null, undefined, [], [640], [0, 480], [640, -1], [NaN, 3], "640x480", [1, 2, 3]]) {
+    assert.equal(validSize(bad), null, JSON.stringify(bad));
+  }
+});
+
+test("evidenceLayout puts both images at one height, side by side, within the box", () => {
+  // query 1000 × 2000 (aspect 0.5), reference 3000 × 1000 (aspect 3): 0.5 h + 12 + 3 h <= 712 → h = 200
+  const layout = evidenceLayout([1000, 2000], [3000, 1000], 712, 380, 12);
+  close(layout.query.height, 200);
+  close(layout.reference.height, 200);
+  close(layout.query.width, 100);
+  close(layout.reference.width, 600);
+  close(layout.reference.x, 112);
+  assert.equal(layout.query.x, 0);
+  assert.equal(layout.width, 712);
+  assert.equal(layout.height, 200);
+  // Aspect ratios are kept.
+  close(layout.query.width / layout.query.height, 1000 / 2000);
+  close(layout.reference.width / layout.reference.height, 3000 / 1000);
+});
+
+test("evidenceLayout is limited by the height when the box is wide", () => {
+  const layout = evidenceLayout([800, 800], [600, 900], 5000, 300, 10);
+  assert.equal(layout.height, 300);
+  close(layout.query.width, 300);
+  close(layout.reference.width, 200);
+  assert.ok(layout.width <= 5000);
+});
+
+test("pointToRect maps pixel centres (OpenCV convention) onto the drawn image", () => {
+  const rect = { x: 100, y: 10, width: 200, height: 100 };
+  // A 2 × 1 image drawn 100× larger: pixel 0's centre at 50, pixel 1's at 150 (plus the offsets).
+  assert.deepEqual(pointToRect(0, 0, [2, 1], rect), [150, 60]);
+  assert.deepEqual(pointToRect(1, 0, [2, 1], rect), [250, 60]);
+  // The image's corners (pixel edges -0.5 and w - 0.5) land on the rectangle's corners.
+  assert.deepEqual(pointToRect(-0.5, -0.5, [2, 1], rect), [100, 10]);
+  assert.deepEqual(pointToRect(1.5, 0.5, [2, 1], rect), [300, 110]);
+});
+
+test("evidenceLines scale each side by its own stored size", () => {
+  const querySize = [2048, 1536]; // the uploaded photo as stored
+  const referenceSize = [4000, 3000]; // the stored original
+  const layout = evidenceLayout(querySize, referenceSize, 812, 300, 12);
+  const lines = evidenceLines(
+    [
+      [1023.5, 767.5, 1999.5, 1499.5], // the centres of both images
+      [-0.5, -0.5, 3999.5, 2999.5], // query's top-left corner, reference's bottom-right corner
+    ],
+    querySize,
+    referenceSize,
+    layout,
+  );
+  assert.equal(lines.length, 2);
+  const q = layout.query;
+  const r = layout.reference;
+  close(lines[0].query[0], q.x + q.width / 2);
+  close(lines[0].query[1], q.y + q.height / 2);
+  close(lines[0].reference[0], r.x + r.width / 2);
+  close(lines[0].reference[1], r.y + r.height / 2);
+  close(lines[1].query[0], q.x);
+  close(lines[1].query[1], q.y);
+  close(lines[1].reference[0], r.x + r.width);
+  close(lines[1].reference[1], r.y + r.height);
+});
+
+test("evidenceLines leaves out malformed pairs and points outside their image", () => {
+  const layout = evidenceLayout([100, 100], [100, 100], 400, 200);
+  const lines = evidenceLines(
+    [[10, 10, 20, 20], [10, 10, 20], null, [10, "x", 20, 20], [150, 10, 20, 20], [10, 10, 20, 120], [99.5, 99.5, 0, 0]],
+    [100, 100],
+    [100, 100],
+    layout,
+  );
+  assert.equal(lines.length, 2);
+  assert.deepEqual(evidenceLines([[1, 1, 1, 1]], null, [100, 100], layout), []);
+  assert.deepEqual(evidenceLines("no", [100, 100], [100, 100], layout), []);
+});
+
+test("evidenceOf: captions for verified, weak, failed and unchecked hits", () => {
+  const matches = Array.from({ length: 50 }, (_, i) => [i, i, i, i]);
+  const sizes = { query_size: [640, 480], reference_size: [1000, 800] };
+  const verified = evidenceOf({ inliers: 137, matches, ...sizes });
+  assert.equal(verified.kind, "verified");
+  assert.ok(verified.drawable);
+  assert.equal(verified.caption, "137 matching keypoints agree on one geometry (the best 50 drawn).");
+  const all = evidenceOf({ inliers: 37, matches: matches.slice(0, 37), ...sizes });
+  assert.equal(all.caption, "37 matching keypoints agree on one geometry.");
+
+  const weak = evidenceOf({ inliers: EVIDENCE_MIN_INLIERS, matches: matches.slice(0, 12), ...sizes });
+  assert.equal(weak.kind, "weak");
+  assert.ok(weak.drawable, "weak evidence is still drawn, with a caption that says what it is worth");
+  assert.match(weak.caption, /^12 matching keypoints agree on one geometry: no more than chance/);
+
+  const none = evidenceOf({ inliers: 0, matches: [], ...sizes });
+  assert.equal(none.kind, "none");
+  assert.equal(none.drawable, false);
+  assert.match(none.caption, /^Not verified/);
+
+  for (const hit of [{}, { inliers: null, matches: [] }, null]) {
+    const ev = evidenceOf(hit);
+    assert.equal(ev.kind, "unverified");
+    assert.equal(ev.drawable, false);
+    assert.match(ev.caption, /^Not verified/);
+  }
+  // Matches without the sizes they refer to cannot be drawn (nothing to scale them by).
+  assert.equal(evidenceOf({ inliers: 40, matches }).drawable, false);
+});
+
+test("EVIDENCE_MIN_INLIERS is verify.MIN_INLIERS", () => {
+  const source = readFileSync(new URL("../../papyrus_widgets/verify.py", import.meta.url), "utf8");
+  const m = source.match(/^MIN_INLIERS = (\d+)$/m);
+  assert.ok(m, "verify.py defines MIN_INLIERS");
+  assert.equal(EVIDENCE_MIN_INLIERS, Number(m[1]));
+});
