@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -93,6 +94,23 @@ class S3Server:
     access_key: str
     secret_key: str
     moto_url: str | None = None  # set when the server is the moto subprocess of this module
+    proc: subprocess.Popen | None = None  # that subprocess
+
+    @contextlib.contextmanager
+    def unreachable(self) -> Iterator[None]:
+        """The server stops answering (SIGSTOP) until the block ends (SIGCONT), and keeps its data.
+
+        Connections are still accepted by the kernel's listen queue, but nothing is read or
+        answered: what a hung server or a network that drops packets looks like to a client, which
+        only gives up after its timeouts. (Stopping moto for good would lose its in-memory buckets.)
+        """
+        if self.proc is None:
+            pytest.skip("only the moto server this module started can be paused")
+        self.proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.proc.send_signal(signal.SIGCONT)
 
     def settings(self, bucket: str, **changes: object) -> Settings:
         return Settings(
@@ -174,6 +192,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
             access_key=key["AccessKeyId"],
             secret_key=key["SecretAccessKey"],
             moto_url=url,
+            proc=proc,
         )
     finally:
         stop(proc)
