@@ -551,3 +551,51 @@ def test_ingest_interrupted_by_sigint_then_rerun_gives_one_row_per_image(model_d
     assert all(n == 1 for _, n in rows) and distinct == len(files)
     store = jobs.worker_store(Settings(data_dir=data_dir))
     assert store.count("originals") == len({_sha(f) for f in files})
+
+
+# --- (e) a LocalCluster losing a worker ----------------------------------------------------------
+
+
+def test_local_cluster_keeps_its_worker_count_after_a_worker_is_killed(indexed_24):
+    """The package's own LocalCluster (``PAPYRUS_DASK_SCHEDULER`` unset) with one worker, on the
+    module's index: a killed worker is replaced, and the next search succeeds.
+
+    First the nanny's own restart. Then the case where the cluster gives the worker up because no
+    worker of that name came back within ``distributed.deploy.lost-worker-timeout`` (15 s; a
+    restart on a loaded machine can take that long): here the timer is made 0.2 s, shorter than
+    any restart, so the cluster really drops the worker, and :func:`services.keep_workers` must
+    start a new one (with one worker, a search would otherwise wait forever).
+    """
+    import dask
+
+    settings = indexed_24.resolved_settings().replace(dask_scheduler=None, dask_workers=1)
+    engine = Engine(settings)
+    client = engine.client
+    cluster = client.cluster
+    try:
+        assert cluster is not None
+        _wait(lambda: "papyrus-keep-workers" in cluster.periodic_callbacks, 10, "the worker keeper")
+        query = DISTINCT_REFS[5]
+        assert engine.search(query, k=1).top.inventory_key == _inventory_key(query)
+        for lost_worker_timeout, replaced_by in (("15s", "the nanny"), ("0.2s", "a new nanny")):
+            ((name, nanny),) = cluster.workers.items()
+            ((address, pid),) = client.run(os.getpid).items()
+            with dask.config.set({"distributed.deploy.lost-worker-timeout": lost_worker_timeout}):
+                os.kill(pid, signal.SIGKILL)
+                t0 = time.monotonic()
+                results = engine.search(query, k=1, timeout=180)
+                waited = time.monotonic() - t0
+                _workers_back(client, 1)
+            assert results.top.inventory_key == _inventory_key(query)
+            ((new_address, new_pid),) = client.run(os.getpid).items()
+            assert new_pid != pid and new_address != address
+            assert list(cluster.workers) == [name]
+            if replaced_by == "the nanny":
+                assert cluster.workers[name] is nanny  # restarted its worker
+            else:
+                assert cluster.workers[name] is not nanny  # dropped by the cluster, then started again
+            print(f"\nworker killed, replaced by {replaced_by}: the next search took {waited:.1f} s")
+    finally:
+        services._clients.pop(f"local:{settings.dask_workers}", None)
+        client.close(timeout=30)
+        cluster.close(timeout=30)
