@@ -556,7 +556,7 @@ def test_ingest_interrupted_by_sigint_then_rerun_gives_one_row_per_image(model_d
 # --- (e) a LocalCluster losing a worker ----------------------------------------------------------
 
 
-def test_local_cluster_keeps_its_worker_count_after_a_worker_is_killed(indexed_24):
+def test_local_cluster_keeps_its_worker_count_after_a_worker_is_killed(fault_engine, tmp_path):
     """The package's own LocalCluster (``PAPYRUS_DASK_SCHEDULER`` unset) with one worker, on the
     module's index: a killed worker is replaced, and the next search succeeds.
 
@@ -568,14 +568,16 @@ def test_local_cluster_keeps_its_worker_count_after_a_worker_is_killed(indexed_2
     """
     import dask
 
-    settings = indexed_24.resolved_settings().replace(dask_scheduler=None, dask_workers=1)
+    query = DISTINCT_REFS[5]
+    report = fault_engine.ingest(_folder(tmp_path / "one", [query]), HGV_DIR, progress=False)
+    assert report.failed == [] and report.added + report.skipped == 1  # the module's index holds it
+    settings = fault_engine.resolved_settings().replace(dask_scheduler=None, dask_workers=1)
     engine = Engine(settings)
     client = engine.client
     cluster = client.cluster
     try:
         assert cluster is not None
         _wait(lambda: "papyrus-keep-workers" in cluster.periodic_callbacks, 10, "the worker keeper")
-        query = DISTINCT_REFS[5]
         assert engine.search(query, k=1).top.inventory_key == _inventory_key(query)
         for lost_worker_timeout, replaced_by in (("15s", "the nanny"), ("0.2s", "a new nanny")):
             ((name, nanny),) = cluster.workers.items()
