@@ -1,7 +1,8 @@
 # papyrus-widgets — two commands do all set-up on a fresh Debian/Ubuntu machine:
 #   make demo   create .venv, install, start the embedded services, index the demo gallery,
 #               search it, then open JupyterLab on notebooks/quickstart.ipynb (DEMO_NO_LAB=1 stops before)
-#   make test   the same install plus Chromium, then the JS and Python test suites
+#   make test   the same install plus Chromium, then the JS and Python test suites (CI runs this)
+#   make test-full  the same plus the tests marked `full` (heavy: 20 search processes at once)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -12,7 +13,7 @@ STAMP  := $(VENV)/.installed
 GALLERY ?= $(firstword $(wildcard ../shared/data/heidelberg) $(wildcard shared/data/heidelberg))
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps static demo test test-js test-py lint clean
+.PHONY: install system-deps static demo test test-full test-js test-py lint clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +49,11 @@ test-py: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: test-js test-py
+
+# Everything `make test` runs (slow fault and load tests included) plus the tests marked `full`,
+# which pytest skips unless given --full.
+test-full: override PYTEST_ARGS += --full
+test-full: test
 
 clean:
 	rm -rf $(VENV) test-output .pytest_cache *.egg-info

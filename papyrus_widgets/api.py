@@ -402,9 +402,18 @@ class Engine:
             for fut in as_completed(futures, loop=client.loop):
                 try:
                     batch: jobs.BatchReport = fut.result()
-                except PapyrusError as exc:
+                except PapyrusError as exc:  # the same for every batch (a service, the model): stop
                     client.cancel(futures)
-                    raise jobs.detach_error(exc) from None
+                    error = jobs.detach_error(exc)
+                    rest = len(items) - report.added - report.skipped - len(report.failed)
+                    said = str(error).rstrip()
+                    error.args = (
+                        f"{said}{'' if said.endswith('.') else '.'} The ingest stopped: {report.added} "
+                        f"image{'' if report.added == 1 else 's'} added, "
+                        f"{report.skipped} already indexed, {rest} not done; run it again once this is fixed "
+                        "(images already indexed are skipped).",
+                    )
+                    raise error from None
                 except Exception as exc:  # noqa: BLE001 - a lost batch is reported, the rest goes on
                     jobs.detach_error(exc)  # else the failed future is never released
                     report.failed.append((f"batch {fut.key}", jobs.error_message(exc)))

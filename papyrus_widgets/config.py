@@ -40,6 +40,10 @@ class Settings:
     s3_secret_key: str | None = None
     s3_bucket: str = "papyrus"
     s3_secure: bool = True
+    s3_timeout: float = 30.0
+    """Seconds the S3 client waits for the server to accept a connection (at most 10) and for
+    each answer; a request that times out is tried once more, so a hung server fails a call with
+    a ServiceError after about twice this."""
     dask_scheduler: str | None = None
     """Address of a Dask scheduler. None: a LocalCluster created once per process."""
     dask_workers: int = 2
@@ -89,6 +93,14 @@ class Settings:
         values["s3_secure"] = _env_bool(get("S3_SECURE"), True)
         values["verify"] = _env_bool(get("VERIFY"), True)
         values["presigned_urls"] = _env_bool(get("PRESIGNED_URLS"), False)
+        raw = get("S3_TIMEOUT")
+        if raw:
+            try:
+                values["s3_timeout"] = float(raw)
+            except ValueError:
+                raise ValueError(f"{ENV_PREFIX}S3_TIMEOUT={raw!r} is not a number of seconds") from None
+            if not 0 < values["s3_timeout"] < float("inf"):
+                raise ValueError(f"{ENV_PREFIX}S3_TIMEOUT={raw!r} must be a positive number of seconds")
         for attr, name in [
             ("dask_workers", "DASK_WORKERS"),
             ("max_image_pixels", "MAX_IMAGE_PIXELS"),

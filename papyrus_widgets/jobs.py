@@ -70,6 +70,7 @@ def worker_store(settings: Settings) -> objects.ObjectStore:
             s3_secret_key=settings.s3_secret_key,
             s3_bucket=settings.s3_bucket,
             s3_secure=settings.s3_secure,
+            s3_timeout=settings.s3_timeout,
         )
     )
 

@@ -136,6 +136,11 @@ class S3Store:
     worker cache (``jobs.worker_store``) keeps one store per process. Large payloads go up as a
     multipart upload of :attr:`PART_SIZE` parts. Every failure to reach the server is a
     :class:`ServiceError` naming the endpoint, never the secret key.
+
+    ``timeout`` (``PAPYRUS_S3_TIMEOUT``) bounds each wait: for a connection (at most 10 s) and for
+    each answer. A request is tried again once after a refused connection or a timeout (three times
+    after an HTTP 5xx answer), so a server that is down fails a call within about twice the timeout
+    instead of hanging the widget or the kernel.
     """
 
     PART_SIZE = 16 * 1024 * 1024
@@ -150,6 +155,7 @@ class S3Store:
         *,
         secure: bool = True,
         region: str | None = None,
+        timeout: float = 30.0,
     ):
         import urllib3
         from minio import Minio
@@ -163,10 +169,13 @@ class S3Store:
                 "PAPYRUS_S3_ACCESS_KEY and PAPYRUS_S3_SECRET_KEY go together: set both (or neither for "
                 "anonymous access)."
             )
+        self.timeout = float(timeout)
         http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=10, read=120),
+            timeout=urllib3.Timeout(connect=min(10.0, self.timeout), read=self.timeout),
             maxsize=8,
-            retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+            retries=urllib3.Retry(
+                total=3, connect=1, read=1, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+            ),
         )
         try:
             self._client = Minio(
@@ -203,6 +212,11 @@ class S3Store:
         reason = _reason(exc)
         if any(word in reason.lower() for word in ("ssl", "certificate", "wrong_version")):
             hint = "check PAPYRUS_S3_SECURE (false for a plain-HTTP server) or the server's certificate."
+        elif "timed out" in reason.lower():  # a hung server or a network that drops packets
+            hint = (
+                f"it did not answer within {self.timeout:g} s: check that it runs and PAPYRUS_S3_ENDPOINT is "
+                "right, or raise PAPYRUS_S3_TIMEOUT for a slow link."
+            )
         elif "error responses" in reason:  # urllib3 gave up retrying HTTP 5xx answers
             hint = "the server answers with errors: see its log, and check the keys and PAPYRUS_S3_ENDPOINT."
         else:
@@ -357,5 +371,6 @@ def open_store(settings: Settings) -> ObjectStore:
             settings.s3_secret_key,
             settings.s3_bucket,
             secure=settings.s3_secure,
+            timeout=settings.s3_timeout,
         )
     return LocalStore(settings.data_dir / "objects")

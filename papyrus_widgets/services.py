@@ -118,6 +118,7 @@ def dask_client(settings: Settings) -> Any:
                     dashboard_address="127.0.0.1:0",  # a free port: several kernels may run clusters
                     silence_logs=logging.ERROR,
                 )
+                keep_workers(cluster)
                 client = Client(cluster, set_as_default=False)
         except (OSError, ValueError) as exc:  # TimeoutError is an OSError; a malformed address a ValueError
             where = settings.dask_scheduler or "a LocalCluster"
@@ -133,6 +134,36 @@ def dask_client(settings: Settings) -> Any:
             atexit.register(close_clients)
         _clients[key] = client
         return client
+
+
+KEEP_WORKERS_EVERY = 2.0
+"""Seconds between two checks of a LocalCluster's worker count (:func:`keep_workers`)."""
+
+
+def keep_workers(cluster: Any, every: float = KEEP_WORKERS_EVERY) -> None:
+    """Make ``cluster`` (a LocalCluster) start a new worker for each one it dropped for good.
+
+    A worker process that dies (killed, out of memory) is restarted by its nanny. But when no
+    worker of that name is back within ``distributed.deploy.lost-worker-timeout`` (15 s; a restart
+    on a loaded machine can take that long) the cluster closes that nanny and from then on runs one
+    worker short; with one worker, none, and searches would wait forever. Every ``every`` seconds
+    this asks the cluster for the workers of its spec that it lacks (``cluster.scale`` to the same
+    number). The check stops when the cluster closes.
+    """
+    from distributed.core import Status
+    from tornado.ioloop import PeriodicCallback
+
+    def check() -> None:
+        if cluster.status == Status.running and set(cluster.worker_spec) - set(cluster.workers):
+            log.info("the LocalCluster dropped a worker: starting a new one")
+            cluster.scale(len(cluster.worker_spec))
+
+    def install() -> None:
+        pc = PeriodicCallback(check, every * 1000)
+        cluster.periodic_callbacks["papyrus-keep-workers"] = pc  # stopped by cluster.close()
+        pc.start()
+
+    cluster.loop.add_callback(install)
 
 
 class _DropExpectedFailures(logging.Filter):

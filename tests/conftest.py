@@ -20,6 +20,21 @@ HGV_DIR = SHARED_DATA / "heidelberg" / "hgv-epidoc"
 TEST_OUTPUT = REPO / "test-output"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--full", action="store_true", help="also run the tests marked full (heavy; `make test-full` passes it)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--full"):
+        return
+    skip = pytest.mark.skip(reason="heavy: run by `make test-full` (pytest --full)")
+    for item in items:
+        if "full" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if not REFERENCES.is_dir():
         raise pytest.UsageError(f"the shared test data is missing: expected {REFERENCES} (../shared beside the repo)")

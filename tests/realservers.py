@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +19,8 @@ import pytest
 
 from papyrus_widgets import objects
 from papyrus_widgets.config import Settings
+
+REPO = Path(__file__).resolve().parents[1]
 
 T = TypeVar("T")
 
@@ -93,6 +96,23 @@ class S3Server:
     access_key: str
     secret_key: str
     moto_url: str | None = None  # set when the server is the moto subprocess of this module
+    proc: subprocess.Popen | None = None  # that subprocess
+
+    @contextlib.contextmanager
+    def unreachable(self) -> Iterator[None]:
+        """The server stops answering (SIGSTOP) until the block ends (SIGCONT), and keeps its data.
+
+        Connections are still accepted by the kernel's listen queue, but nothing is read or
+        answered: what a hung server or a network that drops packets looks like to a client, which
+        only gives up after its timeouts. (Stopping moto for good would lose its in-memory buckets.)
+        """
+        if self.proc is None:
+            pytest.skip("only the moto server this module started can be paused")
+        self.proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.proc.send_signal(signal.SIGCONT)
 
     def settings(self, bucket: str, **changes: object) -> Settings:
         return Settings(
@@ -174,6 +194,63 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
             access_key=key["AccessKeyId"],
             secret_key=key["SecretAccessKey"],
             moto_url=url,
+            proc=proc,
         )
     finally:
         stop(proc)
+
+
+# --- a Dask scheduler with two workers, as separate processes ---------------------------------------
+
+
+@dataclass
+class DaskCluster:
+    address: str
+    scheduler_file: Path
+    worker_pids: set[int]
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    """A ``dask scheduler`` and two ``dask worker`` processes (no nanny, one thread each, named
+    ``papyrus-w0`` and ``papyrus-w1``) on 127.0.0.1, reached by address or scheduler file."""
+    root = tmp_path_factory.mktemp("external-dask")
+    scheduler_file = root / "scheduler.json"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "PAPYRUS_TORCH_THREADS": "1",
+    }
+    procs: list[subprocess.Popen] = []
+    logs: list[Path] = []
+
+    def start(name: str, module: str, *args: str) -> subprocess.Popen:
+        logs.append(root / f"{name}.log")
+        with logs[-1].open("w") as out:
+            cmd = [sys.executable, "-m", module, *args]
+            procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root))
+        return procs[-1]
+
+    common = ["--host", "127.0.0.1", "--scheduler-file", str(scheduler_file), "--no-dashboard"]
+    try:
+        scheduler = start("scheduler", "distributed.cli.dask_scheduler", "--port", "0", *common)
+        wait_for("dask scheduler", lambda: scheduler_file.exists() or None, procs=(scheduler,), log=logs[0])
+        workers = [
+            start(f"worker{i}", "distributed.cli.dask_worker", "--nthreads", "1", "--no-nanny",
+                  "--name", f"papyrus-w{i}", *common)  # fmt: skip
+            for i in range(2)
+        ]
+        from distributed import Client
+
+        with Client(scheduler_file=str(scheduler_file), timeout=30) as probe:
+            address = probe.scheduler.address
+            wait_for(
+                "two dask workers",
+                lambda: len(probe.scheduler_info()["workers"]) == 2 or None,
+                procs=tuple(procs),
+                log=logs[-1],
+            )
+        yield DaskCluster(address, scheduler_file, {w.pid for w in workers})
+    finally:
+        for proc in reversed(procs):  # workers first, then the scheduler
+            stop(proc)

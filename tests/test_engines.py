@@ -27,8 +27,8 @@ from papyrus_widgets.api import Engine
 from papyrus_widgets.config import Settings
 from papyrus_widgets.errors import ServiceError
 
-from .conftest import HGV_DIR, REFERENCES, REPO
-from .realservers import free_port, s3, stop, wait_for  # noqa: F401 - s3 is a fixture
+from .conftest import HGV_DIR, REFERENCES
+from .realservers import DaskCluster, dask_cluster, free_port, s3, stop, wait_for  # noqa: F401 - fixtures
 
 FOUR = ["19331_p_g_107.jpg", "21108_p_g_407_a-c.jpg", "19317_p_g_192_c.jpg", "21114_p_g_24.jpg"]
 APP_USER = "papyrus_app"
@@ -178,57 +178,6 @@ def test_wrong_password_is_readable_and_masked(pg):
 
 
 # --- an external Dask scheduler with workers ----------------------------------------------------
-
-
-@dataclass
-class DaskCluster:
-    address: str
-    scheduler_file: Path
-    worker_pids: set[int]
-
-
-@pytest.fixture(scope="module")
-def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
-    root = tmp_path_factory.mktemp("external-dask")
-    scheduler_file = root / "scheduler.json"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        "PAPYRUS_TORCH_THREADS": "1",
-    }
-    procs: list[subprocess.Popen] = []
-    logs: list[Path] = []
-
-    def start(name: str, module: str, *args: str) -> subprocess.Popen:
-        logs.append(root / f"{name}.log")
-        with logs[-1].open("w") as out:
-            cmd = [sys.executable, "-m", module, *args]
-            procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root))
-        return procs[-1]
-
-    common = ["--host", "127.0.0.1", "--scheduler-file", str(scheduler_file), "--no-dashboard"]
-    try:
-        scheduler = start("scheduler", "distributed.cli.dask_scheduler", "--port", "0", *common)
-        wait_for("dask scheduler", lambda: scheduler_file.exists() or None, procs=(scheduler,), log=logs[0])
-        workers = [
-            start(f"worker{i}", "distributed.cli.dask_worker", "--nthreads", "1", "--no-nanny",
-                  "--name", f"papyrus-w{i}", *common)  # fmt: skip
-            for i in range(2)
-        ]
-        from distributed import Client
-
-        with Client(scheduler_file=str(scheduler_file), timeout=30) as probe:
-            address = probe.scheduler.address
-            wait_for(
-                "two dask workers",
-                lambda: len(probe.scheduler_info()["workers"]) == 2 or None,
-                procs=tuple(procs),
-                log=logs[-1],
-            )
-        yield DaskCluster(address, scheduler_file, {w.pid for w in workers})
-    finally:
-        for proc in reversed(procs):  # workers first, then the scheduler
-            stop(proc)
 
 
 def _our_workers_only(client, cluster: DaskCluster) -> None:  # type: ignore[no-untyped-def]

@@ -9,17 +9,21 @@ own :class:`Engine`, and closes them at the end.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ContextManager, Iterator
 
 import psycopg
 import pytest
@@ -30,6 +34,7 @@ from papyrus_widgets.config import Settings
 from papyrus_widgets.errors import JobError, ServiceError
 
 from .conftest import HGV_DIR, REFERENCES
+from .realservers import s3  # noqa: F401 - the s3 fixture (moto's S3 server, paused by a test)
 
 pytestmark = pytest.mark.slow
 
@@ -153,6 +158,12 @@ def _executing(client: Any) -> dict[str, list[str]]:
         return [str(ts.key) for ts in dask_worker.state.executing]
 
     return {addr: keys for addr, keys in client.run(running).items() if keys}
+
+
+def _workers_idle(client: Any, timeout: float = 120) -> None:
+    """Wait until no worker runs a task, cancelled ones included: Dask cannot stop a running task,
+    so a batch that was running when its ingest was cancelled still finishes (or fails) on its own."""
+    _wait(lambda: not _executing(client), timeout, "the workers to finish the tasks they were running", every=0.2)
 
 
 # --- (a) a Dask worker killed mid-batch -----------------------------------------------------------
@@ -309,31 +320,169 @@ def test_postgres_restart_mid_session_next_search_reconnects(indexed_24):
 
 # --- (c) the object store unavailable ---------------------------------------------------------------
 
+S3_TIMEOUT = 5.0
+"""PAPYRUS_S3_TIMEOUT of the S3 engine: a paused server fails a call after about twice this."""
 
-def test_object_store_down_is_a_clear_error_and_ingest_resumes_without_holes(indexed_24, tmp_path):
-    fault_engine = indexed_24
-    store = fault_engine.store
-    root = Path(store.root)
-    before = fault_engine.stats()["images"]
+
+@dataclass
+class StoreFault:
+    """An engine and a way to make its object store unusable for a while (the block of ``down``)."""
+
+    engine: Engine
+    where: str  # what every error must name: the local root or the S3 endpoint
+    down: Callable[[], ContextManager[None]]
+    secret: str = ""  # what no error may show
+
+
+def _local_store_fault(engine: Engine) -> StoreFault:
+    root = Path(engine.store.root)
+
+    @contextlib.contextmanager
+    def down() -> Iterator[None]:
+        away = root.with_name("objects.away")
+        root.rename(away)
+        root.write_text("the disk that held the objects is gone\n")  # root cannot write below a regular file
+        try:
+            yield
+        finally:
+            root.unlink()
+            away.rename(root)
+
+    return StoreFault(engine, str(root), down)
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_fault(request, fault_engine, cluster, model_dir, tmp_path_factory) -> Iterator[StoreFault]:
+    """The module's engine (local store) or one on moto's S3 server over HTTP, the same cluster
+    and its own embedded PostgreSQL; either with the first 24 references indexed."""
+    if request.param == "local":
+        yield _local_store_fault(request.getfixturevalue("indexed_24"))
+        return
+    s3 = request.getfixturevalue("s3")
+    if s3.proc is None:
+        pytest.skip("PAPYRUS_TEST_S3_ENDPOINT names a server this test cannot pause")
+    bucket = f"papyrus-faults-{uuid.uuid4().hex[:8]}"
+    settings = s3.settings(
+        bucket,
+        data_dir=tmp_path_factory.mktemp("papyrus-faults-s3"),
+        model=str(model_dir),
+        dask_scheduler=cluster.scheduler_address,
+        s3_timeout=S3_TIMEOUT,
+    )
+    engine = Engine(settings)
+    assert engine.client is fault_engine.client  # one client per scheduler, closed by fault_engine
+    scans = _folder(tmp_path_factory.mktemp("first-24-s3"), DISTINCT_REFS[:24])
+    report = engine.ingest(scans, HGV_DIR, progress=False)
+    assert report.failed == [] and engine.stats()["images"] == 24
+    yield StoreFault(engine, engine.store.endpoint, s3.unreachable, s3.secret_key)
+
+
+def _cli_env(settings: Settings) -> dict[str, str]:
+    """The environment of a ``papyrus`` command with these settings (its own process)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPYRUS_")}
+    env.update(
+        PAPYRUS_DATA_DIR=str(settings.data_dir),
+        PAPYRUS_MODEL=str(settings.model),
+        PAPYRUS_DASK_SCHEDULER=str(settings.dask_scheduler),
+    )
+    if settings.s3_endpoint:
+        env.update(
+            PAPYRUS_S3_ENDPOINT=settings.s3_endpoint,
+            PAPYRUS_S3_ACCESS_KEY=settings.s3_access_key or "",
+            PAPYRUS_S3_SECRET_KEY=settings.s3_secret_key or "",
+            PAPYRUS_S3_BUCKET=settings.s3_bucket,
+            PAPYRUS_S3_SECURE="true" if settings.s3_secure else "false",
+            PAPYRUS_S3_TIMEOUT=str(settings.s3_timeout),
+        )
+    return env
+
+
+def _error_line(info: pytest.ExceptionInfo, fault: StoreFault) -> str:
+    text = str(info.value)
+    assert "\n" not in text and fault.where in text, text
+    assert not fault.secret or fault.secret not in text
+    return text
+
+
+def test_object_store_down_is_a_clear_error_and_ingest_resumes_without_holes(store_fault, tmp_path):
+    engine = store_fault.engine
+    store = engine.store
+    client = engine.client
+    futures_before = len(client.futures)
+    url = engine.resolved_settings().database_url
+    before = _count_images(url)
     folder = _folder(tmp_path / "scans", ALL_REFS)
-    away = root.with_name("objects.away")
-    root.rename(away)
-    root.write_text("the disk that held the objects is gone\n")  # root cannot write below a regular file
-    try:
-        with pytest.raises(ServiceError, match="cannot write to the object store") as info:
-            fault_engine.search(DISTINCT_REFS[0], k=1)
-        assert "\n" not in str(info.value)
-        with pytest.raises(ServiceError, match="object store") as info:
-            fault_engine.ingest(folder, HGV_DIR, batch_size=4, progress=False)
-        assert "\n" not in str(info.value) and str(root) in str(info.value)
-        assert fault_engine.stats()["images"] == before
-    finally:
-        root.unlink()
-        away.rename(root)
 
-    report = fault_engine.ingest(folder, HGV_DIR, batch_size=4, progress=False)
-    assert report.failed == [] and report.added + report.skipped == len(ALL_REFS)
-    url = fault_engine.resolved_settings().database_url
+    # 1. down before a search and an ingest: a clear error within a bounded time, the index unchanged
+    with store_fault.down():
+        t0 = time.monotonic()
+        with pytest.raises(ServiceError, match="object store at") as info:
+            engine.search(DISTINCT_REFS[0], k=1, timeout=120)
+        waited = time.monotonic() - t0
+        print(f"\nsearch with the store down failed after {waited:.1f} s: {_error_line(info, store_fault)}")
+        assert waited < 30
+        with pytest.raises(ServiceError, match="object store") as info:
+            engine.ingest(folder, HGV_DIR, batch_size=4, progress=False)
+        text = _error_line(info, store_fault)
+        assert "The ingest stopped: 0 images added" in text and "run it again" in text, text
+        _workers_idle(client)  # the cancelled batches that were running fail too, while the store is down
+        # the same through the CLI: exit 1, one line on stderr
+        cli = [*PAPYRUS, "ingest", str(folder), "--metadata", str(HGV_DIR), "--batch-size", "4", "--quiet"]
+        done = subprocess.run(cli, env=_cli_env(engine.settings), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        line = done.stderr.strip()
+        assert line.startswith("papyrus ingest: ") and "Traceback" not in line, done.stderr
+        assert "\n" not in line and store_fault.where in line and "The ingest stopped" in line, line
+        assert not store_fault.secret or store_fault.secret not in done.stderr + done.stdout
+        _workers_idle(client)
+        assert _count_images(url) == before
+
+    # 2. back: the same engine searches again
+    query = DISTINCT_REFS[1]
+    assert engine.search(query, k=1).top.inventory_key == _inventory_key(query)
+
+    # 3. down half way through an ingest: the batches committed stay, the ingest says where it stopped
+    _workers_idle(client)
+    before = _count_images(url)
+    new = len(DISTINCT_REFS) - before
+    outcome: dict[str, Any] = {}
+
+    def ingest() -> None:
+        try:
+            outcome["report"] = engine.ingest(folder, HGV_DIR, batch_size=2, progress=False)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            outcome["error"] = exc.with_traceback(None)
+
+    thread = threading.Thread(target=ingest)
+    thread.start()
+    try:
+        _wait(lambda: _count_images(url) > before or not thread.is_alive(), 180, "a first batch to be committed")
+        with store_fault.down():
+            assert thread.is_alive(), "the ingest finished before the store went down"
+            thread.join(timeout=180)
+            assert not thread.is_alive(), "the ingest did not stop within 180 s of the store going down"
+            _workers_idle(client)  # batches that put their objects before the store went down may commit
+            at_error = _count_images(url)
+    finally:
+        thread.join(timeout=300)
+    assert "report" not in outcome, f"the ingest completed with the store down: {outcome['report']}"
+    error = outcome["error"]
+    assert isinstance(error, ServiceError), repr(error)
+    text = str(error)
+    assert "\n" not in text and store_fault.where in text and "The ingest stopped" in text, text
+    assert not store_fault.secret or store_fault.secret not in text
+    print(f"ingest stopped half way with {at_error - before} of {new} new images committed: {text}")
+    assert before < at_error < before + new
+    said = re.search(r"The ingest stopped: (\d+) images? added", text)
+    assert said and int(said[1]) <= at_error - before, text  # what it had seen committed when it stopped
+    del error
+    outcome.clear()
+    _no_futures_left(client, futures_before)
+
+    # 4. back again: the rerun completes, without duplicates or holes
+    report = engine.ingest(folder, HGV_DIR, batch_size=4, progress=False)
+    assert report.failed == [] and report.added + report.skipped == len(ALL_REFS), report
+    assert report.added == len(DISTINCT_REFS) - at_error, report  # exactly the rest
     with psycopg.connect(url) as conn:
         rows = conn.execute(
             "SELECT p.key, i.sha256, i.object_key, i.thumb_key"
@@ -347,7 +496,8 @@ def test_object_store_down_is_a_clear_error_and_ingest_resumes_without_holes(ind
     for _, _, key, thumb in rows:
         assert store.exists(key) and store.exists(thumb), key
     newest = DISTINCT_REFS[-1]
-    assert fault_engine.search(newest, k=1).top.inventory_key == _inventory_key(newest)
+    assert engine.search(newest, k=1).top.inventory_key == _inventory_key(newest)
+    _no_futures_left(client, futures_before)
 
 
 # --- (d) ingest interrupted with SIGINT -------------------------------------------------------------
@@ -401,3 +551,53 @@ def test_ingest_interrupted_by_sigint_then_rerun_gives_one_row_per_image(model_d
     assert all(n == 1 for _, n in rows) and distinct == len(files)
     store = jobs.worker_store(Settings(data_dir=data_dir))
     assert store.count("originals") == len({_sha(f) for f in files})
+
+
+# --- (e) a LocalCluster losing a worker ----------------------------------------------------------
+
+
+def test_local_cluster_keeps_its_worker_count_after_a_worker_is_killed(fault_engine, tmp_path):
+    """The package's own LocalCluster (``PAPYRUS_DASK_SCHEDULER`` unset) with one worker, on the
+    module's index: a killed worker is replaced, and the next search succeeds.
+
+    First the nanny's own restart. Then the case where the cluster gives the worker up because no
+    worker of that name came back within ``distributed.deploy.lost-worker-timeout`` (15 s; a
+    restart on a loaded machine can take that long): here the timer is made 0.2 s, shorter than
+    any restart, so the cluster really drops the worker, and :func:`services.keep_workers` must
+    start a new one (with one worker, a search would otherwise wait forever).
+    """
+    import dask
+
+    query = DISTINCT_REFS[5]
+    report = fault_engine.ingest(_folder(tmp_path / "one", [query]), HGV_DIR, progress=False)
+    assert report.failed == [] and report.added + report.skipped == 1  # the module's index holds it
+    settings = fault_engine.resolved_settings().replace(dask_scheduler=None, dask_workers=1)
+    engine = Engine(settings)
+    client = engine.client
+    cluster = client.cluster
+    try:
+        assert cluster is not None
+        _wait(lambda: "papyrus-keep-workers" in cluster.periodic_callbacks, 10, "the worker keeper")
+        assert engine.search(query, k=1).top.inventory_key == _inventory_key(query)
+        for lost_worker_timeout, replaced_by in (("15s", "the nanny"), ("0.2s", "a new nanny")):
+            ((name, nanny),) = cluster.workers.items()
+            ((address, pid),) = client.run(os.getpid).items()
+            with dask.config.set({"distributed.deploy.lost-worker-timeout": lost_worker_timeout}):
+                os.kill(pid, signal.SIGKILL)
+                t0 = time.monotonic()
+                results = engine.search(query, k=1, timeout=180)
+                waited = time.monotonic() - t0
+                _workers_back(client, 1)
+            assert results.top.inventory_key == _inventory_key(query)
+            ((new_address, new_pid),) = client.run(os.getpid).items()
+            assert new_pid != pid and new_address != address
+            assert list(cluster.workers) == [name]
+            if replaced_by == "the nanny":
+                assert cluster.workers[name] is nanny  # restarted its worker
+            else:
+                assert cluster.workers[name] is not nanny  # dropped by the cluster, then started again
+            print(f"\nworker killed, replaced by {replaced_by}: the next search took {waited:.1f} s")
+    finally:
+        services._clients.pop(f"local:{settings.dask_workers}", None)
+        client.close(timeout=30)
+        cluster.close(timeout=30)

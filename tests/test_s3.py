@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -133,6 +134,38 @@ def test_unreachable_endpoint_is_one_line_without_the_secret():
         assert f"127.0.0.1:{port}" in message and "PAPYRUS_S3_ENDPOINT" in message
         assert secret not in message and "\n" not in message
     assert secret not in repr(settings) and secret not in str(settings.describe())
+
+
+def test_a_server_that_stops_answering_fails_within_the_timeout(s3, bucket):
+    env = {
+        "PAPYRUS_S3_ENDPOINT": s3.endpoint,
+        "PAPYRUS_S3_ACCESS_KEY": s3.access_key,
+        "PAPYRUS_S3_SECRET_KEY": s3.secret_key,
+        "PAPYRUS_S3_BUCKET": bucket,
+        "PAPYRUS_S3_SECURE": "true" if s3.secure else "false",
+        "PAPYRUS_S3_TIMEOUT": "1.5",
+    }
+    settings = Settings.from_env(env=env)
+    assert settings.s3_timeout == 1.5 and settings.describe()["s3_timeout"] == "1.5"
+    store = objects.open_store(settings)
+    store.put(_key(), b"before")
+    with s3.unreachable():  # accepts connections, answers nothing
+        for call in (lambda: store.put(_key(objects.ORIGINALS), b"x"), lambda: store.get(_key())):
+            t0 = time.monotonic()
+            with pytest.raises(ServiceError) as info:
+                call()
+            waited = time.monotonic() - t0
+            message = str(info.value)
+            assert "did not answer within 1.5 s" in message and "PAPYRUS_S3_TIMEOUT" in message, message
+            assert store.endpoint in message and "\n" not in message
+            assert s3.secret_key not in message
+            assert waited < 10, waited  # two tries of 1.5 s, not minutes
+    assert store.get(_key()) == b"before"  # back: the same store (and connection pool) works again
+    store.put(_key(objects.ORIGINALS), b"after")
+    assert store.get(_key(objects.ORIGINALS)) == b"after"
+    for bad in ("soon", "0", "-1", "nan", "inf"):
+        with pytest.raises(ValueError, match="PAPYRUS_S3_TIMEOUT"):
+            Settings.from_env(env={"PAPYRUS_S3_TIMEOUT": bad})
 
 
 def test_wrong_secret_is_refused_readably(s3, bucket):
