@@ -7,9 +7,9 @@ near-duplicates of indexed vectors (what a re-photographed papyrus is) for the t
 The first rows are **real**: the embeddings of the 44 Heidelberg references and the ``more/``
 scans by a seeded untrained ``SiameseResNet18``, queried with software re-photographs of each
 distinct reference (top-1 by inventory, HNSW against the exact answer). One papyrus row per
-vector. They are loaded with binary COPY straight into ``papyri`` and ``images`` (the HNSW index dropped first), then the
-index is rebuilt as the migration defines it (m=16, ef_construction=64) and its build time is
-reported.
+vector. They are loaded with binary COPY straight into ``papyri`` and ``images`` (the HNSW index
+dropped first), then the index is rebuilt as the migration defines it (m=16,
+ef_construction=64) and its build time is reported.
 
 - **candidate**: ``index.knn`` (the package's query: join with ``papyri``, cosine distance,
   HNSW with ``hnsw.ef_search`` = 40, its default) on a pooled connection; also ef_search 100/200;
@@ -342,7 +342,8 @@ def measure_size(
         real_hnsw = [right(keys_to_ids(index.knn(conn, q, K)), inv) for q, inv in real_q]
         real_exact = [right(numpy_knn(vectors, q), inv) for q, inv in real_q]
         real_recall = recall(
-            [keys_to_ids(index.knn(conn, q, K)) for q, _ in real_q], np.stack([numpy_knn(vectors, q) for q, _ in real_q])
+            [keys_to_ids(index.knn(conn, q, K)) for q, _ in real_q],
+            np.stack([numpy_knn(vectors, q) for q, _ in real_q]),
         )
         real_result = {
             "scans": n_real,
@@ -481,8 +482,10 @@ def main() -> None:
     for r in results:
         print()
         print(
-            f"kNN at {r['vectors']:,} vectors, k={K}: RATIO exact-PG/HNSW p50 = {r['ratios']['exact_postgres_over_hnsw_p50']:.1f}x, "
-            f"numpy/HNSW p50 = {r['ratios']['numpy_over_hnsw_p50']:.2f}x, HNSW recall@10 = {r['ratios']['hnsw_recall_at_10']:.3f}, "
+            f"kNN at {r['vectors']:,} vectors, k={K}: RATIO exact-PG/HNSW p50 = "
+            f"{r['ratios']['exact_postgres_over_hnsw_p50']:.1f}x, "
+            f"numpy/HNSW p50 = {r['ratios']['numpy_over_hnsw_p50']:.2f}x, "
+            f"HNSW recall@10 = {r['ratios']['hnsw_recall_at_10']:.3f}, "
             f"near-duplicate top-1 = {r['ratios']['hnsw_near_duplicate_top1']:.3f}"
         )
         rows = []

@@ -54,7 +54,7 @@ def query_bytes(image: ImageInput) -> tuple[bytes, str]:
                 arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
             image = Image.fromarray(arr)
         except (TypeError, ValueError) as exc:
-            raise ImageError(f"this array is not an image (shape {image.shape}, {image.dtype}): {exc}") from None
+            raise ImageError(f"this array is not an image (shape {arr.shape}, {arr.dtype}): {exc}") from None
     if isinstance(image, Image.Image):
         buf = io.BytesIO()
         imaging.to_rgb(image).save(buf, "PNG")

@@ -191,7 +191,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         queries = load_queries(args.queries)
         what = f"{len(queries)} query images in {args.queries}"
     engine = get_engine(_settings(args))
-    modes = [("embedding", False), ("verified", True)] if args.compare else [("verified" if args.verify else "embedding", args.verify)]
+    modes = (
+        [("embedding", False), ("verified", True)]
+        if args.compare
+        else [("verified" if args.verify else "embedding", args.verify)]
+    )
     results = [
         evaluate(engine, queries, k=args.k, verify=flag, label=label, progress=not args.quiet and not args.json)
         for label, flag in modes
@@ -345,10 +349,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, help="steps per epoch (default: one pass over the papyri)")
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--mining", choices=["batch_hard", "semi_hard", "random"], default="batch_hard")
-    t.add_argument("--trainable", choices=["layer4", "all", "head"], help="freeze policy (default: all from scratch, layer4 when fine-tuning)")
-    t.add_argument("--pretrained", action="store_true", help="start from torchvision's ImageNet weights when they can be had")
-    t.add_argument("--cache-views", type=int, default=0,
-                   help="train the head on cached features of N re-photographs per papyrus (fast on a CPU; implies --trainable head)")
+    t.add_argument(
+        "--trainable",
+        choices=["layer4", "all", "head"],
+        help="freeze policy (default: all from scratch, layer4 when fine-tuning)",
+    )
+    t.add_argument(
+        "--pretrained", action="store_true", help="start from torchvision's ImageNet weights when they can be had"
+    )
+    t.add_argument(
+        "--cache-views",
+        type=int,
+        default=0,
+        help="train the head on cached features of N re-photographs per papyrus "
+        "(fast on a CPU; implies --trainable head)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--limit", type=int, help="train on the first N papyri only")
     t.add_argument("--checkpoint-dir", help="save a checkpoint after every epoch here")
@@ -357,7 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", parents=[common], help="measure top-1/top-5/mAP of the index on labelled queries")
-    ev.add_argument("--queries", required=True, help="folder of query photos named like the references (<HGV id>_<inventory>.jpg)")
+    ev.add_argument(
+        "--queries", required=True, help="folder of query photos named like the references (<HGV id>_<inventory>.jpg)"
+    )
     ev.add_argument("--recaptures", type=int, default=0, help="use N software re-photographs of each image instead")
     ev.add_argument("-k", type=int, default=10, help="hits per query (default 10, at least 5)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the re-photographs")

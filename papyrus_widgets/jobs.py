@@ -158,7 +158,9 @@ def _hit(row: Mapping[str, Any], rank: int, thumbnail: bytes | None) -> Hit:
 # --- search tasks ------------------------------------------------------------------------------
 
 
-def prepare_task(settings: Settings, query_key: str, name: str, corners: Sequence[Sequence[float]] | None) -> np.ndarray:
+def prepare_task(
+    settings: Settings, query_key: str, name: str, corners: Sequence[Sequence[float]] | None
+) -> np.ndarray:
     """Stage 1: fetch the stored query, decode it safely, deskew by corners, make model input."""
     data = worker_store(settings).get(query_key)
     img = imaging.decode_image(
@@ -274,7 +276,11 @@ def verify_task(settings: Settings, query_key: str, name: str, hits: list[Hit], 
     try:
         data = worker_store(settings).get(query_key)
         img = imaging.decode_image(
-            data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_upload_bytes, max_side=MAX_SIDE, name=name
+            data,
+            max_pixels=settings.max_image_pixels,
+            max_bytes=settings.max_upload_bytes,
+            max_side=MAX_SIDE,
+            name=name,
         )
         query = extract_features(img, size=img.info.get("original_size"))
     except PapyrusError:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
+import platform
 import threading
 import time
 from dataclasses import dataclass
@@ -263,8 +263,8 @@ def doctor(settings: Settings, *, start_services: bool = True) -> list[Check]:
         url = database_url(settings)
         index.ensure_schema(url)
         with index.connect(url) as conn:
-            (pgv,) = conn.execute("SELECT extversion FROM pg_extension WHERE extname='vector'").fetchone()
-            (server_version,) = conn.execute("SHOW server_version").fetchone()
+            pgv = index.scalar(conn, "SELECT extversion FROM pg_extension WHERE extname='vector'")
+            server_version = index.scalar(conn, "SHOW server_version")
             st = index.stats(conn)
         return (
             f"{mask_url(url)}: PostgreSQL {server_version}, pgvector {pgv}, "
@@ -310,5 +310,5 @@ def doctor(settings: Settings, *, start_services: bool = True) -> list[Check]:
         return f"{source} ({origin}) loads, fingerprint {model_fingerprint(m)}"
 
     run("model", model)
-    checks.append(Check("python", True, os.sys.version.split()[0]))
+    checks.append(Check("python", True, platform.python_version()))
     return checks

@@ -285,11 +285,15 @@ class PapyrusSearch(anywidget.AnyWidget):
             try:
                 found = self._entries[entry]
             except IndexError:
-                raise QueryError(f"the history holds {len(self._entries)} searches; there is no entry {entry}.") from None
+                raise QueryError(
+                    f"the history holds {len(self._entries)} searches; there is no entry {entry}."
+                ) from None
         else:
             found = next((e for e in self._entries if e["id"] == str(entry)), None)
             if found is None:
-                raise QueryError(f"no search {entry!r} in the history (it keeps the last {HISTORY_LIMIT}): search again.")
+                raise QueryError(
+                    f"no search {entry!r} in the history (it keeps the last {HISTORY_LIMIT}): search again."
+                )
         if self._job is not None:
             self.cancel()
         results: Results = found["results"]
@@ -425,7 +429,10 @@ class PapyrusSearch(anywidget.AnyWidget):
         with self.hold_sync():
             self.error = ""
             self.status = self._public_status(job.status())
-        job.add_done_callback(lambda j, loop=loop: _call_soon(loop, self._finish, j))
+        def on_done(j: Any) -> None:  # on a Dask thread: hop onto the kernel's loop
+            _call_soon(loop, self._finish, j)
+
+        job.add_done_callback(on_done)
         if self._job is job and not job.done():
             self._timer = loop.call_later(POLL_SECONDS, self._tick, job)
         return job
@@ -557,7 +564,8 @@ class PapyrusSearch(anywidget.AnyWidget):
         )
 
     def _side_done(self, kind: str, request: Any, future: Any, reply: dict[str, Any]) -> None:
-        if self._side_futures.get(kind) is not future:
+        current: Any = self._side_futures.get(kind)
+        if current is not future:
             return  # superseded or closed
         del self._side_futures[kind]
         content = dict(reply, request=request, message="")

@@ -66,9 +66,13 @@ def warped_photo(
     w, h = scan.size
     coeffs = _coefficients(corners, [[0, 0], [w, 0], [w, h], [0, h]])
     warped = scan.transform(size, Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BICUBIC)
-    mask = Image.new("L", scan.size, 255).transform(size, Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BILINEAR)
+    mask = Image.new("L", scan.size, 255).transform(
+        size, Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BILINEAR
+    )
     ramp = np.linspace(28, 52, size[1], dtype=np.float32)[:, None, None]  # a table lit from one side
-    table = Image.fromarray((ramp * np.array([1.0, 0.9, 0.8], dtype=np.float32) + np.zeros((1, size[0], 1))).astype(np.uint8))
+    table = Image.fromarray(
+        (ramp * np.array([1.0, 0.9, 0.8], dtype=np.float32) + np.zeros((1, size[0], 1))).astype(np.uint8)
+    )
     table.paste(warped, (0, 0), mask)
     points = [list(c) for c in corners]
     if max_side and max(size) > max_side:
@@ -394,7 +398,9 @@ def test_k_out_of_range_is_a_readable_error(indexed_engine: Any) -> None:
     asyncio.run(main())
 
 
-def test_search_from_a_kernel_cell(settings: Any, indexed_engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_search_from_a_kernel_cell(
+    settings: Any, indexed_engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """In a real ipykernel, the poll and the done callback run on the kernel's own event loop."""
     import nbformat
     from nbclient import NotebookClient
@@ -517,7 +523,9 @@ def test_search_message_with_corners_and_filters(indexed_engine: Any) -> None:
         assert w.history[0]["filters"] == {"collection": "P.Heid."} and w.history_id == w.history[0]["id"]
 
         # Without corners the same photo is searched whole (and with this untrained model it misses).
-        send_from_view(w, dict(content, request="r2", corners=None), [memoryview(data), memoryview(b"\xff\xd8\xffpreview")])
+        send_from_view(
+            w, dict(content, request="r2", corners=None), [memoryview(data), memoryview(b"\xff\xd8\xffpreview")]
+        )
         final = await finished(w)
         assert final["state"] == "done", final
         assert w.corners is None and w.query_preview == b"\xff\xd8\xffpreview", "the view's crop is kept"
@@ -562,9 +570,13 @@ def test_bad_corners_and_filters_from_the_view_are_readable_errors(indexed_engin
         send_from_view(w, {"type": "search", "request": "a", "name": "x.jpg", "corners": line}, [QUERY.read_bytes()])
         assert sent[-1][0] == {"type": "ack", "request": "a", "ok": False}
         assert w.status["state"] == "error" and "one line" in w.error and w.job is None
-        send_from_view(w, {"type": "search", "request": "b", "name": "x.jpg", "corners": [["a", 1]]}, [QUERY.read_bytes()])
+        send_from_view(
+            w, {"type": "search", "request": "b", "name": "x.jpg", "corners": [["a", 1]]}, [QUERY.read_bytes()]
+        )
         assert sent[-1][0]["ok"] is False and "four (x, y) points" in w.error
-        send_from_view(w, {"type": "search", "request": "c", "name": "x.jpg", "filters": {"city": "x"}}, [QUERY.read_bytes()])
+        send_from_view(
+            w, {"type": "search", "request": "c", "name": "x.jpg", "filters": {"city": "x"}}, [QUERY.read_bytes()]
+        )
         assert sent[-1][0]["ok"] is False and "unknown filter" in w.error
         assert "Traceback" not in w.error and "bug" not in w.error
         w.close()
