@@ -150,6 +150,26 @@ def ingest_images(quick: bool) -> list[Path]:
     return reference_images() + more_images()
 
 
+def synthetic_row(
+    prefix: str, i: int, vector: Any, fingerprint: str, object_key: str, thumb_key: str, title: str | None = None
+) -> Any:
+    """One ``index.ImageRow`` (with its papyrus record) of a synthetic or distractor papyrus ``i``."""
+    from papyrus_widgets import index
+    from papyrus_widgets.metadata import PapyrusRecord
+
+    return index.ImageRow(
+        record=PapyrusRecord(key=f"{prefix}:{i}", collection="bench", title=title or f"{prefix} {i}"),
+        sha256=f"{i:064x}",
+        source_name=f"{prefix}-{i}.jpg",
+        object_key=object_key,
+        thumb_key=thumb_key,
+        width=1000,
+        height=1400,
+        model=fingerprint,
+        embedding=vector,
+    )
+
+
 def link_folder(paths: Iterable[Path], folder: Path) -> Path:
     """A folder of symbolic links to ``paths`` (the shared data is never copied)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -195,24 +195,12 @@ def measure_insert(url: str, n: int, fingerprint: str) -> dict[str, Any]:
     """Ingest rows/s of ``index.add_images`` (binary COPY, batched) and of row-by-row INSERTs
     committed one by one, into fresh scratch schemas; checks that both stored every row."""
     from papyrus_widgets import index
-    from papyrus_widgets.metadata import PapyrusRecord
 
     vectors, _ = make_vectors(n, 1, seed=11)
     thumb = "thumbnails/00/" + "0" * 64 + ".jpg"
     original = "originals/00/" + "0" * 64 + ".jpg"
     rows = [
-        index.ImageRow(
-            record=PapyrusRecord(key=f"ins:{i}", collection="bench", title=f"synthetic papyrus {i}"),
-            sha256=f"{i:064x}",
-            source_name=f"bench-{i}.jpg",
-            object_key=original,
-            thumb_key=thumb,
-            width=1000,
-            height=1400,
-            model=fingerprint,
-            embedding=vectors[i],
-        )
-        for i in range(n)
+        C.synthetic_row("ins", i, vectors[i], fingerprint, original, thumb, f"synthetic papyrus {i}") for i in range(n)
     ]
     papyrus_cols = ", ".join(index.PAPYRUS_COLUMNS)
     papyrus_sql = (

@@ -253,7 +253,6 @@ def make_queries(n: int, seed: int = 7) -> list[tuple[str, bytes]]:
 def add_distractors(url: str, n: int, fingerprint: str, refs: list[tuple[str, str]], seed: int = 11) -> float:
     """Add ``n`` distractor papyri (one image each) with binary COPY; returns seconds."""
     from papyrus_widgets import index
-    from papyrus_widgets.metadata import PapyrusRecord
 
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
@@ -267,19 +266,7 @@ def add_distractors(url: str, n: int, fingerprint: str, refs: list[tuple[str, st
         for j in range(count):
             i = start + j
             object_key, thumb_key = refs[i % len(refs)]
-            rows.append(
-                index.ImageRow(
-                    record=PapyrusRecord(key=f"distractor:{i}", title=f"distractor {i}", collection="bench"),
-                    sha256=f"{i:064x}",
-                    source_name=f"distractor-{i}.jpg",
-                    object_key=object_key,
-                    thumb_key=thumb_key,
-                    width=1000,
-                    height=1400,
-                    model=fingerprint,
-                    embedding=vecs[j],
-                )
-            )
+            rows.append(C.synthetic_row("distractor", i, vecs[j], fingerprint, object_key, thumb_key))
         with pool.connection() as conn:
             added, _ = index.add_images(conn, rows)
             assert added == count, (added, count)
