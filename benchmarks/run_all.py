@@ -238,7 +238,7 @@ def render(
         earlier = results.get(name)
         when = (earlier or {}).get("date", "")
         if earlier and (st is None or (st["ok"] and _run_alone(earlier, started, wall))):
-            state, secs = (f"run alone ({when[:16].replace('T', ' ')} UTC)", "")
+            state, secs = (f"from another run ({when[:16].replace('T', ' ')} UTC)", "")
         elif st is None:
             state, secs = ("not run", "")
         else:
@@ -262,7 +262,7 @@ def render(
 
 def _run_alone(result: dict[str, Any], started: datetime, wall: float) -> bool:
     """Whether a figure's JSON was written after the run_all run (``started``, ``wall`` seconds)
-    ended: the script was run alone later (e.g. ``bench_knn.py --million``)."""
+    ended: it comes from another run (an earlier `make bench`, or a script run alone later)."""
     end = started.timestamp() + wall + 60
     try:
         return datetime.fromisoformat(result["date"]).timestamp() > end
