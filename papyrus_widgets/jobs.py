@@ -171,6 +171,10 @@ def prepare_task(
         ow, oh = img.info.get("original_size", img.size)
         sx, sy = img.width / ow, img.height / oh
         img = imaging.deskew(img, [[float(x) * sx, float(y) * sy] for x, y in corners])
+        try:  # kept for the record (history, audit); the search goes on without it
+            worker_store(settings).put(objects.crop_key(query_key, corners), imaging.jpeg_bytes(img, 90), "image/jpeg")
+        except PapyrusError:
+            pass
     return imaging.model_input(img)
 
 
@@ -377,10 +381,19 @@ def detach_error(exc: BaseException) -> BaseException:
 class SearchJob:
     """Handle of one search running on the cluster as a chain of futures."""
 
-    def __init__(self, client: Any, futures: list[tuple[str, Any]], name: str, query_key: str | None = None):
+    def __init__(
+        self,
+        client: Any,
+        futures: list[tuple[str, Any]],
+        name: str,
+        query_key: str | None = None,
+        crop_key: str | None = None,
+    ):
         self.id = uuid.uuid4().hex[:12]
         self.name = name
         self.query_key = query_key
+        self.crop_key = crop_key
+        """Where the deskewed crop is stored once the preparing stage ran (searches with corners)."""
         """Object key of the stored query image (what ``Hit.matches`` query pixels refer to)."""
         self._client = client
         self._futures = futures  # [(stage, future)] in order
@@ -490,7 +503,8 @@ def submit_search(
     if verify:
         checked = client.submit(verify_task, settings, query_key, name, hits, k, key=f"papyrus-verify-{tag}", **opts)
         stages.append(("verifying", checked))
-    return SearchJob(client, stages, name, query_key=query_key)
+    crop = objects.crop_key(query_key, corners) if corners is not None else None
+    return SearchJob(client, stages, name, query_key=query_key, crop_key=crop)
 
 
 # --- ingest ------------------------------------------------------------------------------------

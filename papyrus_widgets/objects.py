@@ -1,4 +1,4 @@
-"""Object storage for originals, query images and thumbnails.
+"""Object storage for originals, query images, deskewed query crops, thumbnails and local features.
 
 One protocol, :class:`ObjectStore`; the default :class:`LocalStore` keeps objects in a directory
 under the user data dir, :class:`S3Store` in a bucket of MinIO or any S3-compatible server
@@ -8,13 +8,14 @@ a no-op.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tempfile
 import threading
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 from urllib.parse import urlsplit
 
 from .config import Settings
@@ -23,6 +24,8 @@ from .errors import ServiceError
 ORIGINALS = "originals"
 QUERIES = "queries"
 THUMBNAILS = "thumbnails"
+CROPS = "crops"
+"""Deskewed query crops (JPEG), as the model saw them, keyed by the query and its corners."""
 FEATURES = "features"
 """Local features of each original (``verify.Features`` as ``.npz``), made at ingest."""
 
@@ -31,7 +34,7 @@ _EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "WEBP": ".webp", "
 
 def object_key(prefix: str, sha256: str, ext: str = "") -> str:
     """``originals/ab/abcdef….jpg`` — the one way keys are made."""
-    if prefix not in (ORIGINALS, QUERIES, THUMBNAILS, FEATURES):
+    if prefix not in (ORIGINALS, QUERIES, THUMBNAILS, CROPS, FEATURES):
         raise ValueError(f"unknown object prefix {prefix!r}")
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
         raise ValueError("object keys are made from a sha256 hex digest")
@@ -44,6 +47,13 @@ def features_key(original_key: str) -> str:
     """``features/ab/abcdef….npz`` for ``originals/ab/abcdef….jpg``: the local features of an original."""
     sha = check_key(original_key).rsplit("/", 1)[-1].split(".", 1)[0]
     return object_key(FEATURES, sha, ".npz")
+
+
+def crop_key(query_key: str, corners: Sequence[Sequence[float]]) -> str:
+    """``crops/ab/<sha256>.jpg``: the deskewed crop of the stored query ``query_key`` by ``corners``
+    (the same query and corners give the same key, so a repeated search stores it once)."""
+    text = check_key(query_key) + "|" + ";".join(f"{float(x):.2f},{float(y):.2f}" for x, y in corners)
+    return object_key(CROPS, hashlib.sha256(text.encode()).hexdigest(), ".jpg")
 
 
 def extension_for(name: str | None, fmt: str | None = None) -> str:

@@ -73,8 +73,18 @@ def test_corners_are_in_original_pixels_even_for_big_photos(indexed_engine):
     buf = io.BytesIO()
     canvas.save(buf, "JPEG", quality=92)
     x0, y0, x1, y1 = 200, 200, 200 + big.width, 200 + big.height
-    res = indexed_engine.search(buf.getvalue(), k=1, corners=[[x1, y1], [x0, y0], [x1, y0], [x0, y1]])
+    corners = [[x1, y1], [x0, y0], [x1, y0], [x0, y1]]
+    res = indexed_engine.search(buf.getvalue(), k=1, corners=corners)
     assert res.top.inventory_key == "p_g_24" and res.top.score > 0.99
+    # the deskewed crop is kept under crops/, keyed by the query and its corners
+    job = indexed_engine.submit_search(buf.getvalue(), name="photo.jpg", k=1, corners=corners)
+    job.hits(timeout=300)
+    crop = Image.open(io.BytesIO(indexed_engine.store.get(job.crop_key)))
+    assert job.crop_key.startswith("crops/") and crop.format == "JPEG"
+    assert abs(crop.width / crop.height - big.width / big.height) < 0.02  # the papyrus, not the canvas
+    plain = indexed_engine.submit_search(buf.getvalue(), name="photo.jpg", k=1)
+    assert plain.crop_key is None  # no corners, no crop
+    plain.hits(timeout=300)
 
 
 def test_filters_narrow_the_hits(indexed_engine):
