@@ -13,7 +13,8 @@ Four ways to get the hits of the same query, interleaved query by query:
 - **default**: the same with the package's default pipeline (its local-feature verification
   stage included, when the package has one);
 - **widget**: the default pipeline through ``PapyrusSearch``: the view's "search" message →
-  results traits set on the kernel's asyncio loop (the browser's part is not timed);
+  results traits set on the kernel's asyncio loop (the browser's part: ``bench_browser_latency.py``,
+  figure 1b);
 - **baseline** (the original design, re-implemented here): the same three stages, but every
   task opens a new psycopg connection and a new object store, and the kernel picks up the
   result with a poll loop that checks ``future.done()`` every 1.0 s.
@@ -472,7 +473,7 @@ def main() -> None:
             ),
         },
         "headline": f"ours {speedup:.1f}x faster than the 1 s-poll baseline (p50)",
-        "browser": "not measured: the Playwright leg is left out (see benchmarks/README.md)",
+        "browser": "measured by bench_browser_latency.py (figure 1b, browser_latency.json)",
         "load_average_start": load_start,
         "versions": versions,
     }

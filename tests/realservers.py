@@ -1,19 +1,24 @@
-"""Helpers for tests that start real servers as subprocesses on 127.0.0.1 (and always stop them)."""
+"""Helpers for tests that start real servers as subprocesses on 127.0.0.1 (and always stop them).
+
+The benchmarks import the Jupyter part too (``benchmarks/bench_browser_latency.py``).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import pytest
 
@@ -254,3 +259,172 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskClust
     finally:
         for proc in reversed(procs):  # workers first, then the scheduler
             stop(proc)
+
+
+# --- JupyterLab / Jupyter Notebook 7 over a data dir, for headless Chromium (tests/test_browser.py,
+# --- benchmarks/bench_browser_latency.py) ---------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+"""Headless Chromium (Debian package ``chromium``; never ``playwright install``)."""
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SERVER_START_TIMEOUT = 120  # s until /api/status answers
+WIDGET_TIMEOUT = 180_000  # ms until the widget shows (kernel start + imports)
+NOTEBOOK_SOURCE = "from papyrus_widgets import PapyrusSearch\nw = PapyrusSearch()\nw"
+
+# The two front ends: the app each is, the Settings-style config class of its server, and the
+# path under which it opens a notebook.
+FRONT_ENDS = {
+    "lab": {"config": "LabApp", "open": "/lab/tree/"},
+    "notebook": {"config": "JupyterNotebookApp", "open": "/notebooks/"},  # Jupyter Notebook 7
+}
+
+
+def kernel_env(settings: Settings, home: Path) -> dict[str, str]:
+    """Environment for the Jupyter server and its kernels: the session's data dir and model."""
+    env = dict(os.environ)
+    env.update(
+        PAPYRUS_DATA_DIR=str(settings.data_dir),
+        PAPYRUS_MODEL=str(settings.model),
+        PAPYRUS_DASK_WORKERS=str(settings.dask_workers),
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+        JUPYTER_CONFIG_DIR=str(home / "config"),
+        IPYTHONDIR=str(home / "ipython"),
+        PYTHONUNBUFFERED="1",
+    )
+    for attr, name in [
+        ("database_url", "PAPYRUS_DATABASE_URL"),
+        ("model_revision", "PAPYRUS_MODEL_REVISION"),
+        ("dask_scheduler", "PAPYRUS_DASK_SCHEDULER"),
+    ]:
+        value = getattr(settings, attr, None)
+        if value:
+            env[name] = str(value)
+    return env
+
+
+def write_notebook(path: Path, source: str = NOTEBOOK_SOURCE) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def write_user_settings(folder: Path) -> None:
+    """JupyterLab user settings: no news toast (it would cover the screenshots)."""
+    target = folder / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+
+
+def api(base: str, token: str, path: str, method: str = "GET") -> Any:
+    req = urllib.request.Request(
+        f"{base}{path}",
+        method=method,
+        headers={"Authorization": f"token {token}"},
+        data=b"" if method == "POST" else None,
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        body = resp.read()
+    return json.loads(body) if body else None
+
+
+@contextlib.contextmanager
+def jupyter_server(app: str, settings: Settings, home: Path) -> Iterator[dict[str, Any]]:
+    """``jupyter lab`` or ``jupyter notebook`` (7) over the data dir of ``settings``, on 127.0.0.1 with
+    a random token: {"url", "token", "root", "log", "open"} (``open``: the path that opens a notebook).
+
+    ``home/notebooks/widget.ipynb`` shows ``PapyrusSearch()``. Raises RuntimeError when the server
+    exits or does not answer in :data:`SERVER_START_TIMEOUT` s; shuts it (and its kernels) down at
+    the end."""
+    front = FRONT_ENDS[app]
+    config = front["config"]
+    root = home / "notebooks"
+    root.mkdir()
+    write_notebook(root / "widget.ipynb")
+    if app == "lab":
+        write_user_settings(home / "user-settings")
+    port, token = free_port(), secrets.token_hex(24)
+    base = f"http://127.0.0.1:{port}"
+    log_path = home / f"jupyter-{app}.log"
+    cmd = [
+        sys.executable, "-m", "jupyter", app,
+        "--no-browser",
+        f"--port={port}",
+        "--port-retries=0",
+        f"--IdentityProvider.token={token}",  # ServerApp.token is deprecated since jupyter_server 2
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.root_dir={root}",
+        f"--{config}.user_settings_dir={home / 'user-settings'}",
+        f"--{config}.workspaces_dir={home / 'workspaces'}",
+        f"--{config}.expose_app_in_browser=True",
+    ]  # fmt: skip
+    if app == "lab":
+        cmd += [
+            "--LabApp.news_url=None",
+            "--LabApp.check_for_updates_class=jupyterlab.handlers.announcements.NeverCheckForUpdate",
+        ]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")  # containers and CI runners often run as root
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(cmd, env=kernel_env(settings, home), cwd=root, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"jupyter {app} exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                api(base, token, "/api/status")
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if time.monotonic() > deadline:
+                    tail = log_path.read_text()[-4000:]
+                    raise RuntimeError(f"jupyter {app} did not answer in {SERVER_START_TIMEOUT} s:\n{tail}") from None
+                time.sleep(0.5)
+        yield {"url": base, "token": token, "root": root, "log": log_path, "open": front["open"]}
+    finally:
+        try:  # shuts the kernels down too
+            api(base, token, "/api/shutdown", method="POST")
+            proc.wait(timeout=30)
+        except Exception:  # noqa: BLE001
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        log.close()
+
+
+def open_and_run_notebook(page: Any, server: dict[str, Any], notebook: str = "widget.ipynb") -> Any:
+    """Open ``notebook`` in a Playwright ``page``, wait for its kernel, run its first cell; returns the
+    widget's root locator."""
+    page.goto(f"{server['url']}{server['open']}{notebook}?token={server['token']}&reset")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    # The kernel is ready when the toolbar's kernel status says idle.
+    page.wait_for_function(
+        """() => {
+            const app = window.jupyterapp;
+            const panel = app && app.shell.currentWidget;
+            const kernel = panel && panel.sessionContext && panel.sessionContext.session
+                && panel.sessionContext.session.kernel;
+            return !!kernel && kernel.status === 'idle';
+        }""",
+        timeout=WIDGET_TIMEOUT,
+    )
+    page.locator(".jp-Notebook .jp-Cell").first.click()
+    page.keyboard.press("Shift+Enter")
+    widget = page.locator(".papyrus-search")
+    widget.wait_for(timeout=WIDGET_TIMEOUT)
+    return widget

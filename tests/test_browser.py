@@ -7,7 +7,8 @@ searches, compares, exports, goes back in the history, cancels, and switches to 
 The kernel reads the same data directory and model as the test session's ``settings`` (the
 embedded PostgreSQL under it is shared between the two processes).
 
-The Notebook 7 test starts ``jupyter notebook`` the same way (one helper, :func:`jupyter_server`)
+The Notebook 7 test starts ``jupyter notebook`` the same way (one helper,
+:func:`tests.realservers.jupyter_server`, which the browser benchmark uses too)
 and searches there too. The presigned-URL test opens a second notebook whose widget uses moto's S3
 server (``realservers.s3``) with ``presigned_urls=True``.
 
@@ -17,39 +18,27 @@ Screenshots go to ``test-output/browser/``.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import secrets
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from .conftest import HGV_DIR, REFERENCES
-from .realservers import S3Server, s3  # noqa: F401 - the s3 fixture (moto's S3 server on 127.0.0.1)
+from .realservers import (  # noqa: F401 - the s3 fixture (moto's S3 server on 127.0.0.1)
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    S3Server,
+    jupyter_server,
+    open_and_run_notebook,
+    s3,
+    write_notebook,
+)
 from .test_widget import PHOTO_INVENTORY, PHOTO_SIZE, warped_photo
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "test-output" / "browser"
 QUERY = REFERENCES / "19331_p_g_107.jpg"
@@ -57,8 +46,6 @@ QUERY_INVENTORY = "p_g_107"
 OTHER = REFERENCES / "21114_p_g_24.jpg"
 OTHER_INVENTORY = "p_g_24"
 
-SERVER_START_TIMEOUT = 120  # s until /api/status answers
-WIDGET_TIMEOUT = 180_000  # ms until the widget shows (kernel start + imports)
 RESULTS_TIMEOUT = 60_000  # ms until result cards show (first search starts the kernel's services)
 
 # Browser console messages that are JupyterLab's own noise, not the widget's. Each entry is a
@@ -86,9 +73,6 @@ def benign_page_error(message: str, stack: str) -> bool:
     )
 
 
-NOTEBOOK_SOURCE = "from papyrus_widgets import PapyrusSearch\nw = PapyrusSearch()\nw"
-
-
 def test_only_the_listed_front_end_errors_are_benign() -> None:
     """The allowance for Notebook 7's own page error cannot hide an error of the widget."""
     message = "Cannot read properties of undefined (reading 'schema')"
@@ -100,137 +84,15 @@ def test_only_the_listed_front_end_errors_are_benign() -> None:
     assert not benign_page_error(message, "")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def kernel_env(settings: Any, home: Path) -> dict[str, str]:
-    """Environment for the Jupyter server and its kernels: the session's data dir and model."""
-    env = dict(os.environ)
-    env.update(
-        PAPYRUS_DATA_DIR=str(settings.data_dir),
-        PAPYRUS_MODEL=str(settings.model),
-        PAPYRUS_DASK_WORKERS=str(settings.dask_workers),
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        JUPYTER_RUNTIME_DIR=str(home / "runtime"),
-        JUPYTER_CONFIG_DIR=str(home / "config"),
-        IPYTHONDIR=str(home / "ipython"),
-        PYTHONUNBUFFERED="1",
-    )
-    for attr, name in [
-        ("database_url", "PAPYRUS_DATABASE_URL"),
-        ("model_revision", "PAPYRUS_MODEL_REVISION"),
-        ("dask_scheduler", "PAPYRUS_DASK_SCHEDULER"),
-    ]:
-        value = getattr(settings, attr, None)
-        if value:
-            env[name] = str(value)
-    return env
-
-
-def write_notebook(path: Path, source: str = NOTEBOOK_SOURCE) -> None:
-    import nbformat
-
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(source)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-    nbformat.write(nb, path)
-
-
-def write_user_settings(folder: Path) -> None:
-    """JupyterLab user settings for the test: no news toast (it would cover the screenshots)."""
-    target = folder / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-
-
-def api(base: str, token: str, path: str, method: str = "GET") -> Any:
-    req = urllib.request.Request(
-        f"{base}{path}", method=method, headers={"Authorization": f"token {token}"}, data=b"" if method == "POST" else None
-    )
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        body = resp.read()
-    return json.loads(body) if body else None
-
-
-# The two front ends: the app each is, the Settings-style config class of its server, and the
-# path under which it opens a notebook.
-FRONT_ENDS = {
-    "lab": {"config": "LabApp", "open": "/lab/tree/"},
-    "notebook": {"config": "JupyterNotebookApp", "open": "/notebooks/"},  # Jupyter Notebook 7
-}
-
-
-@contextlib.contextmanager
-def jupyter_server(app: str, settings: Any, home: Path) -> Iterator[dict[str, Any]]:
-    """``jupyter lab`` or ``jupyter notebook`` (7) over the indexed data dir, on 127.0.0.1 with a
-    random token: {"url", "token", "root", "log", "open"} (``open``: the path that opens a notebook)."""
+def require_chromium() -> None:
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    front = FRONT_ENDS[app]
-    config = front["config"]
-    root = home / "notebooks"
-    root.mkdir()
-    write_notebook(root / "widget.ipynb")
-    if app == "lab":
-        write_user_settings(home / "user-settings")
-    port, token = free_port(), secrets.token_hex(24)
-    base = f"http://127.0.0.1:{port}"
-    log_path = home / f"jupyter-{app}.log"
-    cmd = [
-        sys.executable, "-m", "jupyter", app,
-        "--no-browser",
-        f"--port={port}",
-        "--port-retries=0",
-        f"--IdentityProvider.token={token}",  # ServerApp.token is deprecated since jupyter_server 2
-        "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.root_dir={root}",
-        f"--{config}.user_settings_dir={home / 'user-settings'}",
-        f"--{config}.workspaces_dir={home / 'workspaces'}",
-        f"--{config}.expose_app_in_browser=True",
-    ]  # fmt: skip
-    if app == "lab":
-        cmd += [
-            "--LabApp.news_url=None",
-            "--LabApp.check_for_updates_class=jupyterlab.handlers.announcements.NeverCheckForUpdate",
-        ]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        cmd.append("--allow-root")  # containers and CI runners often run as root
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(cmd, env=kernel_env(settings, home), cwd=root, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"jupyter {app} exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                api(base, token, "/api/status")
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if time.monotonic() > deadline:
-                    log_tail = log_path.read_text()[-4000:]
-                    pytest.fail(f"jupyter {app} did not answer in {SERVER_START_TIMEOUT} s:\n{log_tail}")
-                time.sleep(0.5)
-        yield {"url": base, "token": token, "root": root, "log": log_path, "open": front["open"]}
-    finally:
-        try:  # shuts the kernels down too
-            api(base, token, "/api/shutdown", method="POST")
-            proc.wait(timeout=30)
-        except Exception:  # noqa: BLE001
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        log.close()
 
 
 @pytest.fixture(scope="session")
 def lab(settings: Any, indexed_engine: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A running JupyterLab over the indexed data dir."""
+    require_chromium()
     with jupyter_server("lab", settings, tmp_path_factory.mktemp("jupyter")) as server:
         yield server
 
@@ -238,6 +100,7 @@ def lab(settings: Any, indexed_engine: Any, tmp_path_factory: pytest.TempPathFac
 @pytest.fixture(scope="session")
 def notebook7(settings: Any, indexed_engine: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A running Jupyter Notebook 7 over the indexed data dir."""
+    require_chromium()
     with jupyter_server("notebook", settings, tmp_path_factory.mktemp("notebook7")) as server:
         yield server
 
@@ -247,9 +110,7 @@ def page() -> Iterator[Any]:
     """A Chromium page; fails the test on any console error or uncaught page error."""
     from playwright.sync_api import sync_playwright
 
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
-
+    require_chromium()
     errors: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
@@ -273,28 +134,6 @@ def page() -> Iterator[Any]:
         finally:
             browser.close()
     assert not errors, "browser errors:\n" + "\n".join(errors)
-
-
-def open_and_run_notebook(page: Any, lab: dict[str, Any], notebook: str = "widget.ipynb") -> Any:
-    """Open ``notebook``, wait for its kernel, run its first cell; returns the widget's root locator."""
-    page.goto(f"{lab['url']}{lab['open']}{notebook}?token={lab['token']}&reset")
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-    # The kernel is ready when the toolbar's kernel status says idle.
-    page.wait_for_function(
-        """() => {
-            const app = window.jupyterapp;
-            const panel = app && app.shell.currentWidget;
-            const kernel = panel && panel.sessionContext && panel.sessionContext.session
-                && panel.sessionContext.session.kernel;
-            return !!kernel && kernel.status === 'idle';
-        }""",
-        timeout=WIDGET_TIMEOUT,
-    )
-    page.locator(".jp-Notebook .jp-Cell").first.click()
-    page.keyboard.press("Shift+Enter")
-    widget = page.locator(".papyrus-search")
-    widget.wait_for(timeout=WIDGET_TIMEOUT)
-    return widget
 
 
 def wait_for_cards(page: Any, widget: Any, lab: dict[str, Any], name: str) -> Any:
@@ -444,7 +283,9 @@ def wait_history(page: Any, widget: Any, lab: dict[str, Any], count: int, name: 
 
 def step_states(widget: Any) -> dict[str, str]:
     items = widget.get_by_test_id("stages").locator("li")
-    return {items.nth(i).get_attribute("data-step"): items.nth(i).get_attribute("data-state") for i in range(items.count())}
+    return {
+        items.nth(i).get_attribute("data-step"): items.nth(i).get_attribute("data-state") for i in range(items.count())
+    }
 
 
 def file_payload(path: Path) -> dict[str, str]:
@@ -514,11 +355,15 @@ def test_compare_export_and_keyboard(page: Any, lab: dict[str, Any], tmp_path: P
     compare.wait_for(state="visible", timeout=10_000)
     for name in ("compare-query", "compare-result"):
         page.wait_for_function(
-            "img => img.complete && img.naturalWidth > 0", arg=widget.get_by_test_id(name).element_handle(), timeout=10_000
+            "img => img.complete && img.naturalWidth > 0",
+            arg=widget.get_by_test_id(name).element_handle(),
+            timeout=10_000,
         )
     result_img = widget.get_by_test_id("compare-result")
     page.wait_for_function("img => img.dataset.size === 'large'", arg=result_img.element_handle(), timeout=60_000)
-    page.wait_for_function("img => img.complete && img.naturalWidth > 256", arg=result_img.element_handle(), timeout=10_000)
+    page.wait_for_function(
+        "img => img.complete && img.naturalWidth > 256", arg=result_img.element_handle(), timeout=10_000
+    )
     assert "#1" in widget.get_by_test_id("compare").inner_text()
 
     # The verification evidence: query photo and reference side by side, one line per inlier pair
@@ -583,12 +428,15 @@ def test_compare_export_and_keyboard(page: Any, lab: dict[str, Any], tmp_path: P
     kernel_execute(page, "assert w.filters == {'place': 'Hermopolis'}, w.filters")
 
 
+CHOSEN_FILE_NAME = "() => document.querySelector('.papyrus-search [data-testid=\"file-input\"]').files[0].name"
+
+
 def test_drop_paste_and_history(page: Any, lab: dict[str, Any]) -> None:
     widget = open_and_run_notebook(page, lab)
     drop_file(widget, QUERY)
     widget.get_by_test_id("editor").wait_for(state="visible", timeout=10_000)
     assert widget.get_by_test_id("chosen-name").inner_text().startswith(QUERY.name)
-    assert page.evaluate("() => document.querySelector('.papyrus-search [data-testid=\"file-input\"]').files[0].name") == QUERY.name
+    assert page.evaluate(CHOSEN_FILE_NAME) == QUERY.name
     widget.get_by_test_id("search-button").click()
     cards = wait_for_cards(page, widget, lab, "drop")
     wait_state(page, widget, "done")
@@ -598,7 +446,7 @@ def test_drop_paste_and_history(page: Any, lab: dict[str, Any]) -> None:
     page.wait_for_function(
         "el => el.textContent.startsWith('pasted-image.jpg')", arg=widget.get_by_test_id("chosen-name").element_handle()
     )
-    assert page.evaluate("() => document.querySelector('.papyrus-search [data-testid=\"file-input\"]').files[0].name") == "pasted-image.jpg"
+    assert page.evaluate(CHOSEN_FILE_NAME) == "pasted-image.jpg"
     widget.get_by_test_id("search-button").click()
     history = widget.get_by_test_id("history-item")
     wait_history(page, widget, lab, 2, "paste")
@@ -634,7 +482,8 @@ def test_four_corner_crop_of_a_photographed_papyrus(page: Any, lab: dict[str, An
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise to display
     photo = tmp_path / "photo.jpg"
-    Image.open(io.BytesIO(data)).transpose(Image.Transpose.ROTATE_90).save(photo, "JPEG", quality=90, exif=exif.tobytes())
+    upright = Image.open(io.BytesIO(data)).transpose(Image.Transpose.ROTATE_90)
+    upright.save(photo, "JPEG", quality=90, exif=exif.tobytes())
     assert Image.open(photo).size == (PHOTO_SIZE[1], PHOTO_SIZE[0])
     widget = open_and_run_notebook(page, lab)
     widget.get_by_test_id("file-input").set_input_files(str(photo))
@@ -647,7 +496,11 @@ def test_four_corner_crop_of_a_photographed_papyrus(page: Any, lab: dict[str, An
 
     # The worker suggests the corners (in the downscaled copy's pixels; shown in the photo's).
     widget.get_by_test_id("suggest-button").click()
-    page.wait_for_function("c => c.dataset.count === '4' && c.dataset.suggested === 'true'", arg=canvas.element_handle(), timeout=RESULTS_TIMEOUT)
+    page.wait_for_function(
+        "c => c.dataset.count === '4' && c.dataset.suggested === 'true'",
+        arg=canvas.element_handle(),
+        timeout=RESULTS_TIMEOUT,
+    )
     assert_near(canvas_corners(canvas), truth, 0.02 * max(PHOTO_SIZE))
     widget.get_by_test_id("reset-button").click()
     assert canvas.get_attribute("data-count") == "0"
@@ -680,7 +533,8 @@ def test_four_corner_crop_of_a_photographed_papyrus(page: Any, lab: dict[str, An
         "import io\nfrom PIL import Image\n"
         "assert Image.open(io.BytesIO(w.query)).size == (1775, 2048), Image.open(io.BytesIO(w.query)).size\n"
         f"want = {[[x * scale, y * scale] for x, y in truth]!r}\n"
-        f"assert all(abs(a - b) <= {tolerance * scale + 1:.2f} for p, q in zip(w.corners, want) for a, b in zip(p, q)), w.corners\n"
+        f"assert all(abs(a - b) <= {tolerance * scale + 1:.2f}\n"
+        "           for p, q in zip(w.corners, want) for a, b in zip(p, q)), w.corners\n"
         "assert w.history[-1]['corners'] is not None",
     )
     widget.scroll_into_view_if_needed()
