@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_browser import CHROMIUM, CHROMIUM_ARGS
+from .realservers import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.browser
 
