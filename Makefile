@@ -44,7 +44,12 @@ demo: $(STAMP)
 test-js: system-deps
 	node --test js/test/
 
-test-py: $(STAMP) system-deps
+# ruff (style, imports) and mypy (types) must be clean; make test runs this first.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test-py: $(STAMP) system-deps lint
 	node js/build.mjs --check
 	$(BIN)/python -m pytest --full $(PYTEST_ARGS)
 
