@@ -198,30 +198,20 @@ def main() -> None:
     n_queries = args.queries or (5 if args.quick else 20)
     load_start = C.load_average()
 
-    from papyrus_widgets import index
     from papyrus_widgets.api import Engine
 
     errors: list[str] = []
     rows: list[dict[str, Any]] = []
     with C.workspace("browser") as ws:
         engine = Engine(ws.settings(workers=2))
-        t0 = time.perf_counter()
-        report = engine.ingest(C.REFERENCES, C.HGV_DIR, progress=False)
-        ingest_s = time.perf_counter() - t0
+        built = Q.build_index(engine, n_index)
+        papyri = built["papyri"]
         settings = engine.resolved_settings()
         url = settings.database_url
-        with index.connect(url) as conn:
-            (fingerprint,) = conn.execute("SELECT DISTINCT model FROM images").fetchone()
-            refs = conn.execute("SELECT object_key, thumb_key FROM images ORDER BY id").fetchall()
-            (real,) = conn.execute("SELECT count(*) FROM images").fetchone()
-        distract_s = Q.add_distractors(url, max(0, n_index - real), fingerprint, refs)
-        with index.connect(url) as conn:
-            (papyri,) = conn.execute("SELECT count(*) FROM papyri").fetchone()
-        print(f"index: {real} references ingested ({report}) + distractors in {distract_s:.1f} s → {papyri} papyri")
 
         client = engine.client
         C.warm_workers(client, settings)
-        warmed = Q.warm_reference_features(client, settings, sorted({key for key, _ in refs}))
+        warmed = Q.warm_reference_features(client, settings, built["reference_keys"])
         queries = Q.make_queries(WARMUP + n_queries)
         files = query_files(queries, ws.root / "queries")
         # The kernel uses this process's cluster: the same warm workers for every search.
@@ -278,7 +268,7 @@ def main() -> None:
     result = {
         "title": "Query latency in the browser: Search click → result cards rendered (warm cluster, warm page)",
         "quick": args.quick,
-        "index": {"papyri": papyri, "references": real, "distractors_s": distract_s, "ingest_s": ingest_s},
+        "index": {k: v for k, v in built.items() if k != "reference_keys"},
         "queries": len(rows),
         "warmup": WARMUP,
         "k": K,

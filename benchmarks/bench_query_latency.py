@@ -278,6 +278,37 @@ def add_distractors(url: str, n: int, fingerprint: str, refs: list[tuple[str, st
     return time.perf_counter() - t0
 
 
+def build_index(engine: Any, n_index: int) -> dict[str, Any]:
+    """Ingest the references through ``engine`` and pad the index with distractors to ``n_index``
+    papyri; returns what the figures report (counts, seconds, the references' object keys)."""
+    from papyrus_widgets import index
+
+    t0 = time.perf_counter()
+    report = engine.ingest(C.REFERENCES, C.HGV_DIR, progress=False)
+    ingest_s = time.perf_counter() - t0
+    url = engine.resolved_settings().database_url
+    with index.connect(url) as conn:
+        fingerprint = index.scalar(conn, "SELECT DISTINCT model FROM images")
+        refs = conn.execute("SELECT object_key, thumb_key FROM images ORDER BY id").fetchall()
+        real = index.scalar(conn, "SELECT count(*) FROM images")
+    distract_s = add_distractors(url, max(0, n_index - real), fingerprint, refs)
+    with index.connect(url) as conn:
+        papyri = index.scalar(conn, "SELECT count(*) FROM papyri")
+        images = index.scalar(conn, "SELECT count(*) FROM images")
+    print(
+        f"index: {real} references ingested ({report}) + {images - real} distractors in {distract_s:.1f} s "
+        f"→ {papyri} papyri, {images} images"
+    )
+    return {
+        "papyri": papyri,
+        "images": images,
+        "references": real,
+        "distractors_s": distract_s,
+        "ingest_s": ingest_s,
+        "reference_keys": sorted({key for key, _ in refs}),
+    }
+
+
 # --- the floor -----------------------------------------------------------------------------
 
 
@@ -352,34 +383,20 @@ def main() -> None:
     floor_reps = 15 if args.quick else 50
     load_start = C.load_average()
 
-    from papyrus_widgets import index
     from papyrus_widgets.api import Engine
     from papyrus_widgets.widget import PapyrusSearch, query_preview_bytes
 
     with C.workspace("latency") as ws:
         engine = Engine(ws.settings(workers=2))
-        t0 = time.perf_counter()
-        report = engine.ingest(C.REFERENCES, C.HGV_DIR, progress=False)
-        ingest_s = time.perf_counter() - t0
+        built = build_index(engine, n_index)
+        papyri = built["papyri"]
         settings = engine.resolved_settings()
         url = settings.database_url
-        with index.connect(url) as conn:
-            (fingerprint,) = conn.execute("SELECT DISTINCT model FROM images").fetchone()
-            refs = conn.execute("SELECT object_key, thumb_key FROM images ORDER BY id").fetchall()
-            (real,) = conn.execute("SELECT count(*) FROM images").fetchone()
-        distract_s = add_distractors(url, max(0, n_index - real), fingerprint, refs)
-        with index.connect(url) as conn:
-            (papyri,) = conn.execute("SELECT count(*) FROM papyri").fetchone()
-            (images,) = conn.execute("SELECT count(*) FROM images").fetchone()
-        print(
-            f"index: {real} references ingested ({report}) + {images - real} distractors in {distract_s:.1f} s "
-            f"→ {papyri} papyri, {images} images"
-        )
 
         queries = make_queries(n_queries)
         client = engine.client
         C.warm_workers(client, settings)
-        warmed = warm_reference_features(client, settings, sorted({key for key, _ in refs}))
+        warmed = warm_reference_features(client, settings, built["reference_keys"])
         worker_threads = max(client.run(lambda: __import__("torch").get_num_threads()).values())
         previews = {
             name: query_preview_bytes(data, None) for name, data in queries
@@ -440,13 +457,7 @@ def main() -> None:
     result = {
         "title": "Query latency: Search → hits in the kernel (warm cluster)",
         "quick": args.quick,
-        "index": {
-            "papyri": papyri,
-            "images": images,
-            "references": real,
-            "distractors_s": distract_s,
-            "ingest_s": ingest_s,
-        },
+        "index": {k: v for k, v in built.items() if k != "reference_keys"},
         "queries": len(queries),
         "k": K,
         "poll_seconds": POLL_SECONDS,
