@@ -78,6 +78,7 @@ def main() -> int:
     t0 = time.perf_counter()
     status: dict[str, dict[str, Any]] = {}
     for name, script, limit in selected:
+        kept = _opt_in_sizes(args.out / f"{name}.json") if name == "knn" and not million else []
         (args.out / f"{name}.json").unlink(missing_ok=True)  # never report a stale figure
         cmd = [sys.executable, str(HERE / script), "--out", str(args.out)]
         if args.quick:
@@ -91,6 +92,8 @@ def main() -> int:
         rc = _run(cmd, log_path, limit)
         seconds = time.perf_counter() - s0
         ok = rc == 0 and (args.out / f"{name}.json").is_file()
+        if ok and kept:  # the opt-in 1,000,000-vector figure of an earlier --million run stays, dated
+            _keep_sizes(args.out / f"{name}.json", kept)
         status[name] = {"ok": ok, "rc": rc, "seconds": seconds, "log": str(log_path)}
         print(
             f"=== {name}: {'ok' if ok else f'FAILED (exit {rc}), see {log_path}'} in {seconds:.0f} s",
@@ -259,6 +262,24 @@ def render(
         lines += ["", *fn(results.get(name), status.get(name))]
     lines.append("")
     return "\n".join(lines)
+
+
+def _opt_in_sizes(path: Path) -> list[dict[str, Any]]:
+    """The 1,000,000-vector sizes of an earlier kNN result (each dated), to carry into a run
+    without --million."""
+    old = _read(path) or {}
+    return [
+        {**size, "from_run": size.get("from_run") or old.get("date", "?")}
+        for size in old.get("sizes", [])
+        if size.get("vectors", 0) >= 1_000_000
+    ]
+
+
+def _keep_sizes(path: Path, sizes: list[dict[str, Any]]) -> None:
+    result = _read(path) or {}
+    have = {s["vectors"] for s in result.get("sizes", [])}
+    result["sizes"] = result.get("sizes", []) + [s for s in sizes if s["vectors"] not in have]
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
 def _run_alone(result: dict[str, Any], started: datetime, wall: float) -> bool:
@@ -459,7 +480,8 @@ def render_knn(r: dict[str, Any] | None, st: dict[str, Any] | None) -> list[str]
     for size in r["sizes"]:
         ra, b = size["ratios"], size["build"]
         out += [
-            f"### {size['vectors']:,} vectors",
+            f"### {size['vectors']:,} vectors"
+            + (f" (from the `--million` run of {size['from_run'][:16].replace('T', ' ')} UTC)" if size.get("from_run") else ""),
             "",
             f"**Ratio: HNSW (`index.knn`, ef_search 40) is {ra['exact_postgres_over_hnsw_p50']:.0f}x faster than the exact scan in "
             f"PostgreSQL and "
