@@ -244,11 +244,7 @@ def reference_features(settings: Settings, image_key: str) -> Any:
             stored = Features.from_bytes(store.get(fkey))
             if stored.params == feature_params():
                 return stored
-        except KeyError:
-            pass  # not stored (yet)
-        except PapyrusError:
-            pass  # the store failed to give it: the original may still come
-        except Exception:  # noqa: BLE001 - an unreadable .npz is recomputed, never fatal
+        except Exception:  # noqa: BLE001 - not stored (yet), the store failing, an unreadable .npz: recompute
             pass
         data = store.get(image_key)
         img = imaging.decode_image(data, max_pixels=settings.max_image_pixels, max_side=MAX_SIDE, name=image_key)
@@ -289,14 +285,9 @@ def verify_task(settings: Settings, query_key: str, name: str, hits: list[Hit], 
         query = extract_features(img, size=img.info.get("original_size"))
     except PapyrusError:
         return hits[:k]
-    sizes: dict[str, list[int]] = {}  # reference sizes by image key, as their features were had
-
-    def features_of(image_key: str) -> Any:
-        feats = reference_features(settings, image_key)
-        sizes[image_key] = [int(feats.size[0]), int(feats.size[1])]
-        return feats
-
-    candidates = [Candidate(h.score, functools.partial(features_of, h.image_key), h) for h in head if h.image_key]
+    candidates = [
+        Candidate(h.score, functools.partial(reference_features, settings, h.image_key), h) for h in head if h.image_key
+    ]
     ordered: list[Hit] = []
     for r in rerank(query, candidates):
         hit: Hit = r.payload
@@ -305,8 +296,8 @@ def verify_task(settings: Settings, query_key: str, name: str, hits: list[Hit], 
         if r.verification is not None:
             hit.inliers = r.verification.inliers
             hit.matches = r.verification.matches
-            hit.query_size = [int(query.size[0]), int(query.size[1])]
-            hit.reference_size = sizes.get(hit.image_key or "")
+            hit.query_size = r.verification.query_size
+            hit.reference_size = r.verification.reference_size
         ordered.append(hit)
     ordered += [h for h in head if not h.image_key] + tail
     for h in tail:
@@ -392,9 +383,9 @@ class SearchJob:
         self.id = uuid.uuid4().hex[:12]
         self.name = name
         self.query_key = query_key
+        """Object key of the stored query image (what ``Hit.matches`` query pixels refer to)."""
         self.crop_key = crop_key
         """Where the deskewed crop is stored once the preparing stage ran (searches with corners)."""
-        """Object key of the stored query image (what ``Hit.matches`` query pixels refer to)."""
         self._client = client
         self._futures = futures  # [(stage, future)] in order
         self._started = time.monotonic()
@@ -526,8 +517,10 @@ class BatchReport:
 
 
 def ingest_batch_task(settings: Settings, items: Sequence[IngestItem]) -> BatchReport:
-    """Read, store (original + thumbnail), embed and COPY one batch of images; skips what is indexed."""
+    """Read, store (original, thumbnail, local features), embed and COPY one batch of images; skips
+    what is indexed."""
     from .model import embed_arrays
+    from .verify import extract_features
 
     url, source = _require_resolved(settings)
     model, fingerprint = worker_model(source, settings.model_revision)
@@ -566,8 +559,6 @@ def ingest_batch_task(settings: Settings, items: Sequence[IngestItem]) -> BatchR
             store.put(key, data, "image/jpeg" if ext == ".jpg" else "application/octet-stream")
             store.put(thumb_key, imaging.thumbnail_bytes(img, settings.thumbnail_size), "image/jpeg")
             if settings.verify:  # the searches' verifying stage reads them instead of decoding the scan
-                from .verify import extract_features
-
                 features = extract_features(img, size=(int(width), int(height)))
                 store.put(objects.features_key(key), features.to_bytes())
             arrays.append(imaging.model_input(img))

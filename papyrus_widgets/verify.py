@@ -106,7 +106,8 @@ class Verification:
     ``inliers``: RANSAC inliers of the homography (0 when none could be fitted);
     ``matches``: up to :data:`MAX_EVIDENCE` inlier pairs ``[qx, qy, rx, ry]`` (query and reference
     pixels, best descriptor distance first); ``homography``: 3x3 reference → query pixels, or None;
-    ``support``: the 0 … 1 factor the score blend uses; ``seconds``: time spent matching.
+    ``support``: the 0 … 1 factor the score blend uses; ``seconds``: time spent matching;
+    ``query_size`` / ``reference_size``: ``[width, height]`` of the images the points refer to.
     """
 
     inliers: int
@@ -114,6 +115,8 @@ class Verification:
     homography: list[list[float]] | None
     support: float
     seconds: float = 0.0
+    query_size: list[int] | None = None
+    reference_size: list[int] | None = None
 
 
 # --- features ------------------------------------------------------------------------------------
@@ -224,7 +227,8 @@ def match(
     import cv2
 
     t0 = time.perf_counter()
-    empty = Verification(0, [], None, 0.0)
+    q_size, r_size = [int(v) for v in query.size], [int(v) for v in reference.size]
+    empty = Verification(0, [], None, 0.0, query_size=q_size, reference_size=r_size)
     if query.method != reference.method:
         raise ValueError(f"cannot match {query.method} features against {reference.method} features")
     if len(query) < 4 or len(reference) < 4:
@@ -278,6 +282,8 @@ def match(
         homography=[[float(v) for v in row] for row in Hs],
         support=support(n),
         seconds=time.perf_counter() - t0,
+        query_size=q_size,
+        reference_size=r_size,
     )
 
 
