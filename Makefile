@@ -13,10 +13,16 @@ STAMP  := $(VENV)/.installed
 GALLERY ?= $(firstword $(wildcard ../shared/data/heidelberg) $(wildcard shared/data/heidelberg))
 PYTEST_ARGS ?=
 
+# $(call need_disk,DIR,GB,WHAT): stop with a plain message, instead of pip's "No space left on
+# device" halfway through, when DIR's filesystem has less than GB free. DISK_CHECK=0 skips it.
+need_disk = [ "$(DISK_CHECK)" = 0 ] || { free=$$(df -Pk "$(1)" | awk 'NR==2 {print int($$4 / 1048576)}'); \
+  [ "$$free" -ge $(2) ] || { echo "make: $(2) GB free needed in $(1) for $(3); $$free GB free there." \
+  "Free some space (old venvs, /tmp/pytest-of-$$(id -un)) or set DISK_CHECK=0 to try anyway." >&2; exit 1; }; }
+
 .PHONY: install system-deps static demo test test-full test-js test-py lint clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/python || { $(call need_disk,.,7,the venv (a CUDA build of torch from PyPI)) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[test]'
 	@touch $@
 
@@ -51,6 +57,7 @@ lint: $(STAMP)
 
 test-py: $(STAMP) system-deps lint
 	node js/build.mjs --check
+	@$(call need_disk,$${TMPDIR:-/tmp},8,the tests (the Binder test builds a second venv there; all is removed after))
 	$(BIN)/python -m pytest --full $(PYTEST_ARGS)
 
 test: test-js test-py
