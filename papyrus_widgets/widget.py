@@ -128,6 +128,11 @@ class PapyrusSearch(anywidget.AnyWidget):
     _css = STATIC / "widget.css"
 
     k = t.Int(8, help="number of results").tag(sync=True)
+    ef_search = t.Int(
+        0,
+        help="HNSW candidate list of each search (1 … 1000; 0: automatic, max(40, 2k)); kernel-side only, "
+        "for large collections: higher finds the true neighbours more often, a little more slowly",
+    )
     max_side = t.Int(
         2048, help="long side (px) to which the browser downscales larger photos before sending them"
     ).tag(sync=True)
@@ -224,11 +229,13 @@ class PapyrusSearch(anywidget.AnyWidget):
         *,
         corners: Sequence[Sequence[float]] | None = None,
         filters: Mapping[str, Any] | None = None,
+        ef_search: int | None = None,
     ) -> SearchJob | None:
         """Search with ``query`` (or the current :attr:`query`) and show the results.
 
         ``corners``: four (x, y) points in the image's pixels, in any order, to deskew the papyrus
-        before searching (None: the whole image). ``filters``: replaces :attr:`filters` first.
+        before searching (None: the whole image). ``filters``: replaces :attr:`filters` first, and
+        ``ef_search`` replaces :attr:`ef_search` (0: automatic).
         Returns the submitted job, or None when the search could not start; the reason is then
         shown in the widget (``status`` / ``error``). A search still running is cancelled first.
         """
@@ -239,6 +246,8 @@ class PapyrusSearch(anywidget.AnyWidget):
                 self.k = int(k)
             if filters is not None:
                 self.filters = clean_filters(filters)
+            if ef_search is not None:
+                self.ef_search = int(ef_search)
             if self._query is None:
                 raise ImageError("no query image: choose an image file, or call search('photo.jpg').")
             corner_list = _corner_list(corners)
@@ -412,7 +421,9 @@ class PapyrusSearch(anywidget.AnyWidget):
             self.status = {"state": "running", "stage": "submitting", "elapsed": 0.0, "message": ""}
         engine = self._get_engine()
         loop = _current_loop()  # the loop of the thread that handles this kernel message
-        job = engine.submit_search(data, name=name, k=int(self.k), corners=corners, filters=filters)
+        job = engine.submit_search(
+            data, name=name, k=int(self.k), corners=corners, filters=filters, ef_search=int(self.ef_search) or None
+        )
         self._loop = loop
         self._job = job
         if corners is not None:  # valid: the engine checked them

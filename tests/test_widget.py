@@ -398,6 +398,29 @@ def test_k_out_of_range_is_a_readable_error(indexed_engine: Any) -> None:
     asyncio.run(main())
 
 
+def test_ef_search_trait_reaches_the_knn_query(indexed_engine: Any) -> None:
+    async def main() -> None:
+        w = PapyrusSearch(k=3, engine=indexed_engine)
+        assert w.search(QUERY) is not None, w.error
+        assert (await finished(w))["state"] == "done"
+        assert w.last_results.ef_search == 40  # automatic: max(40, 2 x candidates)
+
+        w.ef_search = 150
+        assert w.search(QUERY) is not None, w.error
+        assert (await finished(w))["state"] == "done"
+        assert w.last_results.ef_search == 150  # as the server reported it
+        assert w.results[0]["inventory_key"] == QUERY_INVENTORY
+
+        assert w.search(QUERY, ef_search=5000) is None  # out of pgvector's range
+        assert w.status["state"] == "error" and "ef_search" in w.error and "1000" in w.error
+        assert w.job is None and w._timer is None
+        assert w.search(QUERY, ef_search=0) is not None, w.error  # back to automatic
+        assert (await finished(w))["state"] == "done" and w.last_results.ef_search == 40
+        w.close()
+
+    asyncio.run(main())
+
+
 def test_search_from_a_kernel_cell(
     settings: Any, indexed_engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
