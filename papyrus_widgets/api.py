@@ -155,6 +155,8 @@ class IngestReport:
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    uploaded: int = 0
+    """Scans the client sent to the workers through the object store (``ingest(upload=...)``)."""
 
     @property
     def total(self) -> int:
@@ -164,6 +166,8 @@ class IngestReport:
         text = f"{self.added} added, {self.skipped} skipped (already indexed), {len(self.failed)} failed"
         if self.seconds:
             text += f" in {self.seconds:.1f} s"
+        if self.uploaded:
+            text += f"; {self.uploaded} sent to the workers through the object store"
         return text + "".join(f"\n  failed: {Path(p).name}: {why}" for p, why in self.failed)
 
 
@@ -358,6 +362,7 @@ class Engine:
         batch_size: int = 8,
         progress: bool = True,
         bulk: bool | None = None,
+        upload: bool | None = None,
     ) -> IngestReport:
         """Index every image under ``folder`` with its catalogue record (HGV XML dir or CSV).
 
@@ -365,7 +370,13 @@ class Engine:
         ingest fails or is interrupted; if the process dies, the next engine or ingest builds it).
         Default: when the ingest is a bulk load by :func:`index.bulk_load_wanted` (at least
         ``BULK_MIN_ROWS`` images and half as many as are indexed); otherwise each batch inserts
-        into the index as it goes."""
+        into the index as it goes.
+
+        ``upload``: this process reads each scan and stages it in the object store (``uploads/``,
+        removed at the end) for the workers, instead of the workers reading ``folder`` themselves;
+        scans already indexed are not sent. Default: when a worker cannot see the folder's files
+        (workers on other machines without a shared file system). The workers must reach the
+        same object store (S3/MinIO, or a shared directory)."""
         import time
 
         t0 = time.perf_counter()
@@ -377,31 +388,83 @@ class Engine:
         if bulk is None:
             with index.connect(url) as conn:
                 bulk = index.bulk_load_wanted(index.image_count(conn), len(items))
+        if upload is None:
+            upload = bool(items) and not self._workers_see(items[0].path)
         if not bulk:
             index.ensure_hnsw(url)  # an earlier bulk ingest may have died before its build
         with index.hnsw_deferred(url) if bulk else contextlib.nullcontext():
-            report = self._run_ingest(settings, items, batch_size, progress)
+            report = self._run_ingest(settings, items, batch_size, progress, upload)
         report.seconds = time.perf_counter() - t0
         return report
 
+    def _workers_see(self, path: str) -> bool:
+        """Whether every worker can read ``path`` (False when one cannot; True with no workers yet)."""
+        seen = self.client.run(os.path.isfile, path)
+        return all(seen.values())
+
+    def _stage_uploads(
+        self, url: str, run: str, batch: list[jobs.IngestItem], report: IngestReport, staged: set[str]
+    ) -> list[jobs.IngestItem]:
+        """Read ``batch`` here and put the scans that are not indexed yet into the object store
+        (``objects.upload_key``); returns the items to send, with their ``upload_key``. Unreadable
+        files and scans already indexed go into ``report`` at once."""
+        import dataclasses
+
+        loaded: list[tuple[jobs.IngestItem, bytes, str]] = []
+        for item in batch:
+            try:
+                data = Path(item.path).read_bytes()
+            except OSError as exc:
+                report.failed.append((item.path, f"cannot read the file: {exc.strerror}"))
+                continue
+            loaded.append((item, data, imaging.sha256_hex(data)))
+        with index.pooled_connection(url) as conn:
+            present = index.existing_images(conn, [(it.record.key, sha) for it, _, sha in loaded])
+        send: list[jobs.IngestItem] = []
+        for item, data, sha in loaded:
+            if (item.record.key, sha) in present:
+                report.skipped += 1
+                continue
+            key = objects.upload_key(run, sha, item.path)
+            if key not in staged:
+                self.store.put(key, data)
+                staged.add(key)
+                report.uploaded += 1
+            send.append(dataclasses.replace(item, upload_key=key))
+        return send
+
     def _run_ingest(
-        self, settings: Settings, items: list[jobs.IngestItem], batch_size: int, progress: bool
+        self, settings: Settings, items: list[jobs.IngestItem], batch_size: int, progress: bool, upload: bool = False
     ) -> IngestReport:
+        import uuid
+
         from distributed import as_completed
         from tqdm.auto import tqdm
 
         client = self.client
         report = IngestReport()
-        futures = [
-            client.submit(jobs.ingest_batch_task, settings, items[i : i + batch_size], pure=False, retries=1)
-            for i in range(0, len(items), batch_size)
-        ]
-        sizes = {f.key: len(items[i * batch_size : (i + 1) * batch_size]) for i, f in enumerate(futures)}
+        url = settings.database_url or self.database_url
+        run = uuid.uuid4().hex
+        staged: set[str] = set()
+        futures: list[Any] = []
+        sizes: dict[str, int] = {}
         bar = tqdm(total=len(items), unit="img", desc="ingest", disable=not progress)
         try:
+            # Batch by batch, so that the workers embed one batch while this process sends the next.
+            for i in range(0, len(items), batch_size):
+                batch = items[i : i + batch_size]
+                if upload:
+                    done = report.total
+                    batch = self._stage_uploads(url, run, batch, report, staged)
+                    bar.update(report.total - done)  # unreadable or already indexed: settled here
+                    if not batch:
+                        continue
+                fut = client.submit(jobs.ingest_batch_task, settings, batch, pure=False, retries=1)
+                futures.append(fut)
+                sizes[fut.key] = len(batch)
             for fut in as_completed(futures, loop=client.loop):
                 try:
-                    batch: jobs.BatchReport = fut.result()
+                    result: jobs.BatchReport = fut.result()
                 except PapyrusError as exc:  # the same for every batch (a service, the model): stop
                     client.cancel(futures)
                     error = jobs.detach_error(exc)
@@ -419,15 +482,18 @@ class Engine:
                     report.failed.append((f"batch {fut.key}", jobs.error_message(exc)))
                     bar.update(sizes[fut.key])
                     continue
-                report.added += batch.added
-                report.skipped += batch.skipped
-                report.failed.extend(batch.failed)
+                report.added += result.added
+                report.skipped += result.skipped
+                report.failed.extend(result.failed)
                 bar.update(sizes[fut.key])
         except BaseException:
             client.cancel(futures)  # e.g. Ctrl-C: stop the batches before the index is built
             raise
         finally:
             bar.close()
+            for key in staged:  # the staged copies have served (or the ingest is over): remove them
+                with contextlib.suppress(Exception):
+                    self.store.delete(key)
         return report
 
     def stats(self) -> dict[str, Any]:

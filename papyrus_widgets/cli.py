@@ -106,7 +106,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from .api import get_engine
 
     engine = get_engine(_settings(args))
-    report = engine.ingest(args.folder, args.metadata, batch_size=args.batch_size, progress=not args.quiet)
+    report = engine.ingest(
+        args.folder, args.metadata, batch_size=args.batch_size, progress=not args.quiet, upload=args.upload
+    )
     print(report)
     stats = engine.stats()
     print(f"index: {stats['papyri']} papyri, {stats['images']} images (model {stats['model_source']})")
@@ -327,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("folder")
     i.add_argument("--metadata", help="HGV EpiDoc XML folder/file or CSV with the catalogue records")
     i.add_argument("--batch-size", type=int, default=8)
+    i.add_argument(
+        "--upload", action=argparse.BooleanOptionalAction, default=None,
+        help="send the scans to the workers through the object store (default: only when a worker cannot "
+        "see the folder, i.e. workers on other machines without a shared file system)",
+    )  # fmt: skip
     i.add_argument("--quiet", action="store_true", help="no progress bar")
     i.set_defaults(func=cmd_ingest)
 

@@ -507,6 +507,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".g
 class IngestItem:
     path: str
     record: PapyrusRecord
+    upload_key: str | None = None
+    """Where the client staged the scan's bytes in the object store (``objects.upload_key``) for
+    workers that cannot read ``path``; None: the worker reads ``path`` itself."""
 
 
 @dataclass
@@ -529,11 +532,22 @@ def ingest_batch_task(settings: Settings, items: Sequence[IngestItem]) -> BatchR
     report = BatchReport()
     loaded: list[tuple[IngestItem, bytes, str]] = []
     for item in items:
-        try:
-            data = Path(item.path).read_bytes()
-        except OSError as exc:
-            report.failed.append((item.path, f"cannot read the file: {exc.strerror}"))
-            continue
+        if item.upload_key:
+            try:
+                data = store.get(item.upload_key)
+            except KeyError:
+                report.failed.append((item.path, "its upload is gone from the object store: run the ingest again"))
+                continue
+        else:
+            try:
+                data = Path(item.path).read_bytes()
+            except FileNotFoundError:
+                why = "not found on the worker: a worker on another machine needs the files on a shared file system"
+                report.failed.append((item.path, why + ", or an ingest with upload (papyrus ingest --upload)"))
+                continue
+            except OSError as exc:
+                report.failed.append((item.path, f"cannot read the file: {exc.strerror}"))
+                continue
         loaded.append((item, data, imaging.sha256_hex(data)))
     with index.pooled_connection(url) as conn:
         other = conn.execute("SELECT model FROM images WHERE model <> %s LIMIT 1", (fingerprint,)).fetchone()

@@ -28,13 +28,16 @@ CROPS = "crops"
 """Deskewed query crops (JPEG), as the model saw them, keyed by the query and its corners."""
 FEATURES = "features"
 """Local features of each original (``verify.Features`` as ``.npz``), made at ingest."""
+UPLOADS = "uploads"
+"""Scans an ingest sent through the store because its workers cannot read the client's files
+(``Engine.ingest(upload=...)``); removed when that ingest ends."""
 
 _EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
 
 
 def object_key(prefix: str, sha256: str, ext: str = "") -> str:
     """``originals/ab/abcdef….jpg`` — the one way keys are made."""
-    if prefix not in (ORIGINALS, QUERIES, THUMBNAILS, CROPS, FEATURES):
+    if prefix not in (ORIGINALS, QUERIES, THUMBNAILS, CROPS, FEATURES, UPLOADS):
         raise ValueError(f"unknown object prefix {prefix!r}")
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
         raise ValueError("object keys are made from a sha256 hex digest")
@@ -86,6 +89,14 @@ class ObjectStore(Protocol):
     def count(self, prefix: str = "") -> int: ...
 
     def describe(self) -> str: ...
+
+
+def upload_key(run: str, sha256: str, name: str) -> str:
+    """``uploads/ab/<sha256>.jpg``: where ingest ``run`` stages the scan with content ``sha256``
+    (named ``name``) for its workers. Keyed by run and content, so two ingests of the same scan at
+    once never remove each other's copy, and a scan listed twice in one run is sent once."""
+    digest = hashlib.sha256(f"{run}|{sha256}".encode()).hexdigest()
+    return object_key(UPLOADS, digest, extension_for(name))
 
 
 class LocalStore:

@@ -215,11 +215,14 @@ class DaskCluster:
     worker_pids: set[int]
 
 
-@pytest.fixture(scope="module")
-def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
-    """A ``dask scheduler`` and two ``dask worker`` processes (no nanny, one thread each, named
-    ``papyrus-w0`` and ``papyrus-w1``) on 127.0.0.1, reached by address or scheduler file."""
-    root = tmp_path_factory.mktemp("external-dask")
+@contextlib.contextmanager
+def dask_processes(root: Path, workers: int = 2, *, hide: Path | None = None) -> Iterator[DaskCluster]:
+    """A ``dask scheduler`` and ``workers`` ``dask worker`` processes (no nanny, one thread each,
+    named ``papyrus-w0``, …) on 127.0.0.1, their logs and scheduler file in ``root``; stopped at the
+    end. ``hide``: a folder the workers cannot see, as on another machine without a shared file
+    system. Each worker then runs in a mount namespace of its own (``unshare``, util-linux) with
+    an empty tmpfs mounted over that folder; the scheduler and this process still see it."""
+    root.mkdir(parents=True, exist_ok=True)
     scheduler_file = root / "scheduler.json"
     env = {
         **os.environ,
@@ -229,36 +232,48 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskClust
     procs: list[subprocess.Popen] = []
     logs: list[Path] = []
 
-    def start(name: str, module: str, *args: str) -> subprocess.Popen:
+    def start(name: str, cmd: list[str]) -> subprocess.Popen:
         logs.append(root / f"{name}.log")
         with logs[-1].open("w") as out:
-            cmd = [sys.executable, "-m", module, *args]
             procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root))
         return procs[-1]
 
     common = ["--host", "127.0.0.1", "--scheduler-file", str(scheduler_file), "--no-dashboard"]
     try:
-        scheduler = start("scheduler", "distributed.cli.dask_scheduler", "--port", "0", *common)
+        scheduler = start("scheduler", [sys.executable, "-m", "distributed.cli.dask_scheduler", "--port", "0", *common])
         wait_for("dask scheduler", lambda: scheduler_file.exists() or None, procs=(scheduler,), log=logs[0])
-        workers = [
-            start(f"worker{i}", "distributed.cli.dask_worker", "--nthreads", "1", "--no-nanny",
-                  "--name", f"papyrus-w{i}", *common)  # fmt: skip
-            for i in range(2)
-        ]
+        started = []
+        for i in range(workers):
+            cmd = [sys.executable, "-m", "distributed.cli.dask_worker", "--nthreads", "1", "--no-nanny",
+                   "--name", f"papyrus-w{i}", *common]  # fmt: skip
+            if hide is not None:
+                # root may mount in a new mount namespace; anyone else in a user namespace of their own
+                userns = [] if os.geteuid() == 0 else ["--map-root-user"]
+                script = 'mount -t tmpfs papyrus-hidden "$0" && exec "$@"'
+                cmd = ["unshare", "--mount", "--propagation", "private", *userns, "sh", "-c", script, str(hide), *cmd]
+            started.append(start(f"worker{i}", cmd))
         from distributed import Client
 
         with Client(scheduler_file=str(scheduler_file), timeout=30) as probe:
             address = probe.scheduler.address
             wait_for(
-                "two dask workers",
-                lambda: len(probe.scheduler_info()["workers"]) == 2 or None,
+                f"{workers} dask workers",
+                lambda: len(probe.scheduler_info()["workers"]) == workers or None,
                 procs=tuple(procs),
                 log=logs[-1],
             )
-        yield DaskCluster(address, scheduler_file, {w.pid for w in workers})
+        # unshare and sh exec the worker: the processes started here are the workers themselves
+        yield DaskCluster(address, scheduler_file, {w.pid for w in started})
     finally:
         for proc in reversed(procs):  # workers first, then the scheduler
             stop(proc)
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    """A ``dask scheduler`` and two ``dask worker`` processes, reached by address or scheduler file."""
+    with dask_processes(tmp_path_factory.mktemp("external-dask")) as cluster:
+        yield cluster
 
 
 # --- JupyterLab / Jupyter Notebook 7 over a data dir, for headless Chromium (tests/test_browser.py,

@@ -123,3 +123,12 @@ def test_ingest_cli_reports_summary(settings, tmp_path):
     assert "2 added, 0 skipped (already indexed), 1 failed" in proc.stdout
     assert "broken.jpg" in proc.stdout
     assert "index: 2 papyri, 2 images" in proc.stdout
+
+    # --upload: this process sends the scans not yet indexed (and the broken one) through the store
+    (folder / "19331_p_g_107.jpg").symlink_to(REFERENCES / "19331_p_g_107.jpg")
+    proc = run(["ingest", str(folder), "--quiet", "--upload", "--data-dir", str(tmp_path / "data")], settings)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 added, 2 skipped (already indexed), 1 failed" in proc.stdout
+    assert "; 2 sent to the workers through the object store" in proc.stdout
+    assert "index: 3 papyri, 3 images" in proc.stdout
+    assert not [p for p in (tmp_path / "data").rglob("uploads/*/*") if p.is_file()]  # staged copies removed

@@ -22,13 +22,21 @@ from typing import Iterator
 import psycopg
 import pytest
 
-from papyrus_widgets import index, jobs, services
+from papyrus_widgets import index, jobs, objects, services
 from papyrus_widgets.api import Engine
 from papyrus_widgets.config import Settings
 from papyrus_widgets.errors import ServiceError
 
 from .conftest import HGV_DIR, REFERENCES
-from .realservers import DaskCluster, dask_cluster, free_port, s3, stop, wait_for  # noqa: F401 - fixtures
+from .realservers import (  # noqa: F401 - fixtures
+    DaskCluster,
+    dask_cluster,
+    dask_processes,
+    free_port,
+    s3,
+    stop,
+    wait_for,
+)
 
 FOUR = ["19331_p_g_107.jpg", "21108_p_g_407_a-c.jpg", "19317_p_g_192_c.jpg", "21114_p_g_24.jpg"]
 APP_USER = "papyrus_app"
@@ -207,6 +215,51 @@ def test_engine_on_an_external_scheduler_and_postgres(pg, dask_cluster, tmp_path
         assert _images(pg, "papyrus_dask") == 4
     finally:
         _close(client)
+
+
+def test_ingest_sends_the_scans_to_workers_that_cannot_see_them(pg, s3, tmp_path, model_dir):
+    """Workers on "another machine": each in a mount namespace where the scans' folder is an empty
+    tmpfs, reaching PostgreSQL and S3 by URL. The ingest notices, sends the scans through S3, and
+    removes the copies."""
+    (tmp_path / "scans").mkdir()
+    folder = _four_references(tmp_path / "scans" / "references")
+    url = pg.database("papyrus_upload")
+    with dask_processes(tmp_path / "dask", workers=2, hide=tmp_path / "scans") as cluster:
+        settings = s3.settings(
+            f"papyrus-upload-{uuid.uuid4().hex[:8]}",
+            data_dir=tmp_path / "data",
+            database_url=url,
+            model=str(model_dir),
+            dask_scheduler=cluster.address,
+        )
+        engine = Engine(settings)
+        client = engine.client
+        try:
+            _our_workers_only(client, cluster)
+            scan = str(folder / FOUR[0])
+            assert set(client.run(os.path.isfile, scan).values()) == {False}  # truly out of their sight
+            assert os.path.isfile(scan) and not engine._workers_see(scan)
+
+            # Told to read the files themselves, the workers fail each scan, and say why.
+            report = engine.ingest(folder, HGV_DIR, batch_size=2, progress=False, upload=False)
+            assert (report.added, report.skipped, report.uploaded, len(report.failed)) == (0, 0, 0, 4)
+            assert all("not found on the worker" in why and "--upload" in why for _, why in report.failed)
+
+            # By default the ingest sees that they cannot read them and sends them.
+            report = engine.ingest(folder, HGV_DIR, batch_size=2, progress=False)
+            assert (report.added, report.skipped, report.failed, report.uploaded) == (4, 0, [], 4), report
+            assert "4 sent to the workers through the object store" in str(report)
+            assert engine.store.count(objects.UPLOADS) == 0  # the staged copies are gone
+            assert engine.store.count(objects.ORIGINALS) == 4 and engine.store.count(objects.THUMBNAILS) == 4
+            results = engine.search(folder / "21114_p_g_24.jpg", k=4)
+            assert results.top.inventory_key == "p_g_24" and len(results) == 4 and results.top.thumbnail
+
+            # Again: nothing is sent, since every scan is indexed already.
+            report = engine.ingest(folder, HGV_DIR, batch_size=2, progress=False)
+            assert (report.added, report.skipped, report.failed, report.uploaded) == (0, 4, [], 0), report
+            assert _images(pg, "papyrus_upload") == 4
+        finally:
+            _close(client)
 
 
 def test_scheduler_file_as_the_setting(dask_cluster, tmp_path):

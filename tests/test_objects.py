@@ -56,3 +56,12 @@ def test_open_store_defaults_to_local(tmp_path):
     store = objects.open_store(Settings(data_dir=tmp_path))
     assert isinstance(store, objects.LocalStore)
     assert store.root == (tmp_path / "objects").resolve()
+
+
+def test_upload_keys_are_per_run_and_content():
+    sha = "ab" * 32
+    key = objects.upload_key("run-1", sha, "scan.JPG")
+    assert key.startswith("uploads/") and key.endswith(".jpg") and objects.check_key(key) == key
+    assert objects.upload_key("run-1", sha, "other-name.jpg") == key  # one copy per content in a run
+    assert objects.upload_key("run-2", sha, "scan.jpg") != key  # two ingests never share a copy
+    assert objects.upload_key("run-1", "cd" * 32, "scan.jpg") != key
