@@ -9,6 +9,9 @@ into a temporary folder (the shared data is never copied), with their HGV EpiDoc
   the same 2 workers (the tensors are scattered to them beforehand, one task per worker) — what
   the same cluster can embed at best; the in-process forward with 1 and with all cores' torch
   threads is reported too;
+- **upload**: the same ingest with ``upload=True`` (what workers without a shared file system get:
+  the client reads each scan and stages it in the object store, the worker reads it from there),
+  alternated with the candidate runs; the ratio is its images/s over the candidate's;
 - **where the gap goes**: each stage of the ingest task timed alone per image in this process
   (one torch thread, as on a worker): read + sha256, decode (``decode_image`` max_side=1024),
   model input, thumbnail, object-store writes, forward, binary COPY (``index.add_images``), plus
@@ -46,7 +49,7 @@ def wipe_index(engine: Any) -> None:
     shutil.rmtree(engine.settings.data_dir / "objects", ignore_errors=True)
 
 
-def measure_ingest(engine: Any, folder: Path, repeats: int) -> list[dict[str, Any]]:
+def measure_ingest(engine: Any, folder: Path, repeats: int, upload: bool | None = None) -> list[dict[str, Any]]:
     """Runs of Engine.ingest into an empty index, with the workers' task stream of each run."""
     from distributed import get_task_stream
 
@@ -56,7 +59,7 @@ def measure_ingest(engine: Any, folder: Path, repeats: int) -> list[dict[str, An
         with get_task_stream(engine.client) as stream:
             epoch0 = time.time()
             t0 = time.perf_counter()
-            report = engine.ingest(folder, C.HGV_DIR, progress=False)
+            report = engine.ingest(folder, C.HGV_DIR, progress=False, upload=upload)
             seconds = time.perf_counter() - t0
         if report.failed:
             raise RuntimeError(f"ingest failed for {report.failed}")
@@ -76,6 +79,7 @@ def measure_ingest(engine: Any, folder: Path, repeats: int) -> list[dict[str, An
                 "added": report.added,
                 "skipped": report.skipped,
                 "images_per_s": processed / seconds,
+                "uploaded": report.uploaded,
                 "batches": len(computes),
                 "worker_compute_s": sum(b - a for a, b in computes),
                 "before_first_task_s": first_start,
@@ -245,11 +249,16 @@ def main() -> None:
             ]
         )
         # ingest and the limit alternate, so that both see the same moments of a shared machine
-        runs, limit_runs = [], []
+        runs, upload_runs, limit_runs = [], [], []
         for _ in range(repeats):
             runs += measure_ingest(engine, folder, 1)
+            upload_runs += measure_ingest(engine, folder, 1, upload=True)
             limit_runs.append(measure_cluster_limit(client, settings, inputs, 1)["images_per_s"])
+        contents = len({imaging.sha256_hex(p.read_bytes()) for p in paths})  # identical scans are sent once
+        if any(r["uploaded"] != contents for r in upload_runs) or any(r["uploaded"] for r in runs):
+            raise RuntimeError("the upload runs must send every distinct scan and the others none")
         ingest_rate = C.median([r["images_per_s"] for r in runs])
+        upload_rate = C.median([r["images_per_s"] for r in upload_runs])
         limit = {"workers": 2, "images_per_s_runs": limit_runs, "images_per_s": C.median(limit_runs)}
         cores = C.machine()["usable_cores"] or 1
         in_process_all = measure_limit(model, inputs, cores, repeats)
@@ -276,6 +285,8 @@ def main() -> None:
         "workers": workers,
         "ingest_runs": runs,
         "ingest_images_per_s": ingest_rate,
+        "upload_runs": upload_runs,
+        "upload_images_per_s": upload_rate,
         "limit": limit,
         "in_process_forward_all_threads": in_process_all,
         "in_process_forward_one_thread": in_process_1,
@@ -293,6 +304,7 @@ def main() -> None:
         },
         "ratios": {
             "ingest_over_limit": C.ratio(ingest_rate, limit["images_per_s"]),
+            "upload_over_shared_files": C.ratio(upload_rate, ingest_rate),
             "forward_share_of_stages": C.ratio(
                 task_stages.get("forward (1 thread, batch of 8)", 0.0), serial
             ),
@@ -307,10 +319,12 @@ def main() -> None:
     print()
     print(f"Ingest of {len(paths)} real scans, 2 workers; median of {repeats} run(s)")
     print(f"RATIO ingest/limit = {result['ratios']['ingest_over_limit']:.3f}")
+    print(f"RATIO ingest with upload/ingest = {result['ratios']['upload_over_shared_files']:.3f}")
     print(
         C.table(
             [
                 ["Engine.ingest (warm, 2 workers x 1 thread)", ingest_rate],
+                ["Engine.ingest(upload=True): scans sent through the object store", upload_rate],
                 ["limit: bare forward on the same 2 workers, batch 8", limit["images_per_s"]],
                 [
                     f"bare forward in-process, {in_process_all['torch_threads']} threads",

@@ -444,6 +444,15 @@ def render_ingest(r: dict[str, Any] | None, st: dict[str, Any] | None) -> list[s
         "| path | images/s |",
         "|---|---|",
         f"| `Engine.ingest(folder, hgv-epidoc/)` | {r['ingest_images_per_s']:.2f} |",
+        *(
+            [
+                f"| `Engine.ingest(..., upload=True)`: the client sends the scans through the object store "
+                f"(workers without a shared file system) | {r['upload_images_per_s']:.2f} "
+                f"({ra['upload_over_shared_files']:.2f}x) |"
+            ]
+            if "upload_images_per_s" in r
+            else []
+        ),
         f"| limit: bare forward on pre-decoded tensors, same 2 workers, batches of 8 | {r['limit']['images_per_s']:.2f} |",
         f"| bare forward in-process, {r['in_process_forward_all_threads']['torch_threads']} torch threads | {r['in_process_forward_all_threads']['images_per_s']:.2f} |",
         f"| bare forward in-process, 1 torch thread | {r['in_process_forward_one_thread']['images_per_s']:.2f} |",
