@@ -393,7 +393,7 @@ class Engine:
         if not bulk:
             index.ensure_hnsw(url)  # an earlier bulk ingest may have died before its build
         with index.hnsw_deferred(url) if bulk else contextlib.nullcontext():
-            report = self._run_ingest(settings, items, batch_size, progress, upload)
+            report = self._run_ingest(settings, url, items, batch_size, progress, upload)
         report.seconds = time.perf_counter() - t0
         return report
 
@@ -410,14 +410,7 @@ class Engine:
         files and scans already indexed go into ``report`` at once."""
         import dataclasses
 
-        loaded: list[tuple[jobs.IngestItem, bytes, str]] = []
-        for item in batch:
-            try:
-                data = Path(item.path).read_bytes()
-            except OSError as exc:
-                report.failed.append((item.path, f"cannot read the file: {exc.strerror}"))
-                continue
-            loaded.append((item, data, imaging.sha256_hex(data)))
+        loaded = jobs.load_scans(batch, report.failed, self.store)
         with index.pooled_connection(url) as conn:
             present = index.existing_images(conn, [(it.record.key, sha) for it, _, sha in loaded])
         send: list[jobs.IngestItem] = []
@@ -434,7 +427,13 @@ class Engine:
         return send
 
     def _run_ingest(
-        self, settings: Settings, items: list[jobs.IngestItem], batch_size: int, progress: bool, upload: bool = False
+        self,
+        settings: Settings,
+        url: str,
+        items: list[jobs.IngestItem],
+        batch_size: int,
+        progress: bool,
+        upload: bool = False,
     ) -> IngestReport:
         import uuid
 
@@ -443,7 +442,6 @@ class Engine:
 
         client = self.client
         report = IngestReport()
-        url = settings.database_url or self.database_url
         run = uuid.uuid4().hex
         staged: set[str] = set()
         futures: list[Any] = []

@@ -519,6 +519,36 @@ class BatchReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
+NOT_ON_WORKER = (
+    "not found on the worker: a worker on another machine needs the files on a shared file system, "
+    "or an ingest with upload (papyrus ingest --upload)"
+)
+
+
+def load_scans(
+    items: Sequence[IngestItem],
+    failed: list[tuple[str, str]],
+    store: objects.ObjectStore,
+    missing: str | None = None,
+) -> list[tuple[IngestItem, bytes, str]]:
+    """``(item, bytes, sha256)`` of each scan, read from its upload in ``store`` or else from its
+    path; what cannot be read goes into ``failed`` with the reason (``missing``: the reason for a
+    file that is not there, when it should say more than the OS does)."""
+    loaded: list[tuple[IngestItem, bytes, str]] = []
+    for item in items:
+        try:
+            data = store.get(item.upload_key) if item.upload_key else Path(item.path).read_bytes()
+        except KeyError:
+            failed.append((item.path, "its upload is gone from the object store: run the ingest again"))
+            continue
+        except OSError as exc:
+            why = missing if missing and isinstance(exc, FileNotFoundError) else f"cannot read the file: {exc.strerror}"
+            failed.append((item.path, why))
+            continue
+        loaded.append((item, data, imaging.sha256_hex(data)))
+    return loaded
+
+
 def ingest_batch_task(settings: Settings, items: Sequence[IngestItem]) -> BatchReport:
     """Read, store (original, thumbnail, local features), embed and COPY one batch of images; skips
     what is indexed."""
@@ -530,25 +560,7 @@ def ingest_batch_task(settings: Settings, items: Sequence[IngestItem]) -> BatchR
     store = worker_store(settings)
     index.get_pool(url)  # a server that is down fails the first batch here, before any work
     report = BatchReport()
-    loaded: list[tuple[IngestItem, bytes, str]] = []
-    for item in items:
-        if item.upload_key:
-            try:
-                data = store.get(item.upload_key)
-            except KeyError:
-                report.failed.append((item.path, "its upload is gone from the object store: run the ingest again"))
-                continue
-        else:
-            try:
-                data = Path(item.path).read_bytes()
-            except FileNotFoundError:
-                why = "not found on the worker: a worker on another machine needs the files on a shared file system"
-                report.failed.append((item.path, why + ", or an ingest with upload (papyrus ingest --upload)"))
-                continue
-            except OSError as exc:
-                report.failed.append((item.path, f"cannot read the file: {exc.strerror}"))
-                continue
-        loaded.append((item, data, imaging.sha256_hex(data)))
+    loaded = load_scans(items, report.failed, store, missing=NOT_ON_WORKER)
     with index.pooled_connection(url) as conn:
         other = conn.execute("SELECT model FROM images WHERE model <> %s LIMIT 1", (fingerprint,)).fetchone()
         if other:
