@@ -12,7 +12,6 @@ import contextlib
 import html
 import io
 import json
-import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -27,8 +26,6 @@ from .errors import ImageError, JobError, PapyrusError
 from .metadata import load_metadata, record_for_image
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Any  # Any: PIL image or numpy array
-
-log = logging.getLogger(__name__)
 
 
 def query_bytes(image: ImageInput) -> tuple[bytes, str]:
@@ -220,23 +217,13 @@ class Engine:
             if self._resolved is None:
                 url = self.database_url
                 index.ensure_schema(url)
-                self._repair_hnsw(url)
+                index.ensure_hnsw(url)  # an interrupted bulk ingest left it missing: build it now
                 model = self.settings.model
                 if not model:
                     with index.connect(url) as conn:
                         model = index.get_meta(conn, "model") or DEFAULT_MODEL
                 self._resolved = self.settings.replace(database_url=url, model=model)
             return self._resolved
-
-    @staticmethod
-    def _repair_hnsw(url: str) -> None:
-        """Build the HNSW index if a bulk ingest was interrupted before it could (searches are
-        exact scans, correct but slow, until then)."""
-        with index.connect(url) as conn:
-            state = index.hnsw_state(conn)
-        if state != "valid":
-            log.warning("the HNSW index is %s (an interrupted bulk ingest?): building it now", state)
-            index.ensure_hnsw(url)
 
     def _forget_model(self) -> None:
         with self._lock:

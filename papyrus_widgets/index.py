@@ -529,6 +529,8 @@ def ensure_hnsw(url: str) -> bool:
             state = hnsw_state(conn)
             if state == "valid":
                 return False
+            # until it is built, searches are exact scans: correct, but slow on a large index
+            log.warning("the HNSW index is %s (an interrupted bulk ingest?): building it now", state)
             if state == "invalid":
                 drop_hnsw(conn)
             build_hnsw(conn)
