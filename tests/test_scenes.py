@@ -1,0 +1,125 @@
+"""Synthetic query scenes (screen, desk, lightbox): size, determinism, exact corners, thumbnails."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from papyrus_widgets import scenes
+
+from .conftest import REFERENCES
+
+
+def _load(name: str, side: int) -> Image.Image:
+    img = Image.open(REFERENCES / name)
+    img.draft("RGB", (side, side))
+    img = img.convert("RGB")
+    img.thumbnail((side, side))
+    return img
+
+
+@pytest.fixture(scope="module")
+def target() -> Image.Image:
+    return _load("19331_p_g_107.jpg", 1000)
+
+
+@pytest.fixture(scope="module")
+def others() -> list[Image.Image]:
+    names = sorted(p.name for p in REFERENCES.glob("*.jpg"))[:6]
+    return [_load(n, 400) for n in names]
+
+
+def _pattern(w: int = 320, h: int = 240, block: int = 8) -> Image.Image:
+    """A target whose pixels pin down any shift: random grey blocks."""
+    rng = np.random.default_rng(7)
+    small = rng.integers(0, 256, (h // block, w // block), dtype=np.uint8)
+    return Image.fromarray(np.kron(small, np.ones((block, block), np.uint8))).convert("RGB")
+
+
+def _deskew(scene: scenes.Scene, w: int, h: int) -> np.ndarray:
+    """The scene's target region warped back onto a w x h grid via ``scene.corners`` (edge coordinates)."""
+    rect = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
+    m = cv2.getPerspectiveTransform(scene.corners.astype(np.float32), rect).astype(np.float64)
+    half = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
+    m = np.linalg.inv(half) @ m @ half  # edge → pixel-centre coordinates for cv2
+    grey = cv2.cvtColor(np.asarray(scene.image), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return cv2.warpPerspective(grey, m, (w, h), flags=cv2.INTER_LINEAR)
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+@pytest.mark.parametrize("kind", scenes.KINDS)
+def test_same_seed_same_pixels(kind, target, others):
+    a = scenes.make_scene(target, others, np.random.default_rng(3), kind=kind)
+    b = scenes.make_scene(target, others, np.random.default_rng(3), kind=kind)
+    c = scenes.make_scene(target, others, np.random.default_rng(4), kind=kind)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert np.array_equal(a.corners, b.corners) and a.target_fraction == b.target_fraction
+    assert not np.array_equal(np.asarray(a.image), np.asarray(c.image))
+
+
+@pytest.mark.parametrize("kind", scenes.KINDS)
+@pytest.mark.parametrize("size", [(1600, 1200), (1200, 1600)])
+def test_size_corners_and_fraction(kind, size, target, others):
+    for seed in range(1):
+        scene = scenes.make_scene(target, others, np.random.default_rng(seed), kind=kind, size=size)
+        assert scene.kind == kind
+        assert scene.image.mode == "RGB" and scene.image.size == size
+        assert scene.corners.shape == (4, 2)
+        assert (scene.corners >= -1).all() and (scene.corners <= np.array(size) + 1).all()
+        assert 0.08 <= scene.target_fraction <= 0.45
+        quad = scene.corners
+        area = 0.5 * abs(np.dot(quad[:, 0], np.roll(quad[:, 1], -1)) - np.dot(quad[:, 1], np.roll(quad[:, 0], -1)))
+        assert area / (size[0] * size[1]) == pytest.approx(scene.target_fraction)
+
+
+@pytest.mark.parametrize("kind", scenes.KINDS)
+def test_corners_are_exact(kind, others):
+    """Warped back through its corners, the scene matches a random-block target best at zero shift,
+    to a tenth of a pixel (peak of the correlation over one-pixel shifts, fitted by a parabola)."""
+    pattern = _pattern(block=4)
+    ref = np.asarray(pattern.convert("L"), np.float32)
+    inner = (slice(6, -6), slice(6, -6))
+    for seed in range(3):
+        scene = scenes.make_scene(pattern, others, np.random.default_rng(seed), kind=kind, fraction=0.3)
+        back = _deskew(scene, *pattern.size)
+        c = np.array(
+            [[_corr(np.roll(back, (dy, dx), axis=(0, 1))[inner], ref[inner]) for dx in (-1, 0, 1)] for dy in (-1, 0, 1)]
+        )
+        assert c[1, 1] > 0.6 and c[1, 1] == c.max(), (kind, seed, c)
+        peak_x = 0.5 * (c[1, 0] - c[1, 2]) / (c[1, 0] - 2 * c[1, 1] + c[1, 2])
+        peak_y = 0.5 * (c[0, 1] - c[2, 1]) / (c[0, 1] - 2 * c[1, 1] + c[2, 1])
+        assert abs(peak_x) < 0.1 and abs(peak_y) < 0.1, (kind, seed, peak_x, peak_y)
+
+
+def test_screen_thumbnails_show_others(target):
+    magenta = Image.new("RGB", (300, 400), (255, 0, 255))
+    scene = scenes.screen_scene(target, [magenta], np.random.default_rng(1), fraction=0.1)
+    px = np.asarray(scene.image).astype(int)
+    pink = (px[..., 0] > 150) & (px[..., 2] > 150) & (px[..., 1] < 110)
+    assert pink.sum() > 500
+    without = scenes.screen_scene(target, [], np.random.default_rng(1), fraction=0.1)
+    px = np.asarray(without.image).astype(int)
+    assert ((px[..., 0] > 150) & (px[..., 2] > 150) & (px[..., 1] < 110)).sum() < pink.sum() / 5
+
+
+@pytest.mark.parametrize("kind", scenes.KINDS)
+def test_no_others_and_tiny_frame(kind, target):
+    scene = scenes.make_scene(target, [], np.random.default_rng(0), kind=kind, size=(320, 240))
+    assert scene.image.size == (320, 240)
+    assert (scene.corners >= -1).all() and (scene.corners <= np.array([321, 241])).all()
+
+
+def test_make_scenes_keeps_names_and_is_stable(target, others):
+    out = scenes.make_scenes([("a", target), ("b", others[0])], others, 2, seed=5, size=(400, 300))
+    assert [name for name, _ in out] == ["a", "a", "b", "b"]
+    assert {s.kind for _, s in out} <= set(scenes.KINDS)
+    again = scenes.make_scenes([("a", target)], others, 1, seed=5, size=(400, 300))
+    assert np.array_equal(np.asarray(again[0][1].image), np.asarray(out[0][1].image))
+    with pytest.raises(ValueError, match="kind"):
+        scenes.make_scene(target, others, np.random.default_rng(0), kind="beach")
