@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .config import DEFAULT_MODEL, Settings
+from .config import CPU_RECIPE, DEFAULT_EPOCHS, DEFAULT_MODEL, Settings
 from .errors import ModelError, PapyrusError
 
 EXIT_ERROR = 1
@@ -149,20 +149,26 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
-def train_demo_model(images_dir: Path, out_dir: Path, *, epochs: int | None = None, **options: object) -> Path:
-    """Train a model on a folder of references or labelled folders (the small demo model: a few
-    minutes on a CPU). ``options`` go to :func:`papyrus_widgets.training.train_triplets`."""
-    from .training import load_training_data, train_triplets
+def train_demo_model(images_dir: Path, out_dir: Path, **options: object) -> Path:
+    """Train a model on a folder of references or labelled folders. ``options`` go to
+    :func:`papyrus_widgets.training.train_triplets` (``limit``: the first N papyri only); without
+    them, :data:`papyrus_widgets.training.CPU_RECIPE` (about a minute on a CPU)."""
+    from .training import load_training_data, recipe_options, train_triplets
 
     limit = options.pop("limit", None)
     identities = load_training_data(images_dir, limit=limit)  # type: ignore[arg-type]
-    kwargs = {"epochs": epochs} if epochs else {}
-    train_triplets(identities, out_dir=out_dir, source=Path(images_dir).name, **kwargs, **options)  # type: ignore[arg-type]
+    recipe = {
+        name: options.pop(name, None)
+        for name in ("trainable", "cache_views", "epochs", "steps_per_epoch", "batch_size")
+    }
+    kwargs = {**recipe_options(**recipe), **options}  # type: ignore[arg-type]
+    train_triplets(identities, out_dir=out_dir, source=Path(images_dir).name, **kwargs)
     return out_dir
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     options = {
+        "epochs": args.epochs,
         "steps_per_epoch": args.steps,
         "batch_size": args.batch_size,
         "mining": args.mining,
@@ -175,7 +181,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "cache_views": args.cache_views,
         "progress": not args.quiet,
     }
-    out = train_demo_model(Path(args.references), Path(args.out), epochs=args.epochs, **options)
+    out = train_demo_model(Path(args.references), Path(args.out), **options)
     print(f"model written to {out}: use it with PAPYRUS_MODEL={out}")
     return 0
 
@@ -255,12 +261,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if not (demo_dir / "config.json").exists():
             print(f"model: {exc}")
             print(f"model: training a small demo model on {refs} instead (about a minute on a CPU) …")
-            # From scratch on a CPU, training the whole network for minutes collapses (all papyri
-            # look alike); training the head on cached features of re-photographs through the
-            # frozen trunk does not (benchmarks/bench_retrieval.py: top-1 0.24 → 0.51).
-            train_demo_model(
-                refs, demo_dir, epochs=40, steps_per_epoch=50, batch_size=16, trainable="head", cache_views=16
-            )
+            train_demo_model(refs, demo_dir)  # training.CPU_RECIPE, as papyrus train
         model = str(demo_dir)
         print(f"model: {model} (demo model trained here, not the published papyrusNet)")
         settings = settings.replace(model=model)
@@ -349,17 +350,32 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--show-password", action="store_true")
     db.set_defaults(func=cmd_db)
 
-    t = sub.add_parser("train", help="train a model on a folder of references or labelled folders")
+    t = sub.add_parser(
+        "train",
+        help="train a model on a folder of references or labelled folders",
+        description="Train a model (Hugging Face Hub format). By default the recipe that beats the untrained "
+        "network on a CPU in about a minute: the head on cached trunk features of 16 re-photographs per "
+        "papyrus (--trainable head --cache-views 16), 40 epochs x 50 steps of 16 views. Training the whole "
+        "network from random weights (--trainable all) on a CPU collapses: all papyri look alike.",
+    )
     t.add_argument("references", help="folder of reference scans, or one subfolder of photographs per papyrus")
     t.add_argument("--out", required=True, help="output directory (Hugging Face Hub format)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--steps", type=int, help="steps per epoch (default: one pass over the papyri)")
-    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument(
+        "--epochs", type=int,
+        help=f"default {CPU_RECIPE['epochs']}; {DEFAULT_EPOCHS} without cached features",
+    )  # fmt: skip
+    t.add_argument(
+        "--steps", type=int,
+        help=f"steps per epoch (default {CPU_RECIPE['steps_per_epoch']}; without cached features one pass "
+        "over the papyri)",
+    )  # fmt: skip
+    t.add_argument("--batch-size", type=int, help=f"views per step (default {CPU_RECIPE['batch_size']})")
     t.add_argument("--mining", choices=["batch_hard", "semi_hard", "random"], default="batch_hard")
     t.add_argument(
         "--trainable",
         choices=["layer4", "all", "head"],
-        help="freeze policy (default: all from scratch, layer4 when fine-tuning)",
+        help=f"freeze policy (default {CPU_RECIPE['trainable']}); layer4 or all train through full forward "
+        "passes (no cached features): slow on a CPU, and all from random weights collapses",
     )
     t.add_argument(
         "--pretrained", action="store_true", help="start from torchvision's ImageNet weights when they can be had"
@@ -367,9 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--cache-views",
         type=int,
-        default=0,
         help="train the head on cached features of N re-photographs per papyrus "
-        "(fast on a CPU; implies --trainable head)",
+        f"(default {CPU_RECIPE['cache_views']} with --trainable head; 0: new re-photographs every step)",
     )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--limit", type=int, help="train on the first N papyri only")

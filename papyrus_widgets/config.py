@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,6 +19,21 @@ import platformdirs
 
 DEFAULT_MODEL = "veerav96/papyrusNet"
 """Hub repo id of the published papyrusNet model (Siamese ResNet18, 128-d)."""
+
+DEFAULT_EPOCHS = 15
+"""Default epochs of :func:`papyrus_widgets.training.train_triplets`: 44 images x 15 epochs = 90
+steps of 16 views, about 2 minutes on 2 idle CPU cores (about 8.5 s per epoch; measured on the
+development machine)."""
+
+CPU_RECIPE: Mapping[str, Any] = MappingProxyType(
+    {"trainable": "head", "cache_views": 16, "epochs": 40, "steps_per_epoch": 50, "batch_size": 16}
+)
+"""What ``papyrus train`` and ``papyrus demo`` train by default
+(:func:`papyrus_widgets.training.recipe_options`): the network's head on cached trunk features of
+16 re-photographs per papyrus, 40 epochs x 50 steps of 16 views (about a minute on a CPU).
+Training the whole network from random weights on a CPU for minutes collapses (all papyri look
+alike); this recipe beats the untrained network (benchmarks/bench_retrieval.py: top-1 0.24 → 0.51
+on the Heidelberg references)."""
 
 ENV_PREFIX = "PAPYRUS_"
 

