@@ -21,17 +21,31 @@ need_disk = [ "$(DISK_CHECK)" = 0 ] || { free=$$(df -Pk "$(1)" | awk 'NR==2 {pri
 
 .PHONY: install system-deps static demo test test-full test-js test-py lint clean
 
-$(STAMP): pyproject.toml requirements/constraints.txt
+# The widget's ESM: js/src/*.js bundled by esbuild (pinned in js/package-lock.json, installed by
+# npm ci into js/node_modules) into papyrus_widgets/static/widget.js, which is git-ignored and
+# shipped in the wheel and sdist. The CSS (papyrus_widgets/static/widget.css) needs no build.
+WIDGET_JS := papyrus_widgets/static/widget.js
+ESBUILD   := js/node_modules/esbuild/package.json
+
+$(ESBUILD): js/package.json js/package-lock.json | system-deps
+	cd js && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(WIDGET_JS): $(ESBUILD) js/build.mjs $(wildcard js/src/*.js)
+	node js/build.mjs
+
+$(STAMP): pyproject.toml requirements/constraints.txt $(WIDGET_JS)
 	@test -x $(BIN)/python || { $(call need_disk,.,7,the venv (a CUDA build of torch from PyPI)) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[test]'
 	@touch $@
 
 install: $(STAMP)
 
-# Debian packages: Node.js (widget JS tests and packaging) and Chromium (browser tests).
+# Debian packages: Node.js and npm (the widget's build and JS tests) and Chromium (browser tests).
 system-deps:
 	@missing=""; \
 	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
@@ -39,15 +53,14 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# The widget's ESM and CSS ship inside the package: copy them from js/ (checked by the script).
-static:
-	@node js/build.mjs
+# Build the widget's ESM (also done by install and the tests when js/src/ changed).
+static: $(WIDGET_JS)
 
 demo: $(STAMP)
 	@test -n "$(GALLERY)" || { echo "set GALLERY=/path/to/folder with references/ and hgv-epidoc/"; exit 2; }
 	$(BIN)/papyrus demo --gallery "$(GALLERY)" $(if $(DEMO_NO_LAB),--no-lab,)
 
-test-js: system-deps
+test-js: system-deps $(WIDGET_JS)
 	node --test js/test/
 
 # ruff (style, imports) and mypy (types) must be clean; make test runs this first.
@@ -55,8 +68,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test-py: $(STAMP) system-deps lint
-	node js/build.mjs --check
+test-py: $(STAMP) system-deps lint $(WIDGET_JS)
 	@$(call need_disk,$${TMPDIR:-/tmp},8,the tests (the Binder test builds a second venv there; all is removed after))
 	$(BIN)/python -m pytest --full $(PYTEST_ARGS)
 
@@ -68,7 +80,7 @@ test: test-js test-py
 test-full: test
 
 clean:
-	rm -rf $(VENV) test-output .pytest_cache *.egg-info
+	rm -rf $(VENV) test-output .pytest_cache *.egg-info js/node_modules $(WIDGET_JS)
 
 # Benchmarks: every figure against its baseline in the same run, written to benchmarks/results.md
 # (see benchmarks/README.md). BENCH_1M=1 adds the 1,000,000-vector kNN figure (slow, opt-in);

@@ -221,7 +221,7 @@ def rephotograph(path: Path, rng: random.Random) -> bytes:
 
 def as_uploaded(path: Path, max_side: int = BROWSER_MAX_SIDE) -> bytes:
     """The bytes the widget's view sends for ``path``: the file itself, or, when its long side is
-    over ``max_side``, a JPEG (quality 0.92) downscaled to it (js/widget.js does this in the browser)."""
+    over ``max_side``, a JPEG (quality 0.92) downscaled to it (js/src/editor.js does this in the browser)."""
     from PIL import Image
 
     data = path.read_bytes()

@@ -1,6 +1,6 @@
 """The notebook widget: :class:`PapyrusSearch` (anywidget).
 
-The browser view (``static/widget.js``, built from ``js/widget.js``) downscales the chosen image
+The browser view (``static/widget.js``, bundled from ``js/src/`` by ``js/build.mjs``) downscales the chosen image
 (long side ``max_side``), lets the user mark four corners, and sends the image as a binary buffer
 with the corners, k and the metadata filters; the kernel submits a search job to the engine,
 pushes its status every second and pushes the hits, with their thumbnails as binary buffers, as
@@ -178,6 +178,7 @@ class PapyrusSearch(anywidget.AnyWidget):
         self._pending: dict[str, Any] = {}
         self._results = Results(query="", hits=[])
         self._entries: list[dict[str, Any]] = []  # history: {"id", "results", "preview", "info"}
+        self._shown_before = ""  # history id on show when the running search began
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._side_futures: dict[str, Any] = {}  # suggest / preview futures by kind
@@ -269,7 +270,11 @@ class PapyrusSearch(anywidget.AnyWidget):
         return self._get_engine().suggest_corners(self._query, timeout=timeout)
 
     def cancel(self) -> None:
-        """Cancel the running search, if any."""
+        """Cancel the running search, if any; the results on show before it (an entry of the
+        history) come back, with the cancelled search's status."""
+        self._cancel(show_previous=True)
+
+    def _cancel(self, show_previous: bool) -> None:
         job = self._job
         self._stop_polling()
         self._job = None
@@ -284,7 +289,11 @@ class PapyrusSearch(anywidget.AnyWidget):
             return
         if status.get("state") == "running":
             status.update(state="cancelled", stage="cancelled")
-        self.status = self._public_status(status)
+        previous = next((e for e in self._entries if e["id"] == self._shown_before), None) if show_previous else None
+        if previous is not None:
+            self._show_entry(previous, status)
+        else:
+            self.status = self._public_status(status)
 
     def restore(self, entry: int | str) -> None:
         """Show the results of an earlier search again: ``entry`` is a history id or an index into
@@ -304,7 +313,12 @@ class PapyrusSearch(anywidget.AnyWidget):
                     f"no search {entry!r} in the history (it keeps the last {HISTORY_LIMIT}): search again."
                 )
         if self._job is not None:
-            self.cancel()
+            self._cancel(show_previous=False)
+        results: Results = found["results"]
+        self._show_entry(found, {"state": "done", "stage": "done", "elapsed": results.elapsed, "message": ""})
+
+    def _show_entry(self, found: dict[str, Any], status: dict) -> None:
+        """Show the results of history entry ``found`` with ``status``."""
         results: Results = found["results"]
         self._results = results
         thumbnails, urls = self._thumbnail_payload(results.hits)
@@ -316,9 +330,7 @@ class PapyrusSearch(anywidget.AnyWidget):
             self.query_name = results.query
             self.query_preview = found["preview"]
             self.error = ""
-            self.status = self._public_status(
-                {"state": "done", "stage": "done", "elapsed": results.elapsed, "message": ""}
-            )
+            self.status = self._public_status(status)
             self.history_id = found["id"]
 
     def close(self) -> None:
@@ -406,7 +418,8 @@ class PapyrusSearch(anywidget.AnyWidget):
         preview: bytes = b"",
     ) -> SearchJob:
         if self._job is not None:
-            self.cancel()
+            self._cancel(show_previous=False)
+        self._shown_before = self.history_id  # shown again if this search is cancelled
         self._results = Results(query=name, hits=[])
         filters = clean_filters(filters)
         with self.hold_sync():  # old results must not stand under a new query's status

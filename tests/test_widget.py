@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -135,18 +136,22 @@ def test_constructing_starts_nothing(tmp_path: Path) -> None:
         assert not (tmp_path / "data").exists()  # no database, no object store created
         assert w.k == 5
         assert w.status == {} and w.results == [] and w.thumbnails == [] and w.error == ""
-        assert w._esm.strip().startswith("//") and "export default" in w._esm
+        assert w._esm.strip().startswith("//") and re.search(r"export (default|\{[^}]*\bas default\b)", w._esm)
         assert ".papyrus-search" in w._css
     finally:
         w.close()
 
 
-def test_static_files_are_copies_of_js() -> None:
+def test_static_widget_js_is_built_from_js_src() -> None:
+    """The served ESM is the bundle of js/src/ (make static builds it), one file with no imports."""
     root = Path(__file__).resolve().parents[1]
-    for name in ("widget.js", "widget.css"):
-        assert (root / "papyrus_widgets" / "static" / name).read_bytes() == (root / "js" / name).read_bytes(), (
-            f"papyrus_widgets/static/{name} is stale: run node js/build.mjs"
-        )
+    built = root / "papyrus_widgets" / "static" / "widget.js"
+    assert built.exists(), "papyrus_widgets/static/widget.js is missing: run make static"
+    text = built.read_text()
+    assert "built by js/build.mjs from js/src" in text.splitlines()[0]
+    assert not re.search(r"^import ", text, re.M), "the bundle must not import modules (anywidget loads one file)"
+    newest_source = max(p.stat().st_mtime for p in (root / "js" / "src").glob("*.js"))
+    assert built.stat().st_mtime >= newest_source, "static/widget.js is older than js/src/: run make static"
 
 
 def test_query_setter_accepts_path_bytes_pil_numpy(tmp_path: Path) -> None:
@@ -359,6 +364,30 @@ def test_cancel_shows_cancelled(indexed_engine: Any) -> None:
         assert w.status["state"] == "cancelled" and w.job is None and w._timer is None
         await asyncio.sleep(0.3)
         assert w.status["state"] == "cancelled" and w.results == []
+        w.close()
+
+    asyncio.run(main())
+
+
+def test_cancel_brings_back_the_results_on_show_before(indexed_engine: Any) -> None:
+    """Cancel ends the new search, not the old results: the previous cards and their history entry
+    (pressed in the strip) come back, with the cancelled search's status."""
+
+    async def main() -> None:
+        w = PapyrusSearch(k=3, engine=indexed_engine)
+        w.search(QUERY)
+        assert (await finished(w))["state"] == "done"
+        before, entry = list(w.results), w.history_id
+        assert before and entry
+        job = w.search(QUERY)
+        assert job is not None, w.error
+        assert w.results == [] and w.history_id == ""  # no old cards under the new search's status
+        send_from_view(w, {"type": "cancel"}, [])
+        assert w.status["state"] == "cancelled" and w.job is None
+        assert w.results == before and w.history_id == entry and w.query_name == QUERY.name
+        assert len(w.thumbnails) == len(before)
+        await asyncio.sleep(0.3)
+        assert w.status["state"] == "cancelled" and w.results == before
         w.close()
 
     asyncio.run(main())

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
-import { EVIDENCE_MIN_INLIERS, evidenceLayout, evidenceLines, evidenceOf, pointToRect, validSize } from "../widget.js";
+import { EVIDENCE_MIN_INLIERS, evidenceLayout, evidenceLines, evidenceOf, pointToRect, validSize } from "../src/evidence.js";
 
 const close = (a, b, eps = 1e-9) => assert.ok(Math.abs(a - b) <= eps, `${a} ≉ ${b}`);
 

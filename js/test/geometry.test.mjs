@@ -1,22 +1,9 @@
-// Corner ordering, coordinate scaling and the perspective maths of js/widget.js. Run: node --test js/test/
+// Corner ordering, coordinate scaling and the perspective maths of js/src/. Run: node --test js/test/
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import {
-  applyHomography,
-  clientToImage,
-  cornersProblem,
-  deskewSize,
-  downscaledName,
-  fitBox,
-  fitWithin,
-  homography,
-  imageToClient,
-  nearestCorner,
-  orderCorners,
-  scalePoints,
-  warpQuad,
-} from "../widget.js";
+import { downscaledName } from "../src/editor.js";
+import { applyHomography, clientToImage, cornersProblem, deskewSize, fitBox, fitWithin, homography, imageToClient, nearestCorner, orderCorners, scalePoints, warpQuad } from "../src/geometry.js";
 
 const close = (a, b, eps = 1e-6) => assert.ok(Math.abs(a - b) <= eps, `${a} ≉ ${b}`);
 const closePts = (a, b, eps = 1e-6) => {

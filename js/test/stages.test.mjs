@@ -1,32 +1,32 @@
-// The stage state machine, filters and export helpers of js/widget.js. Run: node --test js/test/
+// The stage state machine, filters and export helpers of js/src/. Run: node --test js/test/
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
-import {
-  HELP_TEXT,
-  STEPS,
-  csvCell,
-  exportFileName,
-  filtersFromFields,
-  filtersSummary,
-  historyLabel,
-  initialPhase,
-  parseYear,
-  reducePhase,
-  resultsToCsv,
-  resultsToJson,
-  stageSteps,
-  statusText,
-  viewStatus,
-} from "../widget.js";
+import { HELP_TEXT, filtersFromFields, filtersSummary, parseYear } from "../src/controls.js";
+import { csvCell, exportFileName, resultsToCsv, resultsToJson } from "../src/export.js";
+import { historyLabel } from "../src/history.js";
+import { STEPS, initialPhase, reducePhase, stageSteps, statusText, viewStatus } from "../src/stages.js";
 
 const states = (steps) => steps.map((s) => `${s.id}:${s.state}`).join(" ");
 
-test("the steps are uploading → preparing → embedding → searching → done", () => {
+test("the steps are uploading → preparing → embedding → searching → verifying → done", () => {
   assert.deepEqual(
     STEPS.map((s) => s.id),
-    ["uploading", "preparing", "embedding", "searching", "done"],
+    ["uploading", "preparing", "embedding", "searching", "verifying", "done"],
   );
+});
+
+test("defect: the chips show the kernel's verifying stage (jobs.STAGES ends searching → verifying → done)", () => {
+  const stages = readFileSync(new URL("../../papyrus_widgets/jobs.py", import.meta.url), "utf8").match(/^STAGES = \(([^)]*)\)/m)[1];
+  for (const stage of stages.split(",").map((x) => x.trim().replace(/"/g, "")).filter(Boolean)) {
+    assert.ok(STEPS.some((step) => step.id === stage) || ["queued"].includes(stage), `no chip for the kernel's stage ${stage}`);
+  }
+  assert.equal(
+    states(stageSteps({ state: "running", stage: "verifying", elapsed: 3 })),
+    "uploading:done preparing:done embedding:done searching:done verifying:current done:todo",
+  );
+  assert.equal(statusText({ state: "running", stage: "verifying", elapsed: 3 }).text, "verifying… 3.0 s");
 });
 
 test("a search from the browser: upload, ack, kernel stages, done", () => {
@@ -36,7 +36,7 @@ test("a search from the browser: upload, ack, kernel stages, done", () => {
   let shown = viewStatus(phase, before, 1500, 0);
   assert.deepEqual(shown, { state: "running", stage: "uploading", elapsed: 0.5, message: "" });
   assert.equal(statusText(shown).text, "uploading… 0.5 s");
-  assert.equal(states(stageSteps(shown)), "uploading:current preparing:todo embedding:todo searching:todo done:todo");
+  assert.equal(states(stageSteps(shown)), "uploading:current preparing:todo embedding:todo searching:todo verifying:todo done:todo");
 
   // The kernel's status changes before the ack arrives: the upload still shows.
   const submitting = { state: "running", stage: "submitting", elapsed: 0, message: "" };
@@ -49,18 +49,18 @@ test("a search from the browser: upload, ack, kernel stages, done", () => {
   shown = viewStatus(phase, submitting, 1700, 1600);
   assert.equal(shown.stage, "submitting");
   assert.equal(statusText(shown).text, "starting… 0.1 s");
-  assert.equal(states(stageSteps(shown)), "uploading:done preparing:current embedding:todo searching:todo done:todo");
+  assert.equal(states(stageSteps(shown)), "uploading:done preparing:current embedding:todo searching:todo verifying:todo done:todo");
 
   for (const [stage, expected] of [
-    ["preparing", "uploading:done preparing:current embedding:todo searching:todo done:todo"],
-    ["embedding", "uploading:done preparing:done embedding:current searching:todo done:todo"],
-    ["searching", "uploading:done preparing:done embedding:done searching:current done:todo"],
+    ["preparing", "uploading:done preparing:current embedding:todo searching:todo verifying:todo done:todo"],
+    ["embedding", "uploading:done preparing:done embedding:current searching:todo verifying:todo done:todo"],
+    ["searching", "uploading:done preparing:done embedding:done searching:current verifying:todo done:todo"],
   ]) {
     assert.equal(states(stageSteps(viewStatus(phase, { state: "running", stage, elapsed: 1 }, 0, 0))), expected);
   }
   const done = viewStatus(phase, { state: "done", stage: "done", elapsed: 1.23 }, 5000, 4000);
   assert.equal(done.elapsed, 1.23, "a finished job's elapsed time is not carried forward");
-  assert.equal(states(stageSteps(done)), "uploading:done preparing:done embedding:done searching:done done:done");
+  assert.equal(states(stageSteps(done)), "uploading:done preparing:done embedding:done searching:done verifying:done done:done");
 });
 
 test("elapsed ticks between the kernel's updates while running", () => {
@@ -97,13 +97,9 @@ test("stageSteps: idle, and an error in the middle", () => {
   assert.ok(stageSteps(null).every((s) => s.state === "todo"));
   assert.equal(
     states(stageSteps({ state: "error", stage: "error", lastStage: "embedding" })),
-    "uploading:done preparing:done embedding:failed searching:todo done:todo",
+    "uploading:done preparing:done embedding:failed searching:todo verifying:todo done:todo",
   );
-  assert.equal(
-    states(stageSteps({ state: "cancelled", stage: "cancelled", lastStage: "searching" })),
-    "uploading:done preparing:done embedding:done searching:todo done:todo",
-  );
-  assert.equal(states(stageSteps({ state: "running", stage: "verifying" })).split(" ")[3], "searching:current");
+  assert.equal(states(stageSteps({ state: "running", stage: "verifying" })).split(" ")[4], "verifying:current");
 });
 
 test("parseYear and filtersFromFields", () => {
@@ -164,4 +160,34 @@ test("historyLabel and the help text", () => {
   );
   assert.equal(historyLabel({}), "query: 0 results");
   assert.ok(HELP_TEXT.some((line) => /cancels the running search/.test(line)), "the help says what a second Search does");
+});
+
+test("defect: after Cancel no chip stays lit (the one it stopped in says cancelled)", () => {
+  // Cancelled in the kernel's "preparing" (the browser test's case): uploading did not stay done.
+  assert.equal(
+    states(stageSteps({ state: "cancelled", stage: "cancelled", lastStage: "preparing" })),
+    "uploading:todo preparing:cancelled embedding:todo searching:todo verifying:todo done:todo",
+  );
+  assert.equal(
+    states(stageSteps({ state: "cancelled", stage: "cancelled", lastStage: "searching" })),
+    "uploading:todo preparing:todo embedding:todo searching:cancelled verifying:todo done:todo",
+  );
+  // Cancelled during the browser's upload: the uploading chip is no longer current.
+  let phase = reducePhase(initialPhase(), { type: "upload", request: "r1", at: 0 });
+  phase = reducePhase(phase, { type: "cancel", at: 500 });
+  const shown = { ...viewStatus(phase, { state: "done", stage: "done", elapsed: 1 }, 600, 0), lastStage: "uploading" };
+  assert.equal(states(stageSteps(shown)), "uploading:cancelled preparing:todo embedding:todo searching:todo verifying:todo done:todo");
+  assert.ok(stageSteps(shown).every((step) => step.state !== "current" && step.state !== "done"));
+});
+
+test("defect: a refusal (nothing to search) is a message without a stage strip", () => {
+  let phase = reducePhase(initialPhase(), { type: "refuse", message: "Choose a papyrus image first." });
+  const shown = viewStatus(phase, {}, 0, 0);
+  assert.deepEqual(statusText(shown), { text: "Choose a papyrus image first.", kind: "error" });
+  assert.equal(shown.refused, true);
+  // The next search, or the kernel's next status, replaces it; an upload in flight is not interrupted.
+  assert.equal(reducePhase(phase, { type: "upload", request: "r2", at: 0 }).notice, null);
+  assert.equal(reducePhase(phase, { type: "status" }).notice, null);
+  phase = reducePhase(initialPhase(), { type: "upload", request: "r3", at: 0 });
+  assert.equal(reducePhase(phase, { type: "refuse", message: "x" }), phase);
 });

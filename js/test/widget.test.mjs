@@ -1,18 +1,12 @@
-// Pure helpers of js/widget.js. Run: node --test js/test/
+// Pure helpers of js/src/. Run: node --test js/test/
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import widget, {
-  STAGE_LABELS,
-  cardModel,
-  formatSeconds,
-  formatSimilarity,
-  parseK,
-  safeUrl,
-  sniffImageType,
-  statusText,
-  toBytes,
-} from "../widget.js";
+import widget from "../src/widget.js";
+import { parseK } from "../src/controls.js";
+import { safeUrl, sniffImageType, toBytes } from "../src/dom.js";
+import { cardModel, formatSimilarity } from "../src/results.js";
+import { STAGE_LABELS, formatSeconds, statusText } from "../src/stages.js";
 
 test("default export is an anywidget module with render()", () => {
   assert.equal(typeof widget.render, "function");
