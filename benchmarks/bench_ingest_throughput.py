@@ -147,7 +147,7 @@ def measure_stages(engine: Any, paths: list[Path], model: Any, scratch: Path) ->
     from papyrus_widgets import imaging, index, objects
     from papyrus_widgets.metadata import load_metadata, record_for_image
     from papyrus_widgets.model import embed_arrays, model_fingerprint
-    from papyrus_widgets.verify import extract_features
+    from papyrus_widgets.retrieval import extract_features
 
     settings = engine.resolved_settings()
     sw = C.Stopwatch()

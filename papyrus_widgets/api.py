@@ -62,6 +62,9 @@ def query_bytes(image: ImageInput) -> tuple[bytes, str]:
 # --- results -----------------------------------------------------------------------------------
 
 
+CONFIRMED_HTML = '<b style="color:#1a7f37">confirmed</b>'
+
+
 @dataclass
 class Results:
     """The hits of one search. ``frame()`` gives a DataFrame; in a notebook it shows as a grid."""
@@ -69,9 +72,44 @@ class Results:
     query: str
     hits: list[jobs.Hit]
     elapsed: float = 0.0
+    verified: bool | None = None
+    """Whether the confirming stage ran (None: inferred from the hits)."""
 
     def __len__(self) -> int:
         return len(self.hits)
+
+    @property
+    def was_verified(self) -> bool:
+        return bool(self.verified) if self.verified is not None else any(h.inliers is not None for h in self.hits)
+
+    @property
+    def confirmed(self) -> list[jobs.Hit]:
+        """The hits whose geometry agrees with the photo (the same papyrus), best first."""
+        return [h for h in self.hits if h.confirmed]
+
+    @property
+    def region(self) -> list[list[float]] | None:
+        """Where the best confirmed papyrus is in the photo: four corners (TL, TR, BR, BL) in the
+        photo's pixels (after EXIF orientation), to pass back as ``corners=`` — or None."""
+        best = self.confirmed
+        return best[0].region if best else None
+
+    @property
+    def verdict(self) -> str:
+        """One line for a person: what was found, or that nothing in the collection was confirmed."""
+        if not self.hits:
+            return "no hits: the index is empty or the filters exclude everything."
+        if not self.was_verified:
+            return "not verified: the hits are ranked by similarity only (search with verify=True to confirm)."
+        best = self.confirmed
+        if not best:
+            return (
+                "no confirmed match in this collection: the hits below are only similar "
+                "(no reference's keypoints agree with the photo on one geometry)."
+            )
+        top = best[0]
+        more = f" (+{len(best) - 1} more confirmed)" if len(best) > 1 else ""
+        return f"confirmed: {top.inventory or top.key}, {top.inliers} keypoints agree on one geometry{more}."
 
     @property
     def ef_search(self) -> int | None:
@@ -96,8 +134,8 @@ class Results:
         import pandas as pd
 
         columns = [
-            "rank", "score", "inventory", "title", "date_text", "place", "hgv_id", "tm_id",
-            "papyri_info_url", "key", "inventory_key", "source_name",
+            "rank", "score", "confirmed", "inliers", "inventory", "title", "date_text", "place", "hgv_id",
+            "tm_id", "papyri_info_url", "key", "inventory_key", "source_name",
         ]  # fmt: skip
         return pd.DataFrame([{c: d[c] for c in columns} for d in self.to_dicts()], columns=columns)
 
@@ -107,6 +145,8 @@ class Results:
                 "query": self.query,
                 "elapsed": round(self.elapsed, 3),
                 "ef_search": self.ef_search,
+                "verdict": self.verdict,
+                "region": self.region,
                 "hits": self.to_dicts(),
             },
             ensure_ascii=False,
@@ -130,17 +170,21 @@ class Results:
             meta = " · ".join(html.escape(x) for x in (h.date_text, h.place) if x)
             cards.append(
                 '<div style="display:inline-block;vertical-align:top;width:170px;margin:4px;font-size:12px">'
-                f"{img}<div><b>#{h.rank}</b> {h.score:.3f}</div>"
+                f"{img}<div><b>#{h.rank}</b> {h.score:.3f} {CONFIRMED_HTML if h.confirmed else 'similar'}</div>"
                 f"<div><b>{html.escape(h.inventory or h.key)}</b></div>"
                 f"<div>{html.escape(h.title or '')}</div><div>{meta}</div><div>{link}</div></div>"
             )
-        head = f"<div><b>{len(self.hits)} hits</b> for {html.escape(self.query)} in {self.elapsed:.2f} s</div>"
+        head = (
+            f"<div><b>{len(self.hits)} hits</b> for {html.escape(self.query)} in {self.elapsed:.2f} s: "
+            f"{html.escape(self.verdict)}</div>"
+        )
         return f"<div class='papyrus-results'>{head}{''.join(cards)}</div>"
 
     def __repr__(self) -> str:
-        lines = [f"Results for {self.query!r}: {len(self.hits)} hits in {self.elapsed:.2f} s"]
+        lines = [f"Results for {self.query!r}: {len(self.hits)} hits in {self.elapsed:.2f} s; {self.verdict}"]
         for h in self.hits:
-            lines.append(f"  {h.rank:>2}. {h.score:.3f}  {h.inventory or h.key}  {h.title or ''}")
+            mark = "confirmed" if h.confirmed else "similar  "
+            lines.append(f"  {h.rank:>2}. {h.score:.3f} {mark} {h.inventory or h.key}  {h.title or ''}")
         return "\n".join(lines)
 
 
@@ -219,10 +263,11 @@ class Engine:
                 index.ensure_schema(url)
                 index.ensure_hnsw(url)  # an interrupted bulk ingest left it missing: build it now
                 model = self.settings.model
-                if not model:
-                    with index.connect(url) as conn:
-                        model = index.get_meta(conn, "model") or DEFAULT_MODEL
-                self._resolved = self.settings.replace(database_url=url, model=model)
+                vocabulary = self.settings.vocabulary
+                with index.connect(url) as conn:
+                    model = model or index.get_meta(conn, "model") or DEFAULT_MODEL
+                    vocabulary = vocabulary or index.get_meta(conn, "vocabulary_path") or None
+                self._resolved = self.settings.replace(database_url=url, model=model, vocabulary=vocabulary)
             return self._resolved
 
     def _forget_model(self) -> None:
@@ -307,7 +352,7 @@ class Engine:
             raise JobError(
                 f"the search did not finish within {timeout} s: check the workers (papyrus doctor)."
             ) from None
-        return Results(query=name, hits=hits, elapsed=job.elapsed())
+        return Results(query=name, hits=hits, elapsed=job.elapsed(), verified=job.verified)
 
     def submit_suggest_corners(self, data: bytes, *, name: str = "query") -> Any:
         """Store the image and submit a corner suggestion on a worker; returns the Dask future at once.

@@ -72,9 +72,13 @@ class Settings:
     max_upload_bytes: int = 64 * 1024 * 1024
     thumbnail_size: int = 256
     verify: bool = True
-    """Searches re-rank their top hits by local-feature geometric verification (with evidence)
-    unless asked not to; ingest stores each reference's local features for it. ``PAPYRUS_VERIFY=0``:
-    rank by the embedding only (faster: no verifying stage, no features at ingest)."""
+    """Searches confirm their candidates by local-feature geometric verification (evidence, the
+    region found, confirmed or not) unless asked not to. ``PAPYRUS_VERIFY=0``: return the first
+    stage's ranking (visual words and embedding) without the confirming stage."""
+    vocabulary: str | None = None
+    """The visual vocabulary (a ``.npz`` of :mod:`papyrus_widgets.retrieval.vocabulary`) that turns
+    local features into the words of the first stage. None: the vocabulary that built the index
+    (recorded at ingest), else the one that ships with the package."""
     presigned_urls: bool = False
     """The widget hands the browser presigned GET URLs of the S3 store for thumbnails and large
     reference images instead of sending the bytes through the kernel (only with ``s3_endpoint``,
@@ -99,6 +103,7 @@ class Settings:
             ("s3_secret_key", "S3_SECRET_KEY"),
             ("dask_scheduler", "DASK_SCHEDULER"),
             ("model_revision", "MODEL_REVISION"),
+            ("vocabulary", "VOCABULARY"),
         ]:
             if get(name):
                 values[attr] = get(name)
@@ -149,6 +154,8 @@ class Settings:
                 text = "(LocalCluster in this process)"
             elif f.name == "model" and not value:
                 text = f"(the model that built the index, else {DEFAULT_MODEL})"
+            elif f.name == "vocabulary" and not value:
+                text = "(the vocabulary that built the index, else the one shipped with the package)"
             elif f.name == "s3_endpoint" and not value:
                 text = "(local directory store under data_dir/objects)"
             else:

@@ -27,16 +27,17 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from . import verify as verification
+from . import retrieval as verification
 from .errors import ImageError
 from .imaging import decode_image, model_input
 from .metadata import parse_reference_filename
+from .retrieval.confirm import CONFIRM_FIRST
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
 QUERY_MAX_SIDE = 1024
 """Queries and references are decoded at most this long side here (as the search chain does)."""
-VERIFY_CANDIDATES = 10
-""":class:`MemoryIndex` verifies the top ``max(k, VERIFY_CANDIDATES)`` hits, as the search chain does."""
+VERIFY_CANDIDATES = CONFIRM_FIRST
+""":class:`MemoryIndex` verifies the top ``max(k, VERIFY_CANDIDATES)`` hits (the confirming stage's first round)."""
 
 ImageLike = "Image.Image | str | os.PathLike | bytes"
 
@@ -163,7 +164,7 @@ class RankedHit:
 
 class MemoryIndex:
     """Reference images embedded with ``model`` and kept in memory: exact cosine kNN, and with
-    ``verify`` the top ``max(k, VERIFY_CANDIDATES)`` re-ranked by :mod:`papyrus_widgets.verify`
+    ``verify`` the top ``max(k, VERIFY_CANDIDATES)`` re-ranked by :mod:`papyrus_widgets.retrieval.confirm`
     (reference features computed on first use and cached), as the search chain does."""
 
     def __init__(

@@ -141,7 +141,7 @@ def order_corners(corners: Sequence[Sequence[float]], size: tuple[int, int] | No
     ordered = pts[np.argsort(angles)]  # clockwise on screen (y down), starting anywhere
     start = int(np.argmin(ordered.sum(axis=1)))
     ordered = np.roll(ordered, -start, axis=0)
-    area = _polygon_area(ordered)
+    area = polygon_area(ordered)
     extent = np.ptp(pts, axis=0)
     if area < 1e-3 * max(extent[0] * extent[1], 1.0) or min(extent) < 4:
         raise CornersError("the four corners are (nearly) on one line: mark the corners of the papyrus.")
@@ -156,7 +156,7 @@ def order_corners(corners: Sequence[Sequence[float]], size: tuple[int, int] | No
     return ordered
 
 
-def _polygon_area(pts: np.ndarray) -> float:
+def polygon_area(pts: np.ndarray) -> float:
     x, y = pts[:, 0], pts[:, 1]
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 

@@ -4,10 +4,13 @@ Tables
 - ``papyri``: one row per catalogue record (HGV id when known), with metadata;
 - ``images``: one row per (papyrus, image bytes), with the 128-d embedding, the object-store keys
   of the original and the thumbnail, and the fingerprint of the model that made the vector;
-- ``index_meta``: key/value facts about the index (the model that built it);
+- ``image_words``: the visual-word inverted file (word, image, weight): the first stage of a search
+  from a photo (:mod:`papyrus_widgets.retrieval.shortlist`), a B-tree on (word, image);
+- ``index_meta``: key/value facts about the index (the model and the visual vocabulary that built it);
 - ``schema_version``: migrations applied.
 
-A search ranks images by cosine distance (HNSW index, ``vector_cosine_ops``).
+A search shortlists images by their visual words (:func:`word_candidates`) and by cosine distance
+of the embeddings (:func:`knn`, HNSW index, ``vector_cosine_ops``).
 """
 
 from __future__ import annotations
@@ -79,6 +82,18 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE TABLE index_meta (key text PRIMARY KEY, value text NOT NULL);
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE image_words (
+            word     integer NOT NULL,
+            image_id bigint NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            weight   real NOT NULL,
+            PRIMARY KEY (word, image_id)
+        );
+        CREATE INDEX image_words_image ON image_words (image_id);
+        """,
+    ),
 ]
 
 PAPYRUS_COLUMNS = (
@@ -120,6 +135,10 @@ class ImageRow:
     height: int
     model: str
     embedding: np.ndarray = field(repr=False)
+    words: np.ndarray | None = field(default=None, repr=False)
+    """Distinct visual words of the image (int) …"""
+    word_weights: np.ndarray | None = field(default=None, repr=False)
+    """… and their weights (:func:`papyrus_widgets.retrieval.shortlist.document_weights`); None: no words."""
 
 
 # --- connections -------------------------------------------------------------------------------
@@ -408,9 +427,18 @@ def add_images(conn: psycopg.Connection, rows: Sequence[ImageRow]) -> tuple[int,
                 " model, embedding)"
                 " SELECT DISTINCT ON (papyrus_id, sha256) papyrus_id, sha256, source_name, object_key,"
                 " thumb_key, width, height, model, embedding FROM images_load"
-                " ON CONFLICT (papyrus_id, sha256) DO NOTHING"
+                " ON CONFLICT (papyrus_id, sha256) DO NOTHING RETURNING id, papyrus_id, sha256"
             )
-            added = cur.rowcount
+            inserted = {(pid, sha): iid for iid, pid, sha in cur.fetchall()}
+            added = len(inserted)
+            with cur.copy("COPY image_words (word, image_id, weight) FROM STDIN WITH (FORMAT BINARY)") as copy:
+                copy.set_types(["int4", "int8", "float4"])
+                for r in rows:
+                    image_id = inserted.pop((ids[r.record.key], r.sha256), None)
+                    if image_id is None or r.words is None or r.word_weights is None:
+                        continue
+                    for word, weight in zip(r.words.tolist(), r.word_weights.tolist()):
+                        copy.write_row((word, image_id, weight))
     return added, len(rows) - added
 
 
@@ -645,6 +673,13 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+def _query_vector(vector: np.ndarray) -> np.ndarray:
+    vec = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if vec.shape != (EMBEDDING_DIM,) or not np.all(np.isfinite(vec)):
+        raise QueryError(f"the query vector must be {EMBEDDING_DIM} finite numbers.")
+    return vec
+
+
 def knn(
     conn: psycopg.Connection,
     vector: np.ndarray,
@@ -661,9 +696,7 @@ def knn(
     k = check_k(k)
     ef = effective_ef_search(ef_search, k)
     where, params = filter_sql(filters)
-    vec = np.asarray(vector, dtype=np.float32).reshape(-1)
-    if vec.shape != (EMBEDDING_DIM,) or not np.all(np.isfinite(vec)):
-        raise QueryError(f"the query vector must be {EMBEDDING_DIM} finite numbers.")
+    vec = _query_vector(vector)
     cols = ", ".join(f"p.{c}" for c in PAPYRUS_COLUMNS)
     sql = (
         f"SELECT i.id AS image_id, i.embedding <=> %s AS distance, i.object_key, i.thumb_key,"
@@ -687,6 +720,60 @@ def knn(
     return rows
 
 
+def word_candidates(
+    conn: psycopg.Connection,
+    words: np.ndarray,
+    weights: np.ndarray,
+    n: int,
+    filters: Mapping[str, Any] | None = None,
+    vector: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """The ``n`` images that share the most (idf-weighted) visual words with a query, best first,
+    with their papyrus metadata: the first stage of a search from a photo.
+
+    ``words`` / ``weights``: the query's distinct words and their weights
+    (:func:`papyrus_widgets.retrieval.shortlist.query_weights`). Each row's ``words_score`` is
+    ``Σ idf(w)² · q_w · d_w / ‖q · idf‖`` over the shared words, with ``idf(w) = ln((N + 1) / (df(w) + 1))``
+    counted from the posting lists at query time (so it follows the collection as it grows).
+    ``vector``: also return each row's embedding ``distance`` to it (cosine), else NULL.
+    """
+    n = check_k(n)
+    where, params = filter_sql(filters)
+    words = np.asarray(words, dtype=np.int32).reshape(-1)
+    weights = np.asarray(weights, dtype=np.float32).reshape(-1)
+    if len(words) != len(weights) or not np.all(np.isfinite(weights)):
+        raise QueryError("the query's visual words and weights must be two lists of the same length.")
+    if not len(words):
+        return []
+    cols = ", ".join(f"p.{c}" for c in PAPYRUS_COLUMNS)
+    distance = "i.embedding <=> %s" if vector is not None else "NULL::float8"
+    sql = (
+        "WITH q AS (SELECT * FROM unnest(%s::int4[], %s::float4[]) AS q(word, qw)),"
+        " post AS (SELECT w.word, w.image_id, w.weight * q.qw AS s FROM image_words w JOIN q ON q.word = w.word),"
+        " df AS (SELECT word, count(*) AS df FROM post GROUP BY word),"
+        " n AS (SELECT count(*)::float8 AS n FROM images),"
+        " idf AS (SELECT df.word, ln((n.n + 1.0) / (df.df + 1.0)) AS idf FROM df CROSS JOIN n),"
+        " qnorm AS (SELECT greatest(sqrt(sum((q.qw * idf.idf) ^ 2)), 1e-9) AS v FROM q JOIN idf USING (word)),"
+        " scored AS (SELECT post.image_id, sum(post.s * idf.idf * idf.idf) AS score"
+        "   FROM post JOIN idf USING (word) GROUP BY post.image_id)"
+        f" SELECT i.id AS image_id, scored.score / qnorm.v AS words_score, {distance} AS distance,"
+        f" i.object_key, i.thumb_key, i.source_name, i.model, NULL::int AS ef_search, {cols}"
+        " FROM scored CROSS JOIN qnorm JOIN images i ON i.id = scored.image_id"
+        f" JOIN papyri p ON p.id = i.papyrus_id{where}"
+        " ORDER BY scored.score DESC, i.id LIMIT %s"
+    )
+    args: list[Any] = [words.tolist(), weights.tolist()]
+    if vector is not None:
+        args.append(_query_vector(vector))
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(sql, [*args, *params, n]).fetchall()
+
+
+def has_words(conn: psycopg.Connection) -> bool:
+    """Whether the visual-word index holds anything (not for an index built before it existed)."""
+    return conn.execute("SELECT 1 FROM image_words LIMIT 1").fetchone() is not None
+
+
 def stats(conn: psycopg.Connection) -> dict[str, Any]:
     papyri = scalar(conn, "SELECT count(*) FROM papyri")
     images = scalar(conn, "SELECT count(*) FROM images")
@@ -696,5 +783,7 @@ def stats(conn: psycopg.Connection) -> dict[str, Any]:
         "images": images,
         "models": models,
         "model_source": get_meta(conn, "model"),
+        "vocabulary": get_meta(conn, "vocabulary"),
+        "images_with_words": int(scalar(conn, "SELECT count(DISTINCT image_id) FROM image_words")),
         "hnsw": hnsw_state(conn),
     }

@@ -1,9 +1,11 @@
 """The Dask side: worker-cached resources, the search chain of futures, the ingest tasks.
 
 A search is three or four futures, each a stage the widget shows:
-``prepare`` (decode safely, deskew by corners, model input) → ``embed`` (worker-cached model) →
-``search`` (kNN in pgvector, thumbnails attached as bytes) → ``verify`` (optional: re-rank the top
-hits by local features, :mod:`papyrus_widgets.verify`, with the inlier matches as evidence).
+``prepare`` (decode safely; the photo's local features and visual words — of the corners' region
+when given; model input) → ``embed`` (worker-cached model) → ``search`` (the first stage: visual
+words in PostgreSQL fused with the embedding kNN, :mod:`papyrus_widgets.retrieval.shortlist`) →
+``verify`` (confirm candidates geometrically until one is confirmed, find the region, attach
+evidence and thumbnails: :mod:`papyrus_widgets.retrieval.confirm`; optional).
 Tasks receive a :class:`~papyrus_widgets.config.Settings` whose ``database_url`` and ``model``
 are already resolved by the engine, so a worker never guesses.
 """
@@ -30,12 +32,14 @@ from .metadata import PapyrusRecord
 
 SEARCH_PRIORITY = 10  # searches overtake ingest batches on a shared cluster
 STAGES = ("queued", "preparing", "embedding", "searching", "verifying", "done")
-VERIFY_BY_DEFAULT = True
-"""Searches verify their top hits unless asked not to (``verify=False``) or configured not to
-(``Settings.verify`` / ``PAPYRUS_VERIFY=0``)."""
-VERIFY_CANDIDATES = 10
-"""With verification, the search fetches ``max(k, VERIFY_CANDIDATES)`` candidates, re-ranks the
-first ``VERIFY_CANDIDATES`` of them by local features, and returns the best ``k``."""
+PHOTO_MAX_SIDE = 3200
+"""A query photo is decoded with a long side of at most this many pixels: the region where the
+papyrus is (corners given, or found) is looked at in this detail."""
+REFINE_BELOW = 0.5
+"""When the region found covers less than this fraction of the photo, the confirming stage looks
+at that region again in full detail (:data:`PHOTO_MAX_SIDE`) and keeps the better evidence."""
+REFINE_CANDIDATES = 3
+"""How many of the best candidates that second look re-matches."""
 
 
 # --- per-process caches on workers (and in the client process when it runs tasks itself) -------
@@ -75,6 +79,14 @@ def worker_store(settings: Settings) -> objects.ObjectStore:
     )
 
 
+def worker_vocabulary(settings: Settings) -> Any:
+    """The visual vocabulary of these settings (``Settings.vocabulary``, resolved by the engine;
+    None: the shipped one), loaded once per process."""
+    from .retrieval.vocabulary import load_vocabulary
+
+    return load_vocabulary(settings.vocabulary)
+
+
 def _require_resolved(settings: Settings) -> tuple[str, str]:
     if not settings.database_url or not settings.model:
         raise JobError("internal error: a task received unresolved settings (no database URL or model).")
@@ -107,11 +119,23 @@ class Hit:
     image_key: str | None = None
     thumb_key: str | None = None
     thumbnail: bytes | None = field(default=None, repr=False)
-    # set by the verifying stage (None / empty when the search was not verified):
     embedding_score: float | None = None
-    """The cosine similarity of the embeddings; ``score`` blends it with the verification."""
+    """The cosine similarity of the embeddings (None: not known)."""
+    words_score: float | None = None
+    """The first stage's visual-word similarity (idf-weighted cosine; None: not in the word list)."""
+    shortlist_score: float | None = None
+    """The first stage's similarity this hit was ranked by (``words_score``, else ``embedding_score``)."""
+    found_by: str | None = None
+    """Which first-stage list proposed it: ``"words"``, ``"embedding"`` or ``"both"``."""
+    # set by the verifying stage (None / empty / False when the search was not verified):
+    confirmed: bool = False
+    """The geometry agrees: the same papyrus is in the photo (:func:`~papyrus_widgets.retrieval.is_confirmed`).
+    ``score`` ≥ 0.5 exactly for confirmed hits."""
     inliers: int | None = None
     """Local-feature matches that agree on one homography (RANSAC inliers)."""
+    region: list[list[float]] | None = None
+    """Where this reference is in the photo: its corners (TL, TR, BR, BL) mapped by the
+    homography, in the pixels of the photo as stored (confirmed hits only)."""
     matches: list[list[float]] = field(default_factory=list, repr=False)
     """Up to 50 inlier pairs ``[qx, qy, rx, ry]``: query pixels (the photo as uploaded, after EXIF
     orientation) and reference pixels (the stored original)."""
@@ -130,10 +154,10 @@ class Hit:
         return d
 
 
-def _hit(row: Mapping[str, Any], rank: int, thumbnail: bytes | None) -> Hit:
+def _hit(row: Mapping[str, Any], rank: int, thumbnail: bytes | None, score: float) -> Hit:
     return Hit(
         rank=rank,
-        score=round(1.0 - float(row["distance"]), 6),
+        score=round(score, 6),
         key=row["key"],
         hgv_id=row["hgv_id"],
         tm_id=row["tm_id"],
@@ -158,34 +182,83 @@ def _hit(row: Mapping[str, Any], rank: int, thumbnail: bytes | None) -> Hit:
 # --- search tasks ------------------------------------------------------------------------------
 
 
+@dataclass
+class PreparedQuery:
+    """What the preparing stage hands on: the model input, the photo's local features (of the
+    corners' region when given) and their visual words."""
+
+    model_input: np.ndarray = field(repr=False)
+    features: Any = field(repr=False)
+    """:class:`~papyrus_widgets.retrieval.Features`, points in the photo's stored pixels."""
+    words: np.ndarray = field(repr=False)
+    size: tuple[int, int] = (0, 0)
+    """(width, height) of the photo as stored (EXIF-upright)."""
+    region_given: bool = False
+
+
+def _decode_query(settings: Settings, query_key: str, name: str, max_side: int) -> Any:
+    data = worker_store(settings).get(query_key)
+    return imaging.decode_image(
+        data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_upload_bytes, max_side=max_side, name=name
+    )
+
+
+def _query_features(img: Any, region: Sequence[Sequence[float]] | None) -> Any:
+    from .retrieval.features import QUERY_MAX_KEYPOINTS, QUERY_MAX_SIDE, extract_features
+
+    return extract_features(
+        img,
+        size=img.info.get("original_size", img.size),
+        max_side=QUERY_MAX_SIDE,
+        max_keypoints=QUERY_MAX_KEYPOINTS,
+        region=region,
+    )
+
+
 def prepare_task(
     settings: Settings, query_key: str, name: str, corners: Sequence[Sequence[float]] | None
-) -> np.ndarray:
-    """Stage 1: fetch the stored query, decode it safely, deskew by corners, make model input."""
-    data = worker_store(settings).get(query_key)
-    img = imaging.decode_image(
-        data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_upload_bytes, max_side=2048, name=name
-    )
+) -> PreparedQuery:
+    """Stage 1: fetch the stored query, decode it safely; the local features and visual words of
+    the photo (of the corners' region when given, in full detail); deskew by corners for the model
+    input."""
+    img = _decode_query(settings, query_key, name, PHOTO_MAX_SIDE)
+    size = tuple(int(v) for v in img.info.get("original_size", img.size))
+    region = None
+    crop = img
     if corners is not None:
+        region = imaging.order_corners(corners, size).tolist()  # type: ignore[arg-type]
         # corners are in the pixels of the original (EXIF-upright) image; the decode may be smaller
-        ow, oh = img.info.get("original_size", img.size)
-        sx, sy = img.width / ow, img.height / oh
-        img = imaging.deskew(img, [[float(x) * sx, float(y) * sy] for x, y in corners])
+        sx, sy = img.width / size[0], img.height / size[1]
+        crop = imaging.deskew(img, [[float(x) * sx, float(y) * sy] for x, y in corners])
         try:  # kept for the record (history, audit); the search goes on without it
-            worker_store(settings).put(objects.crop_key(query_key, corners), imaging.jpeg_bytes(img, 90), "image/jpeg")
+            worker_store(settings).put(objects.crop_key(query_key, corners), imaging.jpeg_bytes(crop, 90), "image/jpeg")
         except PapyrusError:
             pass
-    return imaging.model_input(img)
+    features = _query_features(img, region)
+    words = worker_vocabulary(settings).words(features.descriptors) if features.method == "sift" else np.zeros(0)
+    return PreparedQuery(imaging.model_input(crop), features, words, size, region is not None)  # type: ignore[arg-type]
 
 
-def embed_task(settings: Settings, arrays: np.ndarray) -> np.ndarray:
+def embed_task(settings: Settings, prepared: PreparedQuery | np.ndarray) -> np.ndarray:
     """Stage 2: embed with the model cached on this worker."""
     from .model import embed_arrays
 
     _, source = _require_resolved(settings)
     model, _ = worker_model(source, settings.model_revision)
+    arrays = prepared.model_input if isinstance(prepared, PreparedQuery) else prepared
     batch = arrays[None] if arrays.ndim == 3 else arrays
     return embed_arrays(model, batch)[0]
+
+
+def _attach_thumbnails(settings: Settings, hits: list[Hit]) -> list[Hit]:
+    store = worker_store(settings)
+    for hit in hits:
+        if hit.thumbnail is None and hit.thumb_key:
+            try:
+                hit.thumbnail = store.get(hit.thumb_key)
+            except (KeyError, PapyrusError):
+                hit.thumbnail = None  # a missing thumbnail must not lose the result
+    return hits
 
 
 def search_task(
@@ -194,33 +267,58 @@ def search_task(
     k: int,
     filters: Mapping[str, Any] | None,
     ef_search: int | None = None,
+    prepared: PreparedQuery | None = None,
+    candidates: int | None = None,
 ) -> list[Hit]:
-    """Stage 3: kNN in pgvector (``ef_search``: see :func:`index.knn`), then the thumbnails of
-    the hits as bytes."""
+    """Stage 3, the first stage of retrieval: the references that share the most visual words with
+    the query (``prepared``; :func:`index.word_candidates`), then the embedding's kNN
+    (``ef_search``: see :func:`index.knn`) for those the words missed, fused
+    (:func:`papyrus_widgets.retrieval.shortlist.fuse`). Returns ``candidates`` hits (default ``k``),
+    ranked by the first stage; the best ``k`` carry their thumbnails as bytes."""
+    from .retrieval import shortlist
+
     url, source = _require_resolved(settings)
     _, fingerprint = worker_model(source, settings.model_revision)
+    n = max(k, candidates or k)
     with index.pooled_connection(url) as conn:
-        rows = index.knn(conn, vector, k, filters, ef_search=ef_search)
-    if rows and all(r["model"] != fingerprint for r in rows):
+        knn_rows = index.knn(conn, vector, min(n, max(k, shortlist.EMBEDDING_CANDIDATES)), filters, ef_search=ef_search)
+        word_rows: list[dict[str, Any]] = []
+        recorded = index.get_meta(conn, "vocabulary")
+        if prepared is not None and len(prepared.words) and recorded:
+            fingerprint_words = worker_vocabulary(settings).fingerprint
+            if recorded != fingerprint_words:
+                raise ModelError(
+                    f"the index's visual words were made with another vocabulary ({recorded}) than this search's "
+                    f"({fingerprint_words}): set PAPYRUS_VOCABULARY to the one that built the index, or unset it."
+                )
+            words, weights = shortlist.query_weights(prepared.words)
+            word_rows = index.word_candidates(
+                conn, words, weights, max(n, shortlist.WORD_CANDIDATES), filters, vector
+            )
+    if knn_rows and all(r["model"] != fingerprint for r in knn_rows):
         raise ModelError(
             f"the index was built with another model than {source}: search with the model that built it "
             "(unset PAPYRUS_MODEL) or re-ingest the collection with this one."
         )
-    store = worker_store(settings)
+    ef = knn_rows[0]["ef_search"] if knn_rows else None
     hits = []
-    for rank, row in enumerate(rows, start=1):
-        try:
-            thumb: bytes | None = store.get(row["thumb_key"])
-        except (KeyError, PapyrusError):
-            thumb = None  # a missing thumbnail must not lose the result
-        hits.append(_hit(row, rank, thumb))
+    for rank, c in enumerate(shortlist.fuse(word_rows, knn_rows)[:n], start=1):
+        first = c.words_score if c.words_score is not None else max(0.0, c.embedding_score or 0.0)
+        hit = _hit(c.row, rank, None, first)
+        hit.ef_search = ef
+        hit.words_score = None if c.words_score is None else round(c.words_score, 6)
+        hit.embedding_score = None if c.embedding_score is None else round(c.embedding_score, 6)
+        hit.shortlist_score = hit.score
+        hit.found_by = c.found_by
+        hits.append(hit)
+    _attach_thumbnails(settings, hits[:k])
     return hits
 
 
 def _reference_features_cache() -> Any:
     global _FEATURES
     if _FEATURES is None:
-        from .verify import FeatureCache
+        from .retrieval.features import FeatureCache
 
         _FEATURES = FeatureCache()
     return _FEATURES
@@ -234,7 +332,7 @@ def reference_features(settings: Settings, image_key: str) -> Any:
     the object store where ingest put them (``features/…npz``), else computed from the original and
     stored for next time (collections ingested before features were stored, or made with other
     bounds). Keys are content-addressed, so an entry never goes stale."""
-    from .verify import MAX_SIDE, Features, extract_features, feature_params
+    from .retrieval.features import MAX_SIDE, Features, extract_features, feature_params
 
     store = worker_store(settings)
     fkey = objects.features_key(image_key)
@@ -258,54 +356,89 @@ def reference_features(settings: Settings, image_key: str) -> Any:
     return _reference_features_cache().get((store.describe(), image_key), compute)
 
 
-def verify_task(settings: Settings, query_key: str, name: str, hits: list[Hit], k: int) -> list[Hit]:
-    """Stage 4: re-rank the first :data:`VERIFY_CANDIDATES` hits by local-feature geometric
-    verification, blend the scores, attach the inlier matches, return the best ``k``.
+def _apply(hit: Hit, r: Any) -> Hit:
+    """Copy one confirming result (a :class:`~papyrus_widgets.retrieval.Reranked`) onto its hit."""
+    hit.score = round(r.score, 6)
+    v = r.verification
+    hit.confirmed = bool(r.confirmed)
+    if v is not None:
+        hit.inliers = v.inliers
+        hit.matches = v.matches
+        hit.query_size = v.query_size
+        hit.reference_size = v.reference_size
+        hit.region = v.outline if hit.confirmed else None
+    return hit
 
-    Evidence is a bonus: a reference whose features cannot be had keeps its embedding score, and
-    a query that cannot be decoded here (it was decoded by ``prepare``) returns the hits as found.
+
+def _area_fraction(quad: Sequence[Sequence[float]], size: Sequence[int]) -> float:
+    return imaging.polygon_area(np.asarray(quad, dtype=np.float64)) / max(1.0, float(size[0]) * float(size[1]))
+
+
+def verify_task(
+    settings: Settings, query_key: str, name: str, hits: list[Hit], k: int, prepared: PreparedQuery | None = None
+) -> list[Hit]:
+    """Stage 4, confirming: verify the first stage's candidates geometrically in rounds until one
+    is confirmed (:func:`papyrus_widgets.retrieval.confirm`), then — when the papyrus found covers
+    a small part of the photo — look at that region again in full detail and keep the better
+    evidence. Returns the best ``k``: confirmed hits first, each with its region in the photo.
+
+    Evidence is a bonus: a reference whose features cannot be had keeps its first-stage place, and
+    a query whose features cannot be had (e.g. a search submitted without ``prepared``) is decoded
+    here.
     """
-    from .verify import MAX_SIDE, Candidate, extract_features, rerank
+    from .retrieval import Candidate, confirm, match, ranked
 
     if not hits:
         return hits
     # copies: the search future's own result may be this very list (same worker), and a retried
-    # task must not blend twice
+    # task must not confirm twice
     hits = [dataclasses.replace(h, matches=list(h.matches)) for h in hits]
-    head, tail = hits[:VERIFY_CANDIDATES], hits[VERIFY_CANDIDATES:]
     try:
-        data = worker_store(settings).get(query_key)
-        img = imaging.decode_image(
-            data,
-            max_pixels=settings.max_image_pixels,
-            max_bytes=settings.max_upload_bytes,
-            max_side=MAX_SIDE,
-            name=name,
+        query = prepared.features if prepared is not None else _query_features(
+            _decode_query(settings, query_key, name, PHOTO_MAX_SIDE), None
         )
-        query = extract_features(img, size=img.info.get("original_size"))
     except PapyrusError:
-        return hits[:k]
+        return _attach_thumbnails(settings, hits[:k])
+
     candidates = [
-        Candidate(h.score, functools.partial(reference_features, settings, h.image_key), h) for h in head if h.image_key
+        Candidate(h.score, functools.partial(reference_features, settings, h.image_key), h) for h in hits if h.image_key
     ]
-    ordered: list[Hit] = []
-    for r in rerank(query, candidates):
-        hit: Hit = r.payload
-        hit.embedding_score = r.embedding_score
-        hit.score = round(r.score, 6)
-        if r.verification is not None:
-            hit.inliers = r.verification.inliers
-            hit.matches = r.verification.matches
-            hit.query_size = r.verification.query_size
-            hit.reference_size = r.verification.reference_size
-        ordered.append(hit)
-    ordered += [h for h in head if not h.image_key] + tail
-    for h in tail:
-        h.embedding_score = h.score
+    results = confirm(query, candidates)
+    best = results[0].verification if results and results[0].confirmed else None
+    whole_photo = prepared is None or not prepared.region_given
+    if (
+        best is not None
+        and whole_photo
+        and best.outline is not None
+        and best.query_size is not None
+        and _area_fraction(best.outline, best.query_size) < REFINE_BELOW
+    ):
+        try:
+            photo = _decode_query(settings, query_key, name, PHOTO_MAX_SIDE)
+            detail = _query_features(photo, _clip_region(best.outline, best.query_size))
+        except (PapyrusError, ValueError):
+            detail = None
+        if detail is not None:
+            for r in results[:REFINE_CANDIDATES]:
+                try:
+                    again = match(detail, reference_features(settings, r.payload.image_key))
+                except Exception:  # noqa: BLE001 - evidence is a bonus
+                    continue
+                if r.verification is None or again.inliers > r.verification.inliers:
+                    r.verification = again
+            results = ranked(results)
+    ordered = [_apply(r.payload, r) for r in results]
+    ordered += [h for h in hits if not h.image_key]
     out = ordered[:k]
     for rank, h in enumerate(out, start=1):
         h.rank = rank
-    return out
+    return _attach_thumbnails(settings, out)
+
+
+def _clip_region(quad: Sequence[Sequence[float]], size: Sequence[int]) -> list[list[float]]:
+    """``quad`` clipped to the photo (a reference may reach past the photo's edge)."""
+    w, h = float(size[0]), float(size[1])
+    return [[min(max(float(x), 0.0), w), min(max(float(y), 0.0), h)] for x, y in quad]
 
 
 # --- small tasks for the widget ------------------------------------------------------------------
@@ -394,6 +527,8 @@ class SearchJob:
         self._lock = threading.Lock()
         self._callbacks: list[Callable[["SearchJob"], None]] = []
         self._fired = False
+        self.verified = any(stage == "verifying" for stage, _ in futures)
+        """Whether the job has a confirming stage."""
         futures[-1][1].add_done_callback(self._on_last_done)
 
     def _on_last_done(self, _future: Any) -> None:
@@ -483,16 +618,24 @@ def submit_search(
     verify: bool = False,
     ef_search: int | None = None,
 ) -> SearchJob:
-    """Submit prepare → embed → search (→ verify) as three (four) futures; returns at once."""
+    """Submit prepare → embed → search (→ verify) as three (four) futures; returns at once. With
+    ``verify`` the search stage hands up to :data:`~papyrus_widgets.retrieval.confirm.CONFIRM_MAX`
+    candidates to the confirming stage."""
+    from .retrieval.confirm import CONFIRM_MAX
+
     tag = uuid.uuid4().hex[:8]
     opts = dict(pure=False, priority=SEARCH_PRIORITY, retries=1)
     prepared = client.submit(prepare_task, settings, query_key, name, corners, key=f"papyrus-prepare-{tag}", **opts)
     vector = client.submit(embed_task, settings, prepared, key=f"papyrus-embed-{tag}", **opts)
-    n = max(k, VERIFY_CANDIDATES) if verify else k
-    hits = client.submit(search_task, settings, vector, n, filters, ef_search, key=f"papyrus-search-{tag}", **opts)
+    n = max(k, CONFIRM_MAX) if verify else k
+    hits = client.submit(
+        search_task, settings, vector, k, filters, ef_search, prepared, n, key=f"papyrus-search-{tag}", **opts
+    )
     stages = [("preparing", prepared), ("embedding", vector), ("searching", hits)]
     if verify:
-        checked = client.submit(verify_task, settings, query_key, name, hits, k, key=f"papyrus-verify-{tag}", **opts)
+        checked = client.submit(
+            verify_task, settings, query_key, name, hits, k, prepared, key=f"papyrus-verify-{tag}", **opts
+        )
         stages.append(("verifying", checked))
     crop = objects.crop_key(query_key, corners) if corners is not None else None
     return SearchJob(client, stages, name, query_key=query_key, crop_key=crop)
@@ -550,13 +693,15 @@ def load_scans(
 
 
 def ingest_batch_task(settings: Settings, items: Sequence[IngestItem]) -> BatchReport:
-    """Read, store (original, thumbnail, local features), embed and COPY one batch of images; skips
-    what is indexed."""
+    """Read, store (original, thumbnail, local features), embed, find the visual words and COPY one
+    batch of images; skips what is indexed."""
     from .model import embed_arrays
-    from .verify import extract_features
+    from .retrieval.features import extract_features
+    from .retrieval.shortlist import document_weights
 
     url, source = _require_resolved(settings)
     model, fingerprint = worker_model(source, settings.model_revision)
+    vocabulary = worker_vocabulary(settings)
     store = worker_store(settings)
     index.get_pool(url)  # a server that is down fails the first batch here, before any work
     report = BatchReport()
@@ -569,6 +714,13 @@ def ingest_batch_task(settings: Settings, items: Sequence[IngestItem]) -> BatchR
                 "ingest into a new database (PAPYRUS_DATABASE_URL / PAPYRUS_DATA_DIR) or use the index's model."
             )
         present = index.existing_images(conn, [(it.record.key, sha) for it, _, sha in loaded])
+        recorded = index.get_meta(conn, "vocabulary")
+        if recorded and recorded != vocabulary.fingerprint and index.has_words(conn):
+            raise ModelError(
+                f"the index's visual words were made with another vocabulary ({recorded}) than "
+                f"{settings.vocabulary or 'the shipped one'} ({vocabulary.fingerprint}): ingest into a new "
+                "database, or unset PAPYRUS_VOCABULARY to use the index's."
+            )
     rows: list[index.ImageRow] = []
     arrays: list[np.ndarray] = []
     for item, data, sha in loaded:
@@ -584,9 +736,13 @@ def ingest_batch_task(settings: Settings, items: Sequence[IngestItem]) -> BatchR
             thumb_key = objects.object_key(objects.THUMBNAILS, sha, ".jpg")
             store.put(key, data, "image/jpeg" if ext == ".jpg" else "application/octet-stream")
             store.put(thumb_key, imaging.thumbnail_bytes(img, settings.thumbnail_size), "image/jpeg")
-            if settings.verify:  # the searches' verifying stage reads them instead of decoding the scan
-                features = extract_features(img, size=(int(width), int(height)))
-                store.put(objects.features_key(key), features.to_bytes())
+            # the words index the scan for the first stage; the confirming stage reads the stored
+            # features instead of decoding the scan
+            features = extract_features(img, size=(int(width), int(height)))
+            store.put(objects.features_key(key), features.to_bytes())
+            words, word_weights = (
+                document_weights(vocabulary.words(features.descriptors)) if features.method == "sift" else (None, None)
+            )
             arrays.append(imaging.model_input(img))
         except ImageError as exc:
             report.failed.append((item.path, str(exc)))
@@ -602,6 +758,8 @@ def ingest_batch_task(settings: Settings, items: Sequence[IngestItem]) -> BatchR
                 height=int(height),
                 model=fingerprint,
                 embedding=np.zeros(index.EMBEDDING_DIM, dtype=np.float32),
+                words=words,
+                word_weights=word_weights,
             )
         )
     if rows:
@@ -611,6 +769,8 @@ def ingest_batch_task(settings: Settings, items: Sequence[IngestItem]) -> BatchR
         with index.pooled_connection(url) as conn:
             added, skipped = index.add_images(conn, rows)
             index.set_meta(conn, "model", source)
+            index.set_meta(conn, "vocabulary", vocabulary.fingerprint)
+            index.set_meta(conn, "vocabulary_path", settings.vocabulary or "")
         report.added += added
         report.skipped += skipped
     return report

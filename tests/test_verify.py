@@ -1,4 +1,4 @@
-"""Geometric verification (papyrus_widgets.verify) on real scans, and the verifying stage of the
+"""Geometric verification (papyrus_widgets.retrieval) on real scans, and the verifying stage of the
 search chain on the test session's services."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from papyrus_widgets import verify
+from papyrus_widgets import retrieval as verify
 from papyrus_widgets.imaging import _perspective_coefficients, decode_image
 from papyrus_widgets.training import recapture
 

@@ -118,9 +118,9 @@ test("evidenceOf: captions for verified, weak, failed and unchecked hits", () =>
   assert.equal(evidenceOf({ inliers: 40, matches }).drawable, false);
 });
 
-test("EVIDENCE_MIN_INLIERS is verify.MIN_INLIERS", () => {
-  const source = readFileSync(new URL("../../papyrus_widgets/verify.py", import.meta.url), "utf8");
+test("EVIDENCE_MIN_INLIERS is retrieval.confirm.MIN_INLIERS", () => {
+  const source = readFileSync(new URL("../../papyrus_widgets/retrieval/confirm.py", import.meta.url), "utf8");
   const m = source.match(/^MIN_INLIERS = (\d+)$/m);
-  assert.ok(m, "verify.py defines MIN_INLIERS");
+  assert.ok(m, "confirm.py defines MIN_INLIERS");
   assert.equal(EVIDENCE_MIN_INLIERS, Number(m[1]));
 });

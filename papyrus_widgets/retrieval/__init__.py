@@ -1,0 +1,73 @@
+"""Retrieval from real photos, in three parts that are each measurable on their own.
+
+1. **find** the papyrus in the photo: :mod:`.locate` (the confirmed reference's outline mapped
+   into the photo, offered as corners; a background/foreground fallback for "Suggest corners");
+2. **shortlist** candidates from the index: :mod:`.shortlist` (visual words in PostgreSQL, fused
+   with the embedding kNN), over :mod:`.features` quantised by :mod:`.vocabulary`;
+3. **confirm** the best candidates geometrically: :mod:`.confirm` (evidence, the region, and
+   "no confirmed match" when nothing is confirmed).
+
+The Dask tasks that run them are in :mod:`papyrus_widgets.jobs`; the SQL in :mod:`papyrus_widgets.index`.
+"""
+
+from .confirm import (
+    CONFIRM_INLIERS,
+    FULL_INLIERS,
+    MAX_EVIDENCE,
+    MIN_INLIERS,
+    Candidate,
+    Reranked,
+    Verification,
+    blend,
+    confirm,
+    confirmed_score,
+    draw_matches,
+    is_confirmed,
+    match,
+    outline,
+    ranked,
+    rerank,
+    support,
+)
+from .features import (
+    MAX_KEYPOINTS,
+    MAX_SIDE,
+    QUERY_MAX_KEYPOINTS,
+    QUERY_MAX_SIDE,
+    FeatureCache,
+    Features,
+    extract_features,
+    feature_method,
+    feature_params,
+    root_sift,
+)
+
+__all__ = [
+    "CONFIRM_INLIERS",
+    "FULL_INLIERS",
+    "MAX_EVIDENCE",
+    "MIN_INLIERS",
+    "MAX_KEYPOINTS",
+    "MAX_SIDE",
+    "QUERY_MAX_KEYPOINTS",
+    "QUERY_MAX_SIDE",
+    "Candidate",
+    "FeatureCache",
+    "Features",
+    "Reranked",
+    "Verification",
+    "blend",
+    "confirm",
+    "confirmed_score",
+    "draw_matches",
+    "extract_features",
+    "feature_method",
+    "feature_params",
+    "is_confirmed",
+    "match",
+    "outline",
+    "ranked",
+    "rerank",
+    "root_sift",
+    "support",
+]

@@ -1,0 +1,348 @@
+"""The third part of a search: confirm candidates geometrically, with evidence, and say when
+nothing is confirmed.
+
+The first stage says "these share words" or "these look alike"; confirming checks that the *same*
+papyrus is in both pictures: SIFT keypoints of the query and of a reference are matched (RootSIFT,
+Lowe's ratio test) and a homography is fitted (MAGSAC++). The inlier pairs are the evidence — the
+same fibre, hole or letter seen in both images. A hit is **confirmed** (:func:`is_confirmed`) when at
+least :data:`CONFIRM_INLIERS` inliers agree *and* they spread over at least :data:`CONFIRM_SPREAD`
+of the reference (matches on a strip that every scan of a collection shares — a library's footer,
+a colour chart — do not confirm). Its homography maps the reference's outline into the photo: the
+region where the papyrus is (:attr:`Verification.outline`), offered to the user as corners.
+
+Scores (:func:`confirmed_score`): a confirmed hit scores 0.5 … 1 (rising with its inliers up to
+:data:`FULL_INLIERS`), any other hit half its first-stage similarity (< 0.5); so "score ≥ 0.5"
+means confirmed, and the order of the scores is the order of the hits.
+
+Work is bounded: :func:`confirm` verifies the candidates in rounds (:data:`CONFIRM_FIRST`, then
+:data:`CONFIRM_STEP` more) and stops after the round that confirmed one, or at
+:data:`CONFIRM_MAX`; each reference's features come from the object store (made at ingest), so
+the cost does not grow with the collection.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .features import Features, root_sift
+
+RATIO = 0.85
+"""Lowe's ratio test: keep a match when best distance < RATIO x second best."""
+RANSAC_THRESHOLD = 0.008
+"""RANSAC reprojection threshold as a fraction of the long side of the work image (≈6 px at 768)."""
+MIN_INLIERS = 12
+"""Inlier counts up to this are treated as chance (support 0)."""
+FULL_INLIERS = 50
+"""Inlier count at which the support saturates at 1."""
+MAX_EVIDENCE = 50
+"""At most this many inlier pairs are kept per hit as evidence."""
+CONFIRM_INLIERS = 20
+"""A hit is confirmed with at least this many inliers (and :data:`CONFIRM_SPREAD`)."""
+CONFIRM_SPREAD = 0.04
+"""… spread over at least this fraction of the reference's area (convex hull of the inliers)."""
+CONFIRM_FIRST = 10
+"""Candidates verified in the first round of :func:`confirm` …"""
+CONFIRM_STEP = 20
+"""… and in each further round, while none is confirmed …"""
+CONFIRM_MAX = 70
+"""… up to this many in all."""
+
+@dataclass
+class Verification:
+    """The outcome of matching a query against one reference.
+
+    ``inliers``: RANSAC inliers of the homography (0 when none could be fitted);
+    ``matches``: up to :data:`MAX_EVIDENCE` inlier pairs ``[qx, qy, rx, ry]`` (query and reference
+    pixels, best descriptor distance first); ``homography``: 3x3 reference → query pixels, or None;
+    ``support``: the 0 … 1 factor the score blend uses; ``seconds``: time spent matching;
+    ``query_size`` / ``reference_size``: ``[width, height]`` of the images the points refer to.
+    """
+
+    inliers: int
+    matches: list[list[float]]
+    homography: list[list[float]] | None
+    support: float
+    seconds: float = 0.0
+    query_size: list[int] | None = None
+    reference_size: list[int] | None = None
+    spread: float = 0.0
+    """Area of the inliers' convex hull in the reference / the reference's area."""
+    outline: list[list[float]] | None = None
+    """The reference's corners (TL, TR, BR, BL) mapped into the query's pixels by the homography:
+    where the papyrus is in the photo."""
+
+    @property
+    def confirmed(self) -> bool:
+        return is_confirmed(self)
+
+
+def is_confirmed(v: Verification | None) -> bool:
+    """Whether ``v`` shows the same papyrus: enough inliers, spread over enough of the reference."""
+    return v is not None and v.inliers >= CONFIRM_INLIERS and v.spread >= CONFIRM_SPREAD
+
+
+def confirmed_score(shortlist_score: float, v: Verification | None) -> float:
+    """0.5 … 1 for a confirmed hit (by its support), else half the first-stage similarity (< 0.5)."""
+    if is_confirmed(v):
+        return 0.5 + 0.5 * support(v.inliers)  # type: ignore[union-attr]  # is_confirmed: not None
+    return 0.5 * min(1.0, max(0.0, float(shortlist_score))) * 0.999
+
+
+def _hull_fraction(points: np.ndarray, size: Sequence[int]) -> float:
+    import cv2
+
+    if len(points) < 3:
+        return 0.0
+    hull = cv2.convexHull(points.astype(np.float32))
+    return float(cv2.contourArea(hull)) / max(1.0, float(size[0]) * float(size[1]))
+
+
+def outline(homography: Sequence[Sequence[float]], size: Sequence[int]) -> list[list[float]]:
+    """The corners (TL, TR, BR, BL) of a ``size`` = (width, height) image mapped by ``homography``."""
+    w, h = float(size[0]), float(size[1])
+    corners = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], dtype=np.float64)
+    mapped = corners @ np.asarray(homography, dtype=np.float64).T
+    return [[round(float(x / z), 1), round(float(y / z), 1)] for x, y, z in mapped]
+
+# --- matching ------------------------------------------------------------------------------------
+
+
+def support(inliers: int, min_inliers: int = MIN_INLIERS, full_inliers: int = FULL_INLIERS) -> float:
+    """0 for ``inliers <= min_inliers``, rising linearly to 1 at ``full_inliers``."""
+    if inliers <= min_inliers:
+        return 0.0
+    return float(min(1.0, (inliers - min_inliers) / max(1, full_inliers - min_inliers)))
+
+
+def blend(embedding_score: float, support_value: float) -> float:
+    """``embedding_score + (1 - embedding_score) * support``: stays in [0, 1] for scores in [0, 1]."""
+    return float(embedding_score + (1.0 - embedding_score) * support_value)
+
+
+def match(
+    query: Features, reference: Features, *, ratio: float = RATIO, max_evidence: int = MAX_EVIDENCE
+) -> Verification:
+    """Match ``query`` against ``reference``: ratio-tested nearest neighbours, then a RANSAC
+    homography (reference → query). Returns the inliers as evidence."""
+    import cv2
+
+    t0 = time.perf_counter()
+    q_size, r_size = [int(v) for v in query.size], [int(v) for v in reference.size]
+    empty = Verification(0, [], None, 0.0, query_size=q_size, reference_size=r_size)
+    if query.method != reference.method:
+        raise ValueError(f"cannot match {query.method} features against {reference.method} features")
+    if len(query) < 4 or len(reference) < 4:
+        empty.seconds = time.perf_counter() - t0
+        return empty
+    if query.method == "sift":
+        matcher = cv2.BFMatcher(cv2.NORM_L2)
+        q, r = root_sift(query.descriptors), root_sift(reference.descriptors)
+    else:
+        matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+        q, r = query.descriptors, reference.descriptors
+    pairs = matcher.knnMatch(q, r, k=2)
+    good = [
+        (m.queryIdx, m.trainIdx, m.distance)
+        for m, *rest in (p for p in pairs if p)
+        if not rest or m.distance < ratio * rest[0].distance
+    ]
+    # one reference keypoint may serve one query keypoint only (keep the closest)
+    best: dict[int, tuple[int, int, float]] = {}
+    for qi, ri, dist in good:
+        if ri not in best or dist < best[ri][2]:
+            best[ri] = (qi, ri, dist)
+    good = sorted(best.values(), key=lambda t: t[2])
+    if len(good) < 4:
+        empty.seconds = time.perf_counter() - t0
+        return empty
+    q_idx = np.array([g[0] for g in good])
+    r_idx = np.array([g[1] for g in good])
+    # fit in work pixels of the query (the threshold is relative to the image size there)
+    q_scale, r_scale = query.scale, reference.scale
+    src = reference.points[r_idx].astype(np.float64) * r_scale
+    dst = query.points[q_idx].astype(np.float64) * q_scale
+    threshold = max(1.0, RANSAC_THRESHOLD * query.work_side)
+    H, mask = cv2.findHomography(src, dst, ROBUST_METHOD(), threshold, maxIters=2000, confidence=0.995)
+    if H is None or mask is None or not _plausible(H):
+        empty.seconds = time.perf_counter() - t0
+        return empty
+    inlier = mask.ravel().astype(bool)
+    n = int(inlier.sum())
+    evidence = [
+        [round(float(x), 1) for x in (*query.points[a], *reference.points[b])]
+        for a, b in zip(q_idx[inlier][:max_evidence], r_idx[inlier][:max_evidence])
+    ]
+    # homography in stored pixels: H_px = S_q^-1 · H · S_r
+    Hs = np.diag([1 / q_scale, 1 / q_scale, 1.0]) @ H @ np.diag([r_scale, r_scale, 1.0])
+    Hs = Hs / Hs[2, 2] if abs(Hs[2, 2]) > 1e-12 else Hs
+    homography = [[float(v) for v in row] for row in Hs]
+    return Verification(
+        inliers=n,
+        matches=evidence,
+        homography=homography,
+        support=support(n),
+        seconds=time.perf_counter() - t0,
+        query_size=q_size,
+        reference_size=r_size,
+        spread=_hull_fraction(reference.points[r_idx[inlier]], reference.size),
+        outline=outline(homography, reference.size),
+    )
+
+
+def _plausible(H: np.ndarray) -> bool:
+    """Reject homographies no camera gives: mirror images, collapse, extreme scale or perspective."""
+    if not np.all(np.isfinite(H)) or abs(H[2, 2]) < 1e-12:
+        return False
+    H = H / H[2, 2]
+    det = float(np.linalg.det(H[:2, :2]))
+    if det <= 0:
+        return False
+    scale = det**0.5
+    return 1 / 30 < scale < 30 and abs(H[2, 0]) < 0.01 and abs(H[2, 1]) < 0.01
+
+
+def _robust_method() -> int:
+    """OpenCV's USAC with MAGSAC++ (4.5+: fast when most matches are wrong), else classic RANSAC."""
+    import cv2
+
+    return int(getattr(cv2, "USAC_MAGSAC", cv2.RANSAC))
+
+
+ROBUST_METHOD = _robust_method
+
+
+# --- confirming -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Candidate:
+    """A hit to confirm: its first-stage similarity and a way to get its reference features."""
+
+    score: float
+    features: Callable[[], Features] | Features
+    payload: Any = None
+
+
+@dataclass
+class Reranked:
+    """A candidate after confirming: its ``score`` (:func:`confirmed_score`), the first-stage
+    ``embedding_score`` it came with, its :class:`Verification` (None when it was not verified, or
+    its features could not be had) and its payload."""
+
+    score: float
+    embedding_score: float
+    verification: Verification | None
+    payload: Any = None
+
+    @property
+    def confirmed(self) -> bool:
+        return is_confirmed(self.verification)
+
+
+def _verify(query: Features, c: Candidate) -> Verification | None:
+    try:
+        feats = c.features() if callable(c.features) else c.features
+        return match(query, feats)
+    except Exception:  # noqa: BLE001 - evidence is a bonus: never lose the hit over it
+        return None
+
+
+def confirm(
+    query: Features,
+    candidates: Sequence[Candidate],
+    *,
+    first: int = CONFIRM_FIRST,
+    step: int = CONFIRM_STEP,
+    limit: int = CONFIRM_MAX,
+) -> list[Reranked]:
+    """Verify ``candidates`` (best first) in rounds — ``first``, then ``step`` more — until a round
+    confirms one or ``limit`` were verified; return them all, confirmed first (most inliers
+    first), then the rest in their order. A candidate whose features fail keeps its place."""
+    checked: list[tuple[int, Candidate, Verification | None]] = []
+    todo = list(enumerate(candidates))
+    size = first
+    while todo and len(checked) < limit:
+        batch, todo = todo[: min(size, limit - len(checked))], todo[min(size, limit - len(checked)) :]
+        checked += [(i, c, _verify(query, c)) for i, c in batch]
+        size = step
+        if any(is_confirmed(v) for _, _, v in checked):
+            break
+    checked += [(i, c, None) for i, c in todo]
+    checked.sort(key=lambda t: t[0])
+    return ranked(
+        [Reranked(score=0.0, embedding_score=float(c.score), verification=v, payload=c.payload) for _, c, v in checked]
+    )
+
+
+def ranked(results: Sequence[Reranked]) -> list[Reranked]:
+    """Score (:func:`confirmed_score`) and order results given in first-stage order: confirmed
+    first, most inliers first; then the rest in the order given. Call it again after a
+    verification changed (a second, closer look)."""
+    for r in results:
+        r.score = confirmed_score(r.embedding_score, r.verification)
+    order = sorted(
+        range(len(results)),
+        key=lambda i: (0, -results[i].verification.inliers, i) if results[i].confirmed else (1, 0, i),  # type: ignore[union-attr]
+    )
+    return [results[i] for i in order]
+
+
+def rerank(query: Features, candidates: Sequence[Candidate]) -> list[Reranked]:
+    """Verify every candidate (:func:`confirm` without stopping early)."""
+    n = max(1, len(candidates))
+    return confirm(query, candidates, first=n, step=n, limit=n)
+
+
+# --- drawing (notebooks) -------------------------------------------------------------------------
+
+
+def draw_matches(
+    query_img: Image.Image,
+    reference_img: Image.Image,
+    matches: Sequence[Sequence[float]],
+    *,
+    query_size: tuple[int, int] | None = None,
+    reference_size: tuple[int, int] | None = None,
+    title: str | None = None,
+    height: float = 4.0,
+) -> Any:
+    """A matplotlib Figure: query (left) and reference (right) side by side, inlier pairs as lines.
+
+    ``matches`` are ``[qx, qy, rx, ry]`` in stored pixels (``Verification.matches`` or
+    ``Hit.matches``); ``query_size`` / ``reference_size`` give the stored sizes when the images
+    passed are downscaled (default: their own size).
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import ConnectionPatch
+
+    qs = query_size or query_img.size
+    rs = reference_size or reference_img.size
+    aspect = query_img.size[0] / query_img.size[1] + reference_img.size[0] / reference_img.size[1]
+    fig, (ax_q, ax_r) = plt.subplots(1, 2, figsize=(max(4.0, height * aspect), height))
+    ax_q.imshow(query_img)
+    ax_r.imshow(reference_img)
+    for ax, name in ((ax_q, "query"), (ax_r, "reference")):
+        ax.set_axis_off()
+        ax.set_title(name, fontsize=9)
+    fq = (query_img.size[0] / qs[0], query_img.size[1] / qs[1])
+    fr = (reference_img.size[0] / rs[0], reference_img.size[1] / rs[1])
+    colours = plt.cm.viridis(np.linspace(0, 1, max(1, len(matches))))
+    for (qx, qy, rx, ry), colour in zip(matches, colours):
+        a = (qx * fq[0], qy * fq[1])
+        b = (rx * fr[0], ry * fr[1])
+        ax_q.plot(*a, "o", ms=3, color=colour)
+        ax_r.plot(*b, "o", ms=3, color=colour)
+        fig.add_artist(
+            ConnectionPatch(
+                xyA=a, coordsA=ax_q.transData, xyB=b, coordsB=ax_r.transData, color=colour, lw=0.7, alpha=0.8
+            )
+        )
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,239 @@
+"""Local features: SIFT keypoints and descriptors (ORB where OpenCV has no SIFT), bounded in work,
+with their coordinates in the pixels of the image as stored, and a per-process LRU of them.
+
+Ingest computes each reference's features once and stores them in the object store
+(``features/…npz``, with the bounds they were made with); the confirming stage
+(:mod:`papyrus_widgets.retrieval.confirm`) and the word index (:mod:`.shortlist`) use them.
+Queries are looked at in more detail than references (:data:`QUERY_MAX_SIDE`,
+:data:`QUERY_MAX_KEYPOINTS`): in a phone photo the papyrus may fill a tenth of the frame.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Sequence
+
+import numpy as np
+from PIL import Image
+
+MAX_SIDE = 768
+"""Long side (px) at which features are computed. On re-photographs of the Heidelberg scans
+(queries of at most 512 px) 768 verified every query against its own scan (more than 15 inliers)
+where 1024 missed 2.5 % (fine detail of the scan that a small, blurred photo does not hold)."""
+MAX_KEYPOINTS = 1000
+"""At most this many keypoints per image (the strongest)."""
+CACHE_SIZE = 512
+"""Reference features kept per process (about 130 KB each for SIFT)."""
+
+QUERY_MAX_SIDE = 1600
+"""Long side (px) at which a query photo's features are computed: a papyrus that fills a third of
+the frame is then looked at with a long side of about 550-900 px, like the references."""
+QUERY_MAX_KEYPOINTS = 4000
+"""At most this many keypoints per query photo (clutter around the papyrus takes its share)."""
+
+
+@dataclass(frozen=True)
+class Features:
+    """Keypoints and descriptors of one image.
+
+    ``points``: (N, 2) float32 x, y in the pixels of the image as stored (``size``);
+    ``descriptors``: (N, D) uint8 (SIFT values are 0 … 255; ORB bits packed in bytes);
+    ``work_side``: the long side (px) the features were computed at (sets the RANSAC threshold);
+    ``params``: how they were made (:func:`feature_params`), so stored features made with other
+    settings are recognised as stale.
+    """
+
+    points: np.ndarray = field(repr=False)
+    descriptors: np.ndarray = field(repr=False)
+    size: tuple[int, int]
+    method: str
+    work_side: int
+    params: str = ""
+    work_scale: float = 0.0
+    """Work pixels per stored pixel (0: ``work_side / max(size)``, features of the whole image)."""
+
+    @property
+    def scale(self) -> float:
+        """Work pixels per stored pixel: what :func:`~papyrus_widgets.retrieval.confirm.match` fits in."""
+        return self.work_scale or self.work_side / max(self.size)
+
+    def __len__(self) -> int:
+        return int(len(self.points))
+
+    def to_bytes(self) -> bytes:
+        """A compact ``.npz`` (for an object store or a disk cache)."""
+        buf = io.BytesIO()
+        np.savez_compressed(
+            buf,
+            points=self.points.astype(np.float32),
+            descriptors=self.descriptors.astype(np.uint8),
+            size=np.asarray(self.size, dtype=np.int64),
+            method=np.asarray(self.method),
+            work_side=np.asarray(self.work_side, dtype=np.int64),
+            params=np.asarray(self.params),
+            work_scale=np.asarray(self.work_scale, dtype=np.float64),
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Features":
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return cls(
+                points=z["points"].astype(np.float32),
+                descriptors=z["descriptors"].astype(np.uint8),
+                size=(int(z["size"][0]), int(z["size"][1])),
+                method=str(z["method"]),
+                work_side=int(z["work_side"]),
+                params=str(z["params"]) if "params" in z.files else "",
+                work_scale=float(z["work_scale"]) if "work_scale" in z.files else 0.0,
+            )
+
+
+
+def root_sift(descriptors: np.ndarray) -> np.ndarray:
+    """RootSIFT (Arandjelović & Zisserman 2012): L1-normalise, then square root; rows have unit L2 norm."""
+    d = np.asarray(descriptors, dtype=np.float32)
+    d = d / (d.sum(axis=1, keepdims=True) + 1e-7)
+    return np.sqrt(d)
+
+
+# --- features ------------------------------------------------------------------------------------
+
+
+def feature_method() -> str:
+    """``"sift"`` when this OpenCV has SIFT (4.4+), else ``"orb"``."""
+    import cv2
+
+    return "sift" if hasattr(cv2, "SIFT_create") else "orb"
+
+
+def feature_params(method: str | None = None, max_side: int = MAX_SIDE, max_keypoints: int = MAX_KEYPOINTS) -> str:
+    """``"sift/768/1000"``: the method and bounds features are made with (stored with them)."""
+    return f"{method or feature_method()}/{max_side}/{max_keypoints}"
+
+
+_detector_local = threading.local()
+
+
+def _detector(method: str, max_keypoints: int) -> Any:
+    import cv2
+
+    key = (method, max_keypoints)
+    cache = getattr(_detector_local, "cache", None)
+    if cache is None:
+        cache = _detector_local.cache = {}
+    if key not in cache:
+        if method == "sift":
+            cache[key] = getattr(cv2, "SIFT_create")(nfeatures=max_keypoints)  # not in every build's stubs
+        elif method == "orb":
+            cache[key] = getattr(cv2, "ORB_create")(nfeatures=max_keypoints)
+        else:
+            raise ValueError(f"unknown feature method {method!r}: use 'sift' or 'orb'")
+    return cache[key]
+
+
+def extract_features(
+    img: Image.Image,
+    *,
+    size: tuple[int, int] | None = None,
+    max_side: int = MAX_SIDE,
+    max_keypoints: int = MAX_KEYPOINTS,
+    method: str | None = None,
+    region: Sequence[Sequence[float]] | None = None,
+) -> Features:
+    """Keypoints and descriptors of ``img``, computed at a long side of at most ``max_side`` px.
+
+    ``size``: the (width, height) of the image as stored when ``img`` is a downscaled decode of it
+    (e.g. ``img.info["original_size"]`` from :func:`papyrus_widgets.imaging.decode_image`; not
+    read implicitly, since Pillow copies ``info`` onto every derived image); default ``img.size``.
+    Points are returned in those pixels.
+
+    ``region``: a polygon (e.g. four corners, in stored pixels): only keypoints inside it, and the
+    work resolution spent on it alone — its bounding box is cut from ``img`` at the resolution
+    ``img`` has and brought to at most ``max_side``, so a papyrus that fills a tenth of a photo is
+    looked at in full detail.
+    """
+    import cv2
+
+    method = method or feature_method()
+    params = feature_params(method, max_side, max_keypoints)
+    size = tuple(int(v) for v in (size or img.size))  # type: ignore[assignment]
+    fx = img.width / size[0]  # type: ignore[index]  # img pixels per stored pixel
+    fy = img.height / size[1]  # type: ignore[index]
+    grey = img.convert("L")
+    x0 = y0 = 0
+    mask = None
+    if region is not None:
+        poly = np.asarray(region, dtype=np.float64).reshape(-1, 2) * [fx, fy]
+        pad = 0.03 * float(np.ptp(poly, axis=0).max())
+        lo = np.clip(np.floor(poly.min(0) - pad), 0, [grey.width, grey.height]).astype(int)
+        hi = np.clip(np.ceil(poly.max(0) + pad), 0, [grey.width, grey.height]).astype(int)
+        if (hi - lo).min() < 8:
+            raise ValueError("the region is too small to look at (under 8 pixels).")
+        x0, y0 = int(lo[0]), int(lo[1])
+        grey = grey.crop((x0, y0, int(hi[0]), int(hi[1])))
+    crop_w = grey.width
+    if max(grey.size) > max_side:
+        grey = grey.copy()
+        grey.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    r = grey.width / crop_w  # work pixels per img pixel
+    arr = np.asarray(grey, dtype=np.uint8)
+    if region is not None:
+        mask = np.zeros(arr.shape, dtype=np.uint8)
+        cv2.fillPoly(mask, [np.round((poly - [x0, y0]) * r).astype(np.int32)], 255)
+    keypoints, descriptors = _detector(method, max_keypoints).detectAndCompute(arr, mask)
+    work_scale = r * fx if region is not None else 0.0
+    if descriptors is None or not keypoints:
+        width = 128 if method == "sift" else 32
+        empty = (np.zeros((0, 2), np.float32), np.zeros((0, width), np.uint8))
+        return Features(*empty, size, method, max(grey.size), params, work_scale)  # type: ignore[arg-type]
+    if len(keypoints) > max_keypoints:  # SIFT may return a few more (ties at the cut)
+        order = np.argsort([-k.response for k in keypoints])[:max_keypoints]
+        keypoints = [keypoints[i] for i in order]
+        descriptors = descriptors[order]
+    pts = np.array([k.pt for k in keypoints], dtype=np.float64)
+    # keypoint centres at pixel centres: (x + 0.5) is a pixel-edge coordinate; take it to the
+    # stored image's pixels, and back to pixel centres
+    pts[:, 0] = ((pts[:, 0] + 0.5) / r + x0) / fx - 0.5
+    pts[:, 1] = ((pts[:, 1] + 0.5) / r + y0) / fy - 0.5
+    desc = np.clip(np.rint(descriptors), 0, 255).astype(np.uint8) if method == "sift" else descriptors.astype(np.uint8)
+    return Features(pts.astype(np.float32), desc, size, method, max(grey.size), params, work_scale)  # type: ignore[arg-type]
+
+
+class FeatureCache:
+    """A thread-safe LRU of :class:`Features` by key (e.g. a content-addressed object key)."""
+
+    def __init__(self, maxsize: int = CACHE_SIZE) -> None:
+        self.maxsize = maxsize
+        self._data: OrderedDict[Hashable, Features] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable, compute: Callable[[], Features]) -> Features:
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                self.hits += 1
+                return self._data[key]
+            self.misses += 1
+        value = compute()  # outside the lock: two threads may compute the same key once each
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self.hits = self.misses = 0
+
+
