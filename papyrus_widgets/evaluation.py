@@ -126,6 +126,89 @@ def make_queries(
     return out
 
 
+@dataclass
+class SceneQuery:
+    """A query photo composed by :mod:`papyrus_widgets.scenes` around a reference, with its truth."""
+
+    data: bytes = field(repr=False)
+    """The photo as JPEG bytes (what a user uploads)."""
+    truth: str | None
+    """The inventory key of the papyrus in it."""
+    name: str
+    """The reference file it shows."""
+    kind: str
+    fraction: float
+    """Area of the papyrus / area of the photo."""
+    corners: list[list[float]]
+    """Where the reference's corners are in the photo (TL, TR, BR, BL)."""
+
+
+def scene_queries(
+    targets: Sequence[str | os.PathLike],
+    others: Sequence[Image.Image],
+    per_target: int = 1,
+    seed: int = 0,
+    *,
+    quality: int = 92,
+) -> list[SceneQuery]:
+    """Photos that look like real use (:func:`papyrus_widgets.scenes.make_scene`: a screen among
+    windows and thumbnails, a desk, a light box) of each reference in ``targets``, with ``others``
+    (other papyri) around it; scene ``j`` of target ``i`` uses the seed ``[seed, i, j]``.
+    Independent of the training generator :func:`papyrus_widgets.training.recapture`."""
+    from .scenes import make_scene
+
+    out = []
+    for i, target in enumerate(targets):
+        path = Path(target)
+        img = decode_image(path.read_bytes(), max_side=1600, name=path.name)
+        for j in range(per_target):
+            scene = make_scene(img, list(others), np.random.default_rng([seed, i, j]))
+            buf = io.BytesIO()
+            scene.image.save(buf, "JPEG", quality=quality)
+            out.append(
+                SceneQuery(
+                    buf.getvalue(), inventory_of(path), path.name, scene.kind, float(scene.target_fraction),
+                    np.asarray(scene.corners, dtype=float).tolist(),
+                )
+            )  # fmt: skip
+    return out
+
+
+def distractor_crop(sources: Sequence[Image.Image], i: int, seed: int = 0, max_side: int = 1024) -> Image.Image:
+    """Distractor ``i``: a seeded crop of one of ``sources`` (real photographs of other papyri) —
+    15-80 % of its short side, aspect 0.6-1.6, a quarter turn, a colour shift, long side ≤ ``max_side``."""
+    rng = np.random.default_rng([seed, 7, i])
+    src = sources[int(rng.integers(len(sources)))]
+    w, h = src.size
+    side = rng.uniform(0.15, 0.8) * min(w, h)
+    aspect = rng.uniform(0.6, 1.6)
+    cw, ch = min(w, side * aspect**0.5), min(h, side / aspect**0.5)
+    x, y = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
+    crop = src.crop((int(x), int(y), int(x + cw), int(y + ch)))
+    turns = int(rng.integers(4))
+    if turns:
+        crop = crop.transpose(
+            [Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270][turns - 1]
+        )
+    arr = np.asarray(crop, dtype=np.float32) * rng.uniform(0.85, 1.15, 3)
+    crop = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    crop.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return crop
+
+
+def quad_iou(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> float:
+    """Intersection over union of two convex quadrilaterals (e.g. a region found and the truth)."""
+    import cv2
+
+    pa, pb = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+    try:
+        inter, _ = cv2.intersectConvexConvex(pa, pb)
+    except cv2.error:
+        return 0.0
+    union = abs(cv2.contourArea(pa)) + abs(cv2.contourArea(pb)) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
 def _as_image(image: Any, max_side: int = QUERY_MAX_SIDE) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB") if image.mode != "RGB" else image

@@ -537,7 +537,7 @@ def hnsw_deferred(url: str) -> Iterator[None]:
             yield
         finally:
             build_hnsw(conn)
-            conn.execute("ANALYZE papyri, images")  # planner statistics for the new row counts
+            conn.execute("ANALYZE papyri, images, image_words")  # planner statistics for the new row counts
             conn.execute("SELECT pg_advisory_unlock_shared(%s)", (_BULK_LOCK,))
     finally:
         conn.close()

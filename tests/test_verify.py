@@ -151,9 +151,53 @@ def test_rerank_lifts_the_verified_reference(warped, scan_features, other_featur
     ]
     out = verify.rerank(query, candidates)
     assert [r.payload for r in out] == ["right", "other", "missing"]
-    assert out[0].score == pytest.approx(1.0) and out[0].embedding_score == 0.7
-    assert out[1].score == pytest.approx(0.9) and out[1].verification.inliers <= verify.MIN_INLIERS
-    assert out[2].verification is None and out[2].score == 0.85  # a failed reference keeps its hit
+    assert out[0].confirmed and out[0].score == pytest.approx(1.0) and out[0].embedding_score == 0.7
+    # not confirmed: half the first-stage similarity, so every score below 0.5 is "only similar"
+    assert not out[1].confirmed and out[1].verification.inliers <= verify.MIN_INLIERS
+    assert out[1].score == pytest.approx(0.45, abs=1e-3) and out[1].score < 0.5
+    assert out[2].verification is None and out[2].score == pytest.approx(0.425, abs=1e-3)  # a failed reference keeps its hit
+
+
+def test_confirm_stops_at_the_round_that_confirms(scan, warped, scan_features, other_features) -> None:
+    """Candidates are verified in rounds; the rounds stop once one is confirmed, and the
+    confirmed hit carries the reference's outline in the photo (where the papyrus is)."""
+    photo, to_scan = warped
+    query = verify.extract_features(photo)
+    seen: list[str] = []
+
+    def features(name, feats):
+        def get():
+            seen.append(name)
+            return feats
+
+        return get
+
+    candidates = [verify.Candidate(0.5, features(f"other{i}", other_features), f"other{i}") for i in range(3)]
+    candidates.append(verify.Candidate(0.4, features("right", scan_features), "right"))
+    candidates += [verify.Candidate(0.3, features(f"late{i}", other_features), f"late{i}") for i in range(5)]
+    out = verify.confirm(query, candidates, first=2, step=2, limit=8)
+    assert seen == ["other0", "other1", "other2", "right"]  # two rounds of two, then it stopped
+    assert out[0].payload == "right" and out[0].confirmed
+    assert [r.payload for r in out[1:4]] == ["other0", "other1", "other2"]
+    assert all(r.verification is None for r in out[4:])  # never looked at: first-stage order kept
+    region = out[0].verification.outline
+    assert len(region) == 4 and out[0].verification.spread > verify.CONFIRM_SPREAD
+    # the outline maps the scan's corners into the photo: back through the warp it is the scan
+    w, h = scan_features.size
+    sx = w / scan.size[0]  # stored pixels per decoded pixel (to_scan gives the decoded scan's)
+    for (x, y), (ex, ey) in zip(region, [(0, 0), (w, 0), (w, h), (0, h)]):
+        bx, by = to_scan(x, y)
+        assert np.hypot(bx * sx - ex, by * sx - ey) < 0.03 * max(w, h)
+
+
+def test_confirmed_needs_spread_as_well_as_inliers() -> None:
+    """Matches on a thin strip every scan shares (a library footer) do not confirm."""
+    v = verify.Verification(inliers=80, matches=[], homography=None, support=1.0, spread=0.01)
+    assert not verify.is_confirmed(v) and verify.confirmed_score(0.9, v) < 0.5
+    v.spread = 0.2
+    assert verify.is_confirmed(v) and verify.confirmed_score(0.0, v) == pytest.approx(1.0)
+    few = verify.Verification(inliers=verify.CONFIRM_INLIERS - 1, matches=[], homography=None, support=0.1, spread=0.5)
+    assert not verify.is_confirmed(few)
 
 
 def test_orb_fallback_matches_too(warped, scan) -> None:
@@ -233,9 +277,11 @@ def test_search_chain_verifies_with_evidence(indexed_engine) -> None:
     d = top.to_dict()
     assert d["inliers"] == top.inliers and len(d["matches"]) == len(top.matches)
     json.dumps(d)
-    # unverified hits carry no evidence
+    assert top.confirmed and top.score >= 0.5 and top.region is not None and len(top.region) == 4
+    # the other papyri are only similar: no evidence, and half their first-stage similarity (< 0.5)
     wrong = [h for h in hits if h.inventory_key != "p_g_107"]
-    assert all(h.inliers <= verify.MIN_INLIERS and h.score == pytest.approx(h.embedding_score) for h in wrong)
+    assert all(not h.confirmed and h.region is None for h in wrong)
+    assert all(h.inliers <= verify.MIN_INLIERS and h.score == pytest.approx(0.5 * h.shortlist_score, abs=1e-3) for h in wrong)
 
 
 def test_search_without_verification_and_timing(indexed_engine) -> None:
@@ -249,7 +295,8 @@ def test_search_without_verification_and_timing(indexed_engine) -> None:
         t0 = time.perf_counter()
         indexed_engine.search(data, k=5, verify=True)
         checked.append(time.perf_counter() - t0)
-    assert all(h.inliers is None and h.embedding_score is None and h.matches == [] for h in res)
+    assert all(h.inliers is None and not h.confirmed and h.matches == [] for h in res)
+    assert all(h.score == h.shortlist_score and h.found_by in ("words", "embedding", "both") for h in res)
     job = indexed_engine.submit_search(data, name="photo.jpg", k=5, verify=False)
     assert [stage for stage, _ in job._futures] == ["preparing", "embedding", "searching"]
     job.hits(timeout=300)

@@ -12,6 +12,7 @@ The Dask tasks that run them are in :mod:`papyrus_widgets.jobs`; the SQL in :mod
 
 from .confirm import (
     CONFIRM_INLIERS,
+    CONFIRM_SPREAD,
     FULL_INLIERS,
     MAX_EVIDENCE,
     MIN_INLIERS,
@@ -44,6 +45,7 @@ from .features import (
 
 __all__ = [
     "CONFIRM_INLIERS",
+    "CONFIRM_SPREAD",
     "FULL_INLIERS",
     "MAX_EVIDENCE",
     "MIN_INLIERS",
