@@ -40,6 +40,9 @@ REFINE_BELOW = 0.5
 at that region again in full detail (:data:`PHOTO_MAX_SIDE`) and keeps the better evidence."""
 REFINE_CANDIDATES = 3
 """How many of the best candidates that second look re-matches."""
+REFINE_UNDER_INLIERS = 100
+"""… and only when the best confirmed match has fewer inliers than this (a confident match
+needs no second look)."""
 
 
 # --- per-process caches on workers (and in the client process when it runs tasks itself) -------
@@ -387,6 +390,7 @@ def verify_task(
     here.
     """
     from .retrieval import Candidate, confirm, match, ranked
+    from .retrieval.confirm import QueryIndex
 
     if not hits:
         return hits
@@ -411,6 +415,7 @@ def verify_task(
         and whole_photo
         and best.outline is not None
         and best.query_size is not None
+        and best.inliers < REFINE_UNDER_INLIERS
         and _area_fraction(best.outline, best.query_size) < REFINE_BELOW
     ):
         try:
@@ -418,10 +423,11 @@ def verify_task(
             detail = _query_features(photo, _clip_region(best.outline, best.query_size))
         except (PapyrusError, ValueError):
             detail = None
-        if detail is not None:
+        if detail is not None and len(detail) >= 4:
+            closer = QueryIndex(detail) if detail.method == "sift" else detail
             for r in results[:REFINE_CANDIDATES]:
                 try:
-                    again = match(detail, reference_features(settings, r.payload.image_key))
+                    again = match(closer, reference_features(settings, r.payload.image_key))
                 except Exception:  # noqa: BLE001 - evidence is a bonus
                     continue
                 if r.verification is None or again.inliers > r.verification.inliers:

@@ -124,38 +124,78 @@ def blend(embedding_score: float, support_value: float) -> float:
     return float(embedding_score + (1.0 - embedding_score) * support_value)
 
 
+class QueryIndex:
+    """A FLANN k-d forest over one query's RootSIFT descriptors, built once per search: each
+    reference then looks up its keypoints' two nearest query keypoints in a few milliseconds,
+    instead of a brute-force pass over all query × reference pairs (the query has up to
+    :data:`~.features.QUERY_MAX_KEYPOINTS`)."""
+
+    TREES = 4
+    CHECKS = 32
+
+    def __init__(self, query: Features) -> None:
+        import cv2
+
+        self.features = query
+        self._matcher = cv2.FlannBasedMatcher({"algorithm": 1, "trees": self.TREES}, {"checks": self.CHECKS})
+        self._matcher.add([root_sift(query.descriptors)])
+        self._matcher.train()
+
+    def pairs(self, reference: Features, ratio: float) -> list[tuple[int, int, float]]:
+        """``(query index, reference index, distance)`` of ratio-tested nearest neighbours, each
+        reference keypoint looking for its nearest query keypoint."""
+        found = self._matcher.knnMatch(root_sift(reference.descriptors), k=2)
+        return [
+            (m.trainIdx, m.queryIdx, m.distance)
+            for m, *rest in (p for p in found if p)
+            if not rest or m.distance < ratio * rest[0].distance
+        ]
+
+
 def match(
-    query: Features, reference: Features, *, ratio: float = RATIO, max_evidence: int = MAX_EVIDENCE
+    query: Features | QueryIndex,
+    reference: Features,
+    *,
+    ratio: float = RATIO,
+    max_evidence: int = MAX_EVIDENCE,
 ) -> Verification:
     """Match ``query`` against ``reference``: ratio-tested nearest neighbours, then a RANSAC
-    homography (reference → query). Returns the inliers as evidence."""
+    homography (reference → query). Returns the inliers as evidence. ``query`` may be a
+    :class:`QueryIndex` (SIFT: built once, then matched against many references)."""
     import cv2
 
+    index = query if isinstance(query, QueryIndex) else None
+    q_feats: Features = index.features if index is not None else query  # type: ignore[assignment]
+
     t0 = time.perf_counter()
-    q_size, r_size = [int(v) for v in query.size], [int(v) for v in reference.size]
+    q_size, r_size = [int(v) for v in q_feats.size], [int(v) for v in reference.size]
     empty = Verification(0, [], None, 0.0, query_size=q_size, reference_size=r_size)
-    if query.method != reference.method:
-        raise ValueError(f"cannot match {query.method} features against {reference.method} features")
-    if len(query) < 4 or len(reference) < 4:
+    if q_feats.method != reference.method:
+        raise ValueError(f"cannot match {q_feats.method} features against {reference.method} features")
+    if len(q_feats) < 4 or len(reference) < 4:
         empty.seconds = time.perf_counter() - t0
         return empty
-    if query.method == "sift":
-        matcher = cv2.BFMatcher(cv2.NORM_L2)
-        q, r = root_sift(query.descriptors), root_sift(reference.descriptors)
+    if index is not None and q_feats.method == "sift":
+        good = index.pairs(reference, ratio)
+        key = 0  # each query keypoint may serve one reference keypoint only (keep the closest)
     else:
-        matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
-        q, r = query.descriptors, reference.descriptors
-    pairs = matcher.knnMatch(q, r, k=2)
-    good = [
-        (m.queryIdx, m.trainIdx, m.distance)
-        for m, *rest in (p for p in pairs if p)
-        if not rest or m.distance < ratio * rest[0].distance
-    ]
-    # one reference keypoint may serve one query keypoint only (keep the closest)
+        if q_feats.method == "sift":
+            matcher = cv2.BFMatcher(cv2.NORM_L2)
+            q, r = root_sift(q_feats.descriptors), root_sift(reference.descriptors)
+        else:
+            matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+            q, r = q_feats.descriptors, reference.descriptors
+        good = [
+            (m.queryIdx, m.trainIdx, m.distance)
+            for m, *rest in (p for p in matcher.knnMatch(q, r, k=2) if p)
+            if not rest or m.distance < ratio * rest[0].distance
+        ]
+        key = 1  # one reference keypoint may serve one query keypoint only (keep the closest)
     best: dict[int, tuple[int, int, float]] = {}
-    for qi, ri, dist in good:
-        if ri not in best or dist < best[ri][2]:
-            best[ri] = (qi, ri, dist)
+    for g in good:
+        slot = int(g[key])
+        if slot not in best or g[2] < best[slot][2]:
+            best[slot] = g
     good = sorted(best.values(), key=lambda t: t[2])
     if len(good) < 4:
         empty.seconds = time.perf_counter() - t0
@@ -163,10 +203,10 @@ def match(
     q_idx = np.array([g[0] for g in good])
     r_idx = np.array([g[1] for g in good])
     # fit in work pixels of the query (the threshold is relative to the image size there)
-    q_scale, r_scale = query.scale, reference.scale
+    q_scale, r_scale = q_feats.scale, reference.scale
     src = reference.points[r_idx].astype(np.float64) * r_scale
-    dst = query.points[q_idx].astype(np.float64) * q_scale
-    threshold = max(1.0, RANSAC_THRESHOLD * query.work_side)
+    dst = q_feats.points[q_idx].astype(np.float64) * q_scale
+    threshold = max(1.0, RANSAC_THRESHOLD * q_feats.work_side)
     H, mask = cv2.findHomography(src, dst, ROBUST_METHOD(), threshold, maxIters=2000, confidence=0.995)
     if H is None or mask is None or not _plausible(H):
         empty.seconds = time.perf_counter() - t0
@@ -174,7 +214,7 @@ def match(
     inlier = mask.ravel().astype(bool)
     n = int(inlier.sum())
     evidence = [
-        [round(float(x), 1) for x in (*query.points[a], *reference.points[b])]
+        [round(float(x), 1) for x in (*q_feats.points[a], *reference.points[b])]
         for a, b in zip(q_idx[inlier][:max_evidence], r_idx[inlier][:max_evidence])
     ]
     # homography in stored pixels: H_px = S_q^-1 · H · S_r
@@ -244,7 +284,7 @@ class Reranked:
         return is_confirmed(self.verification)
 
 
-def _verify(query: Features, c: Candidate) -> Verification | None:
+def _verify(query: Features | QueryIndex, c: Candidate) -> Verification | None:
     try:
         feats = c.features() if callable(c.features) else c.features
         return match(query, feats)
@@ -263,6 +303,8 @@ def confirm(
     """Verify ``candidates`` (best first) in rounds — ``first``, then ``step`` more — until a round
     confirms one or ``limit`` were verified; return them all, confirmed first (most inliers
     first), then the rest in their order. A candidate whose features fail keeps its place."""
+    if query.method == "sift" and len(query) >= 4 and candidates:
+        query = QueryIndex(query)  # type: ignore[assignment]  # built once for all candidates
     checked: list[tuple[int, Candidate, Verification | None]] = []
     todo = list(enumerate(candidates))
     size = first
