@@ -532,15 +532,8 @@ class Engine:
 
 
 def iter_images(folder: str | os.PathLike) -> Iterable[Path]:
-    root = Path(folder).expanduser()
-    if root.is_file():
-        yield root
-        return
-    if not root.is_dir():
-        raise ImageError(f"no such folder: {root}")
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.suffix.lower() in jobs.IMAGE_SUFFIXES and not p.name.startswith("."):
-            yield p
+    """The image files an ingest of ``folder`` reads (:func:`imaging.image_files`)."""
+    yield from imaging.image_files(folder)
 
 
 _engines: dict[tuple[Settings, int | None], Engine] = {}

@@ -224,6 +224,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vocabulary(args: argparse.Namespace) -> int:
+    from .imaging import decode_image, image_files
+    from .retrieval.features import extract_features
+    from .retrieval.vocabulary import train_vocabulary
+
+    paths = [p for folder in args.folders for p in image_files(Path(folder).expanduser())]
+    if not paths:
+        print(f"papyrus vocabulary: no images in {', '.join(args.folders)}", file=sys.stderr)
+        return EXIT_USAGE
+    descriptors = []
+    for i, path in enumerate(paths, start=1):
+        try:
+            img = decode_image(path.read_bytes(), max_side=max(args.sides), max_pixels=400_000_000, name=path.name)
+        except PapyrusError as exc:
+            print(f"  skipped {path.name}: {exc}", file=sys.stderr)
+            continue
+        for side in args.sides:  # the same papyrus at several scales: photos see it at many
+            descriptors.append(extract_features(img, max_side=side, max_keypoints=args.keypoints).descriptors)
+        if not args.quiet:
+            print(f"  features {i}/{len(paths)}: {path.name}", file=sys.stderr)
+    total = sum(len(d) for d in descriptors)
+    if total < args.coarse * args.fanout // 4:
+        print(
+            f"papyrus vocabulary: {total} descriptors are too few for {args.coarse} x {args.fanout} words: "
+            "add images, or lower --coarse / --fanout",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    source = f"{args.coarse} x {args.fanout} words, k-means on {total:,} SIFT descriptors of {len(paths)} images"
+    vocab = train_vocabulary(descriptors, coarse=args.coarse, fanout=args.fanout, seed=args.seed, source=source)
+    out = vocab.save(args.out)
+    print(f"vocabulary {vocab.fingerprint} ({source}) written to {out}: use it with PAPYRUS_VOCABULARY={out}")
+    print("(an index keeps the vocabulary that built its words: use it for a new index, or re-ingest)")
+    return 0
+
+
 def _gallery_parts(gallery: Path) -> tuple[Path, Path | None]:
     refs = gallery / "references" if (gallery / "references").is_dir() else gallery
     meta = None
@@ -395,6 +431,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
+
+    vo = sub.add_parser(
+        "vocabulary",
+        help="train a visual vocabulary (the words of the search's first stage) on folders of images",
+        description="Cluster SIFT descriptors of the images (each at several sizes) into coarse x fanout visual "
+        "words. The package ships one trained on papyrus photographs (256 x 256); train your own on "
+        "photographs like your collection's, ideally not the very images you will query.",
+    )
+    vo.add_argument("folders", nargs="+", help="folders of images (searched recursively)")
+    vo.add_argument("--out", required=True, help="the .npz to write")
+    vo.add_argument("--coarse", type=int, default=256, help="top-level cells (default 256)")
+    vo.add_argument("--fanout", type=int, default=256, help="words per cell (default 256)")
+    vo.add_argument("--sides", type=int, nargs="+", default=[1600, 800], help="image sizes (long side, px)")
+    vo.add_argument("--keypoints", type=int, default=4000, help="keypoints per image and size (default 4000)")
+    vo.add_argument("--seed", type=int, default=0)
+    vo.add_argument("--quiet", action="store_true")
+    vo.set_defaults(func=cmd_vocabulary)
 
     ev = sub.add_parser("evaluate", parents=[common], help="measure top-1/top-5/mAP of the index on labelled queries")
     ev.add_argument(

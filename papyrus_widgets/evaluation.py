@@ -29,11 +29,10 @@ from PIL import Image
 
 from . import retrieval as verification
 from .errors import ImageError
-from .imaging import decode_image, model_input
+from .imaging import decode_image, image_files, model_input
 from .metadata import parse_reference_filename
 from .retrieval.confirm import CONFIRM_FIRST
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
 QUERY_MAX_SIDE = 1024
 """Queries and references are decoded at most this long side here (as the search chain does)."""
 VERIFY_CANDIDATES = CONFIRM_FIRST
@@ -43,14 +42,6 @@ ImageLike = "Image.Image | str | os.PathLike | bytes"
 
 
 # --------------------------------------------------------------------------------------------- queries
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    )
 
 
 def inventory_of(path: str | os.PathLike) -> str | None:
@@ -71,7 +62,7 @@ def load_queries(folder: str | os.PathLike) -> list[tuple[Path, str]]:
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise ImageError(f"no such folder of queries: {root}")
-    out = [(p, key) for p in _image_files(root) if (key := inventory_of(p))]
+    out = [(p, key) for p in image_files(root) if (key := inventory_of(p))]
     if not out:
         raise ImageError(
             f"no query images with a known inventory in {root}: name them like the references "
@@ -105,7 +96,7 @@ def make_queries(
     if n_per_ref < 1:
         raise ValueError(f"n_per_ref must be at least 1, got {n_per_ref}")
     distinct: dict[str, tuple[Path, str]] = {}
-    for path in _image_files(root):
+    for path in image_files(root):
         key = inventory_of(path)
         if key is None:
             continue

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from .errors import CornersError, ImageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
+"""File name endings of the images that ingest, training, evaluation and the CLI read (what
+:func:`decode_image` decodes with Pillow's standard plugins)."""
 
 MODEL_INPUT_SIZE = 224
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -23,6 +29,19 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 # We enforce our own pixel limit before decoding; Pillow's bomb check stays on as a second guard
 # at a higher level so that a setting above Pillow's default still works.
 Image.MAX_IMAGE_PIXELS = 400_000_000
+
+
+def image_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The image files under ``folder`` (recursively, sorted, hidden files skipped); a file path
+    gives itself. Raises :class:`ImageError` when it does not exist."""
+    root = Path(folder).expanduser()
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise ImageError(f"no such folder: {root}")
+    return sorted(
+        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
 
 
 def sha256_hex(data: bytes) -> str:

@@ -649,9 +649,6 @@ def submit_search(
 
 # --- ingest ------------------------------------------------------------------------------------
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
-
-
 @dataclass
 class IngestItem:
     path: str

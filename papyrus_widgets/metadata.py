@@ -28,6 +28,7 @@ import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
 from .errors import PapyrusError
+from .imaging import IMAGE_SUFFIXES
 
 __all__ = [
     "MetadataError",
@@ -43,9 +44,8 @@ __all__ = [
 PAPYRI_INFO_HGV = "https://papyri.info/hgv/{}"
 TRISMEGISTOS_TEXT = "https://www.trismegistos.org/text/{}"
 
-_IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".jp2", ".heic"}
-)
+_IMAGE_SUFFIXES = frozenset({*IMAGE_SUFFIXES, ".jp2", ".heic"})
+"""Endings stripped from a file name to find its HGV id (also those of images Pillow cannot read)."""
 # HGV ids are digits with an optional lower-case letter suffix ("19395a").
 _HGV_ID_RE = re.compile(r"^(\d+[a-z]?)$")
 # "<HGV id>[.xml]_<inventory>" or a bare "<HGV id>[.xml]".

@@ -26,7 +26,7 @@ from PIL import Image, ImageFilter
 
 from .config import CPU_RECIPE, DEFAULT_EPOCHS
 from .errors import ModelError
-from .imaging import _perspective_coefficients, model_input, to_rgb
+from .imaging import _perspective_coefficients, image_files, model_input, to_rgb
 from .model import SiameseResNet18, apply_freeze_policy
 
 RECAPTURE_MAX_SIDE = 512
@@ -34,7 +34,6 @@ RECAPTURE_MAX_SIDE = 512
 TRAIN_MAX_SIDE = 384
 """:func:`train_triplets` downscales each training image once to at most this long side."""
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
 LAYOUT_PARTS = ("anchor", "anchors", "train")
 """Subfolders of the original papyrusNet layout, merged by papyrus name by :func:`load_labelled_folders`."""
 MINING = ("batch_hard", "semi_hard", "random")
@@ -178,14 +177,6 @@ def _shrink(img: Image.Image, max_side: int = TRAIN_MAX_SIDE) -> Image.Image:
     return im
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    )
-
-
 def _read(path: Path, max_side: int) -> Image.Image:
     from .imaging import decode_image
 
@@ -206,7 +197,7 @@ def load_references(
         raise ModelError(f"no such folder of references: {root}")
     groups: dict[str, list[Path]] = {}
     seen: set[str] = set()
-    for path in _image_files(root):
+    for path in image_files(root):
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if digest in seen:
             continue  # the same bytes again (e.g. 21090.xml_p_g_159.jpg / 21090_p_g_159.jpg)
@@ -232,7 +223,7 @@ def load_labelled_folders(
     groups: dict[str, list[Path]] = {}
     for part in parts or [base]:
         for sub in sorted(p for p in part.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            files = _image_files(sub)
+            files = image_files(sub)
             if files:
                 groups.setdefault(sub.name, []).extend(files)
     if len(groups) < 2:
@@ -249,7 +240,7 @@ def load_training_data(
 ) -> dict[str, list[Image.Image]]:
     """Labelled folders when ``path`` has subfolders of images, else a flat folder of references."""
     root = Path(path).expanduser()
-    if root.is_dir() and any(p.is_dir() and _image_files(p) for p in root.iterdir()):
+    if root.is_dir() and any(p.is_dir() and image_files(p) for p in root.iterdir()):
         return load_labelled_folders(root, max_side=max_side, limit=limit)
     return load_references(root, max_side=max_side, limit=limit)
 
