@@ -104,47 +104,114 @@ def _distractor_rows(
     return out
 
 
-def add_distractors(engine: Any, settings: Any, n: int) -> float:
-    """Index ``n`` distractor crops; returns the seconds it took."""
+CACHE = C.OUT_DIR / "realphoto-cache"
+"""Distractor rows made once (features, words, embeddings), reused by later runs with the same
+seed, vocabulary, feature bounds and model (test-output/ is git-ignored)."""
+CHUNK = 250
+
+
+def _save_chunk(path: Path, batch: list[Any], vectors: np.ndarray) -> None:
+    from papyrus_widgets.retrieval import Features
+
+    feats = [Features.from_bytes(b[2]) for b in batch]
+    np.savez(
+        path,
+        ids=np.array([b[0] for b in batch]),
+        shas=np.array([b[1] for b in batch]),
+        sizes=np.array([b[6] for b in batch]),
+        vectors=vectors.astype(np.float32),
+        words=np.concatenate([b[3] for b in batch]),
+        weights=np.concatenate([b[4] for b in batch]),
+        word_counts=np.array([len(b[3]) for b in batch]),
+        points=np.concatenate([f.points for f in feats]),
+        descriptors=np.concatenate([f.descriptors for f in feats]),
+        feature_counts=np.array([len(f) for f in feats]),
+        feature_sizes=np.array([f.size for f in feats]),
+        work_sides=np.array([f.work_side for f in feats]),
+        params=np.array(feats[0].params),
+    )
+
+
+def _load_chunk(path: Path) -> tuple[list[Any], np.ndarray]:
+    from papyrus_widgets.retrieval import Features
+
+    z = np.load(path)
+    w_off = np.concatenate([[0], np.cumsum(z["word_counts"])])
+    f_off = np.concatenate([[0], np.cumsum(z["feature_counts"])])
+    batch = []
+    for j, i in enumerate(z["ids"]):
+        feats = Features(
+            z["points"][f_off[j] : f_off[j + 1]],
+            z["descriptors"][f_off[j] : f_off[j + 1]],
+            tuple(int(v) for v in z["feature_sizes"][j]),  # type: ignore[arg-type]
+            "sift",
+            int(z["work_sides"][j]),
+            str(z["params"]),
+        )
+        words = z["words"][w_off[j] : w_off[j + 1]]
+        weights = z["weights"][w_off[j] : w_off[j + 1]]
+        batch.append((int(i), str(z["shas"][j]), feats.to_bytes(), words, weights, b"", tuple(z["sizes"][j])))
+    return batch, z["vectors"]
+
+
+def add_distractors(engine: Any, settings: Any, n: int) -> tuple[float, int]:
+    """Index ``n`` distractor crops; returns (seconds, chunks read from the cache)."""
     from papyrus_widgets import index, jobs, objects
     from papyrus_widgets.metadata import PapyrusRecord
     from papyrus_widgets.model import embed_arrays
+    from papyrus_widgets.retrieval.features import feature_params
 
     t0 = time.perf_counter()
     model, fingerprint = jobs.worker_model(settings.model, settings.model_revision)
+    vocab = jobs.worker_vocabulary(settings)
+    cache = CACHE / f"{SEED}-{vocab.fingerprint}-{feature_params().replace('/', '_')}-{fingerprint}"
+    cache.mkdir(parents=True, exist_ok=True)
     store = engine.store
-    chunks = [list(range(s, min(n, s + 250))) for s in range(0, n, 250)]
+    chunks = [list(range(s, min(n, s + CHUNK))) for s in range(0, n, CHUNK)]
+    todo = [c for c in chunks if not (cache / f"chunk-{c[0]:06d}-{len(c)}.npz").exists()]
     url = settings.database_url
+    args = [(c, settings.model, settings.model_revision or "", settings.vocabulary or "") for c in todo]
+
+    def write(batch: list[Any], vectors: np.ndarray) -> None:
+        rows = []
+        for (i, sha, feats, words, weights, _, size), vec in zip(batch, vectors):
+            key = objects.object_key(objects.ORIGINALS, sha, ".jpg")
+            store.put(objects.features_key(key), feats)
+            rows.append(
+                index.ImageRow(
+                    record=PapyrusRecord(key=f"distractor:{i}", collection="distractors", title=f"distractor {i}"),
+                    sha256=sha,
+                    source_name=f"distractor-{i}.jpg",
+                    object_key=key,
+                    thumb_key=objects.object_key(objects.THUMBNAILS, sha, ".jpg"),
+                    width=int(size[0]),
+                    height=int(size[1]),
+                    model=fingerprint,
+                    embedding=vec,
+                    words=words,
+                    word_weights=weights,
+                )
+            )
+        with index.pooled_connection(url) as conn:
+            index.add_images(conn, rows)
+
     with mp.get_context("spawn").Pool(2) as pool, index.hnsw_deferred(url):
-        for batch in pool.imap(
-            _distractor_rows,
-            [(c, settings.model, settings.model_revision or "", settings.vocabulary or "") for c in chunks],
-        ):
+        done = 0
+        for c in chunks:
+            path = cache / f"chunk-{c[0]:06d}-{len(c)}.npz"
+            if path.exists():
+                batch, vectors = _load_chunk(path)
+                write(batch, vectors)
+                done += len(c)
+        cached = done
+        for batch in pool.imap(_distractor_rows, args):
             arrays = np.stack([np.frombuffer(b, dtype=np.float32).reshape(3, 224, 224) for *_, b, _ in batch])
             vectors = embed_arrays(model, arrays)
-            rows = []
-            for (i, sha, feats, words, weights, _, size), vec in zip(batch, vectors):
-                key = objects.object_key(objects.ORIGINALS, sha, ".jpg")
-                store.put(objects.features_key(key), feats)
-                rows.append(
-                    index.ImageRow(
-                        record=PapyrusRecord(key=f"distractor:{i}", collection="distractors", title=f"distractor {i}"),
-                        sha256=sha,
-                        source_name=f"distractor-{i}.jpg",
-                        object_key=key,
-                        thumb_key=objects.object_key(objects.THUMBNAILS, sha, ".jpg"),
-                        width=int(size[0]),
-                        height=int(size[1]),
-                        model=fingerprint,
-                        embedding=vec,
-                        words=words,
-                        word_weights=weights,
-                    )
-                )
-            with index.pooled_connection(url) as conn:
-                index.add_images(conn, rows)
-            print(f"  distractors: {min(n, batch[-1][0] + 1)}/{n} in {time.perf_counter() - t0:.0f} s", flush=True)
-    return time.perf_counter() - t0
+            _save_chunk(cache / f"chunk-{batch[0][0]:06d}-{len(batch)}.npz", batch, vectors)
+            write(batch, vectors)
+            done += len(batch)
+            print(f"  distractors: {done}/{n} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return time.perf_counter() - t0, cached // CHUNK
 
 
 def split_references() -> tuple[list[Path], list[Path]]:
@@ -227,7 +294,7 @@ def main() -> None:
         report = engine.ingest(folder, C.HGV_DIR, progress=False)
         ingest_s = time.perf_counter() - t0
         print(f"references: {report}", flush=True)
-        distractor_s = add_distractors(engine, rs, n_distractors)
+        distractor_s, cached_chunks = add_distractors(engine, rs, n_distractors)
         with index.connect(rs.database_url) as conn:
             total = index.image_count(conn)
         print(f"index: {total} images ({n_distractors} distractors) built in {distractor_s:.0f} s", flush=True)
@@ -327,6 +394,7 @@ def main() -> None:
             for kind in sorted({r["kind"] for r in rows})
         },
         "build_seconds": {"references_ingest": ingest_s, "distractors": distractor_s},
+        "distractor_chunks_from_cache": cached_chunks,
         "rows": rows,
         "negatives": negative_rows,
         "load_average": C.load_average(),

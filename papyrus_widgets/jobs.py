@@ -35,14 +35,9 @@ STAGES = ("queued", "preparing", "embedding", "searching", "verifying", "done")
 PHOTO_MAX_SIDE = 3200
 """A query photo is decoded with a long side of at most this many pixels: the region where the
 papyrus is (corners given, or found) is looked at in this detail."""
-REFINE_BELOW = 0.5
-"""When the region found covers less than this fraction of the photo, the confirming stage looks
-at that region again in full detail (:data:`PHOTO_MAX_SIDE`) and keeps the better evidence."""
 REFINE_CANDIDATES = 3
-"""How many of the best candidates that second look re-matches."""
-REFINE_UNDER_INLIERS = 100
-"""… and only when the best confirmed match has fewer inliers than this (a confident match
-needs no second look)."""
+"""How many of the best candidates the second look at a small region (in full detail,
+:func:`papyrus_widgets.retrieval.needs_closer_look`) re-matches."""
 
 
 # --- per-process caches on workers (and in the client process when it runs tasks itself) -------
@@ -373,10 +368,6 @@ def _apply(hit: Hit, r: Any) -> Hit:
     return hit
 
 
-def _area_fraction(quad: Sequence[Sequence[float]], size: Sequence[int]) -> float:
-    return imaging.polygon_area(np.asarray(quad, dtype=np.float64)) / max(1.0, float(size[0]) * float(size[1]))
-
-
 def verify_task(
     settings: Settings, query_key: str, name: str, hits: list[Hit], k: int, prepared: PreparedQuery | None = None
 ) -> list[Hit]:
@@ -389,7 +380,7 @@ def verify_task(
     a query whose features cannot be had (e.g. a search submitted without ``prepared``) is decoded
     here.
     """
-    from .retrieval import Candidate, confirm, match, ranked
+    from .retrieval import Candidate, clip, confirm, match, needs_closer_look, ranked
     from .retrieval.confirm import QueryIndex
 
     if not hits:
@@ -410,17 +401,10 @@ def verify_task(
     results = confirm(query, candidates)
     best = results[0].verification if results and results[0].confirmed else None
     whole_photo = prepared is None or not prepared.region_given
-    if (
-        best is not None
-        and whole_photo
-        and best.outline is not None
-        and best.query_size is not None
-        and best.inliers < REFINE_UNDER_INLIERS
-        and _area_fraction(best.outline, best.query_size) < REFINE_BELOW
-    ):
+    if best is not None and whole_photo and needs_closer_look(best):
         try:
             photo = _decode_query(settings, query_key, name, PHOTO_MAX_SIDE)
-            detail = _query_features(photo, _clip_region(best.outline, best.query_size))
+            detail = _query_features(photo, clip(best.outline, best.query_size))  # type: ignore[arg-type]
         except (PapyrusError, ValueError):
             detail = None
         if detail is not None and len(detail) >= 4:
@@ -439,12 +423,6 @@ def verify_task(
     for rank, h in enumerate(out, start=1):
         h.rank = rank
     return _attach_thumbnails(settings, out)
-
-
-def _clip_region(quad: Sequence[Sequence[float]], size: Sequence[int]) -> list[list[float]]:
-    """``quad`` clipped to the photo (a reference may reach past the photo's edge)."""
-    w, h = float(size[0]), float(size[1])
-    return [[min(max(float(x), 0.0), w), min(max(float(y), 0.0), h)] for x, y in quad]
 
 
 # --- small tasks for the widget ------------------------------------------------------------------

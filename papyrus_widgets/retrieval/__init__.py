@@ -25,7 +25,6 @@ from .confirm import (
     draw_matches,
     is_confirmed,
     match,
-    outline,
     ranked,
     rerank,
     support,
@@ -42,6 +41,7 @@ from .features import (
     feature_params,
     root_sift,
 )
+from .locate import area_fraction, clip, needs_closer_look, outline
 
 __all__ = [
     "CONFIRM_INLIERS",
@@ -68,6 +68,9 @@ __all__ = [
     "is_confirmed",
     "match",
     "outline",
+    "area_fraction",
+    "clip",
+    "needs_closer_look",
     "ranked",
     "rerank",
     "root_sift",

@@ -1,0 +1,64 @@
+"""Where the papyrus is in the photo.
+
+A confirmed match's homography maps the reference's outline (its four corners) into the photo:
+that quadrilateral is the region found (:func:`outline`), reported on the hit, drawn by the
+widget as corners the user can accept or adjust, and searched again at full detail when it is a
+small part of the photo (:func:`needs_closer_look`, :func:`clip`). Without a match,
+:func:`suggest_corners` (background vs foreground, :mod:`papyrus_widgets.imaging`) proposes a
+region from the pixels alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..imaging import polygon_area, suggest_corners
+
+__all__ = [
+    "CLOSER_LOOK_BELOW",
+    "CLOSER_LOOK_UNDER_INLIERS",
+    "outline",
+    "clip",
+    "area_fraction",
+    "needs_closer_look",
+    "suggest_corners",
+]
+
+CLOSER_LOOK_BELOW = 0.5
+"""When the region found covers less than this fraction of the photo …"""
+CLOSER_LOOK_UNDER_INLIERS = 100
+"""… and the match has fewer inliers than this, the region is looked at again in full detail (a
+confident match needs no second look)."""
+
+
+def outline(homography: Sequence[Sequence[float]], size: Sequence[int]) -> list[list[float]]:
+    """The corners (TL, TR, BR, BL) of a ``size`` = (width, height) image mapped by ``homography``."""
+    w, h = float(size[0]), float(size[1])
+    corners = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], dtype=np.float64)
+    mapped = corners @ np.asarray(homography, dtype=np.float64).T
+    return [[round(float(x / z), 1), round(float(y / z), 1)] for x, y, z in mapped]
+
+
+def clip(quad: Sequence[Sequence[float]], size: Sequence[int]) -> list[list[float]]:
+    """``quad`` clipped to a ``size`` image (a reference may reach past the photo's edge)."""
+    w, h = float(size[0]), float(size[1])
+    return [[min(max(float(x), 0.0), w), min(max(float(y), 0.0), h)] for x, y in quad]
+
+
+def area_fraction(quad: Sequence[Sequence[float]], size: Sequence[int]) -> float:
+    """Area of ``quad`` / area of the ``size`` image."""
+    return polygon_area(np.asarray(quad, dtype=np.float64)) / max(1.0, float(size[0]) * float(size[1]))
+
+
+def needs_closer_look(verification: Any) -> bool:
+    """Whether a confirmed match's region is worth searching again in full detail."""
+    v = verification
+    return bool(
+        v is not None
+        and v.outline is not None
+        and v.query_size is not None
+        and v.inliers < CLOSER_LOOK_UNDER_INLIERS
+        and area_fraction(v.outline, v.query_size) < CLOSER_LOOK_BELOW
+    )
