@@ -49,6 +49,9 @@ CONFIRM_SPREAD = 0.15
 10th-90th percentile extent of the inliers along their principal axes). Matches on a strip that
 every scan of a collection shares — the Heidelberg footer, a colour chart — spread 0.02-0.06;
 true matches of re-photographed scans at least 0.40 (80 scene photos, 40 scans)."""
+CONFIRM_STOP_INLIERS = 40
+"""The rounds stop once a confirmed match has at least this many inliers (a weaker confirmation
+keeps looking: the right papyrus may come later in the list with much more evidence)."""
 CONFIRM_FIRST = 10
 """Candidates verified in the first round of :func:`confirm` …"""
 CONFIRM_STEP = 20
@@ -220,6 +223,10 @@ def match(
     Hs = np.diag([1 / q_scale, 1 / q_scale, 1.0]) @ H @ np.diag([r_scale, r_scale, 1.0])
     Hs = Hs / Hs[2, 2] if abs(Hs[2, 2]) > 1e-12 else Hs
     homography = [[float(v) for v in row] for row in Hs]
+    region = outline(homography, reference.size)
+    if not plausible_outline(region):
+        empty.seconds = time.perf_counter() - t0
+        return empty
     return Verification(
         inliers=n,
         matches=evidence,
@@ -229,7 +236,7 @@ def match(
         query_size=q_size,
         reference_size=r_size,
         spread=_spread(reference.points[r_idx[inlier]], reference.size),
-        outline=outline(homography, reference.size),
+        outline=region,
     )
 
 
@@ -243,6 +250,37 @@ def _plausible(H: np.ndarray) -> bool:
         return False
     scale = det**0.5
     return 1 / 30 < scale < 30 and abs(H[2, 0]) < 0.01 and abs(H[2, 1]) < 0.01
+
+
+MAX_SIDE_RATIO = 4.0
+"""A flat page photographed from any sensible angle keeps opposite sides within this ratio …"""
+MAX_CORNER_AREA_RATIO = 2.5
+"""… and the triangles at its four corners (two sides each) within this ratio of areas: 1 for a
+head-on view, at most 1.38 over 200 scene photos tilted up to 35°; the degenerate homographies that
+crush a wrong reference into a strip of the photo (and so collect chance inliers there) give 3-4."""
+
+
+def plausible_outline(quad: Sequence[Sequence[float]]) -> bool:
+    """Whether a reference's outline mapped into the photo could be a camera's view of a flat
+    page: a convex quadrilateral, opposite sides within :data:`MAX_SIDE_RATIO`, corner triangles
+    within :data:`MAX_CORNER_AREA_RATIO`."""
+    import cv2
+
+    q = np.asarray(quad, dtype=np.float64)
+    if q.shape != (4, 2) or not np.all(np.isfinite(q)):
+        return False
+    if not cv2.isContourConvex(q.astype(np.float32).reshape(-1, 1, 2)):
+        return False
+    sides = np.linalg.norm(np.roll(q, -1, axis=0) - q, axis=1)
+    if sides.min() <= 1e-6:
+        return False
+    before, after = q - np.roll(q, 1, axis=0), np.roll(q, -1, axis=0) - q
+    corners = np.abs(before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]) / 2
+    return bool(
+        max(sides[0], sides[2]) / min(sides[0], sides[2]) <= MAX_SIDE_RATIO
+        and max(sides[1], sides[3]) / min(sides[1], sides[3]) <= MAX_SIDE_RATIO
+        and corners.max() / max(corners.min(), 1e-9) <= MAX_CORNER_AREA_RATIO
+    )
 
 
 def _robust_method() -> int:
@@ -311,7 +349,7 @@ def confirm(
         batch, todo = todo[: min(size, limit - len(checked))], todo[min(size, limit - len(checked)) :]
         checked += [(i, c, _verify(query, c)) for i, c in batch]
         size = step
-        if any(is_confirmed(v) for _, _, v in checked):
+        if any(is_confirmed(v) and v.inliers >= CONFIRM_STOP_INLIERS for _, _, v in checked):  # type: ignore[union-attr]
             break
     checked += [(i, c, None) for i, c in todo]
     checked.sort(key=lambda t: t[0])
