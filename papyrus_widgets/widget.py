@@ -21,6 +21,13 @@ Messages from the view (``content`` of the anywidget custom message; buffers in 
   presigned URLs configured (``Settings.presigned_urls`` and an S3 store) the reply for a
   reference image in a browser format carries ``"url"`` (a presigned GET URL) and no buffer.
 
+After a search (or a restore) the ``verdict`` trait holds one line for a person,
+:attr:`Results.verdict <papyrus_widgets.api.Results.verdict>` ("confirmed: …", "no confirmed match in
+this collection: …", "not verified: …"; '' while nothing is on show). Each hit dict says whether
+it is ``confirmed`` and, when it is, its ``region`` in the query photo (four corners in the pixels
+of the photo as stored, which ``query_size`` gives): when a search ran without corners the view
+offers the top confirmed hit's region as suggested corners for the next search.
+
 Thumbnails travel as binary buffers in the ``thumbnails`` trait; with presigned URLs configured,
 ``thumbnail_urls`` holds a presigned URL per result instead (and ``thumbnails`` ``b''``), so the
 browser fetches them from the object store itself. Binary buffers are the default because they
@@ -116,6 +123,12 @@ class PapyrusSearch(anywidget.AnyWidget):
     Every finished search goes into ``history`` (the last :data:`HISTORY_LIMIT`); the strip in
     the view, or :meth:`restore`, shows an earlier result set again without searching.
 
+    ``verdict`` says in one line whether the same papyrus was confirmed in the photo or that the
+    collection holds no confirmed match (the hits are then only similar); each card says
+    "Confirmed" or "Similar". A search without corners finds where the papyrus is: :attr:`region`
+    (the top confirmed hit's outline in the photo), which the view offers as corners to adjust
+    before searching again.
+
     Clicking a result compares it with the query; when the search verified it by local features
     (``inliers``, ``matches``, ``query_size``, ``reference_size`` of the hit) the view draws the
     matched keypoints between the query photo (asked for by ``query_image_key``) and the large
@@ -156,6 +169,9 @@ class PapyrusSearch(anywidget.AnyWidget):
         sync=True
     )
     error = t.Unicode("", help="message of the last error, '' when the last search did not fail").tag(sync=True)
+    verdict = t.Unicode(
+        "", help="one line on the results on show (api.Results.verdict): confirmed, or no confirmed match; '' when none"
+    ).tag(sync=True)
     history = t.List(
         t.Dict(), help="finished searches, oldest first: id, name, k, filters, corners, count, elapsed, top"
     ).tag(sync=True)
@@ -217,6 +233,14 @@ class PapyrusSearch(anywidget.AnyWidget):
     def corners(self) -> list[list[float]] | None:
         """The four corners (TL, TR, BR, BL, image pixels) of the last search, None for the whole image."""
         return None if self._corners is None else [list(c) for c in self._corners]
+
+    @property
+    def region(self) -> list[list[float]] | None:
+        """Where the top confirmed hit of the results on show is in the query photo: four corners
+        (TL, TR, BR, BL) in the pixels of the photo as searched (after EXIF orientation), to pass
+        back as ``search(corners=w.region)``; None when no hit is confirmed."""
+        region = self._results.region
+        return None if region is None else [list(c) for c in region]
 
     @property
     def job(self) -> SearchJob | None:
@@ -330,6 +354,7 @@ class PapyrusSearch(anywidget.AnyWidget):
             self.query_name = results.query
             self.query_preview = found["preview"]
             self.error = ""
+            self.verdict = results.verdict
             self.status = self._public_status(status)
             self.history_id = found["id"]
 
@@ -430,6 +455,7 @@ class PapyrusSearch(anywidget.AnyWidget):
             self.query_preview = preview
             self.history_id = ""
             self.error = ""
+            self.verdict = ""
             # The first search starts the services (database, cluster) before it returns.
             self.status = {"state": "running", "stage": "submitting", "elapsed": 0.0, "message": ""}
         engine = self._get_engine()
@@ -495,7 +521,9 @@ class PapyrusSearch(anywidget.AnyWidget):
             pending, self._pending = self._pending, {}
             if state == "done":
                 hits = job.hits()
-                self._results = Results(query=job.name, hits=hits, elapsed=float(status.get("elapsed") or 0.0))
+                self._results = Results(
+                    query=job.name, hits=hits, elapsed=float(status.get("elapsed") or 0.0), verified=job.verified
+                )
                 thumbnails, urls = self._thumbnail_payload(hits)
                 with self.hold_sync():
                     self.results = [hit.to_dict() for hit in hits]
@@ -503,6 +531,7 @@ class PapyrusSearch(anywidget.AnyWidget):
                     self.thumbnail_urls = urls
                     self.query_image_key = pending.get("query_key") or ""
                     self.error = ""
+                    self.verdict = self._results.verdict
                     self._remember(job.id, self._results, pending)
                     self.status = self._public_status(status)
             elif state == "error":

@@ -526,6 +526,9 @@ def test_four_corner_crop_of_a_photographed_papyrus(page: Any, lab: dict[str, An
     cards = wait_for_cards(page, widget, lab, "corners")
     wait_state(page, widget, "done")
     assert cards.first.get_attribute("data-inventory-key") == PHOTO_INVENTORY
+    # The kernel confirmed it: the card says so in words, and so does the verdict line.
+    assert cards.first.get_by_test_id("result-badge").inner_text().strip() == "✓ Confirmed"
+    assert widget.get_by_test_id("verdict").inner_text().startswith("Confirmed: ")
     # The kernel got the downscaled copy and the corners in its pixels.
     scale = 2048 / PHOTO_SIZE[1]
     kernel_execute(
@@ -550,8 +553,30 @@ def test_four_corner_crop_of_a_photographed_papyrus(page: Any, lab: dict[str, An
     kernel_execute(
         page, f"top = w.results[0]\nassert len(top['matches']) == {lines} > 0 and top['query_size'] == [1775, 2048]"
     )
+    assert evidence.get_attribute("data-region") == "true", "the region found is outlined on the photo"
+    assert widget.get_by_test_id("evidence-caption").inner_text().startswith("Confirmed: ")
     evidence.scroll_into_view_if_needed()
     widget.get_by_test_id("evidence").screenshot(path=str(OUTPUT / "widget-evidence-photo.png"))
+
+    # Without corners the search finds where the papyrus is: its region comes back as suggested
+    # corners (from the downscaled copy's pixels to the photo's), ready to adjust and search again.
+    widget.get_by_test_id("compare-close").click()
+    widget.get_by_test_id("reset-button").click()
+    assert canvas.get_attribute("data-count") == "0"
+    widget.get_by_test_id("search-button").click()
+    page.wait_for_function(
+        "c => c.dataset.count === '4' && c.dataset.source === 'region'",
+        arg=canvas.element_handle(),
+        timeout=RESULTS_TIMEOUT,
+    )
+    wait_state(page, widget, "done")
+    kernel_execute(page, "assert w.history[-1]['corners'] is None and w.region is not None, w.verdict")
+    assert cards.first.get_attribute("data-inventory-key") == PHOTO_INVENTORY
+    assert cards.first.get_by_test_id("result-badge").inner_text().strip() == "✓ Confirmed"
+    assert_near(canvas_corners(canvas), truth, 0.02 * max(PHOTO_SIZE))
+    assert widget.get_by_test_id("corner-hint").inner_text().startswith("Region found: drag the corners to adjust")
+    widget.scroll_into_view_if_needed()
+    page.screenshot(path=str(OUTPUT / "widget-region.png"))
 
 
 BLOCK_WORKERS = """

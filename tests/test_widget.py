@@ -843,3 +843,53 @@ def test_dashboard_link_shows_once_the_cluster_runs(indexed_engine: Any) -> None
         w.close()
 
     asyncio.run(main())
+
+
+def test_verdict_and_region_of_a_search_without_corners(indexed_engine: Any) -> None:
+    """A reference scan searched as it is (no corners): the top hit is confirmed, the widget's
+    ``verdict`` says so and ``region`` is where the scan lies in itself (its whole outline);
+    searching again with those corners finds it again. A photo of nothing in the collection says
+    plainly that no match is confirmed. The verdict is cleared while a search runs and comes back
+    with a restored entry."""
+    size = Image.open(QUERY).size
+    noise = io.BytesIO()
+    Image.fromarray(np.random.default_rng(7).integers(0, 255, (600, 800, 3), dtype=np.uint8)).save(noise, "JPEG")
+
+    async def main() -> None:
+        w = PapyrusSearch(k=3, engine=indexed_engine)
+        assert w.verdict == "" and w.region is None
+        assert w.search(QUERY) is not None, w.error
+        assert w.verdict == "", "no verdict while the search runs"
+        assert (await finished(w))["state"] == "done", w.status
+        top = w.results[0]
+        assert top["inventory_key"] == QUERY_INVENTORY and top["confirmed"] is True and top["score"] >= 0.5
+        assert w.verdict == w.last_results.verdict
+        assert w.verdict.startswith("confirmed: ") and f"{top['inliers']} keypoints agree" in w.verdict, w.verdict
+        assert top["query_size"] == list(size)
+        region = w.region
+        assert region is not None and region == top["region"] and len(region) == 4
+        whole = [[0, 0], [size[0], 0], [size[0], size[1]], [0, size[1]]]
+        tolerance = 0.02 * max(size)
+        for (x, y), (u, v) in zip(region, whole):
+            assert abs(x - u) < tolerance and abs(y - v) < tolerance, region
+        first_verdict = w.verdict
+
+        # The region as corners (what the view offers to adjust): the same papyrus again.
+        assert w.search(corners=region) is not None, w.error
+        assert (await finished(w))["state"] == "done", w.status
+        assert w.results[0]["inventory_key"] == QUERY_INVENTORY and w.results[0]["confirmed"] is True
+        assert w.history[-1]["corners"] is not None
+
+        # Nothing of the collection on the photo: plainly no confirmed match.
+        assert w.search(noise.getvalue()) is not None, w.error
+        assert (await finished(w))["state"] == "done", w.status
+        assert w.results and not any(h["confirmed"] for h in w.results)
+        assert all(h["score"] < 0.5 and h["region"] is None for h in w.results)
+        assert w.verdict.startswith("no confirmed match in this collection"), w.verdict
+        assert w.region is None
+
+        w.restore(0)
+        assert w.verdict == first_verdict and w.region == region
+        w.close()
+
+    asyncio.run(main())

@@ -1,11 +1,11 @@
 // The compare view: a result beside the query as searched, its catalogue details, and the evidence
 // of geometric verification drawn on a canvas (the query photo and the large reference image, with
-// the matching keypoints joined). To draw more on the evidence (e.g. the region found on the query
-// photo), add a layer: see EVIDENCE_LAYERS in evidence.js, or pass `layers` here.
+// the matching keypoints joined, and the region where a confirmed papyrus lies on the photo). To draw
+// more on the evidence, add a layer: see EVIDENCE_LAYERS in evidence.js, or pass `layers` here.
 
 import { blobUrl, h, retire, revoke, safeUrl, toBytes } from "./dom.js";
 import { EVIDENCE_LAYERS, drawEvidenceScene, evidenceOf, evidenceScene } from "./evidence.js";
-import { cardModel } from "./results.js";
+import { cardModel, searchVerified } from "./results.js";
 
 export const EVIDENCE_MAX_HEIGHT = 380; // css px of the evidence drawing in the compare view
 
@@ -34,7 +34,7 @@ export function createCompare({ model, id, nextRequest, grid, layers = EVIDENCE_
     class: "papyrus-evidence-canvas",
     role: "img",
     "data-testid": "evidence-canvas",
-    "aria-label": "The query photo (left) and the result (right); lines join keypoints that match",
+    "aria-label": "The query photo (left) and the result (right); lines join keypoints that match; a dashed outline marks where a confirmed papyrus lies on the photo",
   });
   const evidenceCaption = h("figcaption", { "data-testid": "evidence-caption", "aria-live": "polite" });
   const evidenceBox = h("figure", { class: "papyrus-evidence", "data-testid": "evidence" }, [evidenceCanvas, evidenceCaption]);
@@ -78,8 +78,9 @@ export function createCompare({ model, id, nextRequest, grid, layers = EVIDENCE_
     if (compareIndex < 0) compareReturnFocus = document.activeElement;
     const sameHit = compareIndex === index && compareResultImg.dataset.key === (hit.image_key || "");
     compareIndex = index;
-    const card = cardModel(hit, index);
-    compareTitle.textContent = `#${card.rank} ${card.inventory} — similarity ${card.similarity}`;
+    const card = cardModel(hit, index, { verified: searchVerified(results) });
+    const badge = card.badge ? ` — ${card.badge.text}` : "";
+    compareTitle.textContent = `#${card.rank} ${card.inventory}${badge} — score ${card.similarity}`;
     setCompareQuery();
     if (!sameHit) {
       retire(compareUrls);
@@ -163,6 +164,7 @@ export function createCompare({ model, id, nextRequest, grid, layers = EVIDENCE_
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     drawEvidenceScene(ctx, scene, layers);
     evidenceCanvas.dataset.lines = String(lines.length);
+    evidenceCanvas.dataset.region = scene.region ? "true" : "false";
     evidenceCanvas.dataset.reference = compareResultImg.dataset.size || "";
     evidenceCanvas.dataset.state = "drawn";
   }

@@ -1,6 +1,7 @@
 // The query editor: choosing the photo (file input, drop, paste), marking its four corners on a
-// canvas (pointer and keyboard), the live deskewed preview, "Suggest corners", and preparing the
-// bytes a search or a suggestion sends (downscaled here when larger than `max_side`).
+// canvas (pointer and keyboard), the live deskewed preview, "Suggest corners", the region a search
+// without corners found (offered as suggested corners), and preparing the bytes a search or a
+// suggestion sends (downscaled here when larger than `max_side`).
 
 import { canvasToBytes, capitalise, errorText, h } from "./dom.js";
 import {
@@ -11,6 +12,7 @@ import {
   fitWithin,
   nearestCorner,
   orderCorners,
+  regionToCorners,
   scalePoints,
   warpQuad,
 } from "./geometry.js";
@@ -58,11 +60,12 @@ export function isTextField(target) {
  * The query editor of one view. `onChange()` runs when what the form's buttons depend on changes;
  * `onMessage(text)` shows a message on the status line (a paste without an image).
  * Returns {imageField, el, queryLine, attach, detach, chosen, cornerState, prepared,
- * queryPreviewBytes, onCornersMessage, updateQuery, onMaxSideChange, relayout, dispose}.
+ * queryPreviewBytes, onCornersMessage, offerRegion, updateQuery, onMaxSideChange, relayout, dispose}.
  */
 export function createQueryEditor({ model, id, nextRequest, onChange = () => {}, onMessage = () => {} }) {
   // The chosen image: {file, name, bitmap | null, width, height, corners: [[x, y]] in bitmap pixels,
-  // suggested: bool, source: {data, width, height, scale} | null, prepared: Map(maxSide → Promise)}
+  // suggested: bool, suggestedBy: "suggest" | "region" | "", source: {data, width, height, scale} | null,
+  // prepared: Map(maxSide → Promise)}
   let chosen = null;
   let drag = null; // {index, pointerId}
   let activeCorner = -1;
@@ -164,6 +167,7 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
       height: 0,
       corners: [],
       suggested: false,
+      suggestedBy: "",
       source: null,
       prepared: new Map(),
       ready: null,
@@ -367,9 +371,28 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
     if (!chosen) return;
     chosen.corners = [];
     chosen.suggested = false;
+    chosen.suggestedBy = "";
     activeCorner = -1;
     drawAll();
     changed();
+  }
+
+  /**
+   * A search of `mine` without corners found where the papyrus is: `region` (a hit's four corners
+   * in the pixels of the photo as the kernel stored it, of `querySize`). Offer it as suggested
+   * corners, the editor's normal corner state, so that Search uses them; only while no corners are
+   * marked. Returns whether it was taken.
+   */
+  function offerRegion(mine, region, querySize) {
+    if (!chosen || chosen !== mine || !chosen.bitmap || chosen.corners.length || suggestPending || drag) return false;
+    const corners = regionToCorners(region, querySize, [chosen.width, chosen.height]);
+    if (!corners || cornersProblem(corners, [chosen.width, chosen.height])) return false;
+    chosen.corners = orderCorners(corners);
+    chosen.suggested = true;
+    chosen.suggestedBy = "region";
+    activeCorner = -1;
+    drawAll();
+    return true;
   }
 
   function layoutCanvas() {
@@ -467,6 +490,7 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
     cornerCanvas.dataset.corners = JSON.stringify((ordered || pts).map(([x, y]) => [Math.round(x * 10) / 10, Math.round(y * 10) / 10]));
     cornerCanvas.dataset.count = String(pts.length);
     cornerCanvas.dataset.suggested = chosen.suggested ? "true" : "false";
+    cornerCanvas.dataset.source = chosen.suggested ? chosen.suggestedBy : pts.length ? "marked" : "";
   }
 
   function drawPreview() {
@@ -506,7 +530,9 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
     if (n === 0) line = "Optional: click the four corners of the papyrus, or press Suggest corners. Without corners the whole photo is searched.";
     else if (n < 4) line = `${n} of 4 corners: click the ${["first", "second", "third", "fourth"][n]} corner, or Reset to search the whole photo.`;
     else if (state.problem) line = `The corners cannot be used: ${state.problem}`;
-    else if (chosen.suggested) line = "Suggested corners: drag them to adjust, or Reset. Search uses them.";
+    else if (chosen.suggested && chosen.suggestedBy === "region") {
+      line = "Region found: drag the corners to adjust, then Search again (Reset searches the whole photo).";
+    } else if (chosen.suggested) line = "Suggested corners: drag them to adjust, or Reset. Search uses them.";
     else line = "Four corners marked: drag a corner to adjust it, or Reset.";
     if (cornerHint.textContent !== line) cornerHint.textContent = line;
     cornerHint.dataset.problem = state.problem ? "true" : "false";
@@ -540,6 +566,7 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
       /* synthetic events have no capturable pointer */
     }
     chosen.suggested = chosen.suggested && chosen.corners.length === 4;
+    if (!chosen.suggested) chosen.suggestedBy = "";
     requestDraw();
   }
 
@@ -583,6 +610,7 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
       event.stopPropagation();
       chosen.corners.splice(activeCorner >= 0 ? activeCorner : chosen.corners.length - 1, 1);
       chosen.suggested = false;
+      chosen.suggestedBy = "";
       activeCorner = -1;
       drawAll();
     }
@@ -607,6 +635,7 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
         Math.min(chosen.height, Math.max(0, y / pending.scaleY)),
       ]);
       chosen.suggested = true;
+      chosen.suggestedBy = "suggest";
       activeCorner = -1;
       drawAll();
     } else if (pending.chosen === chosen) {
@@ -663,6 +692,7 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
     prepared,
     queryPreviewBytes,
     onCornersMessage,
+    offerRegion,
     updateQuery,
     onMaxSideChange,
     /** Choose `file` as the query (as a drop or a paste does). */

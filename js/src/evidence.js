@@ -1,13 +1,13 @@
 // Evidence of geometric verification: the inlier matches drawn between the query photo and the
-// reference (pure layout helpers, and the canvas drawing the compare view uses).
+// reference, and the region where a confirmed papyrus lies on the photo (pure layout helpers, and
+// the canvas drawing the compare view uses).
 //
 // The drawing is a list of layers (EVIDENCE_LAYERS), each `(ctx, scene)` with
-// scene = {hit, layout, lines, images: {query, reference}}: a new mark on the drawing (for example
-// an outline of the region found on the query photo) is one more layer, with its own pure helper
-// for the coordinates, like evidenceLines.
+// scene = {hit, layout, lines, region, images: {query, reference}}: a new mark on the drawing is
+// one more layer, with its own pure helper for the coordinates, like evidenceLines / regionOnRect.
 
 
-/** Inlier counts up to this are what chance agreement gives (papyrus_widgets.verify.MIN_INLIERS). */
+/** Inlier counts up to this are what chance agreement gives (papyrus_widgets.retrieval.confirm.MIN_INLIERS). */
 export const EVIDENCE_MIN_INLIERS = 12;
 
 /** `size` as [width, height] of positive finite numbers, or null. */
@@ -64,7 +64,9 @@ export function evidenceLines(matches, querySize, referenceSize, layout) {
 
 /**
  * What the compare view says (and draws) about the verification of a hit dict:
- * {kind: "verified" | "weak" | "none" | "unverified", inliers, drawable, caption}.
+ * {kind: "confirmed" | "weak" | "none" | "unverified", inliers, drawable, caption}.
+ * The decision is the kernel's (`confirmed`: enough inliers, spread over the papyrus); a hit dict
+ * without `confirmed` (an older kernel) counts as confirmed above EVIDENCE_MIN_INLIERS.
  */
 export function evidenceOf(hit) {
   const h = hit && typeof hit === "object" ? hit : {};
@@ -76,14 +78,37 @@ export function evidenceOf(hit) {
     return { kind: "unverified", inliers: null, drawable: false, caption: "Not verified: this result was not checked by local features." };
   }
   if (inliers <= 0) {
-    return { kind: "none", inliers: 0, drawable: false, caption: "Not verified: no matching keypoints agree on one geometry." };
+    return { kind: "none", inliers: 0, drawable: false, caption: "Not confirmed: no matching keypoints agree on one geometry." };
   }
   const agree = `${inliers} matching keypoint${inliers === 1 ? " agrees" : "s agree"} on one geometry`;
-  if (inliers <= EVIDENCE_MIN_INLIERS) {
-    return { kind: "weak", inliers, drawable, caption: `${agree}: no more than chance gives, so not counted as evidence.` };
-  }
+  const confirmed = typeof h.confirmed === "boolean" ? h.confirmed : inliers > EVIDENCE_MIN_INLIERS;
   const drawn = drawable && matches.length < inliers ? ` (the best ${matches.length} drawn)` : "";
-  return { kind: "verified", inliers, drawable, caption: `${agree}${drawn}.` };
+  if (confirmed) {
+    return { kind: "confirmed", inliers, drawable, caption: `Confirmed: ${agree}${drawn}: the same papyrus is in the photo.` };
+  }
+  const why =
+    inliers <= EVIDENCE_MIN_INLIERS
+      ? "no more than chance gives"
+      : "too few, or on too small a part of the papyrus, to show it is the same one";
+  return { kind: "weak", inliers, drawable, caption: `Not confirmed: ${agree}${drawn}: ${why}.` };
+}
+
+/**
+ * A hit's `region` (four [x, y] corners in the pixels of an image of `querySize`, the query photo
+ * as stored) as points on `rect`, where that image is drawn; null when there is none or it is
+ * malformed. The points may lie outside `rect` (the papyrus can reach past the photo's edge).
+ */
+export function regionOnRect(region, querySize, rect) {
+  const size = validSize(querySize);
+  if (!size || !Array.isArray(region) || region.length !== 4) return null;
+  const points = [];
+  for (const p of region) {
+    if (!Array.isArray(p) || p.length !== 2) return null;
+    const [x, y] = p.map(Number);
+    if (!Number.isFinite(x) || !Number.isFinite(y)) return null;
+    points.push([rect.x + (x / size[0]) * rect.width, rect.y + (y / size[1]) * rect.height]);
+  }
+  return points;
 }
 
 /** Layer: the query photo and the reference image, side by side. */
@@ -117,17 +142,40 @@ export function drawMatchLines(ctx, { lines }) {
   });
 }
 
+/** Layer: the region where the papyrus was found on the query photo (confirmed hits), clipped to the photo. */
+export function drawRegion(ctx, { layout, region }) {
+  if (!region) return;
+  const q = layout.query;
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(q.x, q.y, q.width, q.height);
+  ctx.clip();
+  ctx.beginPath();
+  region.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
+  ctx.closePath();
+  ctx.lineWidth = 4;
+  ctx.strokeStyle = "rgba(0, 0, 0, 0.7)";
+  ctx.stroke();
+  ctx.setLineDash([8, 5]);
+  ctx.lineWidth = 2;
+  ctx.strokeStyle = "#40c4ff";
+  ctx.stroke();
+  ctx.restore();
+}
+
 /** The layers of the evidence drawing, bottom first. */
-export const EVIDENCE_LAYERS = [drawImages, drawMatchLines];
+export const EVIDENCE_LAYERS = [drawImages, drawRegion, drawMatchLines];
 
 /**
- * The scene for a hit drawn `maxWidth` × `maxHeight` at most: {hit, layout, lines, images}.
+ * The scene for a hit drawn `maxWidth` × `maxHeight` at most: {hit, layout, lines, region, images}.
+ * `region`: the confirmed hit's region on the drawn query photo (regionOnRect), or null.
  * `images` = {query, reference}: loaded images (or anything ctx.drawImage takes).
  */
 export function evidenceScene(hit, images, maxWidth, maxHeight) {
   const layout = evidenceLayout(hit.query_size, hit.reference_size, maxWidth, maxHeight);
   const lines = evidenceLines(hit.matches, hit.query_size, hit.reference_size, layout);
-  return { hit, layout, lines, images };
+  const region = hit.confirmed === false ? null : regionOnRect(hit.region, hit.query_size, layout.query);
+  return { hit, layout, lines, region, images };
 }
 
 /** Draw `scene` with `layers` on a 2-D context already scaled to css pixels. */

@@ -76,6 +76,33 @@ export function fitWithin(width, height, maxSide) {
   return { width: outW, height: outH, scaleX: outW / w, scaleY: outH / h, downscaled: true };
 }
 
+/**
+ * The region a search found (a hit's `region`: four [x, y] in the pixels of the photo the kernel
+ * stored, of size `querySize` = [w, h], i.e. the image the browser sent, downscaled or not) as
+ * corners in the pixels of the photo shown, of size `imageSize` = [w, h]; each corner clipped to
+ * the photo (the papyrus may reach past its edge). Null when the region or a size is malformed.
+ */
+export function regionToCorners(region, querySize, imageSize) {
+  const size = (s) => {
+    if (!Array.isArray(s) || s.length !== 2) return null;
+    const [w, h] = s.map(Number);
+    return Number.isFinite(w) && Number.isFinite(h) && w > 0 && h > 0 ? [w, h] : null;
+  };
+  const q = size(querySize);
+  const img = size(imageSize);
+  if (!q || !img || !Array.isArray(region) || region.length !== 4) return null;
+  const sx = img[0] / q[0];
+  const sy = img[1] / q[1];
+  const out = [];
+  for (const p of region) {
+    if (!Array.isArray(p) || p.length !== 2) return null;
+    const [x, y] = p.map(Number);
+    if (!Number.isFinite(x) || !Number.isFinite(y)) return null;
+    out.push([Math.min(img[0], Math.max(0, x * sx)), Math.min(img[1], Math.max(0, y * sy))]);
+  }
+  return out;
+}
+
 /** Points scaled by (sx, sy): image pixels → pixels of the downscaled copy, and back with 1/s. */
 export function scalePoints(points, sx, sy = sx) {
   return points.map(([x, y]) => [x * sx, y * sy]);

@@ -10,8 +10,30 @@ export function formatSimilarity(score) {
   return Number.isFinite(s) ? s.toFixed(3) : "–";
 }
 
-/** What one result card shows, from a hit dict of the `results` trait. */
-export function cardModel(hit, index = 0) {
+/** Whether the search of these hit dicts was verified (the confirming stage ran: some hit has `inliers`). */
+export function searchVerified(results) {
+  return Array.isArray(results) && results.some((r) => r && typeof r === "object" && r.inliers !== null && r.inliers !== undefined);
+}
+
+/**
+ * The badge of a hit: {text: "Confirmed", kind: "confirmed", title} when the kernel confirmed it
+ * (the same papyrus is in the photo); {text: "Similar", kind: "similar", title} for the others of
+ * a verified search; null when the search was not verified (nothing was confirmed or ruled out).
+ */
+export function hitBadge(hit, verified) {
+  const h = hit && typeof hit === "object" ? hit : {};
+  if (h.confirmed === true) {
+    return { text: "Confirmed", kind: "confirmed", title: "Confirmed: its keypoints agree with the photo on one geometry (the same papyrus)" };
+  }
+  if (!verified) return null;
+  return { text: "Similar", kind: "similar", title: "Only similar: not confirmed as the papyrus in the photo" };
+}
+
+/**
+ * What one result card shows, from a hit dict of the `results` trait. `verified`: whether the
+ * search was verified (searchVerified of all its hits), for the "Similar" badge.
+ */
+export function cardModel(hit, index = 0, { verified = false } = {}) {
   const h = hit && typeof hit === "object" ? hit : {};
   const rank = Number.isFinite(Number(h.rank)) && h.rank !== null && h.rank !== "" ? Number(h.rank) : index + 1;
   const inventory = text(h.inventory) || text(h.inventory_key) || text(h.key) || "unknown inventory";
@@ -28,11 +50,12 @@ export function cardModel(hit, index = 0) {
     meta: [date, place].filter(Boolean).join(" · "),
     url: safeUrl(h.papyri_info_url),
     alt: `Thumbnail of ${inventory}`,
+    badge: hitBadge(h, verified),
   };
 }
 
-export function renderCard(hit, index, thumbUrl) {
-  const card = cardModel(hit, index);
+export function renderCard(hit, index, thumbUrl, { verified = false } = {}) {
+  const card = cardModel(hit, index, { verified });
   const image = thumbUrl
     ? h("img", { class: "papyrus-thumb", src: thumbUrl, alt: card.alt, loading: "lazy", "data-testid": "result-thumbnail" })
     : h("div", { class: "papyrus-thumb papyrus-thumb-missing", role: "img", "aria-label": `No thumbnail for ${card.inventory}` }, [
@@ -46,6 +69,7 @@ export function renderCard(hit, index, thumbUrl) {
       "data-rank": card.rank,
       "data-inventory-key": card.inventoryKey,
       "data-index": index,
+      "data-confirmed": card.badge ? String(card.badge.kind === "confirmed") : "",
     },
     [
       h(
@@ -62,10 +86,19 @@ export function renderCard(hit, index, thumbUrl) {
       ),
       h("div", { class: "papyrus-card-head" }, [
         h("span", { class: "papyrus-rank", "data-testid": "result-rank", text: `#${card.rank}` }),
+        card.badge
+          ? h("span", {
+              class: `papyrus-badge papyrus-badge-${card.badge.kind}`,
+              "data-testid": "result-badge",
+              "data-kind": card.badge.kind,
+              title: card.badge.title,
+              text: card.badge.kind === "confirmed" ? `✓ ${card.badge.text}` : card.badge.text,
+            })
+          : null,
         h("span", {
           class: "papyrus-score",
           "data-testid": "result-score",
-          title: "cosine similarity (1 = identical)",
+          title: "score: 0.5 … 1 for a confirmed papyrus, below 0.5 for one that is only similar",
           text: card.similarity,
         }),
       ]),
@@ -119,7 +152,8 @@ export function createResults({ model, actions = null, onOpen = () => {} }) {
     update() {
       const results = model.get("results") || [];
       retire(urls);
-      const cards = results.map((hit, i) => renderCard(hit, i, thumbnailUrl(i, urls)));
+      const verified = searchVerified(results);
+      const cards = results.map((hit, i) => renderCard(hit, i, thumbnailUrl(i, urls), { verified }));
       list.replaceChildren(...cards);
       list.hidden = cards.length === 0;
       bar.hidden = cards.length === 0;

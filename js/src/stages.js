@@ -71,6 +71,24 @@ export function statusText(status) {
   }
 }
 
+/**
+ * The verdict line for the `verdict` trait (api.Results.verdict): {text, kind}, kind one of
+ * "confirmed" | "none" (no confirmed match in this collection) | "unverified" | "other" | "" (nothing to say).
+ */
+export function verdictLine(verdict) {
+  const raw = typeof verdict === "string" ? verdict.trim() : "";
+  if (!raw) return { text: "", kind: "" };
+  const lower = raw.toLowerCase();
+  const kind = lower.startsWith("confirmed")
+    ? "confirmed"
+    : lower.startsWith("no confirmed match")
+      ? "none"
+      : lower.startsWith("not verified")
+        ? "unverified"
+        : "other";
+  return { text: raw.charAt(0).toUpperCase() + raw.slice(1), kind };
+}
+
 // ---------------------------------------------------------------------------------------------
 // The stages: the browser's own upload phase in front of the kernel's status.
 
@@ -168,6 +186,7 @@ export function stageSteps(status) {
 /**
  * The stage line of one view. `model` is the anywidget model; `onChange()` runs after every
  * update (the view's buttons follow the busy state); `busyTarget` gets aria-busy while a search runs.
+ * The line below the strip says the `verdict` of the results on show.
  * Returns {el, update, onStatusChange, updateDashboard, startUpload, isUploading, ack, uploadFailed,
  * cancel, refuse, isBusy, dispose}.
  */
@@ -189,7 +208,8 @@ export function createStageLine({ model, busyTarget = null, onChange = () => {} 
     title: "The Dask dashboard of the cluster that runs the searches (opens in a new tab)",
     hidden: true,
   });
-  const el = h("div", { class: "papyrus-progress" }, [statusLine, stagesList, dashboardLink]);
+  const verdictEl = h("p", { class: "papyrus-verdict", "data-testid": "verdict", role: "status", hidden: true });
+  const el = h("div", { class: "papyrus-progress" }, [statusLine, stagesList, dashboardLink, verdictEl]);
 
   const kernelStatus = () => model.get("status") || {};
   const isBusy = () => Boolean(phase.upload) || kernelStatus().state === "running";
@@ -221,6 +241,11 @@ export function createStageLine({ model, busyTarget = null, onChange = () => {} 
       else li.removeAttribute("aria-current");
     });
     stagesList.hidden = !shown.state || Boolean(shown.refused);
+    // The verdict on the results on show (none while a search is on its way).
+    const verdict = kind === "running" ? { text: "", kind: "" } : verdictLine(model.get("verdict"));
+    if (verdictEl.textContent !== verdict.text) verdictEl.textContent = verdict.text;
+    verdictEl.dataset.kind = verdict.kind;
+    verdictEl.hidden = !verdict.text;
     onChange();
     // Tick the seconds between the kernel's updates while something runs; stop otherwise.
     if (kind === "running" && ticker === null) ticker = setInterval(update, 200);

@@ -6,11 +6,13 @@
 //   max_side          Int      long side (px) to which larger photos are downscaled here before sending
 //   filters           Dict     metadata filters (two-way): date_from, date_to (years, negative = BC), place, collection
 //   status            Dict     {state, stage, elapsed, message} pushed by the kernel about every second
-//   results           List     hit dicts (rank, score, inventory, inventory_key, title, date_text, place, papyri_info_url, …)
+//   results           List     hit dicts (rank, score, confirmed, region, inventory, inventory_key, title, date_text, place, …)
 //   thumbnails        List     JPEG thumbnails, one binary buffer per result, same order (arrive as DataView)
 //   query_name        Unicode  name of the query image the kernel holds
 //   query_preview     Bytes    JPEG of the query as searched (the deskewed crop) for the results on show
 //   error             Unicode  last error message ("" when none)
+//   verdict           Unicode  one line on the results on show (api.Results.verdict: "confirmed: …",
+//                              "no confirmed match in this collection: …", "not verified: …"; "" when none)
 //   history           List     finished searches {id, name, k, filters, corners, count, elapsed, top}
 //   history_previews  List     query preview JPEG per history entry
 //   history_id        Unicode  id of the history entry on show
@@ -28,6 +30,9 @@
 //
 // Corners are marked on the photo as the browser shows it (EXIF orientation applied), in that
 // image's pixels, and sent in the pixels of the image actually sent (scaled when it was downscaled).
+// A search sent without corners whose top hit is confirmed comes back with that hit's `region` in
+// the pixels of the photo the kernel stored (the image sent, of the hit's `query_size`): the
+// editor takes it as suggested corners (scaled back to the photo shown, clipped to it).
 //
 // The parts of the view are factories in their own modules (one per part, each tested with
 // `node --test js/test/`); render() builds them and wires the model to them.
@@ -64,6 +69,7 @@ export function render({ model, el }) {
   const nextRequest = () => `${id}-${++requestSeq}`;
   let disposed = false;
   const schedule = batcher(() => disposed);
+  let searched = null; // the last search sent: {chosen, corners: bool, knownIds: history ids before it}
 
   const root = h("div", {
     class: "papyrus-search",
@@ -118,6 +124,7 @@ export function render({ model, el }) {
     controls.commitFilters();
     const corners = editor.cornerState().corners;
     const request = nextRequest();
+    searched = { chosen: mine, corners: Boolean(corners), knownIds: new Set((model.get("history") || []).map((e) => e && e.id)) };
     stages.startUpload(request);
     try {
       const upload = await editor.prepared(mine);
@@ -158,8 +165,23 @@ export function render({ model, el }) {
   root.addEventListener("keydown", onKeyDown);
 
   function updateResults() {
-    compare.onResults(results.update());
+    const list = results.update();
+    compare.onResults(list);
+    offerRegion(list);
     updateButtons();
+  }
+
+  // The results of the search this view sent without corners: its top hit's region (when
+  // confirmed) becomes the editor's suggested corners, once.
+  function offerRegion(list) {
+    const entryId = model.get("history_id");
+    if (!searched || !list.length || !entryId || searched.knownIds.has(entryId)) return;
+    const mine = searched;
+    searched = null;
+    const entry = (model.get("history") || []).find((e) => e && e.id === entryId);
+    const top = list[0];
+    if (mine.corners || !entry || entry.corners || !top || top.confirmed !== true) return;
+    editor.offerRegion(mine.chosen, top.region, top.query_size);
   }
 
   function updateHistory() {
@@ -173,6 +195,7 @@ export function render({ model, el }) {
     ["change:max_side", editor.onMaxSideChange],
     ["change:query_name", editor.updateQuery],
     ["change:status", stages.onStatusChange],
+    ["change:verdict", stages.update],
     ["change:results", () => schedule(updateResults)],
     ["change:thumbnails", () => schedule(updateResults)],
     ["change:query_preview", () => schedule(compare.updateQueryPreview)],

@@ -3,7 +3,19 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
-import { EVIDENCE_MIN_INLIERS, evidenceLayout, evidenceLines, evidenceOf, pointToRect, validSize } from "../src/evidence.js";
+import {
+  EVIDENCE_LAYERS,
+  EVIDENCE_MIN_INLIERS,
+  drawEvidenceScene,
+  drawRegion,
+  evidenceLayout,
+  evidenceLines,
+  evidenceOf,
+  evidenceScene,
+  pointToRect,
+  regionOnRect,
+  validSize,
+} from "../src/evidence.js";
 
 const close = (a, b, eps = 1e-9) => assert.ok(Math.abs(a - b) <= eps, `${a} ≉ ${b}`);
 
@@ -88,25 +100,33 @@ test("evidenceLines leaves out malformed pairs and points outside their image", 
   assert.deepEqual(evidenceLines("no", [100, 100], [100, 100], layout), []);
 });
 
-test("evidenceOf: captions for verified, weak, failed and unchecked hits", () => {
+test("evidenceOf: the caption follows the kernel's confirmed decision", () => {
   const matches = Array.from({ length: 50 }, (_, i) => [i, i, i, i]);
   const sizes = { query_size: [640, 480], reference_size: [1000, 800] };
-  const verified = evidenceOf({ inliers: 137, matches, ...sizes });
-  assert.equal(verified.kind, "verified");
-  assert.ok(verified.drawable);
-  assert.equal(verified.caption, "137 matching keypoints agree on one geometry (the best 50 drawn).");
-  const all = evidenceOf({ inliers: 37, matches: matches.slice(0, 37), ...sizes });
-  assert.equal(all.caption, "37 matching keypoints agree on one geometry.");
+  const confirmed = evidenceOf({ confirmed: true, inliers: 186, matches, ...sizes });
+  assert.equal(confirmed.kind, "confirmed");
+  assert.ok(confirmed.drawable);
+  assert.equal(
+    confirmed.caption,
+    "Confirmed: 186 matching keypoints agree on one geometry (the best 50 drawn): the same papyrus is in the photo.",
+  );
+  const all = evidenceOf({ confirmed: true, inliers: 37, matches: matches.slice(0, 37), ...sizes });
+  assert.equal(all.caption, "Confirmed: 37 matching keypoints agree on one geometry: the same papyrus is in the photo.");
 
-  const weak = evidenceOf({ inliers: EVIDENCE_MIN_INLIERS, matches: matches.slice(0, 12), ...sizes });
+  // Many inliers, but the kernel did not confirm (bunched on a small part, e.g. a shared colour chart).
+  const bunched = evidenceOf({ confirmed: false, inliers: 40, matches: matches.slice(0, 40), ...sizes });
+  assert.equal(bunched.kind, "weak");
+  assert.ok(bunched.drawable, "unconfirmed evidence is still drawn, with a caption that says what it is worth");
+  assert.match(bunched.caption, /^Not confirmed: 40 matching keypoints agree on one geometry: too few, or on too small a part/);
+
+  const weak = evidenceOf({ confirmed: false, inliers: EVIDENCE_MIN_INLIERS, matches: matches.slice(0, 12), ...sizes });
   assert.equal(weak.kind, "weak");
-  assert.ok(weak.drawable, "weak evidence is still drawn, with a caption that says what it is worth");
-  assert.match(weak.caption, /^12 matching keypoints agree on one geometry: no more than chance/);
+  assert.match(weak.caption, /^Not confirmed: 12 matching keypoints agree on one geometry: no more than chance/);
 
-  const none = evidenceOf({ inliers: 0, matches: [], ...sizes });
+  const none = evidenceOf({ confirmed: false, inliers: 0, matches: [], ...sizes });
   assert.equal(none.kind, "none");
   assert.equal(none.drawable, false);
-  assert.match(none.caption, /^Not verified/);
+  assert.equal(none.caption, "Not confirmed: no matching keypoints agree on one geometry.");
 
   for (const hit of [{}, { inliers: null, matches: [] }, null]) {
     const ev = evidenceOf(hit);
@@ -114,8 +134,51 @@ test("evidenceOf: captions for verified, weak, failed and unchecked hits", () =>
     assert.equal(ev.drawable, false);
     assert.match(ev.caption, /^Not verified/);
   }
+  // A hit dict without `confirmed` (an older kernel): the inlier threshold decides.
+  assert.equal(evidenceOf({ inliers: 37, matches, ...sizes }).kind, "confirmed");
+  assert.equal(evidenceOf({ inliers: EVIDENCE_MIN_INLIERS, matches, ...sizes }).kind, "weak");
   // Matches without the sizes they refer to cannot be drawn (nothing to scale them by).
-  assert.equal(evidenceOf({ inliers: 40, matches }).drawable, false);
+  assert.equal(evidenceOf({ confirmed: true, inliers: 40, matches }).drawable, false);
+});
+
+test("regionOnRect: the region found, from the photo's pixels onto the drawn photo", () => {
+  const rect = { x: 10, y: 20, width: 200, height: 100 };
+  const points = regionOnRect([[0, 0], [400, 0], [400, 200], [-40, 220]], [400, 200], rect);
+  assert.deepEqual(points, [[10, 20], [210, 20], [210, 120], [-10, 130]], "points past the edge stay (the layer clips)");
+  for (const bad of [null, [], [[0, 0], [1, 0], [1, 1]], [[0, 0], [1, 0], [1, "x"], [0, 1]], [[0, 0], [1, 0], [1, 1], [0]]]) {
+    assert.equal(regionOnRect(bad, [400, 200], rect), null, JSON.stringify(bad));
+  }
+  assert.equal(regionOnRect([[0, 0], [1, 0], [1, 1], [0, 1]], null, rect), null);
+});
+
+test("the region is one more evidence layer, drawn for confirmed hits only", () => {
+  assert.ok(EVIDENCE_LAYERS.includes(drawRegion));
+  const hit = {
+    confirmed: true,
+    region: [[100, 50], [300, 60], [290, 250], [90, 240]],
+    query_size: [400, 300],
+    reference_size: [800, 600],
+    matches: [[150, 100, 100, 100]],
+  };
+  const scene = evidenceScene(hit, { query: {}, reference: {} }, 712, 380);
+  assert.equal(scene.region.length, 4);
+  close(scene.region[0][0], (100 / 400) * scene.layout.query.width);
+  close(scene.region[2][1], (250 / 300) * scene.layout.query.height);
+  assert.equal(evidenceScene({ ...hit, confirmed: false }, {}, 712, 380).region, null);
+  assert.equal(evidenceScene({ ...hit, region: null }, {}, 712, 380).region, null);
+
+  // Drawn after the images, before the match lines; clipped to the query photo.
+  const calls = [];
+  const ctx = new Proxy({}, { get: (_t, name) => (...args) => calls.push([name, ...args]), set: () => true });
+  drawEvidenceScene(ctx, scene);
+  const names = calls.map((c) => c[0]);
+  assert.ok(names.indexOf("clip") > names.lastIndexOf("drawImage"), "the region lies on the photo");
+  assert.ok(names.indexOf("clip") < names.indexOf("arc"), "the match lines lie on the region");
+  const clipRect = calls.find((c) => c[0] === "rect");
+  assert.deepEqual(clipRect.slice(1), [scene.layout.query.x, scene.layout.query.y, scene.layout.query.width, scene.layout.query.height]);
+  calls.length = 0;
+  drawRegion(ctx, { layout: scene.layout, region: null });
+  assert.equal(calls.length, 0);
 });
 
 test("EVIDENCE_MIN_INLIERS is retrieval.confirm.MIN_INLIERS", () => {

@@ -181,6 +181,9 @@ class Element {
   getBoundingClientRect() {
     return { left: 0, top: 0, width: 100, height: 100 };
   }
+  toBlob(callback, type) {
+    callback({ type, arrayBuffer: async () => new ArrayBuffer(16) }); // canvas encoding: 16 placeholder bytes
+  }
   getContext() {
     const image = (w, hgt) => ({ data: new Uint8ClampedArray(w * hgt * 4), width: w, height: hgt });
     return new Proxy({ getImageData: (_x, _y, w, hgt) => image(w, hgt) }, { get: (t, k) => t[k] || (() => {}) });
@@ -229,6 +232,7 @@ export function fakeModel(values = {}) {
     history_id: "",
     query_image_key: "",
     dashboard_link: "",
+    verdict: "",
     ...values,
   };
   const handlers = new Map();

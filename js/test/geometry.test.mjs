@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { downscaledName } from "../src/editor.js";
-import { applyHomography, clientToImage, cornersProblem, deskewSize, fitBox, fitWithin, homography, imageToClient, nearestCorner, orderCorners, scalePoints, warpQuad } from "../src/geometry.js";
+import { applyHomography, clientToImage, cornersProblem, deskewSize, fitBox, fitWithin, homography, imageToClient, nearestCorner, orderCorners, regionToCorners, scalePoints, warpQuad } from "../src/geometry.js";
 
 const close = (a, b, eps = 1e-6) => assert.ok(Math.abs(a - b) <= eps, `${a} ≉ ${b}`);
 const closePts = (a, b, eps = 1e-6) => {
@@ -227,4 +227,39 @@ test("downscaledName: a .jpg under the same stem", () => {
   assert.equal(downscaledName("photo.jpeg"), "photo.jpg");
   assert.equal(downscaledName("noext"), "noext.jpg");
   assert.equal(downscaledName(""), "image.jpg");
+});
+
+test("regionToCorners: the region found, from the pixels the kernel stored to the photo shown", () => {
+  // Sent as it is: the kernel's pixels are the photo's.
+  assert.deepEqual(regionToCorners([[100, 50], [300, 60], [290, 250], [90, 240]], [400, 300], [400, 300]), [[100, 50], [300, 60], [290, 250], [90, 240]]);
+  // Downscaled before sending (4000 × 3000 sent as 2048 × 1536): scaled back up to the photo shown,
+  // and the same as the corners a search sends scaled back (scalePoints with 1 / fitWithin's scale).
+  const fit = fitWithin(4000, 3000, 2048);
+  const region = [[512, 384], [1536, 400], [1500, 1200], [500, 1100]];
+  const corners = regionToCorners(region, [fit.width, fit.height], [4000, 3000]);
+  const back = scalePoints(region, 1 / fit.scaleX, 1 / fit.scaleY);
+  corners.forEach(([x, y], i) => {
+    close(x, back[i][0]);
+    close(y, back[i][1]);
+  });
+  close(corners[0][0], 1000);
+  close(corners[2][1], 2343.75);
+  // A region reaching past the photo's edge: each corner clipped to the photo.
+  assert.deepEqual(regionToCorners([[-12.5, -3], [2100, 10], [2060.2, 1600], [5, 1540]], [2048, 1536], [2048, 1536]), [
+    [0, 0],
+    [2048, 10],
+    [2048, 1536],
+    [5, 1536],
+  ]);
+  // Malformed regions and sizes give nothing.
+  for (const [r, q, img] of [
+    [null, [10, 10], [10, 10]],
+    [[[0, 0], [1, 0], [1, 1]], [10, 10], [10, 10]],
+    [[[0, 0], [1, 0], [1, NaN], [0, 1]], [10, 10], [10, 10]],
+    [[[0, 0], [1, 0], [1, 1], [0, 1]], null, [10, 10]],
+    [[[0, 0], [1, 0], [1, 1], [0, 1]], [10, 0], [10, 10]],
+    [[[0, 0], [1, 0], [1, 1], [0, 1]], [10, 10], [0, 10]],
+  ]) {
+    assert.equal(regionToCorners(r, q, img), null, JSON.stringify([r, q, img]));
+  }
 });

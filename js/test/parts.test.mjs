@@ -225,3 +225,143 @@ test("compare: shows a hit, asks for its large image, steps and closes", () => {
   compare.dispose();
   results.dispose();
 });
+
+test("stage line: the verdict shows under the status, plain when nothing is confirmed, and not while a search runs", () => {
+  const model = fakeModel({ status: { state: "done", stage: "done", elapsed: 2 } });
+  const stages = createStageLine({ model });
+  const verdict = stages.el.byTestId("verdict");
+  stages.update();
+  assert.equal(verdict.hidden, true, "no verdict before a search");
+  model.update({ verdict: "no confirmed match in this collection: the hits below are only similar (no reference's keypoints agree)." });
+  stages.update();
+  assert.equal(verdict.hidden, false);
+  assert.match(verdict.textContent, /^No confirmed match in this collection/);
+  assert.equal(verdict.dataset.kind, "none");
+  assert.equal(verdict.getAttribute("role"), "status");
+  model.update({ status: { state: "running", stage: "preparing", elapsed: 0 } });
+  stages.onStatusChange();
+  assert.equal(verdict.hidden, true, "a running search has no verdict yet");
+  model.update({ status: { state: "done", stage: "done", elapsed: 3 }, verdict: "confirmed: P.Heid. inv. G 24, 186 keypoints agree on one geometry." });
+  stages.onStatusChange();
+  assert.equal(verdict.textContent, "Confirmed: P.Heid. inv. G 24, 186 keypoints agree on one geometry.");
+  assert.equal(verdict.dataset.kind, "confirmed");
+  stages.dispose();
+});
+
+test("results and compare: the badge on each card and the caption follow the kernel's `confirmed`", () => {
+  const hits = [
+    { ...HITS[0], score: 0.93, confirmed: true, inliers: 186, matches: [[1, 1, 1, 1]], query_size: [400, 300], reference_size: [800, 600] },
+    { ...HITS[1], score: 0.2, confirmed: false, inliers: 30, matches: [[1, 1, 1, 1]], query_size: [400, 300], reference_size: [800, 600] },
+  ];
+  const model = fakeModel({ results: hits });
+  let n = 0;
+  const results = createResults({ model });
+  results.update();
+  const badges = results.el.querySelectorAll('[data-testid="result-badge"]');
+  assert.deepEqual(badges.map((b) => b.textContent), ["✓ Confirmed", "Similar"]);
+  assert.deepEqual(results.el.querySelectorAll('[data-testid="result-card"]').map((c) => c.dataset.confirmed), ["true", "false"]);
+  const compare = createCompare({ model, id: "t", nextRequest: () => `r${++n}`, grid: results });
+  compare.show(0, false);
+  assert.equal(compare.el.querySelector("h3").textContent, "#1 P.Heid. inv. G 107 — Confirmed — score 0.930");
+  assert.match(compare.el.byTestId("evidence-caption").textContent, /^Confirmed: 186 matching keypoints agree on one geometry/);
+  assert.equal(compare.el.byTestId("evidence").dataset.kind, "confirmed");
+  compare.show(1, false);
+  assert.match(compare.el.byTestId("evidence-caption").textContent, /^Not confirmed: 30 matching keypoints/);
+  assert.equal(compare.el.byTestId("evidence").dataset.kind, "weak");
+  compare.dispose();
+  results.dispose();
+});
+
+async function renderWithPhoto(width, height, values = {}) {
+  globalThis.createImageBitmap = async () => ({ width, height, close() {} });
+  const model = fakeModel(values);
+  const el = h("div");
+  const dispose = render({ model, el });
+  await settle();
+  el.byTestId("file-input").files = [{ name: "photo.jpg", type: "image/jpeg", arrayBuffer: async () => new ArrayBuffer(8) }];
+  el.byTestId("file-input").dispatchEvent(new FakeEvent("change"));
+  for (let i = 0; i < 4; i++) await settle();
+  return { model, el, dispose };
+}
+
+/** The kernel's answer to the search the view sent: a new history entry and its hits, in one message. */
+function answer(model, hits, { corners = null, id = "h1", verdict = "" } = {}) {
+  const sent = model.sent.filter((m) => m.content.type === "search").at(-1);
+  model.emit({ type: "ack", request: sent.content.request, ok: true });
+  model.update({
+    status: { state: "done", stage: "done", elapsed: 1 },
+    results: hits,
+    verdict,
+    history: [...model.get("history"), { id, name: "photo.jpg", corners, count: hits.length }],
+    history_id: id,
+  });
+}
+
+test("region found: a search without corners offers the top confirmed hit's region as corners; Search again sends them", async () => {
+  // 4000 × 3000 downscaled to 2048 × 1536 before sending: the region is in the sent image's pixels.
+  const { model, el, dispose } = await renderWithPhoto(4000, 3000);
+  try {
+    const canvas = el.byTestId("corner-canvas");
+    el.byTestId("search-button").click();
+    for (let i = 0; i < 4; i++) await settle();
+    const first = model.sent.find((m) => m.content.type === "search");
+    assert.ok(first, "the search was sent");
+    assert.equal(first.content.corners, null);
+    const region = [[-20, 100], [1800, 80], [1850, 1400], [150, 1600]]; // past the photo's left and bottom edges
+    answer(model, [{ ...HITS[0], confirmed: true, inliers: 186, region, query_size: [2048, 1536] }], {
+      verdict: "confirmed: P.Heid. inv. G 107, 186 keypoints agree on one geometry.",
+    });
+    await settle();
+    assert.equal(canvas.dataset.count, "4");
+    assert.equal(canvas.dataset.suggested, "true");
+    assert.equal(canvas.dataset.source, "region");
+    const s = 4000 / 2048;
+    assert.deepEqual(JSON.parse(canvas.dataset.corners), [[0, 100 * s], [1800 * s, 80 * s], [1850 * s, 1400 * s], [150 * s, 3000]].map((p) => p.map((v) => Math.round(v * 10) / 10)));
+    assert.match(el.byTestId("corner-hint").textContent, /^Region found: drag the corners to adjust, then Search again/);
+    assert.equal(el.byTestId("verdict").textContent, "Confirmed: P.Heid. inv. G 107, 186 keypoints agree on one geometry.");
+
+    // Search again: the corners go in the sent image's pixels (the region, clipped).
+    el.byTestId("search-button").click();
+    for (let i = 0; i < 4; i++) await settle();
+    const second = model.sent.filter((m) => m.content.type === "search")[1];
+    assert.ok(second, "the second search was sent");
+    const want = [[0, 100], [1800, 80], [1850, 1400], [150, 1536]];
+    second.content.corners.forEach(([x, y], i) => {
+      assert.ok(Math.abs(x - want[i][0]) < 1e-6 && Math.abs(y - want[i][1]) < 1e-6, JSON.stringify(second.content.corners));
+    });
+    // Its answer (a search with corners) leaves the corners as they are.
+    const marked = canvas.dataset.corners;
+    answer(model, [{ ...HITS[0], confirmed: true, inliers: 200, region: [[5, 5], [50, 5], [50, 50], [5, 50]], query_size: [2048, 1536] }], { id: "h2", corners: want });
+    await settle();
+    assert.equal(canvas.dataset.corners, marked);
+  } finally {
+    dispose();
+    delete globalThis.createImageBitmap;
+  }
+});
+
+test("region found: nothing is offered for an unconfirmed top hit, or for an entry the history held before", async () => {
+  const hit = { ...HITS[0], confirmed: true, inliers: 186, region: [[10, 10], [300, 10], [300, 200], [10, 200]], query_size: [400, 300] };
+  const { model, el, dispose } = await renderWithPhoto(400, 300, { history: [{ id: "old", corners: null }], history_id: "old" });
+  try {
+    const canvas = el.byTestId("corner-canvas");
+    const search = async () => {
+      el.byTestId("search-button").click();
+      for (let i = 0; i < 4; i++) await settle();
+    };
+    // No confirmed hit: "no confirmed match", no corners.
+    await search();
+    answer(model, [{ ...hit, confirmed: false, region: null }], { id: "h1", verdict: "no confirmed match in this collection: the hits below are only similar." });
+    await settle();
+    assert.equal(canvas.dataset.count, "0");
+    assert.match(el.byTestId("verdict").textContent, /^No confirmed match in this collection/);
+    // The answer to an earlier search (an entry the history held before): not offered.
+    await search();
+    model.update({ results: [hit], history_id: "old" });
+    await settle();
+    assert.equal(canvas.dataset.count, "0");
+  } finally {
+    dispose();
+    delete globalThis.createImageBitmap;
+  }
+});

@@ -6,7 +6,7 @@ import { test } from "node:test";
 import { HELP_TEXT, filtersFromFields, filtersSummary, parseYear } from "../src/controls.js";
 import { csvCell, exportFileName, resultsToCsv, resultsToJson } from "../src/export.js";
 import { historyLabel } from "../src/history.js";
-import { STEPS, initialPhase, reducePhase, stageSteps, statusText, viewStatus } from "../src/stages.js";
+import { STEPS, initialPhase, reducePhase, stageSteps, statusText, verdictLine, viewStatus } from "../src/stages.js";
 
 const states = (steps) => steps.map((s) => `${s.id}:${s.state}`).join(" ");
 
@@ -190,4 +190,17 @@ test("defect: a refusal (nothing to search) is a message without a stage strip",
   assert.equal(reducePhase(phase, { type: "status" }).notice, null);
   phase = reducePhase(initialPhase(), { type: "upload", request: "r3", at: 0 });
   assert.equal(reducePhase(phase, { type: "refuse", message: "x" }), phase);
+});
+
+test("verdictLine: the kernel's verdict, capitalised, with its kind", () => {
+  assert.deepEqual(verdictLine("confirmed: P.Heid. inv. G 24, 186 keypoints agree on one geometry."), {
+    text: "Confirmed: P.Heid. inv. G 24, 186 keypoints agree on one geometry.",
+    kind: "confirmed",
+  });
+  const none = verdictLine("no confirmed match in this collection: the hits below are only similar (…).");
+  assert.equal(none.kind, "none");
+  assert.match(none.text, /^No confirmed match in this collection: the hits below are only similar/);
+  assert.equal(verdictLine("not verified: the hits are ranked by similarity only.").kind, "unverified");
+  assert.equal(verdictLine("no hits: the index is empty.").kind, "other");
+  for (const empty of ["", "  ", null, undefined, 3]) assert.deepEqual(verdictLine(empty), { text: "", kind: "" });
 });

@@ -5,7 +5,7 @@ import { test } from "node:test";
 import widget from "../src/widget.js";
 import { parseK } from "../src/controls.js";
 import { safeUrl, sniffImageType, toBytes } from "../src/dom.js";
-import { cardModel, formatSimilarity } from "../src/results.js";
+import { cardModel, formatSimilarity, hitBadge, searchVerified } from "../src/results.js";
 import { STAGE_LABELS, formatSeconds, statusText } from "../src/stages.js";
 
 test("default export is an anywidget module with render()", () => {
@@ -100,7 +100,28 @@ test("cardModel: a full hit", () => {
     meta: "3. Jh. v. Chr. · Oxyrhynchos",
     url: "https://papyri.info/hgv/19331",
     alt: "Thumbnail of P.Heid. inv. G 107",
+    badge: null,
   });
+});
+
+test("the card badge: Confirmed for the kernel's confirmed hits, Similar for the others of a verified search", () => {
+  const results = [
+    { rank: 1, score: 0.93, confirmed: true, inliers: 186 },
+    { rank: 2, score: 0.31, confirmed: false, inliers: 9 },
+    { rank: 3, score: 0.3, confirmed: false, inliers: null }, // past the rounds the confirming stage ran
+  ];
+  assert.equal(searchVerified(results), true);
+  const verified = searchVerified(results);
+  const badges = results.map((hit, i) => cardModel(hit, i, { verified }).badge);
+  assert.deepEqual(badges.map((b) => b.text), ["Confirmed", "Similar", "Similar"]);
+  assert.deepEqual(badges.map((b) => b.kind), ["confirmed", "similar", "similar"]);
+  assert.match(badges[0].title, /same papyrus/);
+  // Not verified: nothing was confirmed or ruled out, so no badge.
+  const unverified = [{ score: 0.9, confirmed: false, inliers: null }];
+  assert.equal(searchVerified(unverified), false);
+  assert.equal(cardModel(unverified[0], 0, { verified: false }).badge, null);
+  assert.equal(hitBadge(null, false), null);
+  assert.equal(searchVerified(null), false);
 });
 
 test("cardModel: sparse hit falls back sensibly", () => {
