@@ -165,6 +165,23 @@ def scene_queries(
     return out
 
 
+def distinct_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """``paths`` without byte-identical duplicates (one file per content, the first name sorted)."""
+    seen: dict[str, Path] = {}
+    for p in sorted(Path(p) for p in paths):
+        seen.setdefault(hashlib.sha256(p.read_bytes()).hexdigest(), p)
+    return sorted(seen.values())
+
+
+def held_out_split(paths: Sequence[str | os.PathLike], n: int, seed: int) -> tuple[list[Path], list[Path]]:
+    """(indexed, held out): ``n`` papyri (by inventory, a seeded choice) held out of ``paths``, so
+    that queries of them test "not in the collection"."""
+    files = [Path(p) for p in paths]
+    inventories = sorted({key for p in files if (key := inventory_of(p))})
+    held = set(np.random.default_rng(seed).choice(inventories, n, replace=False).tolist())
+    return [p for p in files if inventory_of(p) not in held], [p for p in files if inventory_of(p) in held]
+
+
 def distractor_crop(sources: Sequence[Image.Image], i: int, seed: int = 0, max_side: int = 1024) -> Image.Image:
     """Distractor ``i``: a seeded crop of one of ``sources`` (real photographs of other papyri) —
     15-80 % of its short side, aspect 0.6-1.6, a quarter turn, a colour shift, long side ≤ ``max_side``."""

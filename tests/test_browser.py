@@ -380,7 +380,7 @@ def test_compare_export_and_keyboard(page: Any, lab: dict[str, Any], tmp_path: P
         "assert top['query_size'] and top['reference_size']",
     )
     caption = widget.get_by_test_id("evidence-caption").inner_text().strip()
-    assert caption.startswith(f"{inliers} matching keypoints agree on one geometry"), caption
+    assert caption.startswith(f"Confirmed: {inliers} matching keypoints agree on one geometry"), caption
     box = evidence.bounding_box()
     assert box["width"] > 300 and box["height"] > 100, box
     # The canvas shows pixels (both images drawn), not an empty surface.

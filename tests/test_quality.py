@@ -15,10 +15,8 @@ found overlapping the truth (IoU ≥ 0.85) for ≥ 10/12, and no held-out papyru
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from .conftest import HGV_DIR, REFERENCES, SHARED_DATA
@@ -30,19 +28,15 @@ SEED = 11
 
 
 def _split() -> tuple[list[Path], list[Path]]:
-    from papyrus_widgets.evaluation import inventory_of
+    from papyrus_widgets.evaluation import held_out_split
 
-    refs = sorted(p for p in REFERENCES.iterdir() if p.suffix == ".jpg")
-    inventories = sorted({inventory_of(p) for p in refs})
-    held = set(np.random.default_rng(SEED).choice(inventories, HELD_OUT, replace=False).tolist())
-    return [p for p in refs if inventory_of(p) not in held], [p for p in refs if inventory_of(p) in held]
+    return held_out_split(sorted(p for p in REFERENCES.iterdir() if p.suffix == ".jpg"), HELD_OUT, SEED)
 
 
 def _distinct(paths: list[Path]) -> list[Path]:
-    seen: dict[str, Path] = {}
-    for p in paths:
-        seen.setdefault(hashlib.sha256(p.read_bytes()).hexdigest(), p)
-    return sorted(seen.values())
+    from papyrus_widgets.evaluation import distinct_files
+
+    return distinct_files(paths)
 
 
 @pytest.fixture(scope="module")
