@@ -14,7 +14,7 @@ import io
 import json
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -24,6 +24,7 @@ from . import imaging, index, jobs, objects, services
 from .config import DEFAULT_MODEL, Settings
 from .errors import ImageError, JobError, PapyrusError
 from .metadata import load_metadata, record_for_image
+from .request import SearchRequest
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Any  # Any: PIL image or numpy array
 
@@ -310,24 +311,16 @@ class Engine:
         nearest neighbours more often, a little more slowly. Default ``max(40, 2 × candidates)``
         (candidates = k, or at least 10 with verification), not pgvector's fixed 40, so that a
         large k keeps its recall; a value below the candidates is raised to them."""
-        k = index.check_k(k)
-        ef_search = index.check_ef_search(ef_search)
-        index.filter_sql(filters)  # unknown or malformed filters fail here, before any work
-        if corners is not None:
-            imaging.order_corners(corners)
+        request = SearchRequest.build(k=k, corners=corners, filters=filters, ef_search=ef_search, verify=verify)
+        return self.submit_request(data, request, name=name)
+
+    def submit_request(self, data: bytes, request: SearchRequest, *, name: str = "query") -> jobs.SearchJob:
+        """Store the query image and submit the search ``request`` (already valid, see
+        :meth:`SearchRequest.build`); returns a job handle at once. ``request.verify`` None: ``Settings.verify``."""
         settings, key = self._store_query(data, name)
-        corner_list = None if corners is None else [[float(x), float(y)] for x, y in corners]
-        return jobs.submit_search(
-            self.client,
-            settings,
-            key,
-            name=name,
-            k=k,
-            corners=corner_list,
-            filters=dict(filters or {}),
-            verify=self.settings.verify if verify is None else bool(verify),
-            ef_search=ef_search,
-        )
+        if request.verify is None:
+            request = replace(request, verify=self.settings.verify)
+        return jobs.submit_search(self.client, settings, key, name=name, request=request)
 
     def search(
         self,
@@ -342,9 +335,16 @@ class Engine:
     ) -> Results:
         """Search and wait for the hits (arguments as :meth:`submit_search`)."""
         data, name = query_bytes(image)
-        job = self.submit_search(
-            data, name=name, k=k, corners=corners, filters=filters, verify=verify, ef_search=ef_search
-        )
+        request = SearchRequest.build(k=k, corners=corners, filters=filters, ef_search=ef_search, verify=verify)
+        return self._wait(self.submit_request(data, request, name=name), name, timeout)
+
+    def run_search(self, image: ImageInput, request: SearchRequest, *, timeout: float | None = 300) -> Results:
+        """Search with an already-valid ``request`` (:meth:`SearchRequest.build`) and wait for the hits."""
+        data, name = query_bytes(image)
+        return self._wait(self.submit_request(data, request, name=name), name, timeout)
+
+    @staticmethod
+    def _wait(job: jobs.SearchJob, name: str, timeout: float | None) -> Results:
         try:
             hits = job.hits(timeout=timeout)
         except TimeoutError:

@@ -9,16 +9,20 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .config import CPU_RECIPE, DEFAULT_EPOCHS, DEFAULT_MODEL, Settings
 from .errors import ModelError, PapyrusError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .request import SearchRequest
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The settings a parsed command asks for (its --data-dir, --model, --database-url, --scheduler)."""
     return Settings.from_env(
         data_dir=getattr(args, "data_dir", None),
         model=getattr(args, "model", None),
@@ -41,8 +45,8 @@ def _corners(text: str | None) -> list[list[float]] | None:
 
 def _ef_search(args: argparse.Namespace) -> int | None:
     """``--ef-search`` as a validated int (usage error, exit 2, when it is not 1 … 1000)."""
-    from . import index
     from .errors import QueryError
+    from .request import EF_SEARCH_MAX, check_ef_search
 
     text = getattr(args, "ef_search", None)
     if text is None:
@@ -51,21 +55,29 @@ def _ef_search(args: argparse.Namespace) -> int | None:
         number = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--ef-search takes a whole number between 1 and {index.EF_SEARCH_MAX}, got {text!r}"
+            f"--ef-search takes a whole number between 1 and {EF_SEARCH_MAX}, got {text!r}"
         ) from None
     try:
-        return index.check_ef_search(number)
+        return check_ef_search(number)
     except QueryError as exc:  # "ef_search must be between 1 and 1000, got 0."
         raise argparse.ArgumentTypeError(str(exc).replace("ef_search", "--ef-search", 1)) from None
 
 
-def _filters(args: argparse.Namespace) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for name in ("date_from", "date_to", "place", "collection", "text"):
-        value = getattr(args, name, None)
-        if value not in (None, ""):
-            out[name] = value
-    return out
+def search_request(args: argparse.Namespace) -> SearchRequest:
+    """The SearchRequest of a parsed ``papyrus search`` (also ``%papyrus search``).
+
+    Malformed ``--ef-search`` / ``--corners`` text raises ``argparse.ArgumentTypeError`` (a usage
+    error, exit 2); values out of range raise the request's ``QueryError`` / ``CornersError`` (exit 1)."""
+    from .request import FILTER_FIELDS, SearchRequest
+
+    ef_search = _ef_search(args)
+    return SearchRequest.build(
+        k=args.k,
+        corners=_corners(args.corners),
+        filters={name: getattr(args, name, None) for name in FILTER_FIELDS},
+        ef_search=ef_search,
+        verify=getattr(args, "verify", None),
+    )
 
 
 def print_hits(results, out=sys.stdout) -> None:  # type: ignore[no-untyped-def]
@@ -88,16 +100,9 @@ def print_hits(results, out=sys.stdout) -> None:  # type: ignore[no-untyped-def]
 def cmd_search(args: argparse.Namespace) -> int:
     from .api import get_engine
 
-    ef_search = _ef_search(args)
-    engine = get_engine(_settings(args))
-    results = engine.search(
-        args.image,
-        k=args.k,
-        corners=_corners(args.corners),
-        filters=_filters(args),
-        verify=args.verify,
-        ef_search=ef_search,
-    )
+    request = search_request(args)
+    engine = get_engine(settings_from_args(args))
+    results = engine.run_search(args.image, request)
     if args.json:
         print(results.to_json(indent=2))
     else:
@@ -108,7 +113,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from .api import get_engine
 
-    engine = get_engine(_settings(args))
+    engine = get_engine(settings_from_args(args))
     report = engine.ingest(
         args.folder, args.metadata, batch_size=args.batch_size, progress=not args.quiet, upload=args.upload
     )
@@ -121,7 +126,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .services import doctor
 
-    checks = doctor(_settings(args), start_services=not args.no_start)
+    checks = doctor(settings_from_args(args), start_services=not args.no_start)
     width = max(len(c.name) for c in checks)
     for c in checks:
         print(f"{'ok ' if c.ok else 'ERR'}  {c.name:<{width}}  {c.detail}")
@@ -133,7 +138,7 @@ def cmd_db(args: argparse.Namespace) -> int:
     from .config import mask_url
     from .services import database_url
 
-    url = database_url(_settings(args))
+    url = database_url(settings_from_args(args))
     if args.action == "url":
         print(mask_url(url) if not args.show_password else url)
         return 0
@@ -201,7 +206,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         queries = load_queries(args.queries)
         what = f"{len(queries)} query images in {args.queries}"
-    engine = get_engine(_settings(args))
+    engine = get_engine(settings_from_args(args))
     modes = (
         [("embedding", False), ("verified", True)]
         if args.compare
@@ -274,7 +279,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .api import get_engine, iter_images
     from .model import load_model
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     if args.gallery:
         gallery = Path(args.gallery).expanduser()
         if not gallery.is_dir():

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import platformdirs
 
@@ -195,3 +195,38 @@ def mask_url(url: str) -> str:
         if p
     )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+_PASSWORD_PARAM = re.compile(
+    r"(?:^|[\s&?;])(?:ssl)?password\s*=\s*('(?:[^'\\]|\\.)*'|[^\s&;]*)", re.IGNORECASE
+)
+
+
+def hide_passwords(text: str, url: str) -> str:
+    """``text`` with every password of the connection string ``url`` replaced by ``****``.
+
+    libpq's own messages can quote parts of the string it could not parse (a bad percent-escape in
+    the password, an unclosed ``[``), and a ``key=value`` string is not a URL ``mask_url`` knows.
+    """
+    secrets: set[str] = set()
+    authority = re.split(r"[/?#]", url.split("://", 1)[1], maxsplit=1)[0] if "://" in url else ""
+    for userinfo in {authority.split("@", 1)[0], authority.rsplit("@", 1)[0]} if "@" in authority else ():
+        if ":" in userinfo:  # user:password@host; libpq ends it at the first '@', urlsplit at the last
+            secrets.add(userinfo.split(":", 1)[1])
+    for m in _PASSWORD_PARAM.finditer(url):  # ?password=… and password=… in key=value strings
+        value = m.group(1)
+        secrets.add(value)
+        if len(value) >= 2 and value[0] == value[-1] == "'":
+            secrets.add(value[1:-1])
+    secrets |= {unquote(s) for s in secrets}
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, "****")
+    return text
+
+
+_URL_WITH_USERINFO = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/@'\"<>]+@[^\s'\"<>]*")
+
+
+def mask_urls_in(message: str) -> str:
+    """Mask passwords of any connection URL inside a message shown to a person."""
+    return _URL_WITH_USERINFO.sub(lambda m: mask_url(m.group(0)), message)

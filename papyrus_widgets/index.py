@@ -16,12 +16,10 @@ of the embeddings (:func:`knn`, HNSW index, ``vector_cosine_ops``).
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
-from urllib.parse import unquote
 
 import numpy as np
 import psycopg
@@ -29,9 +27,10 @@ from pgvector.psycopg import register_vector
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .config import mask_url
+from .config import hide_passwords, mask_url
 from .errors import QueryError, ServiceError
 from .metadata import PapyrusRecord
+from .request import EF_SEARCH_MAX, check_ef_search, check_k, clean_filters
 
 EMBEDDING_DIM = 128
 MIN_PGVECTOR = (0, 5, 0)  # HNSW arrived in 0.5.0
@@ -113,9 +112,6 @@ PAPYRUS_COLUMNS = (
     "papyri_info_url",
 )
 
-FILTER_FIELDS = ("date_from", "date_to", "place", "collection", "text")
-"""Allowed search filters: papyri dated (partly) after ``date_from`` / before ``date_to`` (years,
-negative = BC), ``place`` and ``text`` (case-insensitive substring of place / title), ``collection``."""
 
 log = logging.getLogger(__name__)
 
@@ -223,33 +219,6 @@ def _db_message(url: str, exc: BaseException) -> str:
         "PAPYRUS_DATABASE_URL is right, or unset it to use the embedded server.",
         url,
     )
-
-
-_PASSWORD_PARAM = re.compile(
-    r"(?:^|[\s&?;])(?:ssl)?password\s*=\s*('(?:[^'\\]|\\.)*'|[^\s&;]*)", re.IGNORECASE
-)
-
-
-def hide_passwords(text: str, url: str) -> str:
-    """``text`` with every password of the connection string ``url`` replaced by ``****``.
-
-    libpq's own messages can quote parts of the string it could not parse (a bad percent-escape in
-    the password, an unclosed ``[``), and a ``key=value`` string is not a URL ``mask_url`` knows.
-    """
-    secrets: set[str] = set()
-    authority = re.split(r"[/?#]", url.split("://", 1)[1], maxsplit=1)[0] if "://" in url else ""
-    for userinfo in {authority.split("@", 1)[0], authority.rsplit("@", 1)[0]} if "@" in authority else ():
-        if ":" in userinfo:  # user:password@host; libpq ends it at the first '@', urlsplit at the last
-            secrets.add(userinfo.split(":", 1)[1])
-    for m in _PASSWORD_PARAM.finditer(url):  # ?password=… and password=… in key=value strings
-        value = m.group(1)
-        secrets.add(value)
-        if len(value) >= 2 and value[0] == value[-1] == "'":
-            secrets.add(value[1:-1])
-    secrets |= {unquote(s) for s in secrets}
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(secret, "****")
-    return text
 
 
 def connect(url: str) -> psycopg.Connection:
@@ -590,21 +559,8 @@ def rebuild_hnsw(url: str) -> tuple[int, float]:
 # --- searching ---------------------------------------------------------------------------------
 
 
-EF_SEARCH_MAX = 1000
-"""pgvector's upper limit for ``hnsw.ef_search``."""
 EF_SEARCH_MIN_DEFAULT = 40
 """pgvector's own default of ``hnsw.ef_search``."""
-
-
-def check_ef_search(ef_search: Any) -> int | None:
-    """``ef_search`` as a validated int (1 … 1000, pgvector's range), or None for the default."""
-    if ef_search is None:
-        return None
-    if isinstance(ef_search, bool) or not isinstance(ef_search, (int, np.integer)):
-        raise QueryError(f"ef_search must be a whole number between 1 and {EF_SEARCH_MAX}, got {ef_search!r}.")
-    if not 1 <= int(ef_search) <= EF_SEARCH_MAX:
-        raise QueryError(f"ef_search must be between 1 and {EF_SEARCH_MAX}, got {ef_search}.")
-    return int(ef_search)
 
 
 def effective_ef_search(ef_search: int | None, k: int) -> int:
@@ -620,52 +576,27 @@ def effective_ef_search(ef_search: int | None, k: int) -> int:
     return min(EF_SEARCH_MAX, max(ef, k))
 
 
-def check_k(k: Any, maximum: int = 1000) -> int:
-    """k as a validated int (1 … maximum)."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise QueryError(f"k must be a whole number between 1 and {maximum}, got {k!r}.")
-    if not 1 <= int(k) <= maximum:
-        raise QueryError(f"k must be between 1 and {maximum}, got {k}.")
-    return int(k)
-
-
 def filter_sql(filters: Mapping[str, Any] | None) -> tuple[str, list[Any]]:
-    """Allow-listed, parameterised WHERE clause for metadata filters."""
-    if not filters:
-        return "", []
-    if not isinstance(filters, Mapping):
-        raise QueryError(
-            f"filters must be a mapping of field to value, got a {type(filters).__name__}: "
-            f"use a dict with {', '.join(FILTER_FIELDS)}."
-        )
-    unknown = set(filters) - set(FILTER_FIELDS)
-    if unknown:
-        raise QueryError(f"unknown filter(s) {sorted(unknown)}: use {', '.join(FILTER_FIELDS)}.")
+    """Allow-listed, parameterised WHERE clause for metadata filters.
+
+    The filters are checked (and cleaned) by :func:`papyrus_widgets.request.clean_filters`, the one
+    place that does it; a search's filters already are, and cleaning them again changes nothing."""
     clauses: list[str] = []
     params: list[Any] = []
-    for name in FILTER_FIELDS:
-        value = filters.get(name)
-        if value is None or value == "":
-            continue
-        if name in ("date_from", "date_to"):
-            try:
-                year = int(value)
-            except (TypeError, ValueError):
-                raise QueryError(f"filter {name} must be a year (negative for BC), got {value!r}.") from None
-            if name == "date_from":
-                clauses.append("coalesce(p.date_to, p.date_from) >= %s")
-            else:
-                clauses.append("coalesce(p.date_from, p.date_to) <= %s")
-            params.append(year)
-        elif "\x00" in str(value):  # PostgreSQL text cannot hold NUL: refuse it here, as one line
-            raise QueryError(f"filter {name} contains a NUL character (\\x00): remove it and search again.")
+    for name, value in clean_filters(filters).items():
+        if name == "date_from":
+            clauses.append("coalesce(p.date_to, p.date_from) >= %s")
+            params.append(value)
+        elif name == "date_to":
+            clauses.append("coalesce(p.date_from, p.date_to) <= %s")
+            params.append(value)
         elif name == "collection":
             clauses.append("p.collection = %s")
-            params.append(str(value))
+            params.append(value)
         else:
             column = "p.place" if name == "place" else "p.title"
             clauses.append(f"{column} ILIKE %s ESCAPE '\\'")
-            params.append("%" + _escape_like(str(value)) + "%")
+            params.append("%" + _escape_like(value) + "%")
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 

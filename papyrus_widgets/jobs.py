@@ -29,6 +29,7 @@ from . import imaging, index, objects
 from .config import Settings
 from .errors import ImageError, JobError, ModelError, PapyrusError
 from .metadata import PapyrusRecord
+from .request import SearchRequest
 
 SEARCH_PRIORITY = 10  # searches overtake ingest batches on a shared cluster
 STAGES = ("queued", "preparing", "embedding", "searching", "verifying", "done")
@@ -590,23 +591,15 @@ class SearchJob:
         return f"<SearchJob {self.id} {self.name!r} {s['stage']} {s['elapsed']:.1f}s>"
 
 
-def submit_search(
-    client: Any,
-    settings: Settings,
-    query_key: str,
-    *,
-    name: str,
-    k: int,
-    corners: Sequence[Sequence[float]] | None,
-    filters: Mapping[str, Any] | None,
-    verify: bool = False,
-    ef_search: int | None = None,
-) -> SearchJob:
-    """Submit prepare → embed → search (→ verify) as three (four) futures; returns at once. With
-    ``verify`` the search stage hands up to :data:`~papyrus_widgets.retrieval.confirm.CONFIRM_MAX`
-    candidates to the confirming stage."""
+def submit_search(client: Any, settings: Settings, query_key: str, *, name: str, request: SearchRequest) -> SearchJob:
+    """Submit prepare → embed → search (→ verify) as three (four) futures for the already-valid
+    ``request`` (``request.verify`` None counts as off); returns at once. With verification the
+    search stage hands up to :data:`~papyrus_widgets.retrieval.confirm.CONFIRM_MAX` candidates to
+    the confirming stage."""
     from .retrieval.confirm import CONFIRM_MAX
 
+    k, corners, filters, ef_search = request.k, request.corner_list, request.filter_dict, request.ef_search
+    verify = bool(request.verify)
     tag = uuid.uuid4().hex[:8]
     opts = dict(pure=False, priority=SEARCH_PRIORITY, retries=1)
     prepared = client.submit(prepare_task, settings, query_key, name, corners, key=f"papyrus-prepare-{tag}", **opts)

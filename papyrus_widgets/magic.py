@@ -30,14 +30,8 @@ def papyrus_magic(line: str) -> Any:
         if args.command == "search":
             from .api import get_engine
 
-            engine = get_engine(cli._settings(args))
-            return engine.search(
-                args.image,
-                k=args.k,
-                corners=cli._corners(args.corners),
-                filters=cli._filters(args),
-                ef_search=cli._ef_search(args),
-            )
+            request = cli.search_request(args)
+            return get_engine(cli.settings_from_args(args)).run_search(args.image, request)
         args.func(args)
     except (PapyrusError, argparse.ArgumentTypeError) as exc:
         print(f"papyrus {args.command}: {exc}")

@@ -37,7 +37,6 @@ work where the browser cannot reach the object store.
 from __future__ import annotations
 
 import asyncio
-import re
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -47,10 +46,10 @@ import traitlets as t
 
 from . import imaging, objects
 from .api import Engine, Results, get_engine, query_bytes
-from .config import Settings, mask_url
+from .config import Settings, mask_urls_in
 from .errors import ImageError, PapyrusError, QueryError
-from .index import FILTER_FIELDS
 from .jobs import SearchJob, error_message
+from .request import SearchRequest, clean_filters
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -67,7 +66,7 @@ PREVIEW_SIDE = 320
 """Long side (px) of the query crop kept per search for the history strip and the compare view."""
 
 WIDGET_FILTERS = ("date_from", "date_to", "place", "collection")
-"""The filters the view has fields for (``filters`` also accepts every name in index.FILTER_FIELDS)."""
+"""The filters the view has fields for (``filters`` also accepts every name in request.FILTER_FIELDS)."""
 
 PRESIGNED_SECONDS = 3600
 """How long a presigned URL handed to the browser stays valid."""
@@ -75,14 +74,6 @@ PRESIGNED_SECONDS = 3600
 BROWSER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 """Stored originals with these suffixes are shown from a presigned URL as they are; others (TIFF…)
 are always converted to JPEG by a worker."""
-
-_URL_WITH_USERINFO = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/@'\"<>]+@[^\s'\"<>]*")
-
-
-def _scrub(message: str) -> str:
-    """Mask passwords of any connection URL inside a message shown to a person."""
-    return _URL_WITH_USERINFO.sub(lambda m: mask_url(m.group(0)), message)
-
 
 def _readable(exc: BaseException) -> str:
     """One readable line for an exception: PapyrusErrors speak for themselves."""
@@ -92,7 +83,7 @@ def _readable(exc: BaseException) -> str:
         detail = str(exc).strip()
         text = f"Unexpected {type(exc).__name__}" + (f": {detail}" if detail else "")
         text += " (this is a bug in papyrus-widgets; please report it)."
-    return _scrub(text)
+    return mask_urls_in(text)
 
 
 class PapyrusSearch(anywidget.AnyWidget):
@@ -209,7 +200,10 @@ class PapyrusSearch(anywidget.AnyWidget):
 
     @t.validate("filters")
     def _valid_filters(self, proposal: Any) -> dict:
-        return clean_filters(proposal["value"], error=t.TraitError)
+        try:
+            return clean_filters(proposal["value"])
+        except QueryError as exc:
+            raise t.TraitError(str(exc)) from None
 
     # ------------------------------------------------------------------ query and search
 
@@ -275,11 +269,8 @@ class PapyrusSearch(anywidget.AnyWidget):
                 self.ef_search = int(ef_search)
             if self._query is None:
                 raise ImageError("no query image: choose an image file, or call search('photo.jpg').")
-            corner_list = _corner_list(corners)
-            preview = query_preview_bytes(self._query, corner_list)
-            return self._submit(
-                self._query, self.query_name or "query", corners=corner_list, filters=self.filters, preview=preview
-            )
+            preview = query_preview_bytes(self._query, corners)
+            return self._submit(self._query, self.query_name or "query", corners=corners, preview=preview)
         except Exception as exc:  # shown in the widget, never raised
             self._show_error(exc)
             return None
@@ -438,15 +429,15 @@ class PapyrusSearch(anywidget.AnyWidget):
         self,
         data: bytes,
         name: str,
-        corners: list[list[float]] | None = None,
-        filters: dict | None = None,
+        corners: Any = None,
         preview: bytes = b"",
     ) -> SearchJob:
+        """Cancel the search running, clear the results and submit a new search with ``corners``
+        (as given: the SearchRequest checks them) and the widget's k, filters and ef_search."""
         if self._job is not None:
             self._cancel(show_previous=False)
         self._shown_before = self.history_id  # shown again if this search is cancelled
         self._results = Results(query=name, hits=[])
-        filters = clean_filters(filters)
         with self.hold_sync():  # old results must not stand under a new query's status
             self.results = []
             self.thumbnails = []
@@ -460,19 +451,18 @@ class PapyrusSearch(anywidget.AnyWidget):
             self.status = {"state": "running", "stage": "submitting", "elapsed": 0.0, "message": ""}
         engine = self._get_engine()
         loop = _current_loop()  # the loop of the thread that handles this kernel message
-        job = engine.submit_search(
-            data, name=name, k=int(self.k), corners=corners, filters=filters, ef_search=int(self.ef_search) or None
+        request = SearchRequest.build(
+            k=self.k, corners=corners, filters=self.filters, ef_search=int(self.ef_search) or None
         )
+        job = engine.submit_request(data, request, name=name)
         self._loop = loop
         self._job = job
-        if corners is not None:  # valid: the engine checked them
-            corners = [[float(x), float(y)] for x, y in imaging.order_corners(corners)]
-        self._corners = corners
+        self._corners = request.corner_list  # ordered TL, TR, BR, BL
         self._pending = {
             "preview": preview,
-            "corners": corners,
-            "filters": filters,
-            "k": int(self.k),
+            "corners": request.corner_list,
+            "filters": request.filter_dict,
+            "k": request.k,
             "query_key": job.query_key or "",
         }
         self._update_dashboard_link(engine)
@@ -585,7 +575,7 @@ class PapyrusSearch(anywidget.AnyWidget):
             timer.cancel()
 
     def _show_error(self, exc: BaseException | str, status: dict | None = None) -> None:
-        message = _scrub(exc) if isinstance(exc, str) else _readable(exc)
+        message = mask_urls_in(exc) if isinstance(exc, str) else _readable(exc)
         base = dict(status or {})
         base.setdefault("elapsed", 0.0)
         base.update(state="error", stage="error", message=message)
@@ -599,7 +589,7 @@ class PapyrusSearch(anywidget.AnyWidget):
             "state": status.get("state", ""),
             "stage": status.get("stage", ""),
             "elapsed": round(float(status.get("elapsed") or 0.0), 3),
-            "message": _scrub(str(status.get("message") or "")),
+            "message": mask_urls_in(str(status.get("message") or "")),
         }
         return out
 
@@ -629,7 +619,7 @@ class PapyrusSearch(anywidget.AnyWidget):
             else:
                 exc = future.exception() if future.status == "error" else None
                 if exc is not None:
-                    content["message"] = _scrub(error_message(exc))
+                    content["message"] = mask_urls_in(error_message(exc))
                 else:
                     value = future.result()
                     if kind == "suggest":
@@ -642,7 +632,7 @@ class PapyrusSearch(anywidget.AnyWidget):
                     else:
                         buffers = [value]
         except Exception as exc:  # noqa: BLE001 - the view gets one readable line
-            content["message"] = _scrub(error_message(exc))
+            content["message"] = mask_urls_in(error_message(exc))
         finally:
             future.release()
         self.send(content, buffers or None)
@@ -670,11 +660,11 @@ class PapyrusSearch(anywidget.AnyWidget):
                         self.filters = clean_filters(filters)
                     self._query = data
                     self.query_name = name
-                    corners = _corner_list(content.get("corners"))
+                    corners = content.get("corners")
                     preview = bytes(buffers[1]) if len(buffers) > 1 else b""
                     if not preview:
                         preview = query_preview_bytes(data, corners)
-                    self._submit(data, name, corners=corners, filters=self.filters, preview=preview)
+                    self._submit(data, name, corners=corners, preview=preview)
                     ok = True
                 finally:
                     if request is not None:
@@ -748,47 +738,7 @@ class PapyrusSearch(anywidget.AnyWidget):
         return f"PapyrusSearch({', '.join(parts)})"
 
 
-def clean_filters(filters: Any, error: type[Exception] = QueryError) -> dict[str, Any]:
-    """``filters`` without empty values; years as ints. Unknown names raise ``error``."""
-    if filters is None:
-        return {}
-    if not isinstance(filters, Mapping):
-        raise error(f"filters must be a dict with {', '.join(FILTER_FIELDS)}; got {type(filters).__name__}.")
-    unknown = sorted(set(filters) - set(FILTER_FIELDS))
-    if unknown:
-        raise error(f"unknown filter(s) {unknown}: use {', '.join(FILTER_FIELDS)}.")
-    out: dict[str, Any] = {}
-    for name in FILTER_FIELDS:
-        value = filters.get(name)
-        if value is None or (isinstance(value, str) and not value.strip()):
-            continue
-        if name in ("date_from", "date_to"):
-            try:
-                number = float(value)
-                if not number.is_integer():
-                    raise ValueError
-                value = int(number)
-            except (TypeError, ValueError, OverflowError):
-                raise error(f"filter {name} must be a year (negative for BC), got {value!r}.") from None
-        else:
-            value = str(value).strip()
-        out[name] = value
-    return out
-
-
-def _corner_list(corners: Any) -> list[list[float]] | None:
-    """Corners as given (validated later by the engine) as a list of [x, y] floats, or None."""
-    if corners is None:
-        return None
-    try:
-        return [[float(x), float(y)] for x, y in corners]
-    except (TypeError, ValueError):
-        from .errors import CornersError
-
-        raise CornersError("corners must be four (x, y) points in image pixels.") from None
-
-
-def query_preview_bytes(data: bytes, corners: list[list[float]] | None, size: int = PREVIEW_SIDE) -> bytes:
+def query_preview_bytes(data: bytes, corners: Any, size: int = PREVIEW_SIDE) -> bytes:
     """A small JPEG of the query as it is searched (deskewed by ``corners``), b'' when it cannot be made.
 
     ``corners`` are in the pixels of the image (after EXIF orientation); the image is decoded at
@@ -799,7 +749,7 @@ def query_preview_bytes(data: bytes, corners: list[list[float]] | None, size: in
         if corners is not None:
             width, height = img.info.get("original_size", img.size)
             sx, sy = img.size[0] / width, img.size[1] / height
-            img = imaging.deskew(img, [[x * sx, y * sy] for x, y in corners])
+            img = imaging.deskew(img, [[float(x) * sx, float(y) * sy] for x, y in corners])
         return imaging.thumbnail_bytes(img, size)
     except Exception:  # noqa: BLE001 - the search itself reports what is wrong with the image
         return b""
