@@ -49,8 +49,10 @@ def test_search_table_and_model_from_index(indexed_engine, settings):
     proc = subprocess.run(PAPYRUS + ["search", str(reference("21114_p_g_24.jpg")), "-k", "2"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    first = proc.stdout.splitlines()[2]
-    assert "P.Heid. inv. G 24" in first and "1.000" in first
+    out = proc.stdout.splitlines()
+    assert out[1].startswith("confirmed: P.Heid. inv. G 24"), out[1]  # the verdict, under the count
+    first = out[3]
+    assert "P.Heid. inv. G 24" in first and "1.000" in first and "confirmed" in first
 
 
 @pytest.mark.parametrize(

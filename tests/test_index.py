@@ -240,7 +240,7 @@ def test_a_role_that_may_not_drop_or_build_the_index_still_ingests_and_searches(
     with psycopg.connect(url, autocommit=True) as admin:
         if not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = 'curator'").fetchone():
             admin.execute("CREATE ROLE curator LOGIN")
-        admin.execute("GRANT SELECT, INSERT, UPDATE ON papyri, images TO curator")
+        admin.execute("GRANT SELECT, INSERT, UPDATE ON papyri, images, image_words TO curator")
         admin.execute("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO curator")
     curator = url.replace("postgres:@", "curator:@")
     assert curator != url
