@@ -185,7 +185,8 @@ def _paste(
     roi = frame[y0:y1, x0:x1]
     if shadow:
         sh, o = cv2.GaussianBlur(alpha, (0, 0), blur + 0.5), int(blur)
-        roi[o:, o:] *= 1.0 - shadow * sh[: sh.shape[0] - o, : sh.shape[1] - o, None]  # offset down-right
+        if o < min(roi.shape[0], roi.shape[1]):  # a sliver at the frame's edge casts no shadow
+            roi[o:, o:] *= 1.0 - shadow * sh[: sh.shape[0] - o, : sh.shape[1] - o, None]  # offset down-right
     roi *= 1.0 - alpha[..., None]
     roi += out[..., :3]
     return alpha, int(x0), int(y0)

@@ -133,4 +133,5 @@ def test_papyrus_demo_downloads_and_indexes_a_gallery(server, tmp_path, settings
     assert "3 added" in proc.stdout
     table = proc.stdout[proc.stdout.index("hits for"):].splitlines()
     assert "search: " in proc.stdout and proc.stdout.split("search: ")[1].split()[0].endswith("19317_p_g_192_c.jpg")
-    assert "1.000" in table[2] and "P.Heid. inv. G 192 c" in table[2]  # the first reference finds itself
+    assert table[1].startswith("confirmed: P.Heid. inv. G 192 c"), table[1]  # the verdict
+    assert "1.000" in table[3] and "P.Heid. inv. G 192 c" in table[3]  # the first reference finds itself
