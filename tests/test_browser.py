@@ -653,6 +653,7 @@ def test_search_in_notebook7(page: Any, notebook7: dict[str, Any]) -> None:
     assert re.fullmatch(r"done in \d+\.\d s", wait_state(page, widget, "done"))
     assert cards.count() == 8 and cards.first.get_attribute("data-inventory-key") == QUERY_INVENTORY
     thumb = cards.first.get_by_test_id("result-thumbnail")
+    thumb.scroll_into_view_if_needed()  # thumbnails load lazily: a person scrolls to the results
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=thumb.element_handle(), timeout=10_000)
     kernel_execute(page, f"assert w.results[0]['inventory_key'] == {QUERY_INVENTORY!r}, w.results[0]")
     OUTPUT.mkdir(parents=True, exist_ok=True)
