@@ -216,20 +216,9 @@ def add_distractors(engine: Any, settings: Any, n: int) -> tuple[float, int]:
 
 def split_references() -> tuple[list[Path], list[Path]]:
     """(indexed, held out) reference files: ``HELD_OUT`` papyri (by inventory, seeded) held out."""
-    from papyrus_widgets.evaluation import inventory_of
+    from papyrus_widgets.evaluation import held_out_split
 
-    refs = C.reference_images()
-    inventories = sorted({inventory_of(p) for p in refs})
-    rng = np.random.default_rng(SEED)
-    held = set(rng.choice(inventories, HELD_OUT, replace=False).tolist())
-    return [p for p in refs if inventory_of(p) not in held], [p for p in refs if inventory_of(p) in held]
-
-
-def distinct(paths: list[Path]) -> list[Path]:
-    seen: dict[str, Path] = {}
-    for p in paths:
-        seen.setdefault(hashlib.sha256(p.read_bytes()).hexdigest(), p)
-    return sorted(seen.values())
+    return held_out_split(C.reference_images(), HELD_OUT, SEED)
 
 
 def rank_of(hits: list[Any], truth: str) -> int | None:
@@ -282,7 +271,7 @@ def main() -> None:
     per_ref = args.per_ref or (1 if args.quick else 2)
     from papyrus_widgets import imaging, index
     from papyrus_widgets.api import get_engine
-    from papyrus_widgets.evaluation import quad_iou, scene_queries
+    from papyrus_widgets.evaluation import distinct_files, quad_iou, scene_queries
 
     indexed, held = split_references()
     with C.workspace(NAME) as ws:
@@ -300,10 +289,10 @@ def main() -> None:
         print(f"index: {total} images ({n_distractors} distractors) built in {distractor_s:.0f} s", flush=True)
 
         sources = [imaging.decode_image(p.read_bytes(), max_side=1200, max_pixels=400_000_000) for p in C.more_images()]
-        ref_imgs = [imaging.decode_image(p.read_bytes(), max_side=1200) for p in distinct(indexed)]
-        held_imgs = [imaging.decode_image(p.read_bytes(), max_side=1200) for p in distinct(held)]
-        positives = scene_queries(distinct(indexed), ref_imgs + sources, per_ref, SEED)
-        negatives = scene_queries(distinct(held), held_imgs, per_ref, SEED + 1)
+        ref_imgs = [imaging.decode_image(p.read_bytes(), max_side=1200) for p in distinct_files(indexed)]
+        held_imgs = [imaging.decode_image(p.read_bytes(), max_side=1200) for p in distinct_files(held)]
+        positives = scene_queries(distinct_files(indexed), ref_imgs + sources, per_ref, SEED)
+        negatives = scene_queries(distinct_files(held), held_imgs, per_ref, SEED + 1)
         print(f"queries: {len(positives)} of indexed papyri, {len(negatives)} of held-out papyri", flush=True)
 
         engine.search(positives[0]["bytes"], k=5)  # warm: model, pools, vocabulary on the workers
