@@ -295,7 +295,7 @@ def main() -> None:
         negatives = scene_queries(distinct_files(held), held_imgs, per_ref, SEED + 1)
         print(f"queries: {len(positives)} of indexed papyri, {len(negatives)} of held-out papyri", flush=True)
 
-        engine.search(positives[0]["bytes"], k=5)  # warm: model, pools, vocabulary on the workers
+        engine.search(positives[0].data, k=5)  # warm: model, pools, vocabulary on the workers
         rows: list[dict[str, Any]] = []
         for q in positives:
             row: dict[str, Any] = {"name": q.name, "kind": q.kind, "fraction": round(q.fraction, 3)}
