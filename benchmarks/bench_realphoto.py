@@ -288,10 +288,13 @@ def main() -> None:
             total = index.image_count(conn)
         print(f"index: {total} images ({n_distractors} distractors) built in {distractor_s:.0f} s", flush=True)
 
-        sources = [imaging.decode_image(p.read_bytes(), max_side=1200, max_pixels=400_000_000) for p in C.more_images()]
-        ref_imgs = [imaging.decode_image(p.read_bytes(), max_side=1200) for p in distinct_files(indexed)]
-        held_imgs = [imaging.decode_image(p.read_bytes(), max_side=1200) for p in distinct_files(held)]
-        positives = scene_queries(distinct_files(indexed), ref_imgs + sources, per_ref, SEED)
+        def decoded(paths: list[Path]) -> dict[str, Any]:
+            return {p.name: imaging.decode_image(p.read_bytes(), max_side=1200, max_pixels=400_000_000) for p in paths}
+
+        sources = decoded(C.more_images())
+        ref_imgs = decoded(distinct_files(indexed))
+        held_imgs = decoded(distinct_files(held))
+        positives = scene_queries(distinct_files(indexed), {**ref_imgs, **sources}, per_ref, SEED)
         negatives = scene_queries(distinct_files(held), held_imgs, per_ref, SEED + 1)
         print(f"queries: {len(positives)} of indexed papyri, {len(negatives)} of held-out papyri", flush=True)
 

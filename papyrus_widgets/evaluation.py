@@ -136,7 +136,7 @@ class SceneQuery:
 
 def scene_queries(
     targets: Sequence[str | os.PathLike],
-    others: Sequence[Image.Image],
+    others: Sequence[Image.Image] | Mapping[str, Image.Image],
     per_target: int = 1,
     seed: int = 0,
     *,
@@ -145,6 +145,7 @@ def scene_queries(
     """Photos that look like real use (:func:`papyrus_widgets.scenes.make_scene`: a screen among
     windows and thumbnails, a desk, a light box) of each reference in ``targets``, with ``others``
     (other papyri) around it; scene ``j`` of target ``i`` uses the seed ``[seed, i, j]``.
+    ``others`` given as a mapping of file name → image leaves out the target's own file.
     Independent of the training generator :func:`papyrus_widgets.training.recapture`."""
     from .scenes import make_scene
 
@@ -152,8 +153,9 @@ def scene_queries(
     for i, target in enumerate(targets):
         path = Path(target)
         img = decode_image(path.read_bytes(), max_side=1600, name=path.name)
+        around = [im for name, im in others.items() if name != path.name] if isinstance(others, Mapping) else others
         for j in range(per_target):
-            scene = make_scene(img, list(others), np.random.default_rng([seed, i, j]))
+            scene = make_scene(img, list(around), np.random.default_rng([seed, i, j]))
             buf = io.BytesIO()
             scene.image.save(buf, "JPEG", quality=quality)
             out.append(

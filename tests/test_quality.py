@@ -65,8 +65,9 @@ def gate(tmp_path_factory, model_dir):
     assert not report.failed, report
     report = engine.ingest(distractors, progress=False)
     assert report.added == 150 and not report.failed, report
-    others = [imaging.decode_image(p.read_bytes(), max_side=1200) for p in _distinct(indexed)] + sources[:3]
-    held_others = [imaging.decode_image(p.read_bytes(), max_side=1200) for p in _distinct(held)]
+    others = {p.name: imaging.decode_image(p.read_bytes(), max_side=1200) for p in _distinct(indexed)}
+    others.update({f"more-{i}": img for i, img in enumerate(sources[:3])})
+    held_others = {p.name: imaging.decode_image(p.read_bytes(), max_side=1200) for p in _distinct(held)}
     return engine, indexed, held, others, held_others
 
 
