@@ -134,7 +134,8 @@ class Hit:
     """Local-feature matches that agree on one homography (RANSAC inliers)."""
     region: list[list[float]] | None = None
     """Where this reference is in the photo: its corners (TL, TR, BR, BL) mapped by the
-    homography, in the pixels of the photo as stored (confirmed hits only)."""
+    homography, in the pixels of the photo as stored, clipped to the photo so that it can be passed
+    back as ``corners`` (confirmed hits only)."""
     matches: list[list[float]] = field(default_factory=list, repr=False)
     """Up to 50 inlier pairs ``[qx, qy, rx, ry]``: query pixels (the photo as uploaded, after EXIF
     orientation) and reference pixels (the stored original)."""
@@ -357,6 +358,8 @@ def reference_features(settings: Settings, image_key: str) -> Any:
 
 def _apply(hit: Hit, r: Any) -> Hit:
     """Copy one confirming result (a :class:`~papyrus_widgets.retrieval.Reranked`) onto its hit."""
+    from .retrieval import clip
+
     hit.score = round(r.score, 6)
     v = r.verification
     hit.confirmed = bool(r.confirmed)
@@ -365,7 +368,8 @@ def _apply(hit: Hit, r: Any) -> Hit:
         hit.matches = v.matches
         hit.query_size = v.query_size
         hit.reference_size = v.reference_size
-        hit.region = v.outline if hit.confirmed else None
+        if hit.confirmed and v.outline is not None and v.query_size is not None:
+            hit.region = clip(v.outline, v.query_size)  # usable as corners: on the photo
     return hit
 
 
