@@ -404,7 +404,9 @@ def verify_task(
         Candidate(h.score, functools.partial(reference_features, settings, h.image_key), h) for h in hits if h.image_key
     ]
     results = confirm(query, candidates)
-    best = results[0].verification if results and results[0].confirmed else None
+    # the strongest plausible match (confirmed or not) is the region worth a closer look
+    verified = [r.verification for r in results if r.verification is not None and r.verification.outline]
+    best = max(verified, key=lambda v: v.inliers) if verified else None
     whole_photo = prepared is None or not prepared.region_given
     if best is not None and whole_photo and needs_closer_look(best):
         try:
@@ -414,7 +416,8 @@ def verify_task(
             detail = None
         if detail is not None and len(detail) >= 4:
             closer = QueryIndex(detail) if detail.method == "sift" else detail
-            for r in results[:REFINE_CANDIDATES]:
+            again_for = results[:REFINE_CANDIDATES] + [r for r in results if r.verification is best]
+            for r in {id(r): r for r in again_for}.values():
                 try:
                     again = match(closer, reference_features(settings, r.payload.image_key))
                 except Exception:  # noqa: BLE001 - evidence is a bonus

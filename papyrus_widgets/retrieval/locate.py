@@ -53,10 +53,15 @@ def area_fraction(quad: Sequence[Sequence[float]], size: Sequence[int]) -> float
 
 
 def needs_closer_look(verification: Any) -> bool:
-    """Whether a confirmed match's region is worth searching again in full detail."""
+    """Whether a match's region is worth searching again in full detail: a plausible match with
+    :data:`~.confirm.LOOK_AGAIN_INLIERS` or more, under :data:`CLOSER_LOOK_UNDER_INLIERS`, on a
+    small part of the photo."""
+    from .confirm import LOOK_AGAIN_INLIERS
+
     v = verification
     return bool(
         v is not None
+        and v.inliers >= LOOK_AGAIN_INLIERS
         and v.outline is not None
         and v.query_size is not None
         and v.inliers < CLOSER_LOOK_UNDER_INLIERS
