@@ -274,7 +274,8 @@ def search_task(
     the query (``prepared``; :func:`index.word_candidates`), then the embedding's kNN
     (``ef_search``: see :func:`index.knn`) for those the words missed, fused
     (:func:`papyrus_widgets.retrieval.shortlist.fuse`). Returns ``candidates`` hits (default ``k``),
-    ranked by the first stage; the best ``k`` carry their thumbnails as bytes."""
+    ranked by the first stage; when no more than ``k`` are asked for they carry their thumbnails as
+    bytes (with more, the confirming stage reorders them and fetches those of its best ``k``)."""
     from .retrieval import shortlist
 
     url, source = _require_resolved(settings)
@@ -311,7 +312,8 @@ def search_task(
         hit.shortlist_score = hit.score
         hit.found_by = c.found_by
         hits.append(hit)
-    _attach_thumbnails(settings, hits[:k])
+    if n == k:  # no confirming stage follows: these are the results (it fetches its own k's thumbnails)
+        _attach_thumbnails(settings, hits)
     return hits
 
 
