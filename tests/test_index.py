@@ -285,3 +285,83 @@ def test_upsert_papyri_batch_inserts_updates_and_keeps_known_fields(conn):
     assert conn.execute("SELECT title, place FROM papyri WHERE key = 'hgv:5'").fetchone() == ("T5", "Hermopolis")
     assert conn.execute("SELECT title FROM papyri WHERE key = 'hgv:6'").fetchone() == ("last wins",)
     assert index.upsert_papyri(conn, []) == {}
+
+
+def _worded(i: int, words: dict[int, float], **meta) -> index.ImageRow:
+    row = _row(i, **meta)
+    row.words = np.array(sorted(words), dtype=np.int32)
+    row.word_weights = np.array([words[w] for w in sorted(words)], dtype=np.float32)
+    return row
+
+
+def _expected_scores(docs: dict[int, dict[int, float]], query: dict[int, float]) -> dict[int, float]:
+    """The documented score, by hand: Σ idf² q d / ‖q idf‖ with idf = ln((N+1)/(df+1))."""
+    n = len(docs)
+    df = {w: sum(w in d for d in docs.values()) for w in query}
+    idf = {w: np.log((n + 1) / (df[w] + 1)) for w in query if df[w]}
+    norm = np.sqrt(sum((query[w] * idf[w]) ** 2 for w in idf))
+    return {
+        i: sum(idf[w] ** 2 * query[w] * d[w] for w in idf if w in d) / norm
+        for i, d in docs.items()
+        if any(w in d for w in idf)
+    }
+
+
+def test_word_candidates_score_rank_and_filter_as_documented(conn):
+    rng = np.random.default_rng(5)
+    docs = {i: {int(w): float(rng.uniform(0.1, 1)) for w in rng.choice(60, 12, replace=False)} for i in range(30)}
+    index.add_images(conn, [_worded(i, d, collection="odd" if i % 2 else "even") for i, d in docs.items()])
+    query = {int(w): float(rng.uniform(0.5, 2)) for w in rng.choice(80, 20, replace=False)}  # some words unseen
+    words = np.array(list(query), dtype=np.int32)
+    weights = np.array(list(query.values()), dtype=np.float32)
+
+    rows = index.word_candidates(conn, words, weights, 30, vector=_vec(3))
+    expected = _expected_scores(docs, query)
+    got = {int(r["hgv_id"]): r["words_score"] for r in rows}
+    assert got.keys() == expected.keys()
+    for i, score in expected.items():
+        assert got[i] == pytest.approx(score, rel=1e-4)
+    assert [r["words_score"] for r in rows] == sorted(got.values(), reverse=True)
+    assert rows[0]["distance"] is not None and rows[0]["inventory"].startswith("P.Test")
+
+    top3 = index.word_candidates(conn, words, weights, 3)
+    assert [r["hgv_id"] for r in top3] == [r["hgv_id"] for r in rows[:3]]
+    odd = index.word_candidates(conn, words, weights, 5, filters={"collection": "odd"})
+    best_odd = sorted((i for i in expected if i % 2), key=lambda i: -expected[i])[:5]
+    assert [int(r["hgv_id"]) for r in odd] == best_odd
+    assert index.word_candidates(conn, np.array([999], np.int32), np.ones(1, np.float32), 5) == []
+
+
+def test_schema_2_upgrades_and_posting_lists_are_read_from_the_index_alone(url):
+    """An index made before migration 3 keeps its words; after VACUUM (as a bulk load ends) the
+    search reads each posting list by an index-only scan, never visiting the table."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS upgrade")
+        admin.execute("CREATE DATABASE upgrade")
+    old = url.replace("/papyrus?", "/upgrade?")
+    assert old != url
+    with psycopg.connect(old, autocommit=True) as c:
+        c.execute("CREATE EXTENSION vector")
+    with index.connect(old) as c:
+        c.execute("CREATE TABLE schema_version (version integer PRIMARY KEY, applied_at timestamptz DEFAULT now())")
+        for number, sql in index.MIGRATIONS[:2]:
+            c.execute(sql)
+            c.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
+        c.commit()
+        index.add_images(c, [_worded(i, {i: 1.0, 1000: 0.5}) for i in range(200)])
+        c.commit()
+    assert index.ensure_schema(old) == index.MIGRATIONS[-1][0] >= 3
+    with psycopg.connect(old, autocommit=True) as c:
+        assert c.execute("SELECT count(*) FROM image_words").fetchone() == (400,)
+        c.execute("VACUUM (ANALYZE) image_words")
+        c.execute("SET enable_seqscan = off")  # a tiny table: ask for the plan a large one gets
+        plan = "\n".join(
+            r[0]
+            for r in c.execute(
+                "EXPLAIN (ANALYZE, COSTS OFF) SELECT image_id, weight FROM image_words WHERE word = ANY(%s)", [[7, 1000]]
+            ).fetchall()
+        )
+    assert "Index Only Scan using image_words_pkey" in plan and "Heap Fetches: 0" in plan, plan
+    with index.connect(old) as c:
+        rows = index.word_candidates(c, np.array([7, 1000], np.int32), np.ones(2, np.float32), 3)
+        assert rows[0]["hgv_id"] == "7"
