@@ -78,8 +78,10 @@ def test_same_papyrus_metadata_is_updated_not_duplicated(conn):
 
 
 def test_filters_return_k_when_enough_rows_match(conn):
-    rows = [_row(i, date_from=100 + i, date_to=100 + i, place="Oxyrhynchos" if i % 10 == 0 else "Hermopolis")
-            for i in range(300)]
+    rows = [
+        _row(i, date_from=100 + i, date_to=100 + i, place="Oxyrhynchos" if i % 10 == 0 else "Hermopolis")
+        for i in range(300)
+    ]
     index.add_images(conn, rows)
     hits = index.knn(conn, _vec(1), 5, {"place": "oxyrhyn"})
     assert len(hits) == 5 and all(h["place"] == "Oxyrhynchos" for h in hits)
@@ -358,7 +360,8 @@ def test_schema_2_upgrades_and_posting_lists_are_read_from_the_index_alone(url):
         plan = "\n".join(
             r[0]
             for r in c.execute(
-                "EXPLAIN (ANALYZE, COSTS OFF) SELECT image_id, weight FROM image_words WHERE word = ANY(%s)", [[7, 1000]]
+                "EXPLAIN (ANALYZE, COSTS OFF) SELECT image_id, weight FROM image_words WHERE word = ANY(%s)",
+                [[7, 1000]],
             ).fetchall()
         )
     assert "Index Only Scan using image_words_pkey" in plan and "Heap Fetches: 0" in plan, plan
