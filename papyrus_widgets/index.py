@@ -34,6 +34,8 @@ from .metadata import PapyrusRecord
 from .request import EF_SEARCH_MAX, check_ef_search, check_k, clean_filters
 
 EMBEDDING_DIM = 128
+MAX_WORD_WINDOWS = 16
+"""At most this many windows of a photo in one word search (:func:`word_candidates`)."""
 MIN_PGVECTOR = (0, 5, 0)  # HNSW arrived in 0.5.0
 
 HNSW_INDEX = "images_embedding_hnsw"
@@ -378,8 +380,7 @@ def add_images(conn: psycopg.Connection, rows: Sequence[ImageRow]) -> tuple[int,
     with conn.transaction():
         ids = upsert_papyri(conn, [r.record for r in rows])
         conn.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS images_load"
-            " (LIKE images INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            "CREATE TEMP TABLE IF NOT EXISTS images_load (LIKE images INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
         with conn.cursor() as cur:
             with cur.copy(
@@ -674,48 +675,84 @@ def word_candidates(
     """The ``n`` images that share the most (idf-weighted) visual words with a query, best first,
     with their papyrus metadata: the first stage of a search from a photo.
 
-    ``words`` / ``weights``: the query's distinct words and their weights
-    (:func:`papyrus_widgets.retrieval.shortlist.query_weights`). Each row's ``words_score`` is
-    ``Σ idf(w)² · q_w · d_w / ‖q · idf‖`` over the shared words, with ``idf(w) = ln((N + 1) / (df(w) + 1))``
-    counted from the posting lists at query time (so it follows the collection as it grows).
-    ``vector``: also return each row's embedding ``distance`` to it (cosine), else NULL.
+    ``words``: the query's distinct words; ``weights``: their weights, one column per window of
+    the photo (:func:`papyrus_widgets.retrieval.shortlist.query_windows`; a 1-D array is one
+    window). In each window an image scores ``Σ idf(w)² · q_w · d_w / ‖q · idf‖`` over the shared
+    words, with ``idf(w) = ln((N + 1) / (df(w) + 1))`` counted from the posting lists at query time
+    (so it follows the collection as it grows), and the windows rank the images each on their own.
+    The list takes every window's first, then every window's second, … (ties: the higher score
+    first). Each row's ``words_score`` is its best score in any window and ``words_window`` the
+    (0-based) window that gave it. ``vector``: also return each row's embedding ``distance`` to it
+    (cosine), else NULL.
     """
     n = check_k(n)
     where, params = filter_sql(filters)
     words = np.asarray(words, dtype=np.int32).reshape(-1)
-    weights = np.asarray(weights, dtype=np.float32).reshape(-1)
-    if len(words) != len(weights) or not np.all(np.isfinite(weights)):
-        raise QueryError("the query's visual words and weights must be two lists of the same length.")
+    weights = np.asarray(weights, dtype=np.float32)
+    if weights.ndim == 1:
+        weights = weights[:, None]
+    if (
+        weights.ndim != 2
+        or len(words) != len(weights)
+        or not 1 <= weights.shape[1] <= MAX_WORD_WINDOWS
+        or not np.all(np.isfinite(weights))
+    ):
+        raise QueryError(
+            "the query's visual words and weights must be two lists of the same length "
+            f"(weights: one column per window, at most {MAX_WORD_WINDOWS})."
+        )
     if not len(words):
         return []
+    k = range(weights.shape[1])
     cols = ", ".join(f"p.{c}" for c in PAPYRUS_COLUMNS)
     distance = "i.embedding <=> %s" if vector is not None else "NULL::float8"
-    # q: each query word with its idf (df counted on the index alone); scored: one pass over the
-    # posting lists; top: the n best (with filters, among the images they allow), joined to their
-    # metadata only then
-    if where:
-        top = (
-            "SELECT s.image_id, s.score FROM scored s JOIN images i ON i.id = s.image_id"
-            f" JOIN papyri p ON p.id = i.papyrus_id{where} ORDER BY s.score DESC, s.image_id LIMIT %s"
-        )
-    else:
-        top = "SELECT s.image_id, s.score FROM scored s ORDER BY s.score DESC, s.image_id LIMIT %s"
+    qw = ", ".join(f"qw{j}" for j in k)
+    # q: each query word with its weight in each window and its idf (df counted on the index
+    # alone); scored: one pass over the posting lists, a sum per window; ranked: each window's
+    # order (with filters, among the images they allow); top: the n best by their best window
+    # rank, joined to their metadata only then
+    filtered = (
+        f"SELECT s.* FROM scored s JOIN images i ON i.id = s.image_id JOIN papyri p ON p.id = i.papyrus_id{where}"
+        if where
+        else "SELECT * FROM scored"
+    )
     sql = (
-        "WITH q AS MATERIALIZED (SELECT q.word, q.qw, ln((n.n + 1.0) / (d.df + 1.0)) AS idf"
-        "   FROM unnest(%s::int4[], %s::float4[]) AS q(word, qw)"
+        f"WITH q AS MATERIALIZED (SELECT q.word, {', '.join(f'q.qw{j}' for j in k)},"
+        "   ln((n.n + 1.0) / (d.df + 1.0)) AS idf"
+        f"   FROM unnest(%s::int4[], {', '.join('%s::float4[]' for _ in k)}) AS q(word, {qw})"
         "   CROSS JOIN (SELECT count(*)::float8 AS n FROM images) n"
         "   CROSS JOIN LATERAL (SELECT count(*) AS df FROM image_words c WHERE c.word = q.word) d"
         "   WHERE d.df > 0),"
-        " qnorm AS (SELECT greatest(sqrt(sum((q.qw * q.idf) ^ 2)), 1e-9) AS v FROM q),"
-        " scored AS (SELECT w.image_id, sum(w.weight * q.qw * q.idf * q.idf) AS score"
-        "   FROM q JOIN image_words w ON w.word = q.word GROUP BY w.image_id),"
-        f" top AS ({top})"
-        f" SELECT i.id AS image_id, top.score / qnorm.v AS words_score, {distance} AS distance,"
+        " qnorm AS (SELECT "
+        + ", ".join(f"greatest(sqrt(sum((q.qw{j} * q.idf) ^ 2)), 1e-9) AS v{j}" for j in k)
+        + " FROM q),"
+        " scored AS (SELECT w.image_id, "
+        + ", ".join(f"sum(w.weight * q.qw{j} * q.idf * q.idf) AS s{j}" for j in k)
+        + " FROM q JOIN image_words w ON w.word = q.word GROUP BY w.image_id),"
+        f" allowed AS ({filtered}),"
+        " ranked AS (SELECT a.image_id, "
+        + ", ".join(
+            f"a.s{j} / qnorm.v{j} AS c{j}, row_number() OVER (ORDER BY a.s{j} DESC, a.image_id) AS r{j}" for j in k
+        )
+        + " FROM allowed a CROSS JOIN qnorm),"
+        " top AS (SELECT image_id, "
+        + (f"least({', '.join(f'r{j}' for j in k)})" if len(k) > 1 else "r0")
+        + " AS best_rank, "
+        + (f"greatest({', '.join(f'c{j}' for j in k)})" if len(k) > 1 else "c0")
+        + " AS score, "
+        + "CASE "
+        + " ".join(
+            f"WHEN c{j} = " + (f"greatest({', '.join(f'c{i}' for i in k)})" if len(k) > 1 else "c0") + f" THEN {j}"
+            for j in k
+        )
+        + " END"
+        + " AS window_ FROM ranked ORDER BY best_rank, score DESC, image_id LIMIT %s)"
+        f" SELECT i.id AS image_id, top.score AS words_score, top.window_ AS words_window, {distance} AS distance,"
         f" i.object_key, i.thumb_key, i.source_name, i.model, NULL::int AS ef_search, {cols}"
-        " FROM top CROSS JOIN qnorm JOIN images i ON i.id = top.image_id JOIN papyri p ON p.id = i.papyrus_id"
-        " ORDER BY top.score DESC, i.id"
+        " FROM top JOIN images i ON i.id = top.image_id JOIN papyri p ON p.id = i.papyrus_id"
+        " ORDER BY top.best_rank, top.score DESC, i.id"
     )
-    args: list[Any] = [words.tolist(), weights.tolist(), *params, n]
+    args: list[Any] = [words.tolist(), *(weights[:, j].tolist() for j in k), *params, n]
     if vector is not None:
         args.append(_query_vector(vector))
     with conn.cursor(row_factory=dict_row) as cur:

@@ -292,10 +292,12 @@ def search_task(
                     f"the index's visual words were made with another vocabulary ({recorded}) than this search's "
                     f"({fingerprint_words}): set PAPYRUS_VOCABULARY to the one that built the index, or unset it."
                 )
-            words, weights = shortlist.query_weights(prepared.words)
-            word_rows = index.word_candidates(
-                conn, words, weights, max(n, shortlist.WORD_CANDIDATES), filters, vector
-            )
+            features = prepared.features
+            if prepared.region_given:  # the region is the one window
+                words, weights = shortlist.query_windows(prepared.words)
+            else:
+                words, weights = shortlist.query_windows(prepared.words, features.points, features.size)
+            word_rows = index.word_candidates(conn, words, weights, max(n, shortlist.WORD_CANDIDATES), filters, vector)
     if knn_rows and all(r["model"] != fingerprint for r in knn_rows):
         raise ModelError(
             f"the index was built with another model than {source}: search with the model that built it "
@@ -313,6 +315,10 @@ def search_task(
         hit.found_by = c.found_by
         hits.append(hit)
     if n == k:  # no confirming stage follows: these are the results (it fetches its own k's thumbnails)
+        # chosen in the first stage's order (each window's best in turn), shown by score
+        hits.sort(key=lambda h: -h.score)
+        for rank, hit in enumerate(hits, start=1):
+            hit.rank = rank
         _attach_thumbnails(settings, hits)
     return hits
 
@@ -396,8 +402,10 @@ def verify_task(
     # task must not confirm twice
     hits = [dataclasses.replace(h, matches=list(h.matches)) for h in hits]
     try:
-        query = prepared.features if prepared is not None else _query_features(
-            _decode_query(settings, query_key, name, PHOTO_MAX_SIDE), None
+        query = (
+            prepared.features
+            if prepared is not None
+            else _query_features(_decode_query(settings, query_key, name, PHOTO_MAX_SIDE), None)
         )
     except PapyrusError:
         return _attach_thumbnails(settings, hits[:k])
@@ -628,6 +636,7 @@ def submit_search(client: Any, settings: Settings, query_key: str, *, name: str,
 
 
 # --- ingest ------------------------------------------------------------------------------------
+
 
 @dataclass
 class IngestItem:

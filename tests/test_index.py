@@ -368,3 +368,32 @@ def test_schema_2_upgrades_and_posting_lists_are_read_from_the_index_alone(url):
     with index.connect(old) as c:
         rows = index.word_candidates(c, np.array([7, 1000], np.int32), np.ones(2, np.float32), 3)
         assert rows[0]["hgv_id"] == "7"
+
+
+def test_word_candidates_take_each_windows_best_in_turn(conn):
+    """Two windows of a photo: each ranks the images on its own, the list takes their firsts,
+    then their seconds, …; an image's score is its best window's."""
+    rng = np.random.default_rng(9)
+    docs = {i: {int(w): float(rng.uniform(0.1, 1)) for w in rng.choice(40, 10, replace=False)} for i in range(20)}
+    index.add_images(conn, [_worded(i, d) for i, d in docs.items()])
+    words = np.arange(40, dtype=np.int32)
+    clutter, papyrus = np.zeros(40, np.float32), np.zeros(40, np.float32)
+    clutter[:30], papyrus[30:] = 1.0, 1.0
+    weights = np.stack([clutter + papyrus, papyrus], axis=1)  # the whole photo; the window the papyrus is in
+    per_window = [_expected_scores(docs, dict(zip(words.tolist(), weights[:, j].tolist()))) for j in range(2)]
+    orders = [sorted(s, key=lambda i: (-s[i], i)) for s in per_window]
+    best = {i: max(per_window[0].get(i, 0), per_window[1].get(i, 0)) for i in docs}
+    expected: list[int] = []
+    for pair in zip(*orders):  # each window's k-th; within a turn, the higher score first
+        expected += sorted({i for i in pair if i not in expected}, key=lambda i: (-best[i], i))
+
+    rows = index.word_candidates(conn, words, weights, 6)
+    assert [int(r["hgv_id"]) for r in rows] == expected[:6]
+    assert orders[1][0] != orders[0][0] and orders[1][0] in [int(r["hgv_id"]) for r in rows[:2]]
+    assert expected[:6] != orders[0][:6]  # the papyrus's window changes the list
+    for r in rows:
+        i = int(r["hgv_id"])
+        assert r["words_score"] == pytest.approx(best[i], rel=1e-4)
+        assert per_window[r["words_window"]].get(i, 0) == pytest.approx(best[i], rel=1e-4)
+    with pytest.raises(QueryError):
+        index.word_candidates(conn, words, np.ones((40, index.MAX_WORD_WINDOWS + 1), np.float32), 6)

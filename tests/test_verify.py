@@ -375,3 +375,50 @@ def test_verification_can_be_switched_off_by_setting(indexed_engine) -> None:
     job = off.submit_search(data, name="photo.jpg", k=3, verify=True)  # asked for explicitly: on
     assert [stage for stage, _ in job._futures][-1] == "verifying"
     job.hits(timeout=300)
+
+
+def test_query_windows_count_each_keypoint_in_the_windows_it_falls_in() -> None:
+    from papyrus_widgets.retrieval import shortlist
+
+    rng = np.random.default_rng(1)
+    # 200 keypoints of word 7 in the top-left corner, 200 of word 9 bottom-right, 400 of word 8 everywhere
+    points = np.concatenate(
+        [rng.uniform(0, 100, (200, 2)), rng.uniform(900, 1000, (200, 2)), rng.uniform(0, 1000, (400, 2))]
+    )
+    words = np.array([7] * 200 + [9] * 200 + [8] * 400)
+    unique, weights = shortlist.query_windows(words, points, (1000, 1000))
+    assert unique.tolist() == [7, 8, 9] and weights.shape == (3, len(shortlist.WINDOWS))
+    whole, top_left, bottom_right = weights[:, 0], weights[:, 1], weights[:, 4]
+    assert whole.tolist() == pytest.approx(np.sqrt([200, 400, 200]).tolist())
+    assert top_left[0] == pytest.approx(np.sqrt(200)) and top_left[2] == 0
+    assert bottom_right[2] == pytest.approx(np.sqrt(200)) and bottom_right[0] == 0
+    assert weights[:, 5][[0, 2]].tolist() == [0, 0]  # the centre holds neither corner
+    # no keypoints given (or a region searched): one window, the whole
+    assert shortlist.query_windows(words)[1].shape == (3, 1)
+    # a window with too few keypoints is left out, the whole never
+    sparse = shortlist.query_windows(words[:60], points[:60], (1000, 1000))[1]
+    assert sparse.shape[1] == 2  # the whole and the top-left quarter
+    with pytest.raises(ValueError):
+        shortlist.query_windows(words, points[:10], (1000, 1000))
+
+
+def test_several_papyri_confirmed_in_one_photo_the_middle_one_comes_first() -> None:
+    from papyrus_widgets.retrieval import Reranked, Verification, locate, ranked
+
+    def box(x0, y0, x1, y1):
+        return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+
+    size = [1600, 1200]
+    edge, middle, middle_again = box(0, 0, 500, 400), box(600, 400, 1000, 800), box(650, 450, 950, 750)
+    assert locate.aim_order([edge, middle, middle_again], size) == [1, 2, 0]
+    assert locate.aim_order([middle, edge], size) == [0, 1]
+
+    def result(inliers, quad, first):
+        v = Verification(inliers, [], None, 1.0, query_size=size, reference_size=[100, 100], spread=0.5, outline=quad)
+        return Reranked(0.0, first, v, payload=quad)
+
+    unconfirmed = Reranked(0.0, 0.9, None, payload="none")
+    out = ranked([unconfirmed, result(600, edge, 0.8), result(45, middle, 0.7), result(300, middle_again, 0.6)])
+    assert [r.payload for r in out] == [middle_again, middle, edge, "none"]
+    scores = [r.score for r in out]
+    assert scores == sorted(scores, reverse=True) and scores[2] >= 0.5 > scores[3]

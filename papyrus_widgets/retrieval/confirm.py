@@ -65,6 +65,7 @@ CONFIRM_STEP = 20
 CONFIRM_MAX = 70
 """… up to this many in all."""
 
+
 @dataclass
 class Verification:
     """The outcome of matching a query against one reference.
@@ -366,15 +367,33 @@ def confirm(
 
 def ranked(results: Sequence[Reranked]) -> list[Reranked]:
     """Score (:func:`confirmed_score`) and order results given in first-stage order: confirmed
-    first, most inliers first; then the rest in the order given. Call it again after a
-    verification changed (a second, closer look)."""
+    first — most inliers first, and when they show several papyri, the one in the middle of the
+    photo first (:func:`~.locate.aim_order`) —; then the rest by their first-stage score. Scores never
+    rise down the list (a confirmed hit shown after a stronger one takes the lower score of the
+    two). Call it again after a verification changed (a second, closer look)."""
+    from .locate import aim_order
+
     for r in results:
         r.score = confirmed_score(r.embedding_score, r.verification)
     order = sorted(
         range(len(results)),
-        key=lambda i: (0, -results[i].verification.inliers, i) if results[i].confirmed else (1, 0, i),  # type: ignore[union-attr]
+        key=lambda i: (
+            (0, -results[i].verification.inliers, i)  # type: ignore[union-attr]
+            if results[i].confirmed
+            else (1, -results[i].embedding_score, i)
+        ),
     )
-    return [results[i] for i in order]
+    confirmed = [i for i in order if results[i].confirmed]
+    located = [i for i in confirmed if results[i].verification.outline and results[i].verification.query_size]  # type: ignore[union-attr]
+    if len(located) > 1 and len(located) == len(confirmed):
+        v0 = results[located[0]].verification
+        aimed = aim_order([results[i].verification.outline for i in located], v0.query_size)  # type: ignore[union-attr,arg-type]
+        order = [located[k] for k in aimed] + order[len(confirmed) :]
+    out = [results[i] for i in order]
+    for before, r in zip(out, out[1:]):
+        if r.confirmed:
+            r.score = min(r.score, before.score)
+    return out
 
 
 def rerank(query: Features, candidates: Sequence[Candidate]) -> list[Reranked]:

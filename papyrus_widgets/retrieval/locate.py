@@ -23,6 +23,7 @@ __all__ = [
     "clip",
     "area_fraction",
     "needs_closer_look",
+    "aim_order",
     "suggest_corners",
 ]
 
@@ -67,3 +68,38 @@ def needs_closer_look(verification: Any) -> bool:
         and v.inliers < CLOSER_LOOK_UNDER_INLIERS
         and area_fraction(v.outline, v.query_size) < CLOSER_LOOK_BELOW
     )
+
+
+def _inside(point: np.ndarray, quad: np.ndarray) -> bool:
+    import cv2
+
+    return (
+        cv2.pointPolygonTest(quad.astype(np.float32).reshape(-1, 1, 2), (float(point[0]), float(point[1])), False) >= 0
+    )
+
+
+def aim_order(outlines: Sequence[Sequence[Sequence[float]]], size: Sequence[int]) -> list[int]:
+    """The order in which to show several papyri found in one photo (``outlines``, given strongest
+    evidence first): the one the camera was aimed at first.
+
+    Outlines whose centres lie in one another are one papyrus (several references of it) and stay
+    together, in the order given; the papyri are ordered by how near the photo's centre their
+    first outline's centre lies (in units of the photo's half-diagonal; nearer than a tenth of it
+    counts as a tie, kept in the order given). A photo of a papyrus among others — thumbnails on a
+    screen, sheets on a desk, all perhaps in the collection — is taken of the one in the middle."""
+    w, h = float(size[0]), float(size[1])
+    centre, half_diagonal = np.array([w / 2, h / 2]), max(1.0, float(np.hypot(w, h)) / 2)
+    quads = [np.asarray(q, dtype=np.float64) for q in outlines]
+    centres = [q.mean(axis=0) for q in quads]
+    groups: list[list[int]] = []
+    for i, c in enumerate(centres):
+        for g in groups:
+            j = g[0]
+            if _inside(c, quads[j]) or _inside(centres[j], quads[i]):
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    off_centre = [round(float(np.linalg.norm(centres[g[0]] - centre)) / half_diagonal / 0.1) for g in groups]
+    order = sorted(range(len(groups)), key=lambda k: (off_centre[k], k))
+    return [i for k in order for i in groups[k]]
