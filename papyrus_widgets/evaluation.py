@@ -537,11 +537,7 @@ def _relevant_counts(engine_or_index: Any) -> dict[str, int]:
     from . import index
 
     with index.connect(url) as conn:
-        rows = conn.execute(
-            "SELECT p.inventory_key, count(*) FROM images i JOIN papyri p ON p.id = i.papyrus_id"
-            " WHERE p.inventory_key IS NOT NULL GROUP BY p.inventory_key"
-        ).fetchall()
-    return {str(key): int(n) for key, n in rows}
+        return index.images_per_inventory(conn)
 
 
 def _thumb(image: Any, side: int = 160) -> Image.Image | None:

@@ -699,10 +699,10 @@ def ingest_batch_task(settings: Settings, items: Sequence[IngestItem]) -> BatchR
     report = BatchReport()
     loaded = load_scans(items, report.failed, store, missing=NOT_ON_WORKER)
     with index.pooled_connection(url) as conn:
-        other = conn.execute("SELECT model FROM images WHERE model <> %s LIMIT 1", (fingerprint,)).fetchone()
+        other = index.other_model(conn, fingerprint)
         if other:
             raise ModelError(
-                f"the index holds vectors of another model ({other[0]}); {source} would mix them: "
+                f"the index holds vectors of another model ({other}); {source} would mix them: "
                 "ingest into a new database (PAPYRUS_DATABASE_URL / PAPYRUS_DATA_DIR) or use the index's model."
             )
         present = index.existing_images(conn, [(it.record.key, sha) for it, _, sha in loaded])

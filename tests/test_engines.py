@@ -369,7 +369,7 @@ def test_bulk_ingest_builds_hnsw_once_small_ingest_keeps_it_interrupted_one_is_r
     engine.resolved_settings()  # the schema, with its HNSW index
     created, valid = _hnsw(pg, "papyrus_bulk")
     assert created is not None and valid
-    monkeypatch.setattr(index, "BULK_MIN_ROWS", 3)  # three images into an empty table: a bulk load
+    monkeypatch.setattr(index.hnsw, "BULK_MIN_ROWS", 3)  # three images into an empty table: a bulk load
     report = engine.ingest(folder, HGV_DIR, batch_size=1, progress=False)
     assert (report.added, report.failed) == (3, [])
     rebuilt, valid = _hnsw(pg, "papyrus_bulk")

@@ -384,11 +384,11 @@ def ranked(results: Sequence[Reranked]) -> list[Reranked]:
         ),
     )
     confirmed = [i for i in order if results[i].confirmed]
-    located = [i for i in confirmed if results[i].verification.outline and results[i].verification.query_size]  # type: ignore[union-attr]
-    if len(located) > 1 and len(located) == len(confirmed):
-        v0 = results[located[0]].verification
-        aimed = aim_order([results[i].verification.outline for i in located], v0.query_size)  # type: ignore[union-attr,arg-type]
-        order = [located[k] for k in aimed] + order[len(confirmed) :]
+    found = [(i, v) for i in confirmed if (v := results[i].verification) and v.outline and v.query_size]
+    if len(found) > 1 and len(found) == len(confirmed):
+        outlines: list[Sequence[Sequence[float]]] = [v.outline for _, v in found if v.outline]
+        aimed = aim_order(outlines, found[0][1].query_size or [1, 1])
+        order = [found[k][0] for k in aimed] + order[len(confirmed) :]
     out = [results[i] for i in order]
     for before, r in zip(out, out[1:]):
         if r.confirmed:

@@ -93,7 +93,7 @@ def query_windows(
         raise ValueError(f"{len(words)} words but {len(pts)} keypoints")
     w, h = float(size[0]), float(size[1])
     slot = np.searchsorted(unique, words)
-    columns = []
+    columns: list[np.ndarray] = []
     for left, top, right, bottom in windows:
         inside = (pts[:, 0] >= left * w) & (pts[:, 0] <= right * w) & (pts[:, 1] >= top * h) & (pts[:, 1] <= bottom * h)
         if inside.sum() < MIN_WINDOW_KEYPOINTS and columns:

@@ -1,0 +1,215 @@
+"""Writing and reading the catalogue: papyri and images (binary COPY with their visual words),
+facts about the index (``index_meta``) and its statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import psycopg
+
+from ..metadata import PapyrusRecord
+from .connection import scalar
+
+__all__ = [
+    "PAPYRUS_COLUMNS",
+    "ImageRow",
+    "existing_images",
+    "upsert_papyri",
+    "add_images",
+    "set_meta",
+    "get_meta",
+    "image_count",
+    "has_words",
+    "other_model",
+    "images_per_inventory",
+]
+
+
+PAPYRUS_COLUMNS = (
+    "key",
+    "hgv_id",
+    "tm_id",
+    "inventory",
+    "inventory_key",
+    "collection",
+    "title",
+    "date_text",
+    "date_from",
+    "date_to",
+    "place",
+    "subjects",
+    "image_urls",
+    "papyri_info_url",
+)
+
+
+
+@dataclass
+class ImageRow:
+    """One image ready for the index."""
+
+    record: PapyrusRecord
+    sha256: str
+    source_name: str
+    object_key: str
+    thumb_key: str
+    width: int
+    height: int
+    model: str
+    embedding: np.ndarray = field(repr=False)
+    words: np.ndarray | None = field(default=None, repr=False)
+    """Distinct visual words of the image (int) …"""
+    word_weights: np.ndarray | None = field(default=None, repr=False)
+    """… and their weights (:func:`papyrus_widgets.retrieval.shortlist.document_weights`); None: no words."""
+
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+def existing_images(conn: psycopg.Connection, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which (papyrus key, sha256) pairs the index already holds."""
+    pairs = list(pairs)
+    if not pairs:
+        return set()
+    rows = conn.execute(
+        "SELECT p.key, i.sha256 FROM images i JOIN papyri p ON p.id = i.papyrus_id"
+        " WHERE (p.key, i.sha256) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+        ([k for k, _ in pairs], [s for _, s in pairs]),
+    ).fetchall()
+    return {(k, s) for k, s in rows}
+
+
+def upsert_papyri(conn: psycopg.Connection, records: Sequence[PapyrusRecord]) -> dict[str, int]:
+    """Insert or update catalogue records; returns key → id.
+
+    One statement per record (the last record of a key wins; a field that is None keeps the stored
+    value), sent as one batch: ``executemany`` in pipeline mode, so a batch of records costs one
+    round trip to the server, not one per record."""
+    unique = {r.key: r for r in records}
+    if not unique:
+        return {}
+    cols = ", ".join(PAPYRUS_COLUMNS)
+    placeholders = ", ".join(["%s"] * len(PAPYRUS_COLUMNS))
+    updates = ", ".join(f"{c} = coalesce(EXCLUDED.{c}, papyri.{c})" for c in PAPYRUS_COLUMNS[1:])
+    ids: dict[str, int] = {}
+    with conn.cursor() as cur:
+        cur.executemany(
+            f"INSERT INTO papyri ({cols}) VALUES ({placeholders})"
+            f" ON CONFLICT (key) DO UPDATE SET {updates}, updated_at = now() RETURNING key, id",
+            [_papyrus_values(record) for record in unique.values()],
+            returning=True,
+        )
+        while True:
+            for key, id_ in cur.fetchall():
+                ids[key] = id_
+            if not cur.nextset():
+                break
+    return ids
+
+
+def _papyrus_values(r: PapyrusRecord) -> list[Any]:
+    return [
+        r.key,
+        r.hgv_id,
+        r.tm_id,
+        r.inventory,
+        r.inventory_key,
+        r.collection,
+        r.title,
+        r.date_text,
+        r.date_from,
+        r.date_to,
+        r.place,
+        list(r.subjects),
+        list(r.image_urls),
+        r.papyri_info_url,
+    ]
+
+
+def add_images(conn: psycopg.Connection, rows: Sequence[ImageRow]) -> tuple[int, int]:
+    """Bulk-add images with binary COPY in one transaction; returns (added, skipped duplicates)."""
+    if not rows:
+        return 0, 0
+    with conn.transaction():
+        ids = upsert_papyri(conn, [r.record for r in rows])
+        conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS images_load (LIKE images INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        with conn.cursor() as cur:
+            with cur.copy(
+                "COPY images_load (papyrus_id, sha256, source_name, object_key, thumb_key, width, height,"
+                " model, embedding) FROM STDIN WITH (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(["int8", "text", "text", "text", "text", "int4", "int4", "text", "vector"])
+                for r in rows:
+                    copy.write_row(
+                        (
+                            ids[r.record.key],
+                            r.sha256,
+                            r.source_name,
+                            r.object_key,
+                            r.thumb_key,
+                            r.width,
+                            r.height,
+                            r.model,
+                            np.asarray(r.embedding, dtype=np.float32),
+                        )
+                    )
+            cur.execute(
+                "INSERT INTO images (papyrus_id, sha256, source_name, object_key, thumb_key, width, height,"
+                " model, embedding)"
+                " SELECT DISTINCT ON (papyrus_id, sha256) papyrus_id, sha256, source_name, object_key,"
+                " thumb_key, width, height, model, embedding FROM images_load"
+                " ON CONFLICT (papyrus_id, sha256) DO NOTHING RETURNING id, papyrus_id, sha256"
+            )
+            inserted = {(pid, sha): iid for iid, pid, sha in cur.fetchall()}
+            added = len(inserted)
+            with cur.copy("COPY image_words (word, image_id, weight) FROM STDIN WITH (FORMAT BINARY)") as copy:
+                copy.set_types(["int4", "int8", "float4"])
+                for r in rows:
+                    image_id = inserted.pop((ids[r.record.key], r.sha256), None)
+                    if image_id is None or r.words is None or r.word_weights is None:
+                        continue
+                    for word, weight in zip(r.words.tolist(), r.word_weights.tolist()):
+                        copy.write_row((word, image_id, weight))
+    return added, len(rows) - added
+
+
+def set_meta(conn: psycopg.Connection, key: str, value: str) -> None:
+    conn.execute(
+        "INSERT INTO index_meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+        (key, value),
+    )
+
+
+def get_meta(conn: psycopg.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM index_meta WHERE key = %s", (key,)).fetchone()
+    return row[0] if row else None
+
+
+def image_count(conn: psycopg.Connection) -> int:
+    return int(scalar(conn, "SELECT count(*) FROM images"))
+
+
+
+def has_words(conn: psycopg.Connection) -> bool:
+    """Whether the visual-word index holds anything (not for an index built before it existed)."""
+    return conn.execute("SELECT 1 FROM image_words LIMIT 1").fetchone() is not None
+
+
+def other_model(conn: psycopg.Connection, fingerprint: str) -> str | None:
+    """The fingerprint of a model other than ``fingerprint`` whose vectors the index holds, if any."""
+    row = conn.execute("SELECT model FROM images WHERE model <> %s LIMIT 1", (fingerprint,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def images_per_inventory(conn: psycopg.Connection) -> dict[str, int]:
+    """How many images the index holds of each papyrus (by inventory key; those without one left out)."""
+    rows = conn.execute(
+        "SELECT p.inventory_key, count(*) FROM images i JOIN papyri p ON p.id = i.papyrus_id"
+        " WHERE p.inventory_key IS NOT NULL GROUP BY p.inventory_key"
+    ).fetchall()
+    return {str(key): int(n) for key, n in rows}

@@ -1,0 +1,235 @@
+"""Searching: the embedding's nearest neighbours (:func:`knn`, HNSW) and the visual-word shortlist
+(:func:`word_candidates`, the inverted file), both with the same metadata filters."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import numpy as np
+import psycopg
+from psycopg.rows import dict_row
+
+from ..errors import QueryError
+from ..request import EF_SEARCH_MAX, check_ef_search, check_k, clean_filters
+from .catalogue import PAPYRUS_COLUMNS, get_meta
+from .connection import scalar
+from .hnsw import hnsw_state
+from .schema import EMBEDDING_DIM, MAX_WORD_WINDOWS
+
+__all__ = [
+    "EF_SEARCH_MIN_DEFAULT",
+    "effective_ef_search",
+    "filter_sql",
+    "knn",
+    "word_candidates",
+    "stats",
+]
+
+
+log = logging.getLogger(__name__)
+
+# --- searching ---------------------------------------------------------------------------------
+
+
+EF_SEARCH_MIN_DEFAULT = 40
+"""pgvector's own default of ``hnsw.ef_search``."""
+
+
+def effective_ef_search(ef_search: int | None, k: int) -> int:
+    """The ``hnsw.ef_search`` a kNN query for ``k`` hits runs with.
+
+    Given: that value, raised to ``k`` (an HNSW scan returns at most ef_search rows). Not given:
+    ``max(40, 2 * k)`` (at most 1000), not pgvector's fixed 40: the candidate list should be well
+    above the number of hits asked for, else recall drops as k grows.
+    """
+    ef = check_ef_search(ef_search)
+    if ef is None:
+        ef = max(EF_SEARCH_MIN_DEFAULT, 2 * k)
+    return min(EF_SEARCH_MAX, max(ef, k))
+
+
+def filter_sql(filters: Mapping[str, Any] | None) -> tuple[str, list[Any]]:
+    """Allow-listed, parameterised WHERE clause for metadata filters.
+
+    The filters are checked (and cleaned) by :func:`papyrus_widgets.request.clean_filters`, the one
+    place that does it; a search's filters already are, and cleaning them again changes nothing."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for name, value in clean_filters(filters).items():
+        if name == "date_from":
+            clauses.append("coalesce(p.date_to, p.date_from) >= %s")
+            params.append(value)
+        elif name == "date_to":
+            clauses.append("coalesce(p.date_from, p.date_to) <= %s")
+            params.append(value)
+        elif name == "collection":
+            clauses.append("p.collection = %s")
+            params.append(value)
+        else:
+            column = "p.place" if name == "place" else "p.title"
+            clauses.append(f"{column} ILIKE %s ESCAPE '\\'")
+            params.append("%" + _escape_like(value) + "%")
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _query_vector(vector: np.ndarray) -> np.ndarray:
+    vec = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if vec.shape != (EMBEDDING_DIM,) or not np.all(np.isfinite(vec)):
+        raise QueryError(f"the query vector must be {EMBEDDING_DIM} finite numbers.")
+    return vec
+
+
+def knn(
+    conn: psycopg.Connection,
+    vector: np.ndarray,
+    k: int,
+    filters: Mapping[str, Any] | None = None,
+    ef_search: int | None = None,
+) -> list[dict[str, Any]]:
+    """The k nearest images by cosine similarity, with their papyrus metadata, best first.
+
+    ``ef_search``: the HNSW candidate list size for this query (1 … 1000; higher = better recall,
+    slower), default ``max(40, 2 * k)``, see :func:`effective_ef_search`. Each row carries the
+    value the query ran with as ``ef_search`` (read back from the server in the same statement).
+    """
+    k = check_k(k)
+    ef = effective_ef_search(ef_search, k)
+    where, params = filter_sql(filters)
+    vec = _query_vector(vector)
+    cols = ", ".join(f"p.{c}" for c in PAPYRUS_COLUMNS)
+    sql = (
+        f"SELECT i.id AS image_id, i.embedding <=> %s AS distance, i.object_key, i.thumb_key,"
+        f" i.source_name, i.model, current_setting('hnsw.ef_search')::int AS ef_search, {cols}"
+        f" FROM images i JOIN papyri p ON p.id = i.papyrus_id{where}"
+        f" ORDER BY i.embedding <=> %s LIMIT %s"
+    )
+    with conn.transaction():
+        conn.execute(f"SET LOCAL hnsw.ef_search = {ef:d}")
+        if where:
+            # pgvector >= 0.8 keeps scanning the HNSW graph until k rows pass the filter
+            try:
+                with conn.transaction():
+                    conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            except psycopg.Error:
+                pass
+        with conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(sql, [vec, *params, vec, k]).fetchall()
+    # relaxed_order may return near-ties out of order: order exactly by distance
+    rows.sort(key=lambda r: r["distance"])
+    return rows
+
+
+def word_candidates(
+    conn: psycopg.Connection,
+    words: np.ndarray,
+    weights: np.ndarray,
+    n: int,
+    filters: Mapping[str, Any] | None = None,
+    vector: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """The ``n`` images that share the most (idf-weighted) visual words with a query, best first,
+    with their papyrus metadata: the first stage of a search from a photo.
+
+    ``words``: the query's distinct words; ``weights``: their weights, one column per window of
+    the photo (:func:`papyrus_widgets.retrieval.shortlist.query_windows`; a 1-D array is one
+    window). In each window an image scores ``Σ idf(w)² · q_w · d_w / ‖q · idf‖`` over the shared
+    words, with ``idf(w) = ln((N + 1) / (df(w) + 1))`` counted from the posting lists at query time
+    (so it follows the collection as it grows), and the windows rank the images each on their own.
+    The list takes every window's first, then every window's second, … (ties: the higher score
+    first). Each row's ``words_score`` is its best score in any window and ``words_window`` the
+    (0-based) window that gave it. ``vector``: also return each row's embedding ``distance`` to it
+    (cosine), else NULL.
+    """
+    n = check_k(n)
+    where, params = filter_sql(filters)
+    words = np.asarray(words, dtype=np.int32).reshape(-1)
+    weights = np.asarray(weights, dtype=np.float32)
+    if weights.ndim == 1:
+        weights = weights[:, None]
+    if (
+        weights.ndim != 2
+        or len(words) != len(weights)
+        or not 1 <= weights.shape[1] <= MAX_WORD_WINDOWS
+        or not np.all(np.isfinite(weights))
+    ):
+        raise QueryError(
+            "the query's visual words and weights must be two lists of the same length "
+            f"(weights: one column per window, at most {MAX_WORD_WINDOWS})."
+        )
+    if not len(words):
+        return []
+    k = range(weights.shape[1])
+    cols = ", ".join(f"p.{c}" for c in PAPYRUS_COLUMNS)
+    distance = "i.embedding <=> %s" if vector is not None else "NULL::float8"
+    qw = ", ".join(f"qw{j}" for j in k)
+    # q: each query word with its weight in each window and its idf (df counted on the index
+    # alone); scored: one pass over the posting lists, a sum per window; ranked: each window's
+    # order (with filters, among the images they allow); top: the n best by their best window
+    # rank, joined to their metadata only then
+    filtered = (
+        f"SELECT s.* FROM scored s JOIN images i ON i.id = s.image_id JOIN papyri p ON p.id = i.papyrus_id{where}"
+        if where
+        else "SELECT * FROM scored"
+    )
+    sql = (
+        f"WITH q AS MATERIALIZED (SELECT q.word, {', '.join(f'q.qw{j}' for j in k)},"
+        "   ln((n.n + 1.0) / (d.df + 1.0)) AS idf"
+        f"   FROM unnest(%s::int4[], {', '.join('%s::float4[]' for _ in k)}) AS q(word, {qw})"
+        "   CROSS JOIN (SELECT count(*)::float8 AS n FROM images) n"
+        "   CROSS JOIN LATERAL (SELECT count(*) AS df FROM image_words c WHERE c.word = q.word) d"
+        "   WHERE d.df > 0),"
+        " qnorm AS (SELECT "
+        + ", ".join(f"greatest(sqrt(sum((q.qw{j} * q.idf) ^ 2)), 1e-9) AS v{j}" for j in k)
+        + " FROM q),"
+        " scored AS (SELECT w.image_id, "
+        + ", ".join(f"sum(w.weight * q.qw{j} * q.idf * q.idf) AS s{j}" for j in k)
+        + " FROM q JOIN image_words w ON w.word = q.word GROUP BY w.image_id),"
+        f" allowed AS ({filtered}),"
+        " ranked AS (SELECT a.image_id, "
+        + ", ".join(
+            f"a.s{j} / qnorm.v{j} AS c{j}, row_number() OVER (ORDER BY a.s{j} DESC, a.image_id) AS r{j}" for j in k
+        )
+        + " FROM allowed a CROSS JOIN qnorm),"
+        " top AS (SELECT image_id, "
+        + (f"least({', '.join(f'r{j}' for j in k)})" if len(k) > 1 else "r0")
+        + " AS best_rank, "
+        + (f"greatest({', '.join(f'c{j}' for j in k)})" if len(k) > 1 else "c0")
+        + " AS score, "
+        + "CASE "
+        + " ".join(
+            f"WHEN c{j} = " + (f"greatest({', '.join(f'c{i}' for i in k)})" if len(k) > 1 else "c0") + f" THEN {j}"
+            for j in k
+        )
+        + " END"
+        + " AS window_ FROM ranked ORDER BY best_rank, score DESC, image_id LIMIT %s)"
+        f" SELECT i.id AS image_id, top.score AS words_score, top.window_ AS words_window, {distance} AS distance,"
+        f" i.object_key, i.thumb_key, i.source_name, i.model, NULL::int AS ef_search, {cols}"
+        " FROM top JOIN images i ON i.id = top.image_id JOIN papyri p ON p.id = i.papyrus_id"
+        " ORDER BY top.best_rank, top.score DESC, i.id"
+    )
+    args: list[Any] = [words.tolist(), *(weights[:, j].tolist() for j in k), *params, n]
+    if vector is not None:
+        args.append(_query_vector(vector))
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(sql, args).fetchall()
+
+
+def stats(conn: psycopg.Connection) -> dict[str, Any]:
+    papyri = scalar(conn, "SELECT count(*) FROM papyri")
+    images = scalar(conn, "SELECT count(*) FROM images")
+    models: dict[str, int] = dict(conn.execute("SELECT model, count(*) FROM images GROUP BY model").fetchall())
+    return {
+        "papyri": papyri,
+        "images": images,
+        "models": models,
+        "model_source": get_meta(conn, "model"),
+        "vocabulary": get_meta(conn, "vocabulary"),
+        "images_with_words": int(scalar(conn, "SELECT count(DISTINCT image_id) FROM image_words")),
+        "hnsw": hnsw_state(conn),
+    }
+
