@@ -35,7 +35,14 @@ LocalCluster, one search at a time):
   re-ranked by verifying those 10 against features of the photo at 768 px (as ``verify_task`` did),
   computed in this process from the same index and store, quality only.
 
-Run alone: ``python benchmarks/bench_realphoto.py [--quick] [--distractors N] [--per-ref N]``.
+**At 100,000** (``--derived 90000``, result ``realphoto-100k``; not part of ``make bench``): the
+same index plus 90,000 *derived* items made from the cached distractors' features without new
+pixel work: each a random window (50-85 % of each side) of one crop's keypoints, with the visual
+words of those keypoints (quantised once per crop) and its parent's embedding plus a little noise.
+No features of them are stored, so this configuration measures the first stage only (recall and
+latency of ``search(verify=False, k=100)``), not the confirming stage.
+
+Run alone: ``python benchmarks/bench_realphoto.py [--quick] [--distractors N] [--per-ref N] [--derived N]``.
 """
 
 from __future__ import annotations
@@ -214,6 +221,99 @@ def add_distractors(engine: Any, settings: Any, n: int) -> tuple[float, int]:
     return time.perf_counter() - t0, cached // CHUNK
 
 
+def add_derived(settings: Any, n: int) -> float:
+    """Index ``n`` derived items (see the module's docstring) from the cached distractor chunks."""
+    from papyrus_widgets import index, jobs
+
+    t0 = time.perf_counter()
+    _, fingerprint = jobs.worker_model(settings.model, settings.model_revision)
+    vocab = jobs.worker_vocabulary(settings)
+    paths = sorted(CACHE.glob(f"{SEED}-{vocab.fingerprint}-*/chunk-*.npz"))
+    if not paths:
+        raise SystemExit("--derived needs the cached distractor chunks: run without it first")
+    rng = np.random.default_rng([SEED, 100_000])
+    parents: list[tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]] = []
+    for path in paths:  # each crop's keypoints with their words, quantised once
+        z = np.load(path)
+        f_off = np.concatenate([[0], np.cumsum(z["feature_counts"])])
+        words = vocab.words(z["descriptors"])
+        for j in range(len(z["ids"])):
+            a, b = f_off[j], f_off[j + 1]
+            size = tuple(int(v) for v in z["feature_sizes"][j])
+            parents.append((z["points"][a:b], words[a:b], z["vectors"][j], size))  # type: ignore[arg-type]
+    print(f"  derived: {len(parents)} parents quantised in {time.perf_counter() - t0:.0f} s", flush=True)
+    url = settings.database_url
+    with index.hnsw_deferred(url):  # one HNSW build at the end, then VACUUM (ANALYZE) as an ingest does
+        _add_derived_rows(url, parents, n, fingerprint, rng, t0)
+    return time.perf_counter() - t0
+
+
+def _add_derived_rows(url: str, parents: list[Any], n: int, fingerprint: str, rng: Any, t0: float) -> None:
+    from papyrus_widgets import index, objects
+    from papyrus_widgets.metadata import PapyrusRecord
+    from papyrus_widgets.retrieval.shortlist import document_weights
+
+    done = 0
+    while done < n:
+        rows = []
+        for i in range(done, min(n, done + 2000)):
+            points, words, vector, (w, h) = parents[int(rng.integers(len(parents)))]
+            fw, fh = rng.uniform(0.5, 0.85, 2)
+            x0, y0 = rng.uniform(0, 1 - fw) * w, rng.uniform(0, 1 - fh) * h
+            inside = (points[:, 0] >= x0) & (points[:, 0] < x0 + fw * w)
+            inside &= (points[:, 1] >= y0) & (points[:, 1] < y0 + fh * h)
+            if inside.sum() < 80:
+                inside[:] = True
+            distinct, weights = document_weights(words[inside])
+            vec = vector + rng.normal(0, 0.02, vector.shape).astype(np.float32)
+            sha = hashlib.sha256(f"derived-{SEED}-{i}".encode()).hexdigest()
+            rows.append(
+                index.ImageRow(
+                    record=PapyrusRecord(key=f"derived:{i}", collection="derived", title=f"derived {i}"),
+                    sha256=sha,
+                    source_name=f"derived-{i}",
+                    object_key=objects.object_key(objects.ORIGINALS, sha, ".jpg"),
+                    thumb_key=objects.object_key(objects.THUMBNAILS, sha, ".jpg"),
+                    width=int(fw * w),
+                    height=int(fh * h),
+                    model=fingerprint,
+                    embedding=vec / np.linalg.norm(vec),
+                    words=distinct,
+                    word_weights=weights,
+                )
+            )
+        with index.pooled_connection(url) as conn:
+            index.add_images(conn, rows)
+        done += len(rows)
+        if done % 10_000 == 0 or done == n:
+            print(f"  derived: {done}/{n} in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def first_stage_only(engine: Any, positives: list[Any], total: int, n_derived: int, build_s: float) -> dict[str, Any]:
+    """recall@10/50/100 and latency of the first stage (``verify=False``, k=100) at this size."""
+    rows = []
+    engine.search(positives[0].data, k=100, verify=False)  # warm
+    for q in positives:
+        t = time.perf_counter()
+        first = engine.search(q.data, k=100, verify=False)
+        seconds = time.perf_counter() - t
+        rows.append({"name": q.name, "kind": q.kind, "first_rank": rank_of(first.hits, q.truth), "latency": seconds})
+        print(f"  {q.kind:<8} {q.name:<26} first={rows[-1]['first_rank']} {seconds:.2f}s", flush=True)
+    return {
+        "name": NAME + "-100k",
+        "gallery": {"images": total, "derived": n_derived},
+        "queries": {"positives": len(positives)},
+        "first_stage": {
+            f"recall@{k}": float(np.mean([r["first_rank"] is not None and r["first_rank"] <= k for r in rows]))
+            for k in (10, 50, 100)
+        },
+        "first_stage_latency": C.summary([r["latency"] for r in rows]),
+        "build_seconds": {"derived": build_s},
+        "rows": rows,
+        "load_average": C.load_average(),
+    }
+
+
 def split_references() -> tuple[list[Path], list[Path]]:
     """(indexed, held out) reference files: ``HELD_OUT`` papyri (by inventory, seeded) held out."""
     from papyrus_widgets.evaluation import held_out_split
@@ -264,6 +364,9 @@ def main() -> None:
                 "--distractors", type=int, default=None, help="distractor crops (default 10000; --quick 1000)"
             ),
             p.add_argument("--per-ref", type=int, default=None, help="scenes per papyrus (default 2; --quick 1)"),
+            p.add_argument(
+                "--derived", type=int, default=0, help="add N derived items, measure the first stage only (100k figure)"
+            ),
         ),
     )
     C.setup_environment()
@@ -297,6 +400,15 @@ def main() -> None:
         positives = scene_queries(distinct_files(indexed), {**ref_imgs, **sources}, per_ref, SEED)
         negatives = scene_queries(distinct_files(held), held_imgs, per_ref, SEED + 1)
         print(f"queries: {len(positives)} of indexed papyri, {len(negatives)} of held-out papyri", flush=True)
+        if args.derived:
+            derived_s = add_derived(rs, args.derived)
+            with index.connect(rs.database_url) as conn:
+                total = index.image_count(conn)
+            result = first_stage_only(engine, positives, total, args.derived, derived_s)
+            print(C.table([[k, f"{v:.3f}"] for k, v in result["first_stage"].items()], ["figure", f"{total} images"]))
+            print(f"first stage latency p50 {result['first_stage_latency']['p50']:.2f} s", flush=True)
+            C.write_result(args.out, NAME + "-100k", result)
+            return
 
         engine.search(positives[0].data, k=5)  # warm: model, pools, vocabulary on the workers
         rows: list[dict[str, Any]] = []

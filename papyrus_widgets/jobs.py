@@ -413,11 +413,11 @@ def verify_task(
     candidates = [
         Candidate(h.score, functools.partial(reference_features, settings, h.image_key), h) for h in hits if h.image_key
     ]
-    results = confirm(query, candidates)
+    whole_photo = prepared is None or not prepared.region_given
+    results = confirm(query, candidates, aimed=whole_photo)
     # the strongest plausible match (confirmed or not) is the region worth a closer look
     verified = [r.verification for r in results if r.verification is not None and r.verification.outline]
     best = max(verified, key=lambda v: v.inliers) if verified else None
-    whole_photo = prepared is None or not prepared.region_given
     if best is not None and whole_photo and needs_closer_look(best):
         try:
             photo = _decode_query(settings, query_key, name, PHOTO_MAX_SIDE)

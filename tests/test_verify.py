@@ -422,3 +422,17 @@ def test_several_papyri_confirmed_in_one_photo_the_middle_one_comes_first() -> N
     assert [r.payload for r in out] == [middle_again, middle, edge, "none"]
     scores = [r.score for r in out]
     assert scores == sorted(scores, reverse=True) and scores[2] >= 0.5 > scores[3]
+
+
+def test_rounds_stop_at_a_confirmed_papyrus_in_the_middle_not_at_one_off_to_the_side() -> None:
+    from papyrus_widgets.retrieval.confirm import CONFIRM_STOP_INLIERS, Verification, _stops
+
+    def found(x0, y0, x1, y1, inliers=CONFIRM_STOP_INLIERS):
+        quad = [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+        return Verification(inliers, [], None, 1.0, query_size=[1600, 1200], spread=0.5, outline=quad)
+
+    middle, corner = found(600, 400, 1000, 800), found(0, 0, 400, 300)
+    assert _stops(middle, aimed=True) and not _stops(corner, aimed=True)
+    assert _stops(corner, aimed=False)  # a region the user marked: wherever it is
+    assert not _stops(found(600, 400, 1000, 800, inliers=CONFIRM_STOP_INLIERS - 1), aimed=True)
+    assert not _stops(None, aimed=True)

@@ -58,6 +58,11 @@ true matches of re-photographed scans at least 0.40 (80 scene photos, 40 scans).
 CONFIRM_STOP_INLIERS = 60
 """The rounds stop once a confirmed match has at least this many inliers (a weaker confirmation
 keeps looking: the right papyrus may come later in the list with much more evidence)."""
+CONFIRM_STOP_OFF_CENTRE = 0.35
+"""… and, in a photo searched without corners, lies near its middle: its outline's centre within
+this fraction of the half-diagonal from the photo's centre. A confirmed papyrus off to the side —
+a thumbnail, a sheet at the edge of the desk, perhaps in the collection too — is not the one the
+photo was taken of, most of the time: the rounds go on looking for the one in the middle."""
 CONFIRM_FIRST = 10
 """Candidates verified in the first round of :func:`confirm` …"""
 CONFIRM_STEP = 20
@@ -336,6 +341,17 @@ def _verify(query: Features | QueryIndex, c: Candidate) -> Verification | None:
         return None
 
 
+def _stops(v: Verification | None, aimed: bool) -> bool:
+    """Whether a verification ends the rounds (see :data:`CONFIRM_STOP_INLIERS`)."""
+    if v is None or not is_confirmed(v) or v.inliers < CONFIRM_STOP_INLIERS:
+        return False
+    if not aimed or v.outline is None or v.query_size is None:
+        return True
+    w, h = float(v.query_size[0]), float(v.query_size[1])
+    cx, cy = np.asarray(v.outline, dtype=np.float64).mean(axis=0)
+    return bool(np.hypot(cx - w / 2, cy - h / 2) <= CONFIRM_STOP_OFF_CENTRE * max(1.0, np.hypot(w, h) / 2))
+
+
 def confirm(
     query: Features,
     candidates: Sequence[Candidate],
@@ -343,10 +359,12 @@ def confirm(
     first: int = CONFIRM_FIRST,
     step: int = CONFIRM_STEP,
     limit: int = CONFIRM_MAX,
+    aimed: bool = True,
 ) -> list[Reranked]:
     """Verify ``candidates`` (best first) in rounds — ``first``, then ``step`` more — until a round
-    confirms one or ``limit`` were verified; return them all, confirmed first (most inliers
-    first), then the rest in their order. A candidate whose features fail keeps its place."""
+    confirms one with :data:`CONFIRM_STOP_INLIERS` (near the photo's middle when ``aimed``: a whole
+    photo; pass False for a region the user marked) or ``limit`` were verified; return them all,
+    confirmed first (:func:`ranked`), then the rest. A candidate whose features fail keeps its place."""
     if query.method == "sift" and len(query) >= 4 and candidates:
         query = QueryIndex(query)  # type: ignore[assignment]  # built once for all candidates
     checked: list[tuple[int, Candidate, Verification | None]] = []
@@ -356,7 +374,7 @@ def confirm(
         batch, todo = todo[: min(size, limit - len(checked))], todo[min(size, limit - len(checked)) :]
         checked += [(i, c, _verify(query, c)) for i, c in batch]
         size = step
-        if any(is_confirmed(v) and v.inliers >= CONFIRM_STOP_INLIERS for _, _, v in checked):  # type: ignore[union-attr]
+        if any(_stops(v, aimed) for _, _, v in checked):
             break
     checked += [(i, c, None) for i, c in todo]
     checked.sort(key=lambda t: t[0])
