@@ -161,17 +161,23 @@ def _load_chunk(path: Path) -> tuple[list[Any], np.ndarray]:
     return batch, z["vectors"]
 
 
+def _cache_dir(vocabulary: str, model: str) -> Path:
+    """The cache of distractor rows made with this seed, vocabulary, feature params and model."""
+    from papyrus_widgets.retrieval.features import feature_params
+
+    return CACHE / f"{SEED}-{vocabulary}-{feature_params().replace('/', '_')}-{model}"
+
+
 def add_distractors(engine: Any, settings: Any, n: int) -> tuple[float, int]:
     """Index ``n`` distractor crops; returns (seconds, chunks read from the cache)."""
     from papyrus_widgets import index, jobs, objects
     from papyrus_widgets.metadata import PapyrusRecord
     from papyrus_widgets.model import embed_arrays
-    from papyrus_widgets.retrieval.features import feature_params
 
     t0 = time.perf_counter()
     model, fingerprint = jobs.worker_model(settings.model, settings.model_revision)
     vocab = jobs.worker_vocabulary(settings)
-    cache = CACHE / f"{SEED}-{vocab.fingerprint}-{feature_params().replace('/', '_')}-{fingerprint}"
+    cache = _cache_dir(vocab.fingerprint, fingerprint)
     cache.mkdir(parents=True, exist_ok=True)
     store = engine.store
     chunks = [list(range(s, min(n, s + CHUNK))) for s in range(0, n, CHUNK)]
@@ -228,7 +234,7 @@ def add_derived(settings: Any, n: int) -> float:
     t0 = time.perf_counter()
     _, fingerprint = jobs.worker_model(settings.model, settings.model_revision)
     vocab = jobs.worker_vocabulary(settings)
-    paths = sorted(CACHE.glob(f"{SEED}-{vocab.fingerprint}-*/chunk-*.npz"))
+    paths = sorted(_cache_dir(vocab.fingerprint, fingerprint).glob("chunk-*.npz"))
     if not paths:
         raise SystemExit("--derived needs the cached distractor chunks: run without it first")
     rng = np.random.default_rng([SEED, 100_000])
