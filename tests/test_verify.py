@@ -436,3 +436,25 @@ def test_rounds_stop_at_a_confirmed_papyrus_in_the_middle_not_at_one_off_to_the_
     assert _stops(corner, aimed=False)  # a region the user marked: wherever it is
     assert not _stops(found(600, 400, 1000, 800, inliers=CONFIRM_STOP_INLIERS - 1), aimed=True)
     assert not _stops(None, aimed=True)
+
+
+def test_keypoints_are_kept_balanced_over_scales() -> None:
+    """The strongest keypoints are mostly the finest; the choice keeps each octave of size its
+    share, so a blurred or downscaled view of the papyrus still finds coarse keypoints to match."""
+    import cv2
+
+    from papyrus_widgets.retrieval.features import _balanced
+
+    rng = np.random.default_rng(0)
+    fine = [cv2.KeyPoint(float(x), 0.0, 2.5, -1, float(r)) for x, r in zip(range(300), rng.uniform(0.5, 1.0, 300))]
+    coarse = [cv2.KeyPoint(float(x), 9.0, 20.0, -1, float(r)) for x, r in zip(range(50), rng.uniform(0.0, 0.1, 50))]
+    keypoints = fine + coarse
+    chosen = _balanced(keypoints, 100)
+    assert len(chosen) == len(set(chosen)) == 100
+    assert sum(i >= len(fine) for i in chosen) == 50  # the weak coarse ones get their half
+    best_fine = sorted(range(len(fine)), key=lambda i: -fine[i].response)[:50]
+    assert sorted(i for i in chosen if i < len(fine)) == sorted(best_fine)
+    # fewer than asked: all of them
+    assert sorted(_balanced(coarse, 100)) == list(range(50))
+    f = verify.feature_params()
+    assert f.endswith("/scales") and f.startswith("sift/")
