@@ -347,9 +347,9 @@ def _stops(v: Verification | None, aimed: bool) -> bool:
         return False
     if not aimed or v.outline is None or v.query_size is None:
         return True
-    w, h = float(v.query_size[0]), float(v.query_size[1])
-    cx, cy = np.asarray(v.outline, dtype=np.float64).mean(axis=0)
-    return bool(np.hypot(cx - w / 2, cy - h / 2) <= CONFIRM_STOP_OFF_CENTRE * max(1.0, np.hypot(w, h) / 2))
+    from .locate import off_centre
+
+    return off_centre(v.outline, v.query_size) <= CONFIRM_STOP_OFF_CENTRE
 
 
 def confirm(

@@ -24,6 +24,7 @@ __all__ = [
     "area_fraction",
     "needs_closer_look",
     "aim_order",
+    "off_centre",
     "suggest_corners",
 ]
 
@@ -78,6 +79,14 @@ def _inside(point: np.ndarray, quad: np.ndarray) -> bool:
     )
 
 
+def off_centre(quad: Sequence[Sequence[float]], size: Sequence[int]) -> float:
+    """How far the centre of ``quad`` lies from the middle of a ``size`` photo, in units of its
+    half-diagonal (0: in the middle, 1: in a corner)."""
+    w, h = float(size[0]), float(size[1])
+    cx, cy = np.asarray(quad, dtype=np.float64).mean(axis=0)
+    return float(np.hypot(cx - w / 2, cy - h / 2)) / max(1.0, float(np.hypot(w, h)) / 2)
+
+
 def aim_order(outlines: Sequence[Sequence[Sequence[float]]], size: Sequence[int]) -> list[int]:
     """The order in which to show several papyri found in one photo (``outlines``, given strongest
     evidence first): the one the camera was aimed at first.
@@ -87,8 +96,6 @@ def aim_order(outlines: Sequence[Sequence[Sequence[float]]], size: Sequence[int]
     first outline's centre lies (in units of the photo's half-diagonal; nearer than a tenth of it
     counts as a tie, kept in the order given). A photo of a papyrus among others — thumbnails on a
     screen, sheets on a desk, all perhaps in the collection — is taken of the one in the middle."""
-    w, h = float(size[0]), float(size[1])
-    centre, half_diagonal = np.array([w / 2, h / 2]), max(1.0, float(np.hypot(w, h)) / 2)
     quads = [np.asarray(q, dtype=np.float64) for q in outlines]
     centres = [q.mean(axis=0) for q in quads]
     groups: list[list[int]] = []
@@ -100,6 +107,6 @@ def aim_order(outlines: Sequence[Sequence[Sequence[float]]], size: Sequence[int]
                 break
         else:
             groups.append([i])
-    off_centre = [round(float(np.linalg.norm(centres[g[0]] - centre)) / half_diagonal / 0.1) for g in groups]
-    order = sorted(range(len(groups)), key=lambda k: (off_centre[k], k))
+    distance = [round(off_centre(outlines[g[0]], size) / 0.1) for g in groups]
+    order = sorted(range(len(groups)), key=lambda k: (distance[k], k))
     return [i for k in order for i in groups[k]]
