@@ -51,12 +51,6 @@ def document_weights(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return unique, weights / max(float(np.linalg.norm(weights)), 1e-9)
 
 
-def query_weights(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(distinct words, weights)`` of a query: ``sqrt(count)`` (the idf comes from the index)."""
-    unique, counts = _counts(words)
-    return unique, np.sqrt(counts)
-
-
 WINDOWS: tuple[tuple[float, float, float, float], ...] = (
     (0.0, 0.0, 1.0, 1.0),
     (0.0, 0.0, 0.6, 0.6),
