@@ -12,10 +12,11 @@ into a temporary folder (the shared data is never copied), with their HGV EpiDoc
 - **upload**: the same ingest with ``upload=True`` (what workers without a shared file system get:
   the client reads each scan and stages it in the object store, the worker reads it from there),
   alternated with the candidate runs; the ratio is its images/s over the candidate's;
-- **where the gap goes**: each stage of the ingest task timed alone per image in this process
-  (one torch thread, as on a worker): read + sha256, decode (``decode_image`` max_side=1024),
-  model input, thumbnail, object-store writes, forward, binary COPY (``index.add_images``), plus
-  the catalogue parse the client does once per ingest.
+- **where the gap goes**: the real ingest task (``jobs.ingest_batch_task``) run in this process
+  (one torch thread, as on a worker) with a stopwatch as its ``stage`` timer, so each of its steps
+  (``jobs.INGEST_STAGES``: read + sha256, decode, object-store writes, thumbnail, local features,
+  visual words, model input, forward, binary COPY) is timed where it runs, plus the catalogue parse
+  the client does once per ingest.
 
 Run alone: ``python benchmarks/bench_ingest_throughput.py [--quick]``.
 """
@@ -140,76 +141,41 @@ def measure_limit(model: Any, inputs: np.ndarray, threads: int, repeats: int) ->
     return {"torch_threads": threads, "images_per_s_runs": rates, "images_per_s": C.median(rates)}
 
 
-def measure_stages(engine: Any, paths: list[Path], model: Any, scratch: Path) -> dict[str, Any]:
-    """Per-image seconds of each stage of ``jobs.ingest_batch_task``, in this process, 1 torch thread."""
+def measure_stages(engine: Any, paths: list[Path]) -> dict[str, Any]:
+    """Per-image seconds of each step of the real ``jobs.ingest_batch_task`` (its ``stage`` timer,
+    :data:`papyrus_widgets.jobs.INGEST_STAGES`), run in this process on batches of 8 with 1 torch
+    thread and one OpenCV thread, into an emptied index; plus the catalogue parse the client does once."""
+    import cv2
     import torch
 
-    from papyrus_widgets import imaging, index, objects
+    from papyrus_widgets import jobs
     from papyrus_widgets.metadata import load_metadata, record_for_image
-    from papyrus_widgets.model import embed_arrays, model_fingerprint
-    from papyrus_widgets.retrieval import extract_features
 
     settings = engine.resolved_settings()
     sw = C.Stopwatch()
     with sw("catalogue parse (once per ingest)"):
         records = load_metadata(C.HGV_DIR)
-    fingerprint = model_fingerprint(model)
-    store = objects.LocalStore(scratch)
-    pool = index.get_pool(settings.database_url)
-    before = torch.get_num_threads()
+    items = [jobs.IngestItem(str(p), record_for_image(p, records)) for p in paths]
+    before, cv_before = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)  # OpenCV's SIFT would use every core: one core per step, as the sum assumes
     wipe_index(engine)
-    n_images = 0
+    jobs.worker_model(settings.model, settings.model_revision)  # loaded before the clock runs, as on a warm worker
+    jobs.worker_vocabulary(settings)
+    added = 0
     try:
-        for start in range(0, len(paths), BATCH):
-            batch = paths[start : start + BATCH]
-            rows, arrays = [], []
-            for p in batch:
-                with sw("read + sha256"):
-                    data = p.read_bytes()
-                    sha = imaging.sha256_hex(data)
-                with sw("decode (max_side 1024)"):
-                    img = imaging.decode_image(
-                        data, max_pixels=settings.max_image_pixels, max_side=1024, name=p.name
-                    )
-                ext = objects.extension_for(p.name, img.info.get("format"))
-                key = objects.object_key(objects.ORIGINALS, sha, ext)
-                thumb_key = objects.object_key(objects.THUMBNAILS, sha, ".jpg")
-                with sw("thumbnail (256 px JPEG)"):
-                    thumb = imaging.thumbnail_bytes(img, settings.thumbnail_size)
-                with sw("local features (SIFT at 768 px, for verification)"):
-                    features = extract_features(img, size=img.info.get("original_size", img.size)).to_bytes()
-                with sw("object store writes"):
-                    store.put(key, data)
-                    store.put(thumb_key, thumb)
-                    store.put(objects.features_key(key), features)
-                with sw("model input (resize 224, normalise)"):
-                    arrays.append(imaging.model_input(img))
-                w, h = img.info.get("original_size", img.size)
-                rows.append(
-                    index.ImageRow(
-                        record=record_for_image(p, records),
-                        sha256=sha,
-                        source_name=p.name,
-                        object_key=key,
-                        thumb_key=thumb_key,
-                        width=int(w),
-                        height=int(h),
-                        model=fingerprint,
-                        embedding=np.zeros(index.EMBEDDING_DIM, dtype=np.float32),
-                    )
-                )
-            with sw("forward (1 thread, batch of 8)"):
-                vectors = embed_arrays(model, np.stack(arrays), batch_size=BATCH)
-            for row, vec in zip(rows, vectors):
-                row.embedding = vec
-            with sw("binary COPY (index.add_images)"), pool.connection() as conn:
-                index.add_images(conn, rows)
-            n_images += len(batch)
+        for start in range(0, len(items), BATCH):
+            report = jobs.ingest_batch_task(settings, items[start : start + BATCH], stage=sw)
+            if report.failed:
+                raise RuntimeError(f"the ingest task failed on {report.failed}")
+            added += report.added
     finally:
         torch.set_num_threads(before)
-    per_image = {name: sum(v) / n_images for name, v in sw.times.items()}
-    return {"images": n_images, "seconds_per_image": per_image}
+        cv2.setNumThreads(cv_before)
+    if not added:
+        raise RuntimeError("the ingest task added nothing: the stages were not timed")
+    per_image = {name: sum(v) / len(items) for name, v in sw.times.items()}
+    return {"images": len(items), "added": added, "seconds_per_image": per_image}
 
 
 def main() -> None:
@@ -263,7 +229,7 @@ def main() -> None:
         cores = C.machine()["usable_cores"] or 1
         in_process_all = measure_limit(model, inputs, cores, repeats)
         in_process_1 = measure_limit(model, inputs, 1, repeats)
-        stages = measure_stages(engine, paths, model, ws.root / "scratch-objects")
+        stages = measure_stages(engine, paths)
         versions = C.db_versions(settings.database_url)
 
     workers = 2
@@ -306,7 +272,7 @@ def main() -> None:
             "ingest_over_limit": C.ratio(ingest_rate, limit["images_per_s"]),
             "upload_over_shared_files": C.ratio(upload_rate, ingest_rate),
             "forward_share_of_stages": C.ratio(
-                task_stages.get("forward (1 thread, batch of 8)", 0.0), serial
+                task_stages.get("forward (batch)", 0.0), serial
             ),
         },
         "load_average_start": load_start,

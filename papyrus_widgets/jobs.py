@@ -12,6 +12,7 @@ are already resolved by the engine, so a worker never guesses.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -32,7 +33,6 @@ from .metadata import PapyrusRecord
 from .request import SearchRequest
 
 SEARCH_PRIORITY = 10  # searches overtake ingest batches on a shared cluster
-STAGES = ("queued", "preparing", "embedding", "searching", "verifying", "done")
 PHOTO_MAX_SIDE = 3200
 """A query photo is decoded with a long side of at most this many pixels: the region where the
 papyrus is (corners given, or found) is looked at in this detail."""
@@ -684,20 +684,47 @@ def load_scans(
     return loaded
 
 
-def ingest_batch_task(settings: Settings, items: Sequence[IngestItem]) -> BatchReport:
+INGEST_STAGES = (
+    "read + sha256",
+    "decode (max_side 1024)",
+    "object store writes",
+    "thumbnail (256 px JPEG)",
+    "local features (SIFT at 768 px)",
+    "visual words (quantise + weights)",
+    "model input (resize 224, normalise)",
+    "forward (batch)",
+    "binary COPY (index.add_images)",
+)
+"""The steps of :func:`ingest_batch_task`, by the names its ``stage`` timer is called with."""
+
+
+def _no_stage(name: str) -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()
+
+
+def ingest_batch_task(
+    settings: Settings,
+    items: Sequence[IngestItem],
+    stage: Callable[[str], contextlib.AbstractContextManager[Any]] | None = None,
+) -> BatchReport:
     """Read, store (original, thumbnail, local features), embed, find the visual words and COPY one
-    batch of images; skips what is indexed."""
+    batch of images; skips what is indexed.
+
+    ``stage``: called with each step's name (:data:`INGEST_STAGES`) around that step, as a context
+    manager; the ingest benchmark passes a stopwatch to time the real steps."""
     from .model import embed_arrays
     from .retrieval.features import extract_features
     from .retrieval.shortlist import document_weights
 
+    step = stage or _no_stage
     url, source = _require_resolved(settings)
     model, fingerprint = worker_model(source, settings.model_revision)
     vocabulary = worker_vocabulary(settings)
     store = worker_store(settings)
     index.get_pool(url)  # a server that is down fails the first batch here, before any work
     report = BatchReport()
-    loaded = load_scans(items, report.failed, store, missing=NOT_ON_WORKER)
+    with step(INGEST_STAGES[0]):
+        loaded = load_scans(items, report.failed, store, missing=NOT_ON_WORKER)
     with index.pooled_connection(url) as conn:
         other = index.other_model(conn, fingerprint)
         if other:
@@ -721,21 +748,32 @@ def ingest_batch_task(settings: Settings, items: Sequence[IngestItem]) -> BatchR
             continue
         name = Path(item.path).name
         try:
-            img = imaging.decode_image(data, max_pixels=settings.max_image_pixels, max_side=1024, name=name)
+            with step(INGEST_STAGES[1]):
+                img = imaging.decode_image(data, max_pixels=settings.max_image_pixels, max_side=1024, name=name)
             width, height = img.info.get("original_size", img.size)
             ext = objects.extension_for(name, img.info.get("format"))
             key = objects.object_key(objects.ORIGINALS, sha, ext)
             thumb_key = objects.object_key(objects.THUMBNAILS, sha, ".jpg")
-            store.put(key, data, "image/jpeg" if ext == ".jpg" else "application/octet-stream")
-            store.put(thumb_key, imaging.thumbnail_bytes(img, settings.thumbnail_size), "image/jpeg")
+            with step(INGEST_STAGES[2]):
+                store.put(key, data, "image/jpeg" if ext == ".jpg" else "application/octet-stream")
+            with step(INGEST_STAGES[3]):
+                thumb = imaging.thumbnail_bytes(img, settings.thumbnail_size)
+            with step(INGEST_STAGES[2]):
+                store.put(thumb_key, thumb, "image/jpeg")
             # the words index the scan for the first stage; the confirming stage reads the stored
             # features instead of decoding the scan
-            features = extract_features(img, size=(int(width), int(height)))
-            store.put(objects.features_key(key), features.to_bytes())
-            words, word_weights = (
-                document_weights(vocabulary.words(features.descriptors)) if features.method == "sift" else (None, None)
-            )
-            arrays.append(imaging.model_input(img))
+            with step(INGEST_STAGES[4]):
+                features = extract_features(img, size=(int(width), int(height)))
+            with step(INGEST_STAGES[2]):
+                store.put(objects.features_key(key), features.to_bytes())
+            with step(INGEST_STAGES[5]):
+                words, word_weights = (
+                    document_weights(vocabulary.words(features.descriptors))
+                    if features.method == "sift"
+                    else (None, None)
+                )
+            with step(INGEST_STAGES[6]):
+                arrays.append(imaging.model_input(img))
         except ImageError as exc:
             report.failed.append((item.path, str(exc)))
             continue
@@ -755,10 +793,11 @@ def ingest_batch_task(settings: Settings, items: Sequence[IngestItem]) -> BatchR
             )
         )
     if rows:
-        vectors = embed_arrays(model, np.stack(arrays))
+        with step(INGEST_STAGES[7]):
+            vectors = embed_arrays(model, np.stack(arrays))
         for row, vec in zip(rows, vectors):
             row.embedding = vec
-        with index.pooled_connection(url) as conn:
+        with step(INGEST_STAGES[8]), index.pooled_connection(url) as conn:
             added, skipped = index.add_images(conn, rows)
             index.set_meta(conn, "model", source)
             index.set_meta(conn, "vocabulary", vocabulary.fingerprint)
