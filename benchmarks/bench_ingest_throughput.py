@@ -12,9 +12,9 @@ into a temporary folder (the shared data is never copied), with their HGV EpiDoc
 - **upload**: the same ingest with ``upload=True`` (what workers without a shared file system get:
   the client reads each scan and stages it in the object store, the worker reads it from there),
   alternated with the candidate runs; the ratio is its images/s over the candidate's;
-- **where the gap goes**: the real ingest task (``jobs.ingest_batch_task``) run in this process
+- **where the gap goes**: the real ingest task (``tasks.ingest_batch_task``) run in this process
   (one torch thread, as on a worker) with a stopwatch as its ``stage`` timer, so each of its steps
-  (``jobs.INGEST_STAGES``: read + sha256, decode, object-store writes, thumbnail, local features,
+  (``tasks.INGEST_STAGES``: read + sha256, decode, object-store writes, thumbnail, local features,
   visual words, model input, forward, binary COPY) is timed where it runs, plus the catalogue parse
   the client does once per ingest.
 
@@ -93,10 +93,10 @@ def measure_ingest(engine: Any, folder: Path, repeats: int, upload: bool | None 
 
 def forward_task(source: str, revision: str | None, arrays: np.ndarray) -> int:
     """The bare forward on a worker (its cached model), nothing else."""
-    from papyrus_widgets import jobs
+    from papyrus_widgets import tasks
     from papyrus_widgets.model import embed_arrays
 
-    model, _ = jobs.worker_model(source, revision)
+    model, _ = tasks.worker_model(source, revision)
     embed_arrays(model, arrays, batch_size=BATCH)
     return len(arrays)
 
@@ -142,30 +142,30 @@ def measure_limit(model: Any, inputs: np.ndarray, threads: int, repeats: int) ->
 
 
 def measure_stages(engine: Any, paths: list[Path]) -> dict[str, Any]:
-    """Per-image seconds of each step of the real ``jobs.ingest_batch_task`` (its ``stage`` timer,
-    :data:`papyrus_widgets.jobs.INGEST_STAGES`), run in this process on batches of 8 with 1 torch
+    """Per-image seconds of each step of the real ``tasks.ingest_batch_task`` (its ``stage`` timer,
+    :data:`papyrus_widgets.tasks.INGEST_STAGES`), run in this process on batches of 8 with 1 torch
     thread and one OpenCV thread, into an emptied index; plus the catalogue parse the client does once."""
     import cv2
     import torch
 
-    from papyrus_widgets import jobs
+    from papyrus_widgets import tasks
     from papyrus_widgets.metadata import load_metadata, record_for_image
 
     settings = engine.resolved_settings()
     sw = C.Stopwatch()
     with sw("catalogue parse (once per ingest)"):
         records = load_metadata(C.HGV_DIR)
-    items = [jobs.IngestItem(str(p), record_for_image(p, records)) for p in paths]
+    items = [tasks.IngestItem(str(p), record_for_image(p, records)) for p in paths]
     before, cv_before = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)  # OpenCV's SIFT would use every core: one core per step, as the sum assumes
     wipe_index(engine)
-    jobs.worker_model(settings.model, settings.model_revision)  # loaded before the clock runs, as on a warm worker
-    jobs.worker_vocabulary(settings)
+    tasks.worker_model(settings.model, settings.model_revision)  # loaded before the clock runs, as on a warm worker
+    tasks.worker_vocabulary(settings)
     added = 0
     try:
         for start in range(0, len(items), BATCH):
-            report = jobs.ingest_batch_task(settings, items[start : start + BATCH], stage=sw)
+            report = tasks.ingest_batch_task(settings, items[start : start + BATCH], stage=sw)
             if report.failed:
                 raise RuntimeError(f"the ingest task failed on {report.failed}")
             added += report.added

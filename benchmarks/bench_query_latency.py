@@ -54,9 +54,9 @@ BROWSER_MAX_SIDE = 2048  # PapyrusSearch.max_side: the view downscales larger ph
 
 
 def baseline_prepare(settings: Any, query_key: str, name: str) -> np.ndarray:
-    from papyrus_widgets import imaging, objects
+    from papyrus_widgets import imaging, storage
 
-    store = objects.open_store(settings)  # a new object store per call
+    store = storage.open_store(settings)  # a new object store per call
     data = store.get(query_key)
     img = imaging.decode_image(
         data,
@@ -69,18 +69,18 @@ def baseline_prepare(settings: Any, query_key: str, name: str) -> np.ndarray:
 
 
 def baseline_embed(settings: Any, arrays: np.ndarray) -> np.ndarray:
-    from papyrus_widgets import jobs
+    from papyrus_widgets import tasks
     from papyrus_widgets.model import embed_arrays
 
-    model, _ = jobs.worker_model(settings.model, settings.model_revision)  # the model stays cached
+    model, _ = tasks.worker_model(settings.model, settings.model_revision)  # the model stays cached
     return embed_arrays(model, arrays[None])[0]
 
 
 def baseline_search(settings: Any, vector: np.ndarray, k: int) -> list[Any]:
-    from papyrus_widgets import index, jobs, objects
+    from papyrus_widgets import index, storage, tasks
     from papyrus_widgets.errors import ModelError
 
-    _, fingerprint = jobs.worker_model(settings.model, settings.model_revision)
+    _, fingerprint = tasks.worker_model(settings.model, settings.model_revision)
     conn = index.connect(settings.database_url)  # a new psycopg connection per call
     try:
         rows = index.knn(conn, vector, k, None)
@@ -88,27 +88,27 @@ def baseline_search(settings: Any, vector: np.ndarray, k: int) -> list[Any]:
         conn.close()
     if rows and all(r["model"] != fingerprint for r in rows):
         raise ModelError("the index was built with another model")
-    store = objects.open_store(settings)  # a new object store per call
+    store = storage.open_store(settings)  # a new object store per call
     hits = []
     for rank, row in enumerate(rows, start=1):
         try:
             thumb = store.get(row["thumb_key"])
         except KeyError:
             thumb = None
-        hits.append(jobs._hit(row, rank, thumb))
+        hits.append(tasks._hit(row, rank, thumb))
     return hits
 
 
 def run_baseline(engine: Any, name: str, data: bytes) -> tuple[float, float, list[Any]]:
     """(seconds to hits picked up by the 1 s poll, seconds to the last future done, hits)."""
-    from papyrus_widgets import imaging, jobs, objects
+    from papyrus_widgets import imaging, storage, tasks
 
     settings = engine.resolved_settings()
     client = engine.client
     t0 = time.perf_counter()
-    key = objects.object_key(objects.QUERIES, imaging.sha256_hex(data), objects.extension_for(name))
-    objects.open_store(settings).put(key, data)
-    opts = {"pure": False, "priority": jobs.SEARCH_PRIORITY, "retries": 1}
+    key = storage.object_key(storage.QUERIES, imaging.sha256_hex(data), storage.extension_for(name))
+    storage.open_store(settings).put(key, data)
+    opts = {"pure": False, "priority": tasks.SEARCH_PRIORITY, "retries": 1}
     prepared = client.submit(baseline_prepare, settings, key, name, **opts)
     vector = client.submit(baseline_embed, settings, prepared, **opts)
     hits_f = client.submit(baseline_search, settings, vector, K, **opts)
@@ -125,19 +125,19 @@ def run_baseline(engine: Any, name: str, data: bytes) -> tuple[float, float, lis
 
 
 def _features_of(settings: Any, keys: list[str]) -> int:
-    from papyrus_widgets import jobs
+    from papyrus_widgets import tasks
 
     for key in keys:
-        jobs.reference_features(settings, key)
+        tasks.reference_features(settings, key)
     return len(keys)
 
 
 def warm_reference_features(client: Any, settings: Any, keys: list[str]) -> bool:
     """A warm cluster for the verification stage: every worker has the local features of every real
     reference cached (as after many searches). False when the package has no such cache."""
-    from papyrus_widgets import jobs
+    from papyrus_widgets import tasks
 
-    if not hasattr(jobs, "reference_features"):
+    if not hasattr(tasks, "reference_features"):
         return False
     client.run(_features_of, settings, keys)
     return True

@@ -7,24 +7,22 @@ submits work to the cluster; :func:`get_engine` keeps one per process and settin
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import html
 import io
-import json
 import os
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from . import imaging, index, jobs, objects, services
+from . import imaging, index, services, storage, tasks
 from .config import DEFAULT_MODEL, Settings
 from .errors import ImageError, JobError, PapyrusError
 from .metadata import load_metadata, record_for_image
 from .request import SearchRequest
+from .results import IngestReport, Results
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Any  # Any: PIL image or numpy array
 
@@ -60,159 +58,6 @@ def query_bytes(image: ImageInput) -> tuple[bytes, str]:
     raise ImageError(f"cannot search with a {type(image).__name__}: give a file path, bytes, a PIL image or an array.")
 
 
-# --- results -----------------------------------------------------------------------------------
-
-
-CONFIRMED_HTML = '<b style="color:#1a7f37">confirmed</b>'
-
-
-@dataclass
-class Results:
-    """The hits of one search. ``frame()`` gives a DataFrame; in a notebook it shows as a grid."""
-
-    query: str
-    hits: list[jobs.Hit]
-    elapsed: float = 0.0
-    verified: bool | None = None
-    """Whether the confirming stage ran (None: inferred from the hits)."""
-
-    def __len__(self) -> int:
-        return len(self.hits)
-
-    @property
-    def was_verified(self) -> bool:
-        return bool(self.verified) if self.verified is not None else any(h.inliers is not None for h in self.hits)
-
-    @property
-    def confirmed(self) -> list[jobs.Hit]:
-        """The hits whose geometry agrees with the photo (the same papyrus), best first."""
-        return [h for h in self.hits if h.confirmed]
-
-    @property
-    def region(self) -> list[list[float]] | None:
-        """Where the best confirmed papyrus is in the photo: four corners (TL, TR, BR, BL) in the
-        photo's pixels (after EXIF orientation), to pass back as ``corners=`` — or None."""
-        best = self.confirmed
-        return best[0].region if best else None
-
-    @property
-    def verdict(self) -> str:
-        """One line for a person: what was found, or that nothing in the collection was confirmed."""
-        if not self.hits:
-            return "no hits: the index is empty or the filters exclude everything."
-        if not self.was_verified:
-            return "not verified: the hits are ranked by similarity only (search with verify=True to confirm)."
-        best = self.confirmed
-        if not best:
-            return (
-                "no confirmed match in this collection: the hits below are only similar "
-                "(no reference's keypoints agree with the photo on one geometry)."
-            )
-        top = best[0]
-        more = f" (+{len(best) - 1} more confirmed)" if len(best) > 1 else ""
-        return f"confirmed: {top.inventory or top.key}, {top.inliers} keypoints agree on one geometry{more}."
-
-    @property
-    def ef_search(self) -> int | None:
-        """The ``hnsw.ef_search`` the kNN query ran with (reported by the server), None without hits."""
-        return self.hits[0].ef_search if self.hits else None
-
-    def __getitem__(self, i: int) -> jobs.Hit:
-        return self.hits[i]
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self.hits)
-
-    @property
-    def top(self) -> jobs.Hit | None:
-        return self.hits[0] if self.hits else None
-
-    def to_dicts(self) -> list[dict[str, Any]]:
-        return [h.to_dict() for h in self.hits]
-
-    def frame(self):  # type: ignore[no-untyped-def]
-        """A pandas DataFrame, one row per hit."""
-        import pandas as pd
-
-        columns = [
-            "rank", "score", "confirmed", "inliers", "inventory", "title", "date_text", "place", "hgv_id",
-            "tm_id", "papyri_info_url", "key", "inventory_key", "source_name",
-        ]  # fmt: skip
-        return pd.DataFrame([{c: d[c] for c in columns} for d in self.to_dicts()], columns=columns)
-
-    def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(
-            {
-                "query": self.query,
-                "elapsed": round(self.elapsed, 3),
-                "ef_search": self.ef_search,
-                "verdict": self.verdict,
-                "region": self.region,
-                "hits": self.to_dicts(),
-            },
-            ensure_ascii=False,
-            **kwargs,
-        )
-
-    def _repr_html_(self) -> str:
-        cards = []
-        for h in self.hits:
-            img = (
-                f'<img src="data:image/jpeg;base64,{base64.b64encode(h.thumbnail).decode()}" '
-                f'alt="{html.escape(h.inventory or h.key)}" style="max-width:160px;max-height:160px">'
-                if h.thumbnail
-                else '<div style="width:160px;height:120px;background:#eee"></div>'
-            )
-            link = (
-                f'<a href="{html.escape(h.papyri_info_url)}" target="_blank" rel="noopener">papyri.info</a>'
-                if h.papyri_info_url
-                else ""
-            )
-            meta = " · ".join(html.escape(x) for x in (h.date_text, h.place) if x)
-            cards.append(
-                '<div style="display:inline-block;vertical-align:top;width:170px;margin:4px;font-size:12px">'
-                f"{img}<div><b>#{h.rank}</b> {h.score:.3f} {CONFIRMED_HTML if h.confirmed else 'similar'}</div>"
-                f"<div><b>{html.escape(h.inventory or h.key)}</b></div>"
-                f"<div>{html.escape(h.title or '')}</div><div>{meta}</div><div>{link}</div></div>"
-            )
-        head = (
-            f"<div><b>{len(self.hits)} hits</b> for {html.escape(self.query)} in {self.elapsed:.2f} s: "
-            f"{html.escape(self.verdict)}</div>"
-        )
-        return f"<div class='papyrus-results'>{head}{''.join(cards)}</div>"
-
-    def __repr__(self) -> str:
-        lines = [f"Results for {self.query!r}: {len(self.hits)} hits in {self.elapsed:.2f} s; {self.verdict}"]
-        for h in self.hits:
-            mark = "confirmed" if h.confirmed else "similar  "
-            lines.append(f"  {h.rank:>2}. {h.score:.3f} {mark} {h.inventory or h.key}  {h.title or ''}")
-        return "\n".join(lines)
-
-
-@dataclass
-class IngestReport:
-    """What an ingest did: images added, skipped as already indexed, failed (with reasons)."""
-
-    added: int = 0
-    skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-    uploaded: int = 0
-    """Scans the client sent to the workers through the object store (``ingest(upload=...)``)."""
-
-    @property
-    def total(self) -> int:
-        return self.added + self.skipped + len(self.failed)
-
-    def __str__(self) -> str:
-        text = f"{self.added} added, {self.skipped} skipped (already indexed), {len(self.failed)} failed"
-        if self.seconds:
-            text += f" in {self.seconds:.1f} s"
-        if self.uploaded:
-            text += f"; {self.uploaded} sent to the workers through the object store"
-        return text + "".join(f"\n  failed: {Path(p).name}: {why}" for p, why in self.failed)
-
-
 # --- the engine --------------------------------------------------------------------------------
 
 
@@ -236,8 +81,8 @@ class Engine:
         return services.database_url(self.settings)
 
     @property
-    def store(self) -> objects.ObjectStore:
-        return jobs.worker_store(self.settings)
+    def store(self) -> storage.ObjectStore:
+        return tasks.worker_store(self.settings)
 
     @property
     def client(self) -> Any:
@@ -288,7 +133,7 @@ class Engine:
                 "downscale it or raise PAPYRUS_MAX_UPLOAD_BYTES."
             )
         settings = self.resolved_settings()
-        key = objects.object_key(objects.QUERIES, imaging.sha256_hex(data), objects.extension_for(name))
+        key = storage.object_key(storage.QUERIES, imaging.sha256_hex(data), storage.extension_for(name))
         self.store.put(key, data)
         return settings, key
 
@@ -302,7 +147,7 @@ class Engine:
         filters: Mapping[str, Any] | None = None,
         verify: bool | None = None,
         ef_search: int | None = None,
-    ) -> jobs.SearchJob:
+    ) -> tasks.SearchJob:
         """Store the query image and submit the search futures; returns a job handle at once.
 
         ``verify`` (default ``Settings.verify``: on unless ``PAPYRUS_VERIFY=0``): re-rank the top hits by
@@ -314,13 +159,13 @@ class Engine:
         request = SearchRequest.build(k=k, corners=corners, filters=filters, ef_search=ef_search, verify=verify)
         return self.submit_request(data, request, name=name)
 
-    def submit_request(self, data: bytes, request: SearchRequest, *, name: str = "query") -> jobs.SearchJob:
+    def submit_request(self, data: bytes, request: SearchRequest, *, name: str = "query") -> tasks.SearchJob:
         """Store the query image and submit the search ``request`` (already valid, see
         :meth:`SearchRequest.build`); returns a job handle at once. ``request.verify`` None: ``Settings.verify``."""
         settings, key = self._store_query(data, name)
         if request.verify is None:
             request = replace(request, verify=self.settings.verify)
-        return jobs.submit_search(self.client, settings, key, name=name, request=request)
+        return tasks.submit_search(self.client, settings, key, name=name, request=request)
 
     def search(
         self,
@@ -344,7 +189,7 @@ class Engine:
         return self._wait(self.submit_request(data, request, name=name), name, timeout)
 
     @staticmethod
-    def _wait(job: jobs.SearchJob, name: str, timeout: float | None) -> Results:
+    def _wait(job: tasks.SearchJob, name: str, timeout: float | None) -> Results:
         try:
             hits = job.hits(timeout=timeout)
         except TimeoutError:
@@ -362,7 +207,7 @@ class Engine:
         """
         settings, key = self._store_query(data, name)
         return self.client.submit(
-            jobs.suggest_corners_task, settings, key, name, pure=False, priority=jobs.SEARCH_PRIORITY, retries=1
+            tasks.suggest_corners_task, settings, key, name, pure=False, priority=tasks.SEARCH_PRIORITY, retries=1
         )
 
     def suggest_corners(self, image: ImageInput, *, timeout: float | None = 120) -> list[list[float]] | None:
@@ -372,9 +217,9 @@ class Engine:
         try:
             return future.result(timeout=timeout)
         except PapyrusError as exc:
-            raise jobs.detach_error(exc) from None
+            raise tasks.detach_error(exc) from None
         except Exception as exc:  # noqa: BLE001
-            raise JobError(jobs.error_message(exc)) from None
+            raise JobError(tasks.error_message(exc)) from None
         finally:
             future.release()
 
@@ -382,7 +227,7 @@ class Engine:
         """Submit a JPEG preview (long side at most ``max_side``) of the stored image ``key``; a Dask future."""
         settings = self.resolved_settings()
         return self.client.submit(
-            jobs.preview_task, settings, key, max_side, pure=False, priority=jobs.SEARCH_PRIORITY, retries=1
+            tasks.preview_task, settings, key, max_side, pure=False, priority=tasks.SEARCH_PRIORITY, retries=1
         )
 
     # ingesting ---------------------------------------------------------------------------
@@ -414,7 +259,7 @@ class Engine:
         t0 = time.perf_counter()
         paths = list(iter_images(folder))
         records = load_metadata(metadata)
-        items = [jobs.IngestItem(str(p), record_for_image(p, records)) for p in paths]
+        items = [tasks.IngestItem(str(p), record_for_image(p, records)) for p in paths]
         settings = self.resolved_settings()
         url = settings.database_url or self.database_url
         if bulk is None:
@@ -435,22 +280,22 @@ class Engine:
         return all(seen.values())
 
     def _stage_uploads(
-        self, url: str, run: str, batch: list[jobs.IngestItem], report: IngestReport, staged: set[str]
-    ) -> list[jobs.IngestItem]:
+        self, url: str, run: str, batch: list[tasks.IngestItem], report: IngestReport, staged: set[str]
+    ) -> list[tasks.IngestItem]:
         """Read ``batch`` here and put the scans that are not indexed yet into the object store
-        (``objects.upload_key``); returns the items to send, with their ``upload_key``. Unreadable
+        (``storage.upload_key``); returns the items to send, with their ``upload_key``. Unreadable
         files and scans already indexed go into ``report`` at once."""
         import dataclasses
 
-        loaded = jobs.load_scans(batch, report.failed, self.store)
+        loaded = tasks.load_scans(batch, report.failed, self.store)
         with index.pooled_connection(url) as conn:
             present = index.existing_images(conn, [(it.record.key, sha) for it, _, sha in loaded])
-        send: list[jobs.IngestItem] = []
+        send: list[tasks.IngestItem] = []
         for item, data, sha in loaded:
             if (item.record.key, sha) in present:
                 report.skipped += 1
                 continue
-            key = objects.upload_key(run, sha, item.path)
+            key = storage.upload_key(run, sha, item.path)
             if key not in staged:
                 self.store.put(key, data)
                 staged.add(key)
@@ -462,7 +307,7 @@ class Engine:
         self,
         settings: Settings,
         url: str,
-        items: list[jobs.IngestItem],
+        items: list[tasks.IngestItem],
         batch_size: int,
         progress: bool,
         upload: bool = False,
@@ -489,15 +334,15 @@ class Engine:
                     bar.update(report.total - done)  # unreadable or already indexed: settled here
                     if not batch:
                         continue
-                fut = client.submit(jobs.ingest_batch_task, settings, batch, pure=False, retries=1)
+                fut = client.submit(tasks.ingest_batch_task, settings, batch, pure=False, retries=1)
                 futures.append(fut)
                 sizes[fut.key] = len(batch)
             for fut in as_completed(futures, loop=client.loop):
                 try:
-                    result: jobs.BatchReport = fut.result()
+                    result: tasks.BatchReport = fut.result()
                 except PapyrusError as exc:  # the same for every batch (a service, the model): stop
                     client.cancel(futures)
-                    error = jobs.detach_error(exc)
+                    error = tasks.detach_error(exc)
                     rest = len(items) - report.added - report.skipped - len(report.failed)
                     said = str(error).rstrip()
                     error.args = (
@@ -508,8 +353,8 @@ class Engine:
                     )
                     raise error from None
                 except Exception as exc:  # noqa: BLE001 - a lost batch is reported, the rest goes on
-                    jobs.detach_error(exc)  # else the failed future is never released
-                    report.failed.append((f"batch {fut.key}", jobs.error_message(exc)))
+                    tasks.detach_error(exc)  # else the failed future is never released
+                    report.failed.append((f"batch {fut.key}", tasks.error_message(exc)))
                     bar.update(sizes[fut.key])
                     continue
                 report.added += result.added

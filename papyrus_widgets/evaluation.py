@@ -243,7 +243,7 @@ def _name(image: Any, i: int) -> str:
 
 @dataclass
 class RankedHit:
-    """One hit of a :class:`MemoryIndex` search (the fields :func:`evaluate` reads, as on ``jobs.Hit``)."""
+    """One hit of a :class:`MemoryIndex` search (the fields :func:`evaluate` reads, as on ``tasks.Hit``)."""
 
     rank: int
     score: float

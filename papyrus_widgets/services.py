@@ -317,7 +317,7 @@ class Check:
 
 def doctor(settings: Settings, *, start_services: bool = True) -> list[Check]:
     """What is configured and what is reachable (credentials masked)."""
-    from . import index, objects
+    from . import index, storage
     from .config import DEFAULT_MODEL
     from .model import load_model, model_fingerprint
 
@@ -348,7 +348,7 @@ def doctor(settings: Settings, *, start_services: bool = True) -> list[Check]:
         )
 
     def store() -> str:
-        s = objects.open_store(settings)
+        s = storage.open_store(settings)
         probe = "thumbnails/00/" + "0" * 64 + ".probe"
         s.put(probe, b"ok")
         s.get(probe)

@@ -44,12 +44,12 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import anywidget
 import traitlets as t
 
-from . import imaging, objects
+from . import imaging, storage
 from .api import Engine, Results, get_engine, query_bytes
 from .config import Settings, mask_urls_in
 from .errors import ImageError, PapyrusError, QueryError
-from .jobs import SearchJob, error_message
 from .request import SearchRequest, clean_filters
+from .tasks import SearchJob, error_message
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -144,7 +144,7 @@ class PapyrusSearch(anywidget.AnyWidget):
         help="metadata filters for the next search: date_from, date_to (years, negative = BC), place, collection"
     ).tag(sync=True)
     status = t.Dict(help="state, stage, elapsed (s) and message of the current or last search").tag(sync=True)
-    results = t.List(t.Dict(), help="hits of the last search as dicts (see jobs.Hit.to_dict)").tag(sync=True)
+    results = t.List(t.Dict(), help="hits of the last search as dicts (see tasks.Hit.to_dict)").tag(sync=True)
     thumbnails = t.List(t.Bytes(), help="JPEG thumbnail per result (b'' when missing or sent as a URL)").tag(sync=True)
     thumbnail_urls = t.List(
         t.Unicode(), help="presigned URL of the thumbnail per result when presigned URLs are configured, else []"
@@ -398,13 +398,13 @@ class PapyrusSearch(anywidget.AnyWidget):
         if link != self.dashboard_link:
             self.dashboard_link = link
 
-    def _signing_store(self) -> objects.S3Store | None:
+    def _signing_store(self) -> storage.S3Store | None:
         """The S3 store to presign URLs with when ``presigned_urls`` is configured, else None."""
         engine = self._engine
         if engine is None or not engine.settings.presigned_urls:
             return None
         store = engine.store
-        return store if isinstance(store, objects.S3Store) else None
+        return store if isinstance(store, storage.S3Store) else None
 
     def _thumbnail_payload(self, hits: Sequence[Any]) -> tuple[list[bytes], list[str]]:
         """(thumbnails, thumbnail_urls) for the view: bytes by default; presigned URLs when

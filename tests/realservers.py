@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import pytest
 
-from papyrus_widgets import objects
+from papyrus_widgets import storage
 from papyrus_widgets.config import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,10 +128,10 @@ class S3Server:
             s3_secure=self.secure,
         ).replace(**changes)
 
-    def store(self, bucket: str, **kwargs: object) -> objects.S3Store:
+    def store(self, bucket: str, **kwargs: object) -> storage.S3Store:
         args = dict(access_key=self.access_key, secret_key=self.secret_key, secure=self.secure)
         args.update(kwargs)
-        return objects.S3Store(
+        return storage.S3Store(
             self.endpoint, args["access_key"], args["secret_key"], bucket, secure=bool(args["secure"])
         )
 

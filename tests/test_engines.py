@@ -22,7 +22,7 @@ from typing import Iterator
 import psycopg
 import pytest
 
-from papyrus_widgets import index, jobs, objects, services
+from papyrus_widgets import index, services, storage, tasks
 from papyrus_widgets.api import Engine
 from papyrus_widgets.config import Settings
 from papyrus_widgets.errors import ServiceError
@@ -210,7 +210,7 @@ def test_engine_on_an_external_scheduler_and_postgres(pg, dask_cluster, tmp_path
         results = engine.search(folder / "21114_p_g_24.jpg", k=4)
         assert results.top.inventory_key == "p_g_24" and len(results) == 4 and results.top.thumbnail
         # the model was loaded on those worker processes (once each, by the cached loader)
-        loaded = client.run(lambda: jobs.worker_model.cache_info().currsize)
+        loaded = client.run(lambda: tasks.worker_model.cache_info().currsize)
         assert sum(loaded.values()) >= 1
         assert _images(pg, "papyrus_dask") == 4
     finally:
@@ -249,8 +249,8 @@ def test_ingest_sends_the_scans_to_workers_that_cannot_see_them(pg, s3, tmp_path
             report = engine.ingest(folder, HGV_DIR, batch_size=2, progress=False)
             assert (report.added, report.skipped, report.failed, report.uploaded) == (4, 0, [], 4), report
             assert "4 sent to the workers through the object store" in str(report)
-            assert engine.store.count(objects.UPLOADS) == 0  # the staged copies are gone
-            assert engine.store.count(objects.ORIGINALS) == 4 and engine.store.count(objects.THUMBNAILS) == 4
+            assert engine.store.count(storage.UPLOADS) == 0  # the staged copies are gone
+            assert engine.store.count(storage.ORIGINALS) == 4 and engine.store.count(storage.THUMBNAILS) == 4
             results = engine.search(folder / "21114_p_g_24.jpg", k=4)
             assert results.top.inventory_key == "p_g_24" and len(results) == 4 and results.top.thumbnail
 
@@ -321,7 +321,7 @@ def test_engine_runs_on_a_client_passed_in_and_leaves_it_open(pg, own_client, tm
     assert (report.added, report.failed) == (4, [])
     assert engine.search(folder / "21114_p_g_24.jpg", k=2).top.inventory_key == "p_g_24"
     # the work ran on that client's worker, which loaded the model; no cluster or connection was made
-    assert sum(own_client.run(lambda: jobs.worker_model.cache_info().currsize).values()) >= 1
+    assert sum(own_client.run(lambda: tasks.worker_model.cache_info().currsize).values()) >= 1
     assert services._clients == made_before
     engine.close()
     assert own_client.status == "running"

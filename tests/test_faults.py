@@ -28,7 +28,7 @@ from typing import Any, Callable, ContextManager, Iterator
 import psycopg
 import pytest
 
-from papyrus_widgets import index, jobs, services
+from papyrus_widgets import index, services, tasks
 from papyrus_widgets.api import Engine
 from papyrus_widgets.config import Settings
 from papyrus_widgets.errors import JobError, ServiceError
@@ -245,7 +245,7 @@ def test_a_job_whose_worker_keeps_dying_fails_with_a_clear_message(indexed_24):
     def run() -> tuple[BaseException | None, dict[str, Any], float]:  # the job handle dies with this frame
         # a task that takes its worker down every time it runs (as an out-of-memory kill would)
         fut = client.submit(os._exit, 1, pure=False, key="papyrus-embed-dies-every-time")
-        job = jobs.SearchJob(client, [("embedding", fut)], "photo.jpg")
+        job = tasks.SearchJob(client, [("embedding", fut)], "photo.jpg")
         t0 = time.monotonic()
         try:
             job.hits(timeout=120)
@@ -304,7 +304,7 @@ def test_postgres_restart_mid_session_next_search_reconnects(indexed_24):
     assert server.get_uri(database=services.EMBEDDED_DATABASE) == url
     client = fault_engine.client
 
-    def retries_left(job: jobs.SearchJob) -> list[int]:
+    def retries_left(job: tasks.SearchJob) -> list[int]:
         keys = [fut.key for _, fut in job._futures]
         return client.run_on_scheduler(lambda dask_scheduler: [dask_scheduler.tasks[k].retries for k in keys])
 
@@ -339,7 +339,7 @@ def _local_store_fault(engine: Engine) -> StoreFault:
 
     @contextlib.contextmanager
     def down() -> Iterator[None]:
-        away = root.with_name("objects.away")
+        away = root.with_name("storage.away")
         root.rename(away)
         root.write_text("the disk that held the objects is gone\n")  # root cannot write below a regular file
         try:
@@ -549,7 +549,7 @@ def test_ingest_interrupted_by_sigint_then_rerun_gives_one_row_per_image(model_d
         (distinct,) = conn.execute("SELECT count(DISTINCT (papyrus_id, sha256)) FROM images").fetchone()
     assert sorted(name for name, _ in rows) == sorted(f.name for f in files)
     assert all(n == 1 for _, n in rows) and distinct == len(files)
-    store = jobs.worker_store(Settings(data_dir=data_dir))
+    store = tasks.worker_store(Settings(data_dir=data_dir))
     assert store.count("originals") == len({_sha(f) for f in files})
 
 

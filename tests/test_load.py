@@ -160,13 +160,13 @@ def _clients(probe) -> int:
 def test_20_concurrent_searches_from_20_processes(indexed_engine, dask_cluster, tmp_path):
     from distributed import Client
 
-    from papyrus_widgets import jobs
+    from papyrus_widgets import tasks
 
     settings = indexed_engine.resolved_settings()
     queries = DISTINCT[:N]
     with Client(dask_cluster.address, timeout=30, set_as_default=False) as probe:
         # the model loaded on both workers first, as after a kernel's earlier searches
-        probe.run(jobs.worker_model, settings.model, settings.model_revision)
+        probe.run(tasks.worker_model, settings.model, settings.model_revision)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PAPYRUS_")}
         env.update(
             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),

@@ -21,7 +21,7 @@ from typing import Iterator
 
 import pytest
 
-from papyrus_widgets import jobs, objects
+from papyrus_widgets import storage, tasks
 from papyrus_widgets.config import Settings
 from papyrus_widgets.errors import ServiceError
 
@@ -45,15 +45,15 @@ def bucket(s3: S3Server) -> Iterator[str]:
             client.remove_bucket(name)
 
 
-def _key(prefix: str = objects.THUMBNAILS, sha: str = SHA, ext: str = ".jpg") -> str:
-    return objects.object_key(prefix, sha, ext)
+def _key(prefix: str = storage.THUMBNAILS, sha: str = SHA, ext: str = ".jpg") -> str:
+    return storage.object_key(prefix, sha, ext)
 
 
 def test_round_trip_creates_the_bucket(s3, bucket):
     store = s3.store(bucket)
     assert not store._client.bucket_exists(bucket)
     key = _key()
-    original = _key(objects.ORIGINALS, "ef" * 32)
+    original = _key(storage.ORIGINALS, "ef" * 32)
     assert not store.exists(key)
     store.put(key, b"thumbnail bytes", "image/jpeg")
     store.put(original, b"original bytes")
@@ -85,10 +85,10 @@ def test_put_of_an_existing_key_skips_the_upload(s3, bucket):
 
 def test_large_payload_goes_up_in_parts(s3, bucket, monkeypatch):
     # 6 MiB parts keep it small; the client alone would pick 5 MiB parts (3 of them) for 11 MiB
-    monkeypatch.setattr(objects.S3Store, "PART_SIZE", 6 * 1024 * 1024)
+    monkeypatch.setattr(storage.S3Store, "PART_SIZE", 6 * 1024 * 1024)
     store = s3.store(bucket)
     data = os.urandom(11 * 1024 * 1024)
-    key = _key(objects.ORIGINALS, ext=".tif")
+    key = _key(storage.ORIGINALS, ext=".tif")
     store.put(key, data)
     stat = store._client.stat_object(bucket, key)
     assert stat.size == len(data)
@@ -125,8 +125,8 @@ def test_unreachable_endpoint_is_one_line_without_the_secret():
     settings = Settings(
         s3_endpoint=f"127.0.0.1:{port}", s3_access_key="AKIDEXAMPLE", s3_secret_key=secret, s3_secure=False
     )
-    store = objects.open_store(settings)
-    assert isinstance(store, objects.S3Store)
+    store = storage.open_store(settings)
+    assert isinstance(store, storage.S3Store)
     for call in (lambda: store.put(_key(), b"x"), lambda: store.get(_key()), lambda: store.count()):
         with pytest.raises(ServiceError) as info:
             call()
@@ -147,10 +147,10 @@ def test_a_server_that_stops_answering_fails_within_the_timeout(s3, bucket):
     }
     settings = Settings.from_env(env=env)
     assert settings.s3_timeout == 1.5 and settings.describe()["s3_timeout"] == "1.5"
-    store = objects.open_store(settings)
+    store = storage.open_store(settings)
     store.put(_key(), b"before")
     with s3.unreachable():  # accepts connections, answers nothing
-        for call in (lambda: store.put(_key(objects.ORIGINALS), b"x"), lambda: store.get(_key())):
+        for call in (lambda: store.put(_key(storage.ORIGINALS), b"x"), lambda: store.get(_key())):
             t0 = time.monotonic()
             with pytest.raises(ServiceError) as info:
                 call()
@@ -161,8 +161,8 @@ def test_a_server_that_stops_answering_fails_within_the_timeout(s3, bucket):
             assert s3.secret_key not in message
             assert waited < 10, waited  # two tries of 1.5 s, not minutes
     assert store.get(_key()) == b"before"  # back: the same store (and connection pool) works again
-    store.put(_key(objects.ORIGINALS), b"after")
-    assert store.get(_key(objects.ORIGINALS)) == b"after"
+    store.put(_key(storage.ORIGINALS), b"after")
+    assert store.get(_key(storage.ORIGINALS)) == b"after"
     for bad in ("soon", "0", "-1", "nan", "inf"):
         with pytest.raises(ValueError, match="PAPYRUS_S3_TIMEOUT"):
             Settings.from_env(env={"PAPYRUS_S3_TIMEOUT": bad})
@@ -195,8 +195,8 @@ def test_settings_from_the_environment_open_the_s3_store(s3, bucket):
         "PAPYRUS_S3_SECRET_KEY": s3.secret_key,
         "PAPYRUS_S3_BUCKET": bucket,
     }
-    store = objects.open_store(Settings.from_env(env=env))
-    assert isinstance(store, objects.S3Store) and store.bucket == bucket and store.secure == s3.secure
+    store = storage.open_store(Settings.from_env(env=env))
+    assert isinstance(store, storage.S3Store) and store.bucket == bucket and store.secure == s3.secure
     store.put(_key(), b"from env")
     assert store.get(_key()) == b"from env"
     masked = Settings.from_env(env=env).describe()
@@ -216,10 +216,10 @@ def test_doctor_checks_the_bucket_and_masks_the_keys(s3, bucket, tmp_path, model
 
 
 def test_worker_store_uses_the_keys_and_tls_setting(s3, bucket):
-    store = jobs.worker_store(s3.settings(bucket))
+    store = tasks.worker_store(s3.settings(bucket))
     store.put(_key(), b"worker")
     assert store.get(_key()) == b"worker"
-    assert jobs.worker_store(s3.settings(bucket)) is store  # one store (one client) per process
+    assert tasks.worker_store(s3.settings(bucket)) is store  # one store (one client) per process
 
 
 def test_engine_ingests_and_searches_with_the_s3_store(s3, bucket, tmp_path, model_dir):
@@ -312,7 +312,7 @@ def test_presigned_urls_need_the_s3_store_and_the_setting(s3, bucket, tmp_path):
     from papyrus_widgets.api import Engine
     from papyrus_widgets.widget import PapyrusSearch
 
-    hit = jobs.Hit(
+    hit = tasks.Hit(
         rank=1, score=0.9, key="k", hgv_id=None, tm_id=None, inventory=None, inventory_key=None, collection=None,
         title=None, date_text=None, date_from=None, date_to=None, place=None, papyri_info_url=None,
         thumb_key=_key(), thumbnail=b"thumbnail bytes",

@@ -2,7 +2,7 @@
 unreachable database or object store, nor the engine's repr.
 
 (Parameterised SQL is tested in test_index.py, keys that cannot escape the local store in
-test_objects.py, ``weights_only`` checkpoints in test_model.py, widget state in test_widget.py.)
+test_storage.py, ``weights_only`` checkpoints in test_model.py, widget state in test_widget.py.)
 """
 
 from __future__ import annotations

@@ -319,34 +319,34 @@ def _image_keys(engine) -> list[str]:
 
 
 def test_ingest_stores_the_features_of_every_reference(indexed_engine) -> None:
-    from papyrus_widgets import objects
+    from papyrus_widgets import storage
 
     keys = _image_keys(indexed_engine)
     store = indexed_engine.store
-    assert keys and store.count(objects.FEATURES) == len(keys)
+    assert keys and store.count(storage.FEATURES) == len(keys)
     for key in keys[:5]:
-        stored = verify.Features.from_bytes(store.get(objects.features_key(key)))
+        stored = verify.Features.from_bytes(store.get(storage.features_key(key)))
         assert stored.params == verify.feature_params()
         assert stored.size == Image.open(io.BytesIO(store.get(key))).size  # points in the original's pixels
         assert 0 < len(stored) <= verify.MAX_KEYPOINTS
 
 
 def test_verification_reads_stored_features_and_backfills_missing_or_stale_ones(indexed_engine) -> None:
-    from papyrus_widgets import jobs, objects
+    from papyrus_widgets import storage, tasks
 
     settings = indexed_engine.resolved_settings()
     store = indexed_engine.store
     first, second = _image_keys(indexed_engine)[:2]
-    jobs._reference_features_cache().clear()
+    tasks._reference_features_cache().clear()
     # stored at ingest (from the ingest's 1024 px decode): read as is, not recomputed from the scan
-    stored = verify.Features.from_bytes(store.get(objects.features_key(first)))
-    got = jobs.reference_features(settings, first)
+    stored = verify.Features.from_bytes(store.get(storage.features_key(first)))
+    got = tasks.reference_features(settings, first)
     assert np.array_equal(got.points, stored.points) and np.array_equal(got.descriptors, stored.descriptors)
     # missing (a collection ingested before features were stored): computed from the original, stored
-    fkey = objects.features_key(second)
+    fkey = storage.features_key(second)
     store.delete(fkey)
     assert not store.exists(fkey)
-    made = jobs.reference_features(settings, second)
+    made = tasks.reference_features(settings, second)
     assert store.exists(fkey) and len(made) > 0
     assert np.array_equal(verify.Features.from_bytes(store.get(fkey)).points, made.points)
     # made with other bounds, or unreadable: recomputed and replaced
@@ -355,8 +355,8 @@ def test_verification_reads_stored_features_and_backfills_missing_or_stale_ones(
         b"not an npz",
     ):
         store.put(fkey, bad)
-        jobs._reference_features_cache().clear()
-        again = jobs.reference_features(settings, second)
+        tasks._reference_features_cache().clear()
+        again = tasks.reference_features(settings, second)
         assert again.params == verify.feature_params() and len(again) == len(made)
         assert verify.Features.from_bytes(store.get(fkey)).params == verify.feature_params()
 

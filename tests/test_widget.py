@@ -707,7 +707,9 @@ def test_history_restores_earlier_results_without_searching(indexed_engine: Any)
         send_from_view(w, {"type": "restore", "id": first})
         assert w.history_id == first and w.query_name == QUERY.name and w.job is None
         assert w.results[0]["inventory_key"] == QUERY_INVENTORY and len(w.thumbnails) == 3
-        assert w.status["state"] == "done" and seen == [("done", "done")], "restored, not searched again"
+        # restored, not searched again: no running stage seen (two searches of equal elapsed time,
+        # at the status's 10 ms resolution, leave the status as it was: no change to see at all)
+        assert w.status["state"] == "done" and set(seen) <= {("done", "done")}, "restored, not searched again"
         assert w.results_frame().iloc[0]["inventory_key"] == QUERY_INVENTORY
         assert [r.query for r in w.history_results()] == [QUERY.name, other.name]
 

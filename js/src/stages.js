@@ -34,7 +34,7 @@ const STEP_OF_STAGE = {
   preparing: 1,
   embedding: 2,
   searching: 3,
-  verifying: 4, // jobs.SearchJob's last stage (skipped when verification is off: it then turns done with "done")
+  verifying: 4, // tasks.SearchJob's last stage (skipped when verification is off: it then turns done with "done")
   done: 5,
 };
 

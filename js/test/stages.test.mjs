@@ -17,8 +17,8 @@ test("the steps are uploading → preparing → embedding → searching → veri
   );
 });
 
-test("defect: the chips show the kernel's verifying stage (jobs.STAGES ends searching → verifying → done)", () => {
-  const stages = readFileSync(new URL("../../papyrus_widgets/jobs.py", import.meta.url), "utf8").match(/^STAGES = \(([^)]*)\)/m)[1];
+test("defect: the chips show the kernel's verifying stage (tasks.STAGES ends searching → verifying → done)", () => {
+  const stages = readFileSync(new URL("../../papyrus_widgets/tasks.py", import.meta.url), "utf8").match(/^STAGES = \(([^)]*)\)/m)[1];
   for (const stage of stages.split(",").map((x) => x.trim().replace(/"/g, "")).filter(Boolean)) {
     assert.ok(STEPS.some((step) => step.id === stage) || ["queued"].includes(stage), `no chip for the kernel's stage ${stage}`);
   }

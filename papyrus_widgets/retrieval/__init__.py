@@ -7,7 +7,7 @@
 3. **confirm** the best candidates geometrically: :mod:`.confirm` (evidence, the region, and
    "no confirmed match" when nothing is confirmed).
 
-The Dask tasks that run them are in :mod:`papyrus_widgets.jobs`; the SQL in :mod:`papyrus_widgets.index`.
+The Dask tasks that run them are in :mod:`papyrus_widgets.tasks`; the SQL in :mod:`papyrus_widgets.index`.
 """
 
 from .confirm import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from papyrus_widgets import objects
+from papyrus_widgets import storage
 from papyrus_widgets.config import Settings
 from papyrus_widgets.errors import ServiceError
 
@@ -12,18 +12,18 @@ SHA = "ab" * 32
 
 
 def test_keys_are_content_addressed():
-    assert objects.object_key(objects.ORIGINALS, SHA, ".JPG") == f"originals/ab/{SHA}.jpg"
+    assert storage.object_key(storage.ORIGINALS, SHA, ".JPG") == f"originals/ab/{SHA}.jpg"
     with pytest.raises(ValueError):
-        objects.object_key("../etc", SHA)
+        storage.object_key("../etc", SHA)
     with pytest.raises(ValueError):
-        objects.object_key(objects.ORIGINALS, "../../x")
+        storage.object_key(storage.ORIGINALS, "../../x")
     with pytest.raises(ValueError):
-        objects.object_key(objects.ORIGINALS, SHA, "./../x")
+        storage.object_key(storage.ORIGINALS, SHA, "./../x")
 
 
 def test_put_get_idempotent(tmp_path):
-    store = objects.LocalStore(tmp_path)
-    key = objects.object_key(objects.THUMBNAILS, SHA, ".jpg")
+    store = storage.LocalStore(tmp_path)
+    key = storage.object_key(storage.THUMBNAILS, SHA, ".jpg")
     store.put(key, b"hello")
     store.put(key, b"hello")
     assert store.get(key) == b"hello"
@@ -36,7 +36,7 @@ def test_put_get_idempotent(tmp_path):
 
 @pytest.mark.parametrize("key", ["../x", "a/../../x", "/etc/passwd", "a//b", "a\\..\\b", "", "a/./b", "x\x00y"])
 def test_keys_cannot_escape_root(tmp_path, key):
-    store = objects.LocalStore(tmp_path / "root")
+    store = storage.LocalStore(tmp_path / "root")
     with pytest.raises(ValueError):
         store.put(key, b"x")
     with pytest.raises(ValueError):
@@ -47,21 +47,21 @@ def test_keys_cannot_escape_root(tmp_path, key):
 def test_unwritable_store_gives_service_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    store = objects.LocalStore(blocker)
+    store = storage.LocalStore(blocker)
     with pytest.raises(ServiceError, match="cannot write"):
-        store.put(objects.object_key(objects.ORIGINALS, SHA), b"x")
+        store.put(storage.object_key(storage.ORIGINALS, SHA), b"x")
 
 
 def test_open_store_defaults_to_local(tmp_path):
-    store = objects.open_store(Settings(data_dir=tmp_path))
-    assert isinstance(store, objects.LocalStore)
+    store = storage.open_store(Settings(data_dir=tmp_path))
+    assert isinstance(store, storage.LocalStore)
     assert store.root == (tmp_path / "objects").resolve()
 
 
 def test_upload_keys_are_per_run_and_content():
     sha = "ab" * 32
-    key = objects.upload_key("run-1", sha, "scan.JPG")
-    assert key.startswith("uploads/") and key.endswith(".jpg") and objects.check_key(key) == key
-    assert objects.upload_key("run-1", sha, "other-name.jpg") == key  # one copy per content in a run
-    assert objects.upload_key("run-2", sha, "scan.jpg") != key  # two ingests never share a copy
-    assert objects.upload_key("run-1", "cd" * 32, "scan.jpg") != key
+    key = storage.upload_key("run-1", sha, "scan.JPG")
+    assert key.startswith("uploads/") and key.endswith(".jpg") and storage.check_key(key) == key
+    assert storage.upload_key("run-1", sha, "other-name.jpg") == key  # one copy per content in a run
+    assert storage.upload_key("run-2", sha, "scan.jpg") != key  # two ingests never share a copy
+    assert storage.upload_key("run-1", "cd" * 32, "scan.jpg") != key

@@ -154,7 +154,7 @@ class S3Store:
     """Objects in a bucket of MinIO or any S3-compatible server, through the official ``minio`` client.
 
     The bucket is created on first use. One client (and its HTTP connection pool) per store; the
-    worker cache (``jobs.worker_store``) keeps one store per process. Large payloads go up as a
+    worker cache (``tasks.worker_store``) keeps one store per process. Large payloads go up as a
     multipart upload of :attr:`PART_SIZE` parts. Every failure to reach the server is a
     :class:`ServiceError` naming the endpoint, never the secret key.
 

@@ -20,19 +20,23 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from . import imaging, index, objects
+from . import imaging, index, storage
 from .config import Settings
 from .errors import ImageError, JobError, ModelError, PapyrusError
 from .metadata import PapyrusRecord
 from .request import SearchRequest
+from .results import Hit
 
 SEARCH_PRIORITY = 10  # searches overtake ingest batches on a shared cluster
+STAGES = ("queued", "preparing", "embedding", "searching", "verifying", "done")
+"""The stages a :class:`SearchJob` reports, in order (``verifying`` only when it verifies); the
+widget shows one chip per stage after ``queued`` (js/test/stages.test.mjs reads this line)."""
 PHOTO_MAX_SIDE = 3200
 """A query photo is decoded with a long side of at most this many pixels: the region where the
 papyrus is (corners given, or found) is looked at in this detail."""
@@ -59,11 +63,11 @@ def worker_model(source: str, revision: str | None) -> tuple[Any, str]:
 
 
 @functools.lru_cache(maxsize=8)
-def _store_for(settings: Settings) -> objects.ObjectStore:
-    return objects.open_store(settings)
+def _store_for(settings: Settings) -> storage.ObjectStore:
+    return storage.open_store(settings)
 
 
-def worker_store(settings: Settings) -> objects.ObjectStore:
+def worker_store(settings: Settings) -> storage.ObjectStore:
     """The object store of this process for these settings (created once; keys and TLS included)."""
     return _store_for(
         Settings(
@@ -90,68 +94,6 @@ def _require_resolved(settings: Settings) -> tuple[str, str]:
     if not settings.database_url or not settings.model:
         raise JobError("internal error: a task received unresolved settings (no database URL or model).")
     return settings.database_url, settings.model
-
-
-# --- hits --------------------------------------------------------------------------------------
-
-
-@dataclass
-class Hit:
-    """One search result: a reference image of a papyrus, with its catalogue record."""
-
-    rank: int
-    score: float
-    key: str
-    hgv_id: str | None
-    tm_id: str | None
-    inventory: str | None
-    inventory_key: str | None
-    collection: str | None
-    title: str | None
-    date_text: str | None
-    date_from: int | None
-    date_to: int | None
-    place: str | None
-    papyri_info_url: str | None
-    image_urls: list[str] = field(default_factory=list)
-    source_name: str | None = None
-    image_key: str | None = None
-    thumb_key: str | None = None
-    thumbnail: bytes | None = field(default=None, repr=False)
-    embedding_score: float | None = None
-    """The cosine similarity of the embeddings (None: not known)."""
-    words_score: float | None = None
-    """The first stage's visual-word similarity (idf-weighted cosine; None: not in the word list)."""
-    shortlist_score: float | None = None
-    """The first stage's similarity this hit was ranked by (``words_score``, else ``embedding_score``)."""
-    found_by: str | None = None
-    """Which first-stage list proposed it: ``"words"``, ``"embedding"`` or ``"both"``."""
-    # set by the verifying stage (None / empty / False when the search was not verified):
-    confirmed: bool = False
-    """The geometry agrees: the same papyrus is in the photo (:func:`~papyrus_widgets.retrieval.is_confirmed`).
-    ``score`` ≥ 0.5 exactly for confirmed hits."""
-    inliers: int | None = None
-    """Local-feature matches that agree on one homography (RANSAC inliers)."""
-    region: list[list[float]] | None = None
-    """Where this reference is in the photo: its corners (TL, TR, BR, BL) mapped by the
-    homography, in the pixels of the photo as stored, clipped to the photo so that it can be passed
-    back as ``corners`` (confirmed hits only)."""
-    matches: list[list[float]] = field(default_factory=list, repr=False)
-    """Up to 50 inlier pairs ``[qx, qy, rx, ry]``: query pixels (the photo as uploaded, after EXIF
-    orientation) and reference pixels (the stored original)."""
-    ef_search: int | None = None
-    """The ``hnsw.ef_search`` the kNN query ran with, as the server reported it."""
-    query_size: list[int] | None = None
-    """``[width, height]`` of the query the ``matches`` refer to (the photo as stored, EXIF-upright)."""
-    reference_size: list[int] | None = None
-    """``[width, height]`` of the stored original of this reference that the ``matches`` refer to."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (everything but the thumbnail bytes and the query's ef_search)."""
-        d = asdict(self)
-        d.pop("thumbnail")
-        d.pop("ef_search")
-        return d
 
 
 def _hit(row: Mapping[str, Any], rank: int, thumbnail: bytes | None, score: float) -> Hit:
@@ -231,7 +173,7 @@ def prepare_task(
         sx, sy = img.width / size[0], img.height / size[1]
         crop = imaging.deskew(img, [[float(x) * sx, float(y) * sy] for x, y in corners])
         try:  # kept for the record (history, audit); the search goes on without it
-            worker_store(settings).put(objects.crop_key(query_key, corners), imaging.jpeg_bytes(crop, 90), "image/jpeg")
+            worker_store(settings).put(storage.crop_key(query_key, corners), imaging.jpeg_bytes(crop, 90), "image/jpeg")
         except PapyrusError:
             pass
     features = _query_features(img, region)
@@ -343,7 +285,7 @@ def reference_features(settings: Settings, image_key: str) -> Any:
     from .retrieval.features import MAX_SIDE, Features, extract_features, feature_params
 
     store = worker_store(settings)
-    fkey = objects.features_key(image_key)
+    fkey = storage.features_key(image_key)
 
     def compute() -> Any:
         try:
@@ -625,13 +567,13 @@ def submit_search(client: Any, settings: Settings, query_key: str, *, name: str,
     hits = client.submit(
         search_task, settings, vector, k, filters, ef_search, prepared, n, key=f"papyrus-search-{tag}", **opts
     )
-    stages = [("preparing", prepared), ("embedding", vector), ("searching", hits)]
+    stages = list(zip(STAGES[1:4], (prepared, vector, hits)))
     if verify:
         checked = client.submit(
             verify_task, settings, query_key, name, hits, k, prepared, key=f"papyrus-verify-{tag}", **opts
         )
-        stages.append(("verifying", checked))
-    crop = objects.crop_key(query_key, corners) if corners is not None else None
+        stages.append((STAGES[4], checked))
+    crop = storage.crop_key(query_key, corners) if corners is not None else None
     return SearchJob(client, stages, name, query_key=query_key, crop_key=crop)
 
 
@@ -643,7 +585,7 @@ class IngestItem:
     path: str
     record: PapyrusRecord
     upload_key: str | None = None
-    """Where the client staged the scan's bytes in the object store (``objects.upload_key``) for
+    """Where the client staged the scan's bytes in the object store (``storage.upload_key``) for
     workers that cannot read ``path``; None: the worker reads ``path`` itself."""
 
 
@@ -663,7 +605,7 @@ NOT_ON_WORKER = (
 def load_scans(
     items: Sequence[IngestItem],
     failed: list[tuple[str, str]],
-    store: objects.ObjectStore,
+    store: storage.ObjectStore,
     missing: str | None = None,
 ) -> list[tuple[IngestItem, bytes, str]]:
     """``(item, bytes, sha256)`` of each scan, read from its upload in ``store`` or else from its
@@ -751,9 +693,9 @@ def ingest_batch_task(
             with step(INGEST_STAGES[1]):
                 img = imaging.decode_image(data, max_pixels=settings.max_image_pixels, max_side=1024, name=name)
             width, height = img.info.get("original_size", img.size)
-            ext = objects.extension_for(name, img.info.get("format"))
-            key = objects.object_key(objects.ORIGINALS, sha, ext)
-            thumb_key = objects.object_key(objects.THUMBNAILS, sha, ".jpg")
+            ext = storage.extension_for(name, img.info.get("format"))
+            key = storage.object_key(storage.ORIGINALS, sha, ext)
+            thumb_key = storage.object_key(storage.THUMBNAILS, sha, ".jpg")
             with step(INGEST_STAGES[2]):
                 store.put(key, data, "image/jpeg" if ext == ".jpg" else "application/octet-stream")
             with step(INGEST_STAGES[3]):
@@ -765,7 +707,7 @@ def ingest_batch_task(
             with step(INGEST_STAGES[4]):
                 features = extract_features(img, size=(int(width), int(height)))
             with step(INGEST_STAGES[2]):
-                store.put(objects.features_key(key), features.to_bytes())
+                store.put(storage.features_key(key), features.to_bytes())
             with step(INGEST_STAGES[5]):
                 words, word_weights = (
                     document_weights(vocabulary.words(features.descriptors))
