@@ -143,6 +143,13 @@ def more_images() -> list[Path]:
     return sorted(p for p in MORE.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def distractor_sources() -> list[Path]:
+    """The real photographs of other papyri (``more/``, ``fragments/``) that distractors and tiles
+    are cut from (and the shipped vocabulary was trained on)."""
+    fragments = SHARED_DATA / "fragments"
+    return more_images() + sorted(p for p in fragments.rglob("*") if p.suffix.lower() in (".webp", ".jpeg", ".jpg"))
+
+
 def ingest_images(quick: bool) -> list[Path]:
     """The scans the ingest figures index: every reference and every ``more/`` scan (--quick: 18)."""
     if quick:
@@ -196,9 +203,9 @@ def warm_workers(client: Any, settings: Any) -> None:
 
 
 def _warm(model: str, revision: str | None, url: str) -> str:
-    from papyrus_widgets import index, jobs
+    from papyrus_widgets import index, tasks
 
-    _, fingerprint = jobs.worker_model(model, revision)
+    _, fingerprint = tasks.worker_model(model, revision)
     index.get_pool(url)
     return fingerprint
 

@@ -62,13 +62,7 @@ import _common as C
 NAME = "realphoto"
 SEED = 2026
 HELD_OUT = 8
-FRAGMENTS = C.SHARED_DATA / "fragments"
-
-
-def distractor_sources() -> list[Path]:
-    """The real photographs the distractors are cut from (and the vocabulary was trained on)."""
-    paths = C.more_images() + sorted(p for p in FRAGMENTS.rglob("*") if p.suffix.lower() in (".webp", ".jpeg", ".jpg"))
-    return paths
+distractor_sources = C.distractor_sources
 
 
 def _load_sources(max_side: int) -> list[Any]:
@@ -170,13 +164,13 @@ def _cache_dir(vocabulary: str, model: str) -> Path:
 
 def add_distractors(engine: Any, settings: Any, n: int) -> tuple[float, int]:
     """Index ``n`` distractor crops; returns (seconds, chunks read from the cache)."""
-    from papyrus_widgets import index, jobs, objects
+    from papyrus_widgets import index, storage, tasks
     from papyrus_widgets.metadata import PapyrusRecord
     from papyrus_widgets.model import embed_arrays
 
     t0 = time.perf_counter()
-    model, fingerprint = jobs.worker_model(settings.model, settings.model_revision)
-    vocab = jobs.worker_vocabulary(settings)
+    model, fingerprint = tasks.worker_model(settings.model, settings.model_revision)
+    vocab = tasks.worker_vocabulary(settings)
     cache = _cache_dir(vocab.fingerprint, fingerprint)
     cache.mkdir(parents=True, exist_ok=True)
     store = engine.store
@@ -188,15 +182,15 @@ def add_distractors(engine: Any, settings: Any, n: int) -> tuple[float, int]:
     def write(batch: list[Any], vectors: np.ndarray) -> None:
         rows = []
         for (i, sha, feats, words, weights, _, size), vec in zip(batch, vectors):
-            key = objects.object_key(objects.ORIGINALS, sha, ".jpg")
-            store.put(objects.features_key(key), feats)
+            key = storage.object_key(storage.ORIGINALS, sha, ".jpg")
+            store.put(storage.features_key(key), feats)
             rows.append(
                 index.ImageRow(
                     record=PapyrusRecord(key=f"distractor:{i}", collection="distractors", title=f"distractor {i}"),
                     sha256=sha,
                     source_name=f"distractor-{i}.jpg",
                     object_key=key,
-                    thumb_key=objects.object_key(objects.THUMBNAILS, sha, ".jpg"),
+                    thumb_key=storage.object_key(storage.THUMBNAILS, sha, ".jpg"),
                     width=int(size[0]),
                     height=int(size[1]),
                     model=fingerprint,
@@ -229,11 +223,11 @@ def add_distractors(engine: Any, settings: Any, n: int) -> tuple[float, int]:
 
 def add_derived(settings: Any, n: int) -> float:
     """Index ``n`` derived items (see the module's docstring) from the cached distractor chunks."""
-    from papyrus_widgets import index, jobs
+    from papyrus_widgets import index, tasks
 
     t0 = time.perf_counter()
-    _, fingerprint = jobs.worker_model(settings.model, settings.model_revision)
-    vocab = jobs.worker_vocabulary(settings)
+    _, fingerprint = tasks.worker_model(settings.model, settings.model_revision)
+    vocab = tasks.worker_vocabulary(settings)
     paths = sorted(_cache_dir(vocab.fingerprint, fingerprint).glob("chunk-*.npz"))
     if not paths:
         raise SystemExit("--derived needs the cached distractor chunks: run without it first")
@@ -255,7 +249,7 @@ def add_derived(settings: Any, n: int) -> float:
 
 
 def _add_derived_rows(url: str, parents: list[Any], n: int, fingerprint: str, rng: Any, t0: float) -> None:
-    from papyrus_widgets import index, objects
+    from papyrus_widgets import index, storage
     from papyrus_widgets.metadata import PapyrusRecord
     from papyrus_widgets.retrieval.shortlist import document_weights
 
@@ -278,8 +272,8 @@ def _add_derived_rows(url: str, parents: list[Any], n: int, fingerprint: str, rn
                     record=PapyrusRecord(key=f"derived:{i}", collection="derived", title=f"derived {i}"),
                     sha256=sha,
                     source_name=f"derived-{i}",
-                    object_key=objects.object_key(objects.ORIGINALS, sha, ".jpg"),
-                    thumb_key=objects.object_key(objects.THUMBNAILS, sha, ".jpg"),
+                    object_key=storage.object_key(storage.ORIGINALS, sha, ".jpg"),
+                    thumb_key=storage.object_key(storage.THUMBNAILS, sha, ".jpg"),
                     width=int(fw * w),
                     height=int(fh * h),
                     model=fingerprint,
@@ -338,12 +332,12 @@ def baseline_today(engine: Any, settings: Any, query: Any) -> list[str | None]:
     """The default search before this change: embedding kNN of the whole photo (top 10), each
     verified against the photo's features at 768 px / 1000 keypoints, scores blended
     (``embedding + (1 - embedding) * support``); returns the inventory keys, best first."""
-    from papyrus_widgets import imaging, index, jobs
+    from papyrus_widgets import imaging, index, tasks
     from papyrus_widgets.model import embed_arrays
     from papyrus_widgets.retrieval import blend, extract_features, match
 
     img = imaging.decode_image(query.data, max_side=2048)
-    model, _ = jobs.worker_model(settings.model, settings.model_revision)
+    model, _ = tasks.worker_model(settings.model, settings.model_revision)
     vec = embed_arrays(model, imaging.model_input(img)[None])[0]
     with index.pooled_connection(settings.database_url) as conn:
         rows = index.knn(conn, vec, 10)
@@ -353,7 +347,7 @@ def baseline_today(engine: Any, settings: Any, query: Any) -> list[str | None]:
     for r in rows:
         emb = 1.0 - float(r["distance"])
         try:
-            v = match(qf, jobs.reference_features(settings, r["object_key"]))
+            v = match(qf, tasks.reference_features(settings, r["object_key"]))
             s = blend(emb, v.support)
         except Exception:  # noqa: BLE001
             s = emb
