@@ -9,15 +9,21 @@ the widget's view sends them: photos longer than 2048 px (``max_side``) downscal
 Four ways to get the hits of the same query, interleaved query by query:
 
 - **ours**: ``Engine.submit_search(verify=False)`` → the job's done-callback → ``job.hits()``: the
-  same three stages as the baseline (results are pushed the moment the last future finishes);
+  package's three stages without the confirming one (results are pushed the moment the last
+  future finishes). They do more than the baseline's: preparing also finds the photo's local
+  features and visual words, searching also reads the word index and fuses it with the kNN;
 - **default**: the same with the package's default pipeline (its local-feature verification
   stage included, when the package has one);
 - **widget**: the default pipeline through ``PapyrusSearch``: the view's "search" message →
   results traits set on the kernel's asyncio loop (the browser's part: ``bench_browser_latency.py``,
   figure 1b);
-- **baseline** (the original design, re-implemented here): the same three stages, but every
+- **baseline** (the original design, re-implemented here): decode, embed, embedding kNN — every
   task opens a new psycopg connection and a new object store, and the kernel picks up the
   result with a poll loop that checks ``future.done()`` every 1.0 s.
+
+Two ratios, reported apart: **compute** (the baseline's last future done vs ours at its
+done-callback) and **pick-up** (the baseline's poll vs its last future done: what a 1 s poll adds
+over a push).
 
 Floor: one model forward on a pre-decoded input (``model.embed_arrays``) + one kNN
 (``index.knn`` on a pooled connection), timed alone in this process with as many torch threads
@@ -95,7 +101,7 @@ def baseline_search(settings: Any, vector: np.ndarray, k: int) -> list[Any]:
             thumb = store.get(row["thumb_key"])
         except KeyError:
             thumb = None
-        hits.append(tasks._hit(row, rank, thumb))
+        hits.append(tasks._hit(row, rank, thumb, 1.0 - float(row["distance"])))  # cosine similarity
     return hits
 
 
