@@ -638,9 +638,6 @@ INGEST_STAGES = (
     "binary COPY (index.add_images)",
 )
 """The steps of :func:`ingest_batch_task`, by the names its ``stage`` timer is called with."""
-INGEST_OPENCV_THREADS = 1
-"""OpenCV threads of an ingest task (:func:`papyrus_widgets.retrieval.features.opencv_threads`):
-one core per task, as a worker of one thread is given; a search keeps OpenCV's default."""
 
 
 def _no_stage(name: str) -> contextlib.AbstractContextManager[None]:
@@ -658,7 +655,7 @@ def ingest_batch_task(
     ``stage``: called with each step's name (:data:`INGEST_STAGES`) around that step, as a context
     manager; the ingest benchmark passes a stopwatch to time the real steps."""
     from .model import embed_arrays
-    from .retrieval.features import extract_features, opencv_threads
+    from .retrieval.features import extract_features
     from .retrieval.shortlist import document_weights
 
     step = stage or _no_stage
@@ -687,57 +684,56 @@ def ingest_batch_task(
             )
     rows: list[index.ImageRow] = []
     arrays: list[np.ndarray] = []
-    with opencv_threads(INGEST_OPENCV_THREADS):  # one core per task, as a worker of one thread has
-        for item, data, sha in loaded:
-            if (item.record.key, sha) in present:
-                report.skipped += 1
-                continue
-            name = Path(item.path).name
-            try:
-                with step(INGEST_STAGES[1]):
-                    img = imaging.decode_image(data, max_pixels=settings.max_image_pixels, max_side=1024, name=name)
-                width, height = img.info.get("original_size", img.size)
-                ext = storage.extension_for(name, img.info.get("format"))
-                key = storage.object_key(storage.ORIGINALS, sha, ext)
-                thumb_key = storage.object_key(storage.THUMBNAILS, sha, ".jpg")
-                with step(INGEST_STAGES[2]):
-                    store.put(key, data, "image/jpeg" if ext == ".jpg" else "application/octet-stream")
-                with step(INGEST_STAGES[3]):
-                    thumb = imaging.thumbnail_bytes(img, settings.thumbnail_size)
-                with step(INGEST_STAGES[2]):
-                    store.put(thumb_key, thumb, "image/jpeg")
-                # the words index the scan for the first stage; the confirming stage reads the stored
-                # features instead of decoding the scan
-                with step(INGEST_STAGES[4]):
-                    features = extract_features(img, size=(int(width), int(height)))
-                with step(INGEST_STAGES[2]):
-                    store.put(storage.features_key(key), features.to_bytes())
-                with step(INGEST_STAGES[5]):
-                    words, word_weights = (
-                        document_weights(vocabulary.words(features.descriptors))
-                        if features.method == "sift"
-                        else (None, None)
-                    )
-                with step(INGEST_STAGES[6]):
-                    arrays.append(imaging.model_input(img))
-            except ImageError as exc:
-                report.failed.append((item.path, str(exc)))
-                continue
-            rows.append(
-                index.ImageRow(
-                    record=item.record,
-                    sha256=sha,
-                    source_name=name,
-                    object_key=key,
-                    thumb_key=thumb_key,
-                    width=int(width),
-                    height=int(height),
-                    model=fingerprint,
-                    embedding=np.zeros(index.EMBEDDING_DIM, dtype=np.float32),
-                    words=words,
-                    word_weights=word_weights,
+    for item, data, sha in loaded:
+        if (item.record.key, sha) in present:
+            report.skipped += 1
+            continue
+        name = Path(item.path).name
+        try:
+            with step(INGEST_STAGES[1]):
+                img = imaging.decode_image(data, max_pixels=settings.max_image_pixels, max_side=1024, name=name)
+            width, height = img.info.get("original_size", img.size)
+            ext = storage.extension_for(name, img.info.get("format"))
+            key = storage.object_key(storage.ORIGINALS, sha, ext)
+            thumb_key = storage.object_key(storage.THUMBNAILS, sha, ".jpg")
+            with step(INGEST_STAGES[2]):
+                store.put(key, data, "image/jpeg" if ext == ".jpg" else "application/octet-stream")
+            with step(INGEST_STAGES[3]):
+                thumb = imaging.thumbnail_bytes(img, settings.thumbnail_size)
+            with step(INGEST_STAGES[2]):
+                store.put(thumb_key, thumb, "image/jpeg")
+            # the words index the scan for the first stage; the confirming stage reads the stored
+            # features instead of decoding the scan
+            with step(INGEST_STAGES[4]):
+                features = extract_features(img, size=(int(width), int(height)))
+            with step(INGEST_STAGES[2]):
+                store.put(storage.features_key(key), features.to_bytes())
+            with step(INGEST_STAGES[5]):
+                words, word_weights = (
+                    document_weights(vocabulary.words(features.descriptors))
+                    if features.method == "sift"
+                    else (None, None)
                 )
+            with step(INGEST_STAGES[6]):
+                arrays.append(imaging.model_input(img))
+        except ImageError as exc:
+            report.failed.append((item.path, str(exc)))
+            continue
+        rows.append(
+            index.ImageRow(
+                record=item.record,
+                sha256=sha,
+                source_name=name,
+                object_key=key,
+                thumb_key=thumb_key,
+                width=int(width),
+                height=int(height),
+                model=fingerprint,
+                embedding=np.zeros(index.EMBEDDING_DIM, dtype=np.float32),
+                words=words,
+                word_weights=word_weights,
             )
+        )
     if rows:
         with step(INGEST_STAGES[7]):
             vectors = embed_arrays(model, np.stack(arrays))

@@ -458,19 +458,3 @@ def test_keypoints_are_kept_balanced_over_scales() -> None:
     assert sorted(_balanced(coarse, 100)) == list(range(50))
     f = verify.feature_params()
     assert f.endswith("/scales") and f.startswith("sift/")
-
-
-def test_opencv_threads_are_set_for_the_block_and_restored() -> None:
-    import cv2
-
-    from papyrus_widgets import tasks
-    from papyrus_widgets.retrieval.features import opencv_threads
-
-    before = cv2.getNumThreads()
-    assert tasks.INGEST_OPENCV_THREADS == 1
-    with opencv_threads(1):
-        assert cv2.getNumThreads() == 1
-    assert cv2.getNumThreads() == before
-    with pytest.raises(RuntimeError), opencv_threads(1):
-        raise RuntimeError("a failing scan")
-    assert cv2.getNumThreads() == before  # restored when the block fails too

@@ -10,12 +10,11 @@ Queries are looked at in more detail than references (:data:`QUERY_MAX_SIDE`,
 
 from __future__ import annotations
 
-import contextlib
 import io
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Iterator, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -109,21 +108,6 @@ def feature_method() -> str:
     import cv2
 
     return "sift" if hasattr(cv2, "SIFT_create") else "orb"
-
-
-@contextlib.contextmanager
-def opencv_threads(n: int) -> Iterator[None]:
-    """Run OpenCV (SIFT) with ``n`` threads inside the block, then as before. An ingest task uses
-    one, as a Dask worker of one thread is given one core: OpenCV's own pool would take every core
-    in each worker at once and the workers would wait on each other."""
-    import cv2
-
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(max(1, int(n)))
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(before)
 
 
 SCALE_BALANCED = True
