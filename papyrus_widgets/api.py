@@ -153,7 +153,7 @@ class Engine:
         ``verify`` (default ``Settings.verify``: on unless ``PAPYRUS_VERIFY=0``): re-rank the top hits by
         local-feature geometric verification, with the inlier matches as evidence on each hit.
         ``ef_search`` (1 … 1000): the HNSW candidate list of this query; higher finds the true
-        nearest neighbours more often, a little more slowly. Default ``max(40, 2 × candidates)``
+        nearest neighbours more often, a little more slowly. Default ``max(100, 2 × candidates)``
         (candidates = k, or at least 10 with verification), not pgvector's fixed 40, so that a
         large k keeps its recall; a value below the candidates is raised to them."""
         request = SearchRequest.build(k=k, corners=corners, filters=filters, ef_search=ef_search, verify=verify)

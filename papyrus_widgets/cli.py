@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--ef-search", metavar="N",
-        help="HNSW candidate list, 1-1000: higher finds true neighbours more often, slower (default max(40, 2k))",
+        help="HNSW candidate list, 1-1000: higher finds true neighbours more often, slower (default max(100, 2k))",
     )  # fmt: skip
     s.set_defaults(func=cmd_search)
 

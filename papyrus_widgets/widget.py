@@ -134,7 +134,7 @@ class PapyrusSearch(anywidget.AnyWidget):
     k = t.Int(8, help="number of results").tag(sync=True)
     ef_search = t.Int(
         0,
-        help="HNSW candidate list of each search (1 … 1000; 0: automatic, max(40, 2k)); kernel-side only, "
+        help="HNSW candidate list of each search (1 … 1000; 0: automatic, max(100, 2k)); kernel-side only, "
         "for large collections: higher finds the true neighbours more often, a little more slowly",
     )
     max_side = t.Int(

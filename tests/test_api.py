@@ -137,9 +137,10 @@ def test_ef_search_reaches_the_knn_query(indexed_engine):
     query = reference("21114_p_g_24.jpg")
     assert indexed_engine.search(query, k=3, ef_search=77).ef_search == 77
     wide = indexed_engine.search(query, k=30, verify=False)
-    assert wide.ef_search == 60 and wide.top.inventory_key == "p_g_24"  # default max(40, 2k)
-    assert json.loads(wide.to_json())["ef_search"] == 60
-    assert indexed_engine.search(query, k=3).ef_search == 40  # verifying fetches 10 candidates
+    assert wide.ef_search == 100 and wide.top.inventory_key == "p_g_24"  # default max(100, 2k)
+    assert json.loads(wide.to_json())["ef_search"] == 100
+    assert indexed_engine.search(query, k=3).ef_search == 100  # verifying fetches 10 candidates
+    assert indexed_engine.search(query, k=60, verify=False).ef_search == 120  # 2k above the floor
 
 
 def test_corners_off_the_image_fail_on_the_worker_with_a_message(indexed_engine):

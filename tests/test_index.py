@@ -146,8 +146,8 @@ def test_ef_search_is_the_one_the_query_runs_with(conn):
     index.add_images(conn, [_row(i) for i in range(100)])
     # each row reports current_setting('hnsw.ef_search') of its own statement
     assert {h["ef_search"] for h in index.knn(conn, _vec(1), 5, ef_search=123)} == {123}
-    assert {h["ef_search"] for h in index.knn(conn, _vec(1), 5)} == {40}  # max(40, 2k)
-    assert {h["ef_search"] for h in index.knn(conn, _vec(1), 30)} == {60}
+    assert {h["ef_search"] for h in index.knn(conn, _vec(1), 5)} == {100}  # max(100, 2k)
+    assert {h["ef_search"] for h in index.knn(conn, _vec(1), 60)} == {120}
     assert {h["ef_search"] for h in index.knn(conn, _vec(1), 10, ef_search=3)} == {10}  # raised to k
     assert {h["ef_search"] for h in index.knn(conn, _vec(1), 600)} == {1000}  # pgvector's ceiling
     # SET LOCAL: nothing leaks into the connection's later statements

@@ -432,7 +432,7 @@ def test_ef_search_trait_reaches_the_knn_query(indexed_engine: Any) -> None:
         w = PapyrusSearch(k=3, engine=indexed_engine)
         assert w.search(QUERY) is not None, w.error
         assert (await finished(w))["state"] == "done"
-        assert w.last_results.ef_search == 40  # automatic: max(40, 2 x candidates)
+        assert w.last_results.ef_search == 100  # automatic: max(100, 2 x candidates)
 
         w.ef_search = 150
         assert w.search(QUERY) is not None, w.error
@@ -444,7 +444,7 @@ def test_ef_search_trait_reaches_the_knn_query(indexed_engine: Any) -> None:
         assert w.status["state"] == "error" and "ef_search" in w.error and "1000" in w.error
         assert w.job is None and w._timer is None
         assert w.search(QUERY, ef_search=0) is not None, w.error  # back to automatic
-        assert (await finished(w))["state"] == "done" and w.last_results.ef_search == 40
+        assert (await finished(w))["state"] == "done" and w.last_results.ef_search == 100
         w.close()
 
     asyncio.run(main())
