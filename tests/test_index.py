@@ -10,6 +10,8 @@ from papyrus_widgets import index, services
 from papyrus_widgets.errors import QueryError, ServiceError
 from papyrus_widgets.metadata import PapyrusRecord
 
+from .conftest import reference
+
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
@@ -397,3 +399,30 @@ def test_word_candidates_take_each_windows_best_in_turn(conn):
         assert per_window[r["words_window"]].get(i, 0) == pytest.approx(best[i], rel=1e-4)
     with pytest.raises(QueryError):
         index.word_candidates(conn, words, np.ones((40, index.MAX_WORD_WINDOWS + 1), np.float32), 6)
+
+
+def test_the_ingest_task_names_each_step_to_its_timer(url, conn, tmp_path, model_dir):
+    """The ingest benchmark times the real task through its ``stage`` hook: every step of
+    ``tasks.INGEST_STAGES`` is announced, and the batch is indexed as without the hook."""
+    import contextlib
+
+    from papyrus_widgets import tasks
+    from papyrus_widgets.config import Settings
+
+    settings = Settings(data_dir=tmp_path / "data", database_url=url, model=str(model_dir))
+    seen: list[str] = []
+
+    @contextlib.contextmanager
+    def stage(name: str):
+        seen.append(name)
+        yield
+
+    items = [
+        tasks.IngestItem(str(reference(name)), PapyrusRecord(key=f"stage:{i}", collection="stages", title=name))
+        for i, name in enumerate(["19331_p_g_107.jpg", "21114_p_g_24.jpg"])
+    ]
+    report = tasks.ingest_batch_task(settings, items, stage=stage)
+    assert report.added == 2 and not report.failed
+    assert set(seen) == set(tasks.INGEST_STAGES)
+    assert seen.count("decode (max_side 1024)") == 2 and seen.count("forward (batch)") == 1
+    assert index.image_count(conn) == 2 and index.has_words(conn)
