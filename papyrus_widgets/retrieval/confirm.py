@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from .features import Features, root_sift
-from .locate import outline
+from .locate import aim_order, off_centre, outline
 
 RATIO = 0.85
 """Lowe's ratio test: keep a match when best distance < RATIO x second best."""
@@ -347,8 +347,6 @@ def _stops(v: Verification | None, aimed: bool) -> bool:
         return False
     if not aimed or v.outline is None or v.query_size is None:
         return True
-    from .locate import off_centre
-
     return off_centre(v.outline, v.query_size) <= CONFIRM_STOP_OFF_CENTRE
 
 
@@ -389,8 +387,6 @@ def ranked(results: Sequence[Reranked]) -> list[Reranked]:
     photo first (:func:`~.locate.aim_order`) —; then the rest by their first-stage score. Scores never
     rise down the list (a confirmed hit shown after a stronger one takes the lower score of the
     two). Call it again after a verification changed (a second, closer look)."""
-    from .locate import aim_order
-
     for r in results:
         r.score = confirmed_score(r.embedding_score, r.verification)
     order = sorted(
