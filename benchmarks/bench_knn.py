@@ -301,7 +301,10 @@ def measure_insert(url: str, n: int, fingerprint: str) -> dict[str, Any]:
                     conn.commit()
             elif method == "executemany":
                 papyrus_many = papyrus_sql.replace(" RETURNING id", "")
-                image_many = image_sql.replace("VALUES (%s, %s,", "VALUES ((SELECT id FROM papyri WHERE key = %s), %s,")
+                image_many = (  # the papyrus id looked up by its key in the same statement
+                    "INSERT INTO images (papyrus_id, sha256, source_name, object_key, thumb_key, width, height,"
+                    " model, embedding) VALUES ((SELECT id FROM papyri WHERE key = %s), %s, %s, %s, %s, %s, %s, %s, %s)"
+                )
                 with conn.cursor() as cur:
                     for start in range(0, n, INSERT_BATCH):
                         batch = rows[start : start + INSERT_BATCH]
