@@ -659,13 +659,14 @@ def ingest_batch_task(
     from .retrieval.shortlist import document_weights
 
     step = stage or _no_stage
+    reading, decoding, writing, thumbnailing, describing, quantising, inputting, forwarding, copying = INGEST_STAGES
     url, source = _require_resolved(settings)
     model, fingerprint = worker_model(source, settings.model_revision)
     vocabulary = worker_vocabulary(settings)
     store = worker_store(settings)
     index.get_pool(url)  # a server that is down fails the first batch here, before any work
     report = BatchReport()
-    with step(INGEST_STAGES[0]):
+    with step(reading):
         loaded = load_scans(items, report.failed, store, missing=NOT_ON_WORKER)
     with index.pooled_connection(url) as conn:
         other = index.other_model(conn, fingerprint)
@@ -690,31 +691,31 @@ def ingest_batch_task(
             continue
         name = Path(item.path).name
         try:
-            with step(INGEST_STAGES[1]):
+            with step(decoding):
                 img = imaging.decode_image(data, max_pixels=settings.max_image_pixels, max_side=1024, name=name)
             width, height = img.info.get("original_size", img.size)
             ext = storage.extension_for(name, img.info.get("format"))
             key = storage.object_key(storage.ORIGINALS, sha, ext)
             thumb_key = storage.object_key(storage.THUMBNAILS, sha, ".jpg")
-            with step(INGEST_STAGES[2]):
+            with step(writing):
                 store.put(key, data, "image/jpeg" if ext == ".jpg" else "application/octet-stream")
-            with step(INGEST_STAGES[3]):
+            with step(thumbnailing):
                 thumb = imaging.thumbnail_bytes(img, settings.thumbnail_size)
-            with step(INGEST_STAGES[2]):
+            with step(writing):
                 store.put(thumb_key, thumb, "image/jpeg")
             # the words index the scan for the first stage; the confirming stage reads the stored
             # features instead of decoding the scan
-            with step(INGEST_STAGES[4]):
+            with step(describing):
                 features = extract_features(img, size=(int(width), int(height)))
-            with step(INGEST_STAGES[2]):
+            with step(writing):
                 store.put(storage.features_key(key), features.to_bytes())
-            with step(INGEST_STAGES[5]):
+            with step(quantising):
                 words, word_weights = (
                     document_weights(vocabulary.words(features.descriptors))
                     if features.method == "sift"
                     else (None, None)
                 )
-            with step(INGEST_STAGES[6]):
+            with step(inputting):
                 arrays.append(imaging.model_input(img))
         except ImageError as exc:
             report.failed.append((item.path, str(exc)))
@@ -735,11 +736,11 @@ def ingest_batch_task(
             )
         )
     if rows:
-        with step(INGEST_STAGES[7]):
+        with step(forwarding):
             vectors = embed_arrays(model, np.stack(arrays))
         for row, vec in zip(rows, vectors):
             row.embedding = vec
-        with step(INGEST_STAGES[8]), index.pooled_connection(url) as conn:
+        with step(copying), index.pooled_connection(url) as conn:
             added, skipped = index.add_images(conn, rows)
             index.set_meta(conn, "model", source)
             index.set_meta(conn, "vocabulary", vocabulary.fingerprint)
