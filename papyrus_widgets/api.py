@@ -325,9 +325,10 @@ class Engine:
         sizes: dict[str, int] = {}
         bar = tqdm(total=len(items), unit="img", desc="ingest", disable=not progress)
         try:
-            # Batch by batch, so that the workers embed one batch while this process sends the next.
-            for i in range(0, len(items), batch_size):
-                batch = items[i : i + batch_size]
+            # Batch by batch, so that the workers embed one batch while this process sends the next;
+            # as many batches for each worker thread, so that they finish together.
+            slots = sum(client.nthreads().values())
+            for batch in tasks.plan_batches(items, batch_size, slots):
                 if upload:
                     done = report.total
                     batch = self._stage_uploads(url, run, batch, report, staged)

@@ -18,6 +18,7 @@ import csv
 import io
 import os
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -537,6 +538,20 @@ def _index_record(out: dict[str, PapyrusRecord], record: PapyrusRecord) -> None:
     out.setdefault(key, record)
 
 
+_PARSED_DIRS_KEPT = 4
+_parsed_dirs: dict[str, tuple[tuple[tuple[str, int, int, int], ...], dict[str, PapyrusRecord]]] = {}
+_parsed_lock = threading.Lock()
+
+
+def _signature(files: list[Path]) -> tuple[tuple[str, int, int, int], ...]:
+    """What a parsed directory's records depend on: each XML file's path, size, inode and mtime."""
+    out = []
+    for f in files:
+        st = f.stat()
+        out.append((os.fspath(f), st.st_size, st.st_ino, st.st_mtime_ns))
+    return tuple(out)
+
+
 def load_metadata(source: str | os.PathLike[str] | None) -> dict[str, PapyrusRecord]:
     """Load records from a directory of HGV XML, one XML file or one CSV file (None -> {}).
 
@@ -546,6 +561,10 @@ def load_metadata(source: str | os.PathLike[str] | None) -> dict[str, PapyrusRec
     e.g. "file:19317_p_g_192_c.jpg") when the CSV has a file/filename column. A directory is
     searched recursively for ``*.xml`` (hidden folders skipped); if two files share an HGV id
     the first in sorted path order wins. A bad file raises MetadataError naming it.
+
+    A directory's records are kept in this process (the last few directories) and reused while
+    none of its XML files is added, removed or changed (path, size, inode, modification time):
+    ingesting folder after folder against the same HGV catalogue parses it once.
     """
     if source is None:
         return {}
@@ -556,8 +575,20 @@ def load_metadata(source: str | os.PathLike[str] | None) -> dict[str, PapyrusRec
         for dirpath, dirnames, filenames in os.walk(path):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             files.extend(Path(dirpath, f) for f in filenames if f.lower().endswith(".xml"))
-        for file in sorted(files):
+        files.sort()
+        signature = _signature(files)
+        where = os.path.realpath(path)
+        with _parsed_lock:
+            cached = _parsed_dirs.get(where)
+        if cached is not None and cached[0] == signature:
+            return dict(cached[1])
+        for file in files:
             _index_record(out, parse_hgv_xml(file))
+        with _parsed_lock:
+            _parsed_dirs.pop(where, None)
+            _parsed_dirs[where] = (signature, dict(out))
+            while len(_parsed_dirs) > _PARSED_DIRS_KEPT:
+                del _parsed_dirs[next(iter(_parsed_dirs))]
         return out
     if _is_xml_file(path):
         _index_record(out, parse_hgv_xml(path))

@@ -205,8 +205,13 @@ def test_engine_on_an_external_scheduler_and_postgres(pg, dask_cluster, tmp_path
     try:
         assert client.scheduler.address == dask_cluster.address and client.cluster is None
         _our_workers_only(client, dask_cluster)
-        report = engine.ingest(folder, HGV_DIR, batch_size=2, progress=False)  # two batches for two workers
+        from distributed import get_task_stream
+
+        with get_task_stream(client) as stream:  # 4 scans fit one batch of 8, cut in two for two workers
+            report = engine.ingest(folder, HGV_DIR, batch_size=8, progress=False)
         assert (report.added, report.skipped, report.failed) == (4, 0, [])
+        batches = [t for t in stream.data if "ingest_batch_task" in str(t.get("key"))]
+        assert len(batches) == 2, batches
         results = engine.search(folder / "21114_p_g_24.jpg", k=4)
         assert results.top.inventory_key == "p_g_24" and len(results) == 4 and results.top.thumbnail
         # the model was loaded on those worker processes (once each, by the cached loader)
@@ -437,3 +442,28 @@ def test_scale_out_notebook_on_external_engines(pg, dask_cluster, s3, tmp_path, 
     assert "4 originals, 4 thumbnails" in text
     assert "P.Heid. inv. G 192 c" in text  # the first reference (sorted) finds itself
     assert not (tmp_path / "data" / "postgres").exists()  # no embedded server was started
+
+
+@pytest.mark.parametrize(
+    ("n", "batch_size", "slots", "sizes"),
+    [
+        (56, 8, 2, [7] * 8),  # not 4 + 3 batches of 8 on two workers
+        (16, 8, 2, [8, 8]),
+        (17, 8, 2, [4, 4, 4, 5]),
+        (3, 8, 2, [1, 2]),
+        (1, 8, 4, [1]),
+        (0, 8, 2, []),
+        (9, 8, 1, [4, 5]),
+        (5, 1, 3, [1] * 5),
+    ],
+)
+def test_ingest_batches_are_even_and_a_multiple_of_the_worker_threads(n, batch_size, slots, sizes):
+    items = [tasks.IngestItem(f"scan{i}.jpg", None) for i in range(n)]  # type: ignore[arg-type]
+    batches = tasks.plan_batches(items, batch_size, slots)
+    assert [len(b) for b in batches] == sizes
+    assert [it for b in batches for it in b] == items  # every scan once, in order
+
+
+def test_ingest_batches_refuse_a_size_below_one():
+    with pytest.raises(ValueError, match="batch_size"):
+        tasks.plan_batches([], 0)

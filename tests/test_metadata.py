@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from papyrus_widgets import metadata
 from papyrus_widgets.metadata import (
     MetadataError,
     PapyrusRecord,
@@ -163,6 +164,7 @@ def test_load_metadata_directory(hgv: dict[str, PapyrusRecord]) -> None:
 
 
 def test_load_metadata_directory_is_fast() -> None:
+    metadata._parsed_dirs.clear()  # parse it, not the copy kept by an earlier test
     start = time.perf_counter()
     records = load_metadata(HGV_DIR)
     elapsed = time.perf_counter() - start
@@ -279,6 +281,29 @@ def test_hostile_or_malformed_xml(tmp_path: Path, content: bytes, words: str) ->
     assert "root:" not in message  # nothing of /etc/passwd leaked
     with pytest.raises(MetadataError, match="<XML bytes>"):
         parse_hgv_xml(content)
+
+
+def test_a_parsed_directory_is_reused_until_its_files_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "hgv" / "HGV20"
+    folder.mkdir(parents=True)
+    for name in ("19314.xml", "19315.xml"):
+        (folder / name).write_bytes((HGV_DIR / "HGV20" / name).read_bytes())
+    parsed: list[Path] = []
+    real = metadata.parse_hgv_xml
+    monkeypatch.setattr(metadata, "parse_hgv_xml", lambda f: parsed.append(Path(f)) or real(f))
+
+    first = load_metadata(tmp_path / "hgv")
+    assert sorted(first) == ["19314", "19315"] and len(parsed) == 2
+    first.pop("19315")  # the caller's dict is its own: the kept copy is untouched
+    assert sorted(load_metadata(tmp_path / "hgv")) == ["19314", "19315"] and len(parsed) == 2
+
+    xml = folder / "19314.xml"  # a record corrected in place (same size would not matter: mtime)
+    xml.write_bytes(xml.read_bytes().replace(b"Ackerpacht", b"Ackerpachtvertrag"))
+    assert load_metadata(tmp_path / "hgv")["19314"].title == "Ackerpachtvertrag" and len(parsed) == 4
+    (folder / "19316.xml").write_bytes((HGV_DIR / "HGV20" / "19316.xml").read_bytes())
+    assert sorted(load_metadata(tmp_path / "hgv")) == ["19314", "19315", "19316"] and len(parsed) == 7
+    (folder / "19315.xml").unlink()
+    assert sorted(load_metadata(tmp_path / "hgv")) == ["19314", "19316"]
 
 
 @pytest.mark.timeout(30)
