@@ -42,7 +42,14 @@ words of those keypoints (quantised once per crop) and its parent's embedding pl
 No features of them are stored, so this configuration measures the first stage only (recall and
 latency of ``search(verify=False, k=100)``), not the confirming stage.
 
-Run alone: ``python benchmarks/bench_realphoto.py [--quick] [--distractors N] [--per-ref N] [--derived N]``.
+**How small can the papyrus be** (``--fractions 0.05,0.1,0.2``, result ``realphoto-fractions``; not
+part of ``make bench``): the same index, and for each share of the frame new scenes of every
+indexed and held-out papyrus with the papyrus at exactly that share (the same scene kinds, seeds per
+share); first-stage recall, top-1/top-5 of the default search with no corners, its latency, and the
+held-out papyri confirmed. A degradation curve outside the 10-40 % the main figure draws from.
+
+Run alone: ``python benchmarks/bench_realphoto.py [--quick] [--distractors N] [--per-ref N] [--derived N]
+[--fractions F,F,...]``.
 """
 
 from __future__ import annotations
@@ -356,6 +363,69 @@ def baseline_today(engine: Any, settings: Any, query: Any) -> list[str | None]:
     return [t[2] for t in scored]
 
 
+def by_fraction(
+    engine: Any,
+    indexed: list[Path],
+    held: list[Path],
+    others: dict[str, Any],
+    held_imgs: dict[str, Any],
+    per_ref: int,
+    shares: list[float],
+    total: int,
+) -> dict[str, Any]:
+    """The no-corner search on scenes with the papyrus at each share of the frame in ``shares``."""
+    from papyrus_widgets.evaluation import distinct_files, scene_queries
+
+    out: dict[str, Any] = {"name": NAME + "-fractions", "gallery": {"images": total}, "fractions": []}
+    for share in shares:
+        seed = SEED + 100 + int(round(share * 1000))
+        positives = scene_queries(distinct_files(indexed), others, per_ref, seed, fraction=share)
+        negatives = scene_queries(distinct_files(held), held_imgs, per_ref, seed + 1, fraction=share)
+        rows = []
+        for q in positives:
+            first = engine.search(q.data, k=100, verify=False)
+            t = time.perf_counter()
+            res = engine.search(q.data, k=5)
+            rows.append(
+                {
+                    "name": q.name,
+                    "kind": q.kind,
+                    "fraction": round(q.fraction, 3),
+                    "first_rank": rank_of(first.hits, q.truth),
+                    "rank": rank_of(res.hits, q.truth),
+                    "confirmed": bool(res.hits and res.hits[0].confirmed),
+                    "latency": time.perf_counter() - t,
+                }
+            )
+        held_confirmed = [bool(engine.search(q.data, k=5).confirmed) for q in negatives]
+
+        def at(key: str, k: int, rows: list[dict[str, Any]] = rows) -> float:
+            return float(np.mean([r[key] is not None and r[key] <= k for r in rows]))
+
+        entry = {
+            "share": share,
+            "reached_median": float(np.median([r["fraction"] for r in rows])),
+            "queries": len(rows),
+            "first_stage": {f"recall@{k}": at("first_rank", k) for k in (10, 50, 100)},
+            "top1": at("rank", 1),
+            "top5": at("rank", 5),
+            "true_match_confirmed": float(np.mean([r["rank"] == 1 and r["confirmed"] for r in rows])),
+            "held_out_confirmed": float(np.mean(held_confirmed)) if held_confirmed else None,
+            "held_out_queries": len(held_confirmed),
+            "latency": C.summary([r["latency"] for r in rows]),
+            "rows": rows,
+        }
+        out["fractions"].append(entry)
+        print(
+            f"papyrus at {share:.0%} of the frame: first-stage recall@50 {entry['first_stage']['recall@50']:.3f}, "
+            f"top-1 {entry['top1']:.3f}, top-5 {entry['top5']:.3f}, held-out confirmed {entry['held_out_confirmed']}, "
+            f"p50 {entry['latency']['p50']:.2f} s",
+            flush=True,
+        )
+    out["load_average"] = C.load_average()
+    return out
+
+
 def main() -> None:
     args = C.parse_args(
         __doc__.splitlines()[0],
@@ -366,6 +436,11 @@ def main() -> None:
             p.add_argument("--per-ref", type=int, default=None, help="scenes per papyrus (default 2; --quick 1)"),
             p.add_argument(
                 "--derived", type=int, default=0, help="add N derived items, measure the first stage only (100k figure)"
+            ),
+            p.add_argument(
+                "--fractions",
+                default="",
+                help="comma-separated shares of the frame (e.g. 0.05,0.1,0.2): the no-corner search at each",
             ),
         ),
     )
@@ -411,6 +486,11 @@ def main() -> None:
             return
 
         engine.search(positives[0].data, k=5)  # warm: model, pools, vocabulary on the workers
+        if args.fractions:
+            shares = [float(f) for f in args.fractions.split(",") if f.strip()]
+            result = by_fraction(engine, indexed, held, {**ref_imgs, **sources}, held_imgs, per_ref, shares, total)
+            C.write_result(args.out, NAME + "-fractions", result)
+            return
         rows: list[dict[str, Any]] = []
         for q in positives:
             row: dict[str, Any] = {"name": q.name, "kind": q.kind, "fraction": round(q.fraction, 3)}
