@@ -23,7 +23,10 @@ papyrus: noise 0.02 per dimension for the uniform clusters, a tenth of the withi
 for the real-like ones) report whether the original is the top hit; the real scans, queried with software
 re-photographs of each reference, report top-1 by inventory through HNSW and exact. The rows go
 in with binary COPY (the HNSW index dropped), then the index is built as the migration defines it
-(m=16, ef_construction=64) and its build time is reported.
+(m=16, ef_construction=64) and its build time is reported. Up to 100,000 vectors the graph is also
+built with m 16/32 x ef_construction 64/128 (``BUILD_SWEEP``) and swept over ``ef_search`` again on
+the same queries: build time, size, and the smallest ``ef_search`` reaching recall@10 ≥ 0.95 with
+its p50, for each.
 
 Ingest rows/s (``--insert-rows``, default 20,000; 2,000 with --quick): the same synthetic rows (one
 papyrus record + one image with its vector each) go into scratch schemas made by the package's
@@ -67,6 +70,10 @@ DUPLICATE_NOISE = 0.02
 vector plus this noise per dimension (the real-like ones: a tenth of the within-papyrus spread)."""
 
 
+BUILD_SWEEP = ((16, 64), (16, 128), (32, 64), (32, 128))
+"""(m, ef_construction) of the HNSW graph, pgvector's defaults first (what migration 1 builds)."""
+BUILD_SWEEP_MAX_N = 100_000
+"""Sizes up to this also sweep :data:`BUILD_SWEEP` (a build at a million takes minutes each)."""
 EF_SWEEP = (40, 64, 100, 200, 400, 800)
 """The ``hnsw.ef_search`` values each kind of vector is searched with."""
 TARGET_RECALL = 0.95
@@ -229,15 +236,19 @@ def load(conn: Any, vectors: np.ndarray, fingerprint: str) -> dict[str, float]:
     return out
 
 
-def build_hnsw(conn: Any, n: int, cores: int) -> dict[str, Any]:
-    """Rebuild the HNSW index as migration 1 defines it; maintenance_work_mem sized to hold the graph."""
+def build_hnsw(
+    conn: Any, n: int, cores: int, m: int | None = None, ef_construction: int | None = None
+) -> dict[str, Any]:
+    """Rebuild the HNSW index as migration 1 defines it (or with these ``m`` and ``ef_construction``);
+    maintenance_work_mem sized to hold the graph."""
     mem_mb = int(min(8192, max(256, n * 3 / 1024)))  # ~3 KB per 128-d vector: the graph fits in memory
     workers = max(0, cores - 1)
     conn.autocommit = True
     conn.execute(f"SET maintenance_work_mem = '{mem_mb}MB'")
     conn.execute(f"SET max_parallel_maintenance_workers = {workers}")
     t0 = time.perf_counter()
-    conn.execute("CREATE INDEX images_embedding_hnsw ON images USING hnsw (embedding vector_cosine_ops)")
+    with_ = f" WITH (m = {int(m)}, ef_construction = {int(ef_construction)})" if m and ef_construction else ""
+    conn.execute(f"CREATE INDEX images_embedding_hnsw ON images USING hnsw (embedding vector_cosine_ops){with_}")
     seconds = time.perf_counter() - t0
     conn.execute("RESET maintenance_work_mem")
     conn.execute("RESET max_parallel_maintenance_workers")
@@ -473,6 +484,40 @@ def measure_size(
         f"  exact scan in PostgreSQL: p50 {C.ms(exact['seconds']['p50']):.1f} ms (plan uses HNSW: {uses_hnsw})",
         flush=True,
     )
+    builds = [
+        {
+            "m": BUILD_SWEEP[0][0],
+            "ef_construction": BUILD_SWEEP[0][1],
+            "build": build,
+            "hnsw": {str(k): {"p50": v["seconds"]["p50"], "recall_at_10": v["recall_at_10"]} for k, v in hnsw.items()},
+        }
+    ]
+    if n <= BUILD_SWEEP_MAX_N:
+        with index.connect(url) as conn:
+            for m, efc in BUILD_SWEEP[1:]:
+                conn.execute("DROP INDEX IF EXISTS images_embedding_hnsw")
+                conn.commit()
+                built = build_hnsw(conn, n, cores, m, efc)
+                sweep: dict[str, dict[str, float]] = {}
+                for ef in EF_SWEEP:
+                    times, found = [], []
+                    for q in queries:
+                        t0 = time.perf_counter()
+                        rows = index.knn(conn, q, K, ef_search=ef)
+                        times.append(time.perf_counter() - t0)
+                        found.append(keys_to_ids(rows))
+                    sweep[str(ef)] = {"p50": C.summary(times)["p50"], "recall_at_10": recall(found, truth)}
+                builds.append({"m": m, "ef_construction": efc, "build": built, "hnsw": sweep})
+                print(
+                    f"  m={m}, ef_construction={efc}: build {built['seconds']:.1f} s, "
+                    + ", ".join(
+                        f"ef {ef}: {v['recall_at_10']:.3f} / {C.ms(v['p50']):.2f} ms" for ef, v in sweep.items()
+                    ),
+                    flush=True,
+                )
+    for b in builds:
+        ok = [ef for ef in EF_SWEEP if b["hnsw"][str(ef)]["recall_at_10"] >= TARGET_RECALL]
+        b["ef_search_for_target"] = ok[0] if ok else None
     numpy_s = C.summary(np_times)
     reached = [ef for ef in EF_SWEEP if hnsw[ef]["recall_at_10"] >= TARGET_RECALL]
     ef_target = reached[0] if reached else None
@@ -486,6 +531,7 @@ def measure_size(
         "load": loaded,
         "build": build,
         "hnsw": {str(k): v for k, v in hnsw.items()},
+        "build_sweep": builds,
         "ef_search_for_target": ef_target,
         "target_recall_at_10": TARGET_RECALL,
         "exact_postgres": exact,

@@ -636,13 +636,31 @@ def render_knn(r: dict[str, Any] | None, st: dict[str, Any] | None) -> list[str]
                 f"({b['index_bytes_per_vector']:.0f} B/vector); COPY {size['load']['copy_rows_per_s']:,.0f} rows/s."
             ),
         ]
+        sweep = size.get("build_sweep") or []
+        if len(sweep) > 1:
+            out += [
+                "",
+                "The graph's build parameters, on the same vectors and queries (the first row is what migration 1 builds):",
+                "",
+                "| m / ef_construction | build s | index MiB | smallest ef_search with recall@10 ≥ 0.95 | p50 ms there "
+                "| recall@10 at ef_search 40 / 100 |",
+                "|---|---|---|---|---|---|",
+            ]
+            for bs in sweep:
+                ef_t = bs["ef_search_for_target"]
+                out.append(
+                    f"| {bs['m']} / {bs['ef_construction']} | {bs['build']['seconds']:.1f} "
+                    f"| {bs['build']['index_bytes'] / MIB:.0f} | {ef_t if ef_t is not None else 'none up to 800'} "
+                    f"| {_ms(bs['hnsw'][str(ef_t)]['p50']) if ef_t is not None else '–'} "
+                    f"| {bs['hnsw']['40']['recall_at_10']:.3f} / {bs['hnsw']['100']['recall_at_10']:.3f} |"
+                )
     out += [
         "",
         (
             "Reading it: a search's kNN asks for max(k, 10) candidates (`shortlist.EMBEDDING_CANDIDATES`), so it runs "
             "at the default `ef_search` = max(100, 2k) — 100 for k ≤ 50; it was max(40, 2k) until this figure showed "
-            "recall@10 0.876 at 40 among a million real-like vectors. The HNSW build parameters (m=16, "
-            "ef_construction=64: pgvector's defaults) were not swept here."
+            "recall@10 0.876 at 40 among a million real-like vectors. The HNSW build parameters stay at pgvector's "
+            "defaults (m=16, ef_construction=64); the tables above give what larger ones buy at 100,000 vectors."
         ),
     ]
     if not any(s["vectors"] >= 1_000_000 for s in sizes):
@@ -950,6 +968,16 @@ def render_realphoto_100k(r: dict[str, Any] | None, st: dict[str, Any] | None) -
     ]
 
 
+GRID_TRIAL = (
+    "Tried and not adopted (runs of 2026-11-30, not re-run by this script): a 3 x 3 grid of windows (0.4 of each "
+    "side) scored with the six of `shortlist.WINDOWS` on every search. On figure 0c's 64 photos at 5 % of the frame "
+    "the word list alone (no embedding) went from recall@10 / @50 0.48 / 0.63 to 0.59 / 0.69 (+50 ms); describing "
+    "each grid window with SIFT of its own reached @50 0.77 for +0.9 s. But on figure 0's photos (10-40 %) the grid "
+    "diluted the interleaved list: first-stage recall@10 / @50 0.906 / 0.984 → 0.844 / 0.953, top-1 0.984 → 0.969, "
+    "p50 1.28 → 1.51 s. A second pass over the grid only when nothing is confirmed is the next step."
+)
+
+
 def render_realphoto_fractions(r: dict[str, Any] | None, st: dict[str, Any] | None) -> list[str]:
     """The opt-in degradation curve (``bench_realphoto.py --fractions ...``): nothing when not run."""
     if not r:
@@ -983,6 +1011,7 @@ def render_realphoto_fractions(r: dict[str, Any] | None, st: dict[str, Any] | No
                 f"{f['share']:.0%}: {sum(row['rank'] == 1 for row in rows)}/{len(rows)}"
             )
     out += ["", "Top-1 by scene kind: " + "; ".join(f"{k} — {', '.join(v)}" for k, v in by_kind.items()) + "."]
+    out += ["", GRID_TRIAL]
     return out
 
 
