@@ -207,10 +207,8 @@ def measure_stages(engine: Any, paths: list[Path]) -> dict[str, Any]:
     import cv2
     import torch
 
-    from papyrus_widgets import tasks
+    from papyrus_widgets import metadata, tasks
     from papyrus_widgets.metadata import load_metadata, record_for_image
-
-    from papyrus_widgets import metadata
 
     settings = engine.resolved_settings()
     sw = C.Stopwatch()
