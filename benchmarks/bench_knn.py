@@ -369,6 +369,19 @@ def numpy_knn(x: np.ndarray, q: np.ndarray) -> np.ndarray:
     return top[np.argsort(-scores[top])]
 
 
+def timed_knn(conn: Any, queries: np.ndarray, ef: int) -> tuple[list[float], list[list[int]]]:
+    """Each query through ``index.knn`` at ``ef_search`` = ``ef``: its seconds and the ids found."""
+    from papyrus_widgets import index
+
+    times, found = [], []
+    for q in queries:
+        t0 = time.perf_counter()
+        rows = index.knn(conn, q, K, ef_search=ef)
+        times.append(time.perf_counter() - t0)
+        found.append(keys_to_ids(rows))
+    return times, found
+
+
 def measure_size(
     url: str,
     n: int,
@@ -416,12 +429,7 @@ def measure_size(
         for q in queries[:5]:
             index.knn(conn, q, K)  # warm the cache
         for ef in EF_SWEEP:
-            times, found = [], []
-            for q in queries:
-                t0 = time.perf_counter()
-                rows = index.knn(conn, q, K, ef_search=ef)
-                times.append(time.perf_counter() - t0)
-                found.append(keys_to_ids(rows))
+            times, found = timed_knn(conn, queries, ef)
             hnsw[ef] = {"seconds": C.summary(times), "recall_at_10": recall(found, truth)}
             # near-duplicates of indexed vectors (a re-photographed papyrus): is the original the top hit?
             top1 = [keys_to_ids(index.knn(conn, d, K, ef_search=ef))[0] == int(i) for d, i in zip(dup, picks)]
@@ -500,12 +508,7 @@ def measure_size(
                 built = build_hnsw(conn, n, cores, m, efc)
                 sweep: dict[str, dict[str, float]] = {}
                 for ef in EF_SWEEP:
-                    times, found = [], []
-                    for q in queries:
-                        t0 = time.perf_counter()
-                        rows = index.knn(conn, q, K, ef_search=ef)
-                        times.append(time.perf_counter() - t0)
-                        found.append(keys_to_ids(rows))
+                    times, found = timed_knn(conn, queries, ef)
                     sweep[str(ef)] = {"p50": C.summary(times)["p50"], "recall_at_10": recall(found, truth)}
                 builds.append({"m": m, "ef_construction": efc, "build": built, "hnsw": sweep})
                 print(
