@@ -83,7 +83,7 @@ def measure_ingest(
     for r in range(repeats):
         wipe_index(engine)
         if cold_catalogue:
-            metadata._parsed_dirs.clear()
+            metadata.forget_parsed_directories()
         with get_task_stream(engine.client) as stream:
             epoch0 = time.time()
             t0 = time.perf_counter()
@@ -212,7 +212,7 @@ def measure_stages(engine: Any, paths: list[Path]) -> dict[str, Any]:
 
     settings = engine.resolved_settings()
     sw = C.Stopwatch()
-    metadata._parsed_dirs.clear()  # the parse itself, not the records kept from the runs before
+    metadata.forget_parsed_directories()  # the parse itself, not the records kept from the runs before
     with sw("catalogue parse (once per ingest)"):
         records = load_metadata(C.HGV_DIR)
     items = [tasks.IngestItem(str(p), record_for_image(p, records)) for p in paths]

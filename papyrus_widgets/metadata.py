@@ -543,6 +543,12 @@ _parsed_dirs: dict[str, tuple[tuple[tuple[str, int, int, int], ...], dict[str, P
 _parsed_lock = threading.Lock()
 
 
+def forget_parsed_directories() -> None:
+    """Drop the records :func:`load_metadata` keeps of parsed directories (the next call parses)."""
+    with _parsed_lock:
+        _parsed_dirs.clear()
+
+
 def _signature(files: list[Path]) -> tuple[tuple[str, int, int, int], ...]:
     """What a parsed directory's records depend on: each XML file's path, size, inode and mtime."""
     out = []

@@ -164,7 +164,7 @@ def test_load_metadata_directory(hgv: dict[str, PapyrusRecord]) -> None:
 
 
 def test_load_metadata_directory_is_fast() -> None:
-    metadata._parsed_dirs.clear()  # parse it, not the copy kept by an earlier test
+    metadata.forget_parsed_directories()  # parse it, not the copy kept by an earlier test
     start = time.perf_counter()
     records = load_metadata(HGV_DIR)
     elapsed = time.perf_counter() - start
