@@ -41,8 +41,12 @@ PHOTO_MAX_SIDE = 3200
 """A query photo is decoded with a long side of at most this many pixels: the region where the
 papyrus is (corners given, or found) is looked at in this detail."""
 REFINE_CANDIDATES = 3
-"""How many of the best candidates the second look at a small region (in full detail,
+"""How many of the best candidates the closer look at a small region (in full detail,
 :func:`papyrus_widgets.retrieval.needs_closer_look`) re-matches."""
+SECOND_LOOK_CANDIDATES = 90
+"""How many more references the second look (:func:`_second_look`) confirms at most when the
+first stage's confirmed nothing (0: no second look); in rounds, like the first ones, it stops at
+a confirmed match."""
 
 
 # --- per-process caches on workers (and in the client process when it runs tasks itself) -------
@@ -203,6 +207,21 @@ def _attach_thumbnails(settings: Settings, hits: list[Hit]) -> list[Hit]:
     return hits
 
 
+def _first_stage_hits(candidates: Sequence[Any], ef: int | None) -> list[Hit]:
+    """Hits of first-stage :class:`~papyrus_widgets.retrieval.shortlist.Candidate` s, in their order."""
+    hits = []
+    for rank, c in enumerate(candidates, start=1):
+        first = c.words_score if c.words_score is not None else max(0.0, c.embedding_score or 0.0)
+        hit = _hit(c.row, rank, None, first)
+        hit.ef_search = ef
+        hit.words_score = None if c.words_score is None else round(c.words_score, 6)
+        hit.embedding_score = None if c.embedding_score is None else round(c.embedding_score, 6)
+        hit.shortlist_score = hit.score
+        hit.found_by = c.found_by
+        hits.append(hit)
+    return hits
+
+
 def search_task(
     settings: Settings,
     vector: np.ndarray,
@@ -246,16 +265,7 @@ def search_task(
             "(unset PAPYRUS_MODEL) or re-ingest the collection with this one."
         )
     ef = knn_rows[0]["ef_search"] if knn_rows else None
-    hits = []
-    for rank, c in enumerate(shortlist.fuse(word_rows, knn_rows)[:n], start=1):
-        first = c.words_score if c.words_score is not None else max(0.0, c.embedding_score or 0.0)
-        hit = _hit(c.row, rank, None, first)
-        hit.ef_search = ef
-        hit.words_score = None if c.words_score is None else round(c.words_score, 6)
-        hit.embedding_score = None if c.embedding_score is None else round(c.embedding_score, 6)
-        hit.shortlist_score = hit.score
-        hit.found_by = c.found_by
-        hits.append(hit)
+    hits = _first_stage_hits(shortlist.fuse(word_rows, knn_rows)[:n], ef)
     if n == k:  # no confirming stage follows: these are the results (it fetches its own k's thumbnails)
         # chosen in the first stage's order (each window's best in turn), shown by score
         hits.sort(key=lambda h: -h.score)
@@ -323,20 +333,94 @@ def _apply(hit: Hit, r: Any) -> Hit:
     return hit
 
 
+def _look_closer(settings: Settings, query_key: str, name: str, results: list[Any]) -> list[Any]:
+    """When the strongest plausible match of ``results`` (confirmed or not) covers a small part of
+    the photo, match its region again in full detail against it and the first
+    :data:`REFINE_CANDIDATES`, keep the better evidence and re-rank."""
+    from .retrieval import clip, match, needs_closer_look, ranked
+    from .retrieval.confirm import QueryIndex
+
+    verified = [r.verification for r in results if r.verification is not None and r.verification.outline]
+    best = max(verified, key=lambda v: v.inliers) if verified else None
+    if best is None or not needs_closer_look(best):
+        return results
+    try:
+        photo = _decode_query(settings, query_key, name, PHOTO_MAX_SIDE)
+        detail = _query_features(photo, clip(best.outline, best.query_size))  # type: ignore[arg-type]
+    except (PapyrusError, ValueError):
+        return results
+    if len(detail) < 4:
+        return results
+    closer = QueryIndex(detail) if detail.method == "sift" else detail
+    again_for = results[:REFINE_CANDIDATES] + [r for r in results if r.verification is best]
+    for r in {id(r): r for r in again_for}.values():
+        try:
+            again = match(closer, reference_features(settings, r.payload.image_key))
+        except Exception:  # noqa: BLE001 - evidence is a bonus
+            continue
+        if r.verification is None or again.inliers > r.verification.inliers:
+            r.verification = again
+    return ranked(results)
+
+
+def _second_look(
+    settings: Settings,
+    query_key: str,
+    name: str,
+    prepared: PreparedQuery,
+    seen: set[str],
+    filters: Mapping[str, Any] | None,
+    vector: np.ndarray | None,
+) -> list[Any]:
+    """The second look at a photo searched without corners whose candidates confirmed nothing (a
+    papyrus that fills a small part of a cluttered photo, or one not in the collection): the photo's
+    visual words scored per window of :data:`~papyrus_widgets.retrieval.shortlist.SECOND_LOOK_WINDOWS`
+    (smaller than the first pass's), up to :data:`SECOND_LOOK_CANDIDATES` references not ``seen``
+    yet, confirmed like the first ones (and looked at closer). Returns their confirming results."""
+    from .retrieval import Candidate, confirm, shortlist
+
+    url, _ = _require_resolved(settings)
+    features, words = prepared.features, prepared.words
+    if features.method != "sift" or not len(words):
+        return []
+    words, weights = shortlist.query_windows(
+        words, features.points, features.size, windows=shortlist.SECOND_LOOK_WINDOWS
+    )
+    with index.pooled_connection(url) as conn:
+        rows = index.word_candidates(conn, words, weights, len(seen) + SECOND_LOOK_CANDIDATES, filters, vector)
+    fresh = [c for c in shortlist.fuse(rows, []) if c.row["object_key"] not in seen][:SECOND_LOOK_CANDIDATES]
+    hits = _first_stage_hits(fresh, None)
+    candidates = [
+        Candidate(h.score, functools.partial(reference_features, settings, h.image_key), h) for h in hits if h.image_key
+    ]
+    # stops at a confirmed match wherever it lies: the first look found nothing in the middle
+    results = confirm(features, candidates, limit=SECOND_LOOK_CANDIDATES, aimed=False)
+    return _look_closer(settings, query_key, name, results)
+
+
 def verify_task(
-    settings: Settings, query_key: str, name: str, hits: list[Hit], k: int, prepared: PreparedQuery | None = None
+    settings: Settings,
+    query_key: str,
+    name: str,
+    hits: list[Hit],
+    k: int,
+    prepared: PreparedQuery | None = None,
+    filters: Mapping[str, Any] | None = None,
+    vector: np.ndarray | None = None,
 ) -> list[Hit]:
     """Stage 4, confirming: verify the first stage's candidates geometrically in rounds until one
     is confirmed (:func:`papyrus_widgets.retrieval.confirm`), then — when the papyrus found covers
     a small part of the photo — look at that region again in full detail and keep the better
-    evidence. Returns the best ``k``: confirmed hits first, each with its region in the photo.
+    evidence (:func:`_look_closer`). A photo searched without corners whose candidates confirmed
+    nothing gets a second look (:func:`_second_look`: smaller windows, more candidates; ``filters``
+    as the search's, ``vector`` its embedding). Returns the best ``k``: confirmed hits first, each
+    with its region in the photo.
 
     Evidence is a bonus: a reference whose features cannot be had keeps its first-stage place, and
     a query whose features cannot be had (e.g. a search submitted without ``prepared``) is decoded
     here.
     """
-    from .retrieval import Candidate, clip, confirm, match, needs_closer_look, ranked
-    from .retrieval.confirm import QueryIndex
+    from .retrieval import Candidate, confirm, ranked
 
     if not hits:
         return hits
@@ -357,26 +441,16 @@ def verify_task(
     ]
     whole_photo = prepared is None or not prepared.region_given
     results = confirm(query, candidates, aimed=whole_photo)
-    # the strongest plausible match (confirmed or not) is the region worth a closer look
-    verified = [r.verification for r in results if r.verification is not None and r.verification.outline]
-    best = max(verified, key=lambda v: v.inliers) if verified else None
-    if best is not None and whole_photo and needs_closer_look(best):
+    if whole_photo:
+        results = _look_closer(settings, query_key, name, results)
+    if whole_photo and prepared is not None and SECOND_LOOK_CANDIDATES and not any(r.confirmed for r in results):
         try:
-            photo = _decode_query(settings, query_key, name, PHOTO_MAX_SIDE)
-            detail = _query_features(photo, clip(best.outline, best.query_size))  # type: ignore[arg-type]
-        except (PapyrusError, ValueError):
-            detail = None
-        if detail is not None and len(detail) >= 4:
-            closer = QueryIndex(detail) if detail.method == "sift" else detail
-            again_for = results[:REFINE_CANDIDATES] + [r for r in results if r.verification is best]
-            for r in {id(r): r for r in again_for}.values():
-                try:
-                    again = match(closer, reference_features(settings, r.payload.image_key))
-                except Exception:  # noqa: BLE001 - evidence is a bonus
-                    continue
-                if r.verification is None or again.inliers > r.verification.inliers:
-                    r.verification = again
-            results = ranked(results)
+            more = _second_look(
+                settings, query_key, name, prepared, {h.image_key for h in hits if h.image_key}, filters, vector
+            )
+        except PapyrusError:
+            more = []  # the first look's answer stands
+        results = ranked(results + more)
     ordered = [_apply(r.payload, r) for r in results]
     ordered += [h for h in hits if not h.image_key]
     out = ordered[:k]
@@ -570,7 +644,8 @@ def submit_search(client: Any, settings: Settings, query_key: str, *, name: str,
     stages = list(zip(STAGES[1:4], (prepared, vector, hits)))
     if verify:
         checked = client.submit(
-            verify_task, settings, query_key, name, hits, k, prepared, key=f"papyrus-verify-{tag}", **opts
+            verify_task, settings, query_key, name, hits, k, prepared, filters, vector,
+            key=f"papyrus-verify-{tag}", **opts
         )
         stages.append((STAGES[4], checked))
     crop = storage.crop_key(query_key, corners) if corners is not None else None

@@ -308,6 +308,61 @@ def test_search_without_verification_and_timing(indexed_engine) -> None:
     )
 
 
+def test_a_first_stage_that_missed_the_papyrus_gets_a_second_look(indexed_engine, monkeypatch) -> None:
+    """When none of the first stage's candidates is confirmed, the confirming stage scores the
+    photo's words over smaller windows and confirms references it has not tried yet. Here the first
+    stage's list is handed on with the right papyrus taken out, as if the first stage had missed it."""
+    from papyrus_widgets import tasks
+
+    settings = indexed_engine.resolved_settings()
+    _, key = indexed_engine._store_query(_photo_bytes(QUERY_NAME, seed=6), "photo.jpg")
+    prep = tasks.prepare_task(settings, key, "photo.jpg", None)
+    vec = tasks.embed_task(settings, prep)
+    hits = tasks.search_task(settings, vec, 5, None, None, prep, 20)
+    right = [h for h in hits if h.inventory_key == "p_g_107"]
+    missed = [h for h in hits if h.inventory_key != "p_g_107"]
+    assert right and missed
+    looked: list[int] = []
+    second_look = tasks._second_look
+    monkeypatch.setattr(tasks, "_second_look", lambda *a: looked.append(1) or second_look(*a))
+    # the first stage found it: confirmed in the first look, no second one
+    first = tasks.verify_task(settings, key, "photo.jpg", hits, 5, prep, None, vec)
+    assert first[0].inventory_key == "p_g_107" and first[0].confirmed and looked == []
+    # without a second look the missed papyrus stays missed: nothing confirmed
+    monkeypatch.setattr(tasks, "SECOND_LOOK_CANDIDATES", 0)
+    assert not any(h.confirmed for h in tasks.verify_task(settings, key, "photo.jpg", missed, 5, prep, None, vec))
+    assert looked == []
+    monkeypatch.setattr(tasks, "SECOND_LOOK_CANDIDATES", 90)
+    out = tasks.verify_task(settings, key, "photo.jpg", missed, 5, prep, None, vec)
+    assert looked == [1]
+    top = out[0]
+    assert top.inventory_key == "p_g_107" and top.confirmed and top.region and len(top.region) == 4
+    assert top.found_by == "words" and top.words_score is not None and top.embedding_score is not None
+    assert [h.rank for h in out] == list(range(1, len(out) + 1))
+    assert {h.image_key for h in missed} >= {h.image_key for h in out[1:]}  # the rest: the first look's
+    # the search's filters hold in the second look too: a date range that leaves the papyrus out
+    assert top.date_from is not None
+    filters = {"date_to": top.date_from - 1}
+    kept = tasks.verify_task(settings, key, "photo.jpg", missed, 5, prep, filters, vec)
+    assert looked == [1, 1] and all(h.inventory_key != "p_g_107" for h in kept)
+
+
+def test_second_look_windows_are_a_grid_inside_the_photo() -> None:
+    from papyrus_widgets.retrieval import shortlist
+
+    cells = shortlist.grid(3, 0.5)
+    assert len(cells) == 9 and cells[0] == (0.0, 0.0, 0.5, 0.5) and cells[-1] == (0.5, 0.5, 1.0, 1.0)
+    assert cells[4] == pytest.approx((0.25, 0.25, 0.75, 0.75))
+    assert shortlist.grid(1, 1.0) == ((0.0, 0.0, 1.0, 1.0),)
+    assert len(shortlist.SECOND_LOOK_WINDOWS) == 36 and shortlist.SECOND_LOOK_WINDOWS[-1] == (0.75, 0.75, 1.0, 1.0)
+    from papyrus_widgets.index.schema import MAX_WORD_WINDOWS
+
+    assert len(shortlist.SECOND_LOOK_WINDOWS) <= MAX_WORD_WINDOWS
+    for bad in ((0, 0.5), (3, 0.0), (3, 1.5)):
+        with pytest.raises(ValueError):
+            shortlist.grid(*bad)
+
+
 # --------------------------------------------------------------------------- reference features stored at ingest
 
 

@@ -21,8 +21,9 @@ __all__ = [
 
 
 EMBEDDING_DIM = 128
-MAX_WORD_WINDOWS = 16
-"""At most this many windows of a photo in one word search (:func:`word_candidates`)."""
+MAX_WORD_WINDOWS = 40
+"""At most this many windows of a photo in one word search (:func:`word_candidates`): the first
+pass scores 6, the second look 36 (:data:`papyrus_widgets.retrieval.shortlist.SECOND_LOOK_WINDOWS`)."""
 MIN_PGVECTOR = (0, 5, 0)  # HNSW arrived in 0.5.0
 
 HNSW_INDEX = "images_embedding_hnsw"

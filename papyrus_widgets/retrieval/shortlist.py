@@ -63,6 +63,27 @@ WINDOWS: tuple[tuple[float, float, float, float], ...] = (
 height: the whole, four quarters overlapping by a fifth, the centre. Chosen on scene photos of a
 development seed, not the benchmark's: recall@10 of the word list 0.89 → 0.94 (64 photos, 10,035
 images); see benchmarks/results.md for the benchmark's own figures."""
+
+
+def grid(per_side: int, side: float) -> tuple[tuple[float, float, float, float], ...]:
+    """``per_side`` x ``per_side`` windows of ``side`` (a fraction of each side of the photo), evenly
+    spaced from one edge to the other, row by row."""
+    if per_side < 1 or not 0.0 < side <= 1.0:
+        raise ValueError("a grid needs at least one window per side, each 0 < side <= 1")
+    starts = [0.0] if per_side == 1 else [i * (1.0 - side) / (per_side - 1) for i in range(per_side)]
+    return tuple((x, y, x + side, y + side) for y in starts for x in starts)
+
+
+SECOND_LOOK_WINDOWS: tuple[tuple[float, float, float, float], ...] = grid(6, 0.25)
+"""The windows of the second look (:func:`papyrus_widgets.tasks.verify_task`), when the first
+stage's candidates confirmed nothing: a 6 x 6 grid of windows a quarter of the photo's width and
+height (stride 0.15), so that a papyrus up to a tenth of each side lies wholly inside one of them,
+and one of a fifth of each side (4 % of the frame) fills at least a fifth of some window. Chosen on
+scene photos of a development seed with the papyrus at 5 % of the frame (not the benchmark's): of
+11 papyri the first stage missed (not in its 70), 3 x 3 windows of half the side brought 0 into
+their first 30, 4 x 4 of 0.35 one, this grid 7 into its first 90. Not part of the first pass:
+scored with :data:`WINDOWS` on every search, smaller windows dilute the interleaved list for papyri
+at 10-40 % of the frame (benchmarks/results.md, figure 0c)."""
 MIN_WINDOW_KEYPOINTS = 50
 """A window with fewer keypoints than this is left out (a blank wall, the sky)."""
 
