@@ -333,10 +333,20 @@ def _apply(hit: Hit, r: Any) -> Hit:
     return hit
 
 
-def _look_closer(settings: Settings, query_key: str, name: str, results: list[Any]) -> list[Any]:
+def _candidates(settings: Settings, hits: Sequence[Hit]) -> list[Any]:
+    """What the confirming stage verifies: each hit with its reference's features to be read when needed."""
+    from .retrieval import Candidate
+
+    return [
+        Candidate(h.score, functools.partial(reference_features, settings, h.image_key), h) for h in hits if h.image_key
+    ]
+
+
+def _look_closer(settings: Settings, photo: Callable[[], Any], results: list[Any]) -> list[Any]:
     """When the strongest plausible match of ``results`` (confirmed or not) covers a small part of
     the photo, match its region again in full detail against it and the first
-    :data:`REFINE_CANDIDATES`, keep the better evidence and re-rank."""
+    :data:`REFINE_CANDIDATES`, keep the better evidence and re-rank. ``photo``: the decoded query
+    (decoded on first call, then kept)."""
     from .retrieval import clip, match, needs_closer_look, ranked
     from .retrieval.confirm import QueryIndex
 
@@ -345,8 +355,7 @@ def _look_closer(settings: Settings, query_key: str, name: str, results: list[An
     if best is None or not needs_closer_look(best):
         return results
     try:
-        photo = _decode_query(settings, query_key, name, PHOTO_MAX_SIDE)
-        detail = _query_features(photo, clip(best.outline, best.query_size))  # type: ignore[arg-type]
+        detail = _query_features(photo(), clip(best.outline, best.query_size))  # type: ignore[arg-type]
     except (PapyrusError, ValueError):
         return results
     if len(detail) < 4:
@@ -365,8 +374,7 @@ def _look_closer(settings: Settings, query_key: str, name: str, results: list[An
 
 def _second_look(
     settings: Settings,
-    query_key: str,
-    name: str,
+    photo: Callable[[], Any],
     prepared: PreparedQuery,
     seen: set[str],
     filters: Mapping[str, Any] | None,
@@ -377,7 +385,7 @@ def _second_look(
     visual words scored per window of :data:`~papyrus_widgets.retrieval.shortlist.SECOND_LOOK_WINDOWS`
     (smaller than the first pass's), up to :data:`SECOND_LOOK_CANDIDATES` references not ``seen``
     yet, confirmed like the first ones (and looked at closer). Returns their confirming results."""
-    from .retrieval import Candidate, confirm, shortlist
+    from .retrieval import confirm, shortlist
 
     url, _ = _require_resolved(settings)
     features, words = prepared.features, prepared.words
@@ -389,13 +397,10 @@ def _second_look(
     with index.pooled_connection(url) as conn:
         rows = index.word_candidates(conn, words, weights, len(seen) + SECOND_LOOK_CANDIDATES, filters, vector)
     fresh = [c for c in shortlist.fuse(rows, []) if c.row["object_key"] not in seen][:SECOND_LOOK_CANDIDATES]
-    hits = _first_stage_hits(fresh, None)
-    candidates = [
-        Candidate(h.score, functools.partial(reference_features, settings, h.image_key), h) for h in hits if h.image_key
-    ]
+    candidates = _candidates(settings, _first_stage_hits(fresh, None))
     # stops at a confirmed match wherever it lies: the first look found nothing in the middle
     results = confirm(features, candidates, limit=SECOND_LOOK_CANDIDATES, aimed=False)
-    return _look_closer(settings, query_key, name, results)
+    return _look_closer(settings, photo, results)
 
 
 def verify_task(
@@ -420,7 +425,7 @@ def verify_task(
     a query whose features cannot be had (e.g. a search submitted without ``prepared``) is decoded
     here.
     """
-    from .retrieval import Candidate, confirm, ranked
+    from .retrieval import confirm, ranked
 
     if not hits:
         return hits
@@ -436,18 +441,15 @@ def verify_task(
     except PapyrusError:
         return _attach_thumbnails(settings, hits[:k])
 
-    candidates = [
-        Candidate(h.score, functools.partial(reference_features, settings, h.image_key), h) for h in hits if h.image_key
-    ]
+    candidates = _candidates(settings, hits)
     whole_photo = prepared is None or not prepared.region_given
     results = confirm(query, candidates, aimed=whole_photo)
+    photo = functools.cache(lambda: _decode_query(settings, query_key, name, PHOTO_MAX_SIDE))
     if whole_photo:
-        results = _look_closer(settings, query_key, name, results)
+        results = _look_closer(settings, photo, results)
     if whole_photo and prepared is not None and SECOND_LOOK_CANDIDATES and not any(r.confirmed for r in results):
         try:
-            more = _second_look(
-                settings, query_key, name, prepared, {h.image_key for h in hits if h.image_key}, filters, vector
-            )
+            more = _second_look(settings, photo, prepared, {h.image_key for h in hits if h.image_key}, filters, vector)
         except PapyrusError:
             more = []  # the first look's answer stands
         results = ranked(results + more)
