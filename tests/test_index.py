@@ -401,6 +401,31 @@ def test_word_candidates_take_each_windows_best_in_turn(conn):
         index.word_candidates(conn, words, np.ones((40, index.MAX_WORD_WINDOWS + 1), np.float32), 6)
 
 
+def test_word_candidates_of_many_windows_are_the_full_rankings_interleaved(conn):
+    """Each window's order is found by a bounded sort of its ``n`` best (not a rank of every image
+    in every window): the list must still be exactly the full rankings interleaved, with each
+    image's score its best in any window, even when that window ranks it far below ``n``."""
+    rng = np.random.default_rng(27)  # a draw where such an image is among the first 3
+    docs = {i: {int(w): float(rng.uniform(0.1, 1)) for w in rng.choice(50, 8, replace=False)} for i in range(40)}
+    index.add_images(conn, [_worded(i, d) for i, d in docs.items()])
+    words = np.arange(50, dtype=np.int32)
+    weights = (rng.uniform(0, 1, (50, 7)) * (rng.uniform(0, 1, (50, 7)) < 0.4)).astype(np.float32)
+    weights[:, 0] = 1.0  # the whole photo
+    per_window = [_expected_scores(docs, dict(zip(words.tolist(), weights[:, j].tolist()))) for j in range(7)]
+    ranks = [{i: r for r, i in enumerate(sorted(s, key=lambda i: (-s[i], i)), start=1)} for s in per_window]
+    best = {i: max(s.get(i, 0.0) for s in per_window) for i in docs}
+    full = sorted(best, key=lambda i: (min(r.get(i, 10**6) for r in ranks), -best[i], i))
+    for n in (3, 5, 12):
+        rows = index.word_candidates(conn, words, weights, n)
+        assert [int(r["hgv_id"]) for r in rows] == full[:n]
+        for r in rows:
+            i = int(r["hgv_id"])
+            assert r["words_score"] == pytest.approx(best[i], rel=1e-4)
+            assert per_window[r["words_window"]][i] == pytest.approx(best[i], rel=1e-4)
+    # the case this is about: an image of the first 3 whose best window ranks it below 3
+    assert any(ranks[max(range(7), key=lambda j: per_window[j].get(i, 0.0))][i] > 3 for i in full[:3])
+
+
 def test_the_ingest_task_names_each_step_to_its_timer(url, conn, tmp_path, model_dir):
     """The ingest benchmark times the real task through its ``stage`` hook: every step of
     ``tasks.INGEST_STAGES`` is announced, and the batch is indexed as without the hook."""

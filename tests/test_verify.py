@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import threading
 import time
 
 import numpy as np
@@ -160,15 +161,18 @@ def test_rerank_lifts_the_verified_reference(warped, scan_features, other_featur
 
 
 def test_confirm_stops_at_the_round_that_confirms(scan, warped, scan_features, other_features) -> None:
-    """Candidates are verified in rounds; the rounds stop once one is confirmed, and the
-    confirmed hit carries the reference's outline in the photo (where the papyrus is)."""
+    """Candidates are verified in rounds, two at a time (the caller's thread and a helper); the
+    rounds stop once one is confirmed, and the confirmed hit carries the reference's outline in the
+    photo (where the papyrus is)."""
     photo, to_scan = warped
     query = verify.extract_features(photo)
     seen: list[str] = []
+    threads: set[str] = set()
 
     def features(name, feats):
         def get():
             seen.append(name)
+            threads.add(threading.current_thread().name)
             return feats
 
         return get
@@ -176,8 +180,10 @@ def test_confirm_stops_at_the_round_that_confirms(scan, warped, scan_features, o
     candidates = [verify.Candidate(0.5, features(f"other{i}", other_features), f"other{i}") for i in range(3)]
     candidates.append(verify.Candidate(0.4, features("right", scan_features), "right"))
     candidates += [verify.Candidate(0.3, features(f"late{i}", other_features), f"late{i}") for i in range(5)]
-    out = verify.confirm(query, candidates, first=2, step=2, limit=8)
-    assert seen == ["other0", "other1", "other2", "right"]  # two rounds of two, then it stopped
+    out = verify.confirm(query, candidates, first=2, step=2, limit=8, threads=2)
+    # two rounds of two, each matched on two threads at once, then it stopped
+    assert sorted(seen[:2]) == ["other0", "other1"] and sorted(seen[2:]) == ["other2", "right"]
+    assert len(threads) == 2 and any(t.startswith("papyrus-verify") for t in threads)
     assert out[0].payload == "right" and out[0].confirmed
     assert [r.payload for r in out[1:4]] == ["other0", "other1", "other2"]
     assert all(r.verification is None for r in out[4:])  # never looked at: first-stage order kept
@@ -189,6 +195,12 @@ def test_confirm_stops_at_the_round_that_confirms(scan, warped, scan_features, o
     for (x, y), (ex, ey) in zip(region, [(0, 0), (w, 0), (w, h), (0, h)]):
         bx, by = to_scan(x, y)
         assert np.hypot(bx * sx - ex, by * sx - ey) < 0.03 * max(w, h)
+
+    # on one thread: the same outcome, the candidates read in their order
+    seen.clear()
+    alone = verify.confirm(query, candidates, first=2, step=2, limit=8, threads=1)
+    assert seen == ["other0", "other1", "other2", "right"]
+    assert [r.payload for r in alone] == [r.payload for r in out] and alone[0].confirmed
 
 
 def test_confirmed_needs_spread_as_well_as_inliers() -> None:

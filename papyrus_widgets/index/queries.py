@@ -172,51 +172,50 @@ def word_candidates(
     distance = "i.embedding <=> %s" if vector is not None else "NULL::float8"
     qw = ", ".join(f"qw{j}" for j in k)
     # q: each query word with its weight in each window and its idf (df counted on the index
-    # alone); scored: one pass over the posting lists, a sum per window; ranked: each window's
-    # order (with filters, among the images they allow); top: the n best by their best window
-    # rank, joined to their metadata only then
+    # alone), and their product w{j} = weight · idf² that scores it; scored: one pass over the
+    # posting lists, a sum per window; allowed: those the filters allow; firsts: each window's
+    # n best (a bounded sort each, not a full one: an image among the n best of the interleaved
+    # list is among the n best of some window) with their rank there; top: the n best by their
+    # best rank (ties: the higher score), joined to their metadata only then
     filtered = (
         f"SELECT s.* FROM scored s JOIN images i ON i.id = s.image_id JOIN papyri p ON p.id = i.papyrus_id{where}"
         if where
         else "SELECT * FROM scored"
     )
+    best = f"greatest({', '.join(f'a.s{j} / qnorm.v{j}' for j in k)})" if len(k) > 1 else "a.s0 / qnorm.v0"
+    firsts = " UNION ALL ".join(
+        f"SELECT image_id, row_number() OVER (ORDER BY s DESC, image_id) AS r"
+        f" FROM (SELECT image_id, s{j} AS s FROM allowed ORDER BY s{j} DESC, image_id LIMIT %s) w{j}"
+        for j in k
+    )
     sql = (
-        f"WITH q AS MATERIALIZED (SELECT q.word, {', '.join(f'q.qw{j}' for j in k)},"
-        "   ln((n.n + 1.0) / (d.df + 1.0)) AS idf"
+        f"WITH q AS MATERIALIZED (SELECT q.word, {', '.join(f'q.qw{j}' for j in k)}, d.idf,"
+        f"   {', '.join(f'q.qw{j} * d.idf * d.idf AS w{j}' for j in k)}"
         f"   FROM unnest(%s::int4[], {', '.join('%s::float4[]' for _ in k)}) AS q(word, {qw})"
         "   CROSS JOIN (SELECT count(*)::float8 AS n FROM images) n"
-        "   CROSS JOIN LATERAL (SELECT count(*) AS df FROM image_words c WHERE c.word = q.word) d"
+        "   CROSS JOIN LATERAL (SELECT ln((n.n + 1.0) / (count(*) + 1.0)) AS idf, count(*) AS df"
+        "     FROM image_words c WHERE c.word = q.word) d"
         "   WHERE d.df > 0),"
         " qnorm AS (SELECT "
         + ", ".join(f"greatest(sqrt(sum((q.qw{j} * q.idf) ^ 2)), 1e-9) AS v{j}" for j in k)
         + " FROM q),"
         " scored AS (SELECT w.image_id, "
-        + ", ".join(f"sum(w.weight * q.qw{j} * q.idf * q.idf) AS s{j}" for j in k)
+        + ", ".join(f"sum(w.weight * q.w{j}) AS s{j}" for j in k)
         + " FROM q JOIN image_words w ON w.word = q.word GROUP BY w.image_id),"
-        f" allowed AS ({filtered}),"
-        " ranked AS (SELECT a.image_id, "
-        + ", ".join(
-            f"a.s{j} / qnorm.v{j} AS c{j}, row_number() OVER (ORDER BY a.s{j} DESC, a.image_id) AS r{j}" for j in k
-        )
-        + " FROM allowed a CROSS JOIN qnorm),"
-        " top AS (SELECT image_id, "
-        + (f"least({', '.join(f'r{j}' for j in k)})" if len(k) > 1 else "r0")
-        + " AS best_rank, "
-        + (f"greatest({', '.join(f'c{j}' for j in k)})" if len(k) > 1 else "c0")
-        + " AS score, "
-        + "CASE "
-        + " ".join(
-            f"WHEN c{j} = " + (f"greatest({', '.join(f'c{i}' for i in k)})" if len(k) > 1 else "c0") + f" THEN {j}"
-            for j in k
-        )
-        + " END"
-        + " AS window_ FROM ranked ORDER BY best_rank, score DESC, image_id LIMIT %s)"
+        f" allowed AS MATERIALIZED ({filtered}),"
+        f" firsts AS (SELECT image_id, min(r) AS best_rank FROM ({firsts}) f GROUP BY image_id),"
+        f" top AS (SELECT f.image_id, f.best_rank, {best} AS score,"
+        + " CASE "
+        + " ".join(f"WHEN a.s{j} / qnorm.v{j} = {best} THEN {j}" for j in k)
+        + " END AS window_"
+        " FROM firsts f JOIN allowed a ON a.image_id = f.image_id CROSS JOIN qnorm"
+        " ORDER BY f.best_rank, score DESC, f.image_id LIMIT %s)"
         f" SELECT i.id AS image_id, top.score AS words_score, top.window_ AS words_window, {distance} AS distance,"
         f" i.object_key, i.thumb_key, i.source_name, i.model, NULL::int AS ef_search, {cols}"
         " FROM top JOIN images i ON i.id = top.image_id JOIN papyri p ON p.id = i.papyrus_id"
         " ORDER BY top.best_rank, top.score DESC, i.id"
     )
-    args: list[Any] = [words.tolist(), *(weights[:, j].tolist() for j in k), *params, n]
+    args: list[Any] = [words.tolist(), *(weights[:, j].tolist() for j in k), *params, *([n] * len(k)), n]
     if vector is not None:
         args.append(_query_vector(vector))
     with conn.cursor(row_factory=dict_row) as cur:

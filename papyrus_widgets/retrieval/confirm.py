@@ -22,7 +22,9 @@ the cost does not grow with the collection.
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -69,6 +71,10 @@ CONFIRM_STEP = 20
 """… and in each further round, while none is confirmed …"""
 CONFIRM_MAX = 70
 """… up to this many in all."""
+VERIFY_THREADS = 2
+"""The candidates of a round are matched this many at a time (at most one per CPU): OpenCV's
+matching and fitting let go of the GIL, so a search on a worker uses the machine's idle cores
+(160 references matched against a photo: 1.2-1.3 s on one thread, 0.65-0.71 s on two, 2 cores)."""
 
 
 @dataclass
@@ -341,6 +347,36 @@ def _verify(query: Features | QueryIndex, c: Candidate) -> Verification | None:
         return None
 
 
+class _Verifier:
+    """Matches candidates against one query, up to :data:`VERIFY_THREADS` at a time: the calling
+    thread and helpers each take every n-th candidate of a round, read its reference's features and
+    match it against their own :class:`QueryIndex` (built on first use, kept for the next rounds;
+    OpenCV does not promise that one matcher may search from several threads at once)."""
+
+    def __init__(self, query: Features, threads: int) -> None:
+        self.query = query
+        self._sift = query.method == "sift" and len(query) >= 4
+        self._indexes: list[Features | QueryIndex | None] = [None] * max(1, min(threads, os.cpu_count() or 1))
+
+    def _share(self, i: int, batch: Sequence[Candidate]) -> list[Verification | None]:
+        index = self._indexes[i]
+        if index is None:
+            index = self._indexes[i] = QueryIndex(self.query) if self._sift else self.query
+        return [_verify(index, c) for c in batch]
+
+    def __call__(self, batch: Sequence[Candidate]) -> list[Verification | None]:
+        n = min(len(self._indexes), len(batch))
+        if n <= 1:
+            return self._share(0, batch)
+        out: list[Verification | None] = [None] * len(batch)
+        with ThreadPoolExecutor(n - 1, thread_name_prefix="papyrus-verify") as pool:
+            helpers = [pool.submit(self._share, i, batch[i::n]) for i in range(1, n)]
+            out[0::n] = self._share(0, batch[0::n])
+            for i, helper in enumerate(helpers, start=1):
+                out[i::n] = helper.result()
+        return out
+
+
 def _stops(v: Verification | None, aimed: bool) -> bool:
     """Whether a verification ends the rounds (see :data:`CONFIRM_STOP_INLIERS`)."""
     if v is None or not is_confirmed(v) or v.inliers < CONFIRM_STOP_INLIERS:
@@ -358,19 +394,20 @@ def confirm(
     step: int = CONFIRM_STEP,
     limit: int = CONFIRM_MAX,
     aimed: bool = True,
+    threads: int = VERIFY_THREADS,
 ) -> list[Reranked]:
     """Verify ``candidates`` (best first) in rounds — ``first``, then ``step`` more — until a round
     confirms one with :data:`CONFIRM_STOP_INLIERS` (near the photo's middle when ``aimed``: a whole
     photo; pass False for a region the user marked) or ``limit`` were verified; return them all,
-    confirmed first (:func:`ranked`), then the rest. A candidate whose features fail keeps its place."""
-    if query.method == "sift" and len(query) >= 4 and candidates:
-        query = QueryIndex(query)  # type: ignore[assignment]  # built once for all candidates
+    confirmed first (:func:`ranked`), then the rest. A candidate whose features fail keeps its place.
+    The candidates of a round are matched ``threads`` at a time."""
+    verify = _Verifier(query, threads)
     checked: list[tuple[int, Candidate, Verification | None]] = []
     todo = list(enumerate(candidates))
     size = first
     while todo and len(checked) < limit:
         batch, todo = todo[: min(size, limit - len(checked))], todo[min(size, limit - len(checked)) :]
-        checked += [(i, c, _verify(query, c)) for i, c in batch]
+        checked += [(i, c, v) for (i, c), v in zip(batch, verify([c for _, c in batch]))]
         size = step
         if any(_stops(v, aimed) for _, _, v in checked):
             break
