@@ -397,7 +397,11 @@ def by_fraction(
                     "latency": time.perf_counter() - t,
                 }
             )
-        held_confirmed = [bool(engine.search(q.data, k=5).confirmed) for q in negatives]
+        held_confirmed, held_latency = [], []
+        for q in negatives:
+            t = time.perf_counter()
+            held_confirmed.append(bool(engine.search(q.data, k=5).confirmed))
+            held_latency.append(time.perf_counter() - t)
 
         def at(key: str, k: int, rows: list[dict[str, Any]] = rows) -> float:
             return float(np.mean([r[key] is not None and r[key] <= k for r in rows]))
@@ -413,6 +417,7 @@ def by_fraction(
             "held_out_confirmed": float(np.mean(held_confirmed)) if held_confirmed else None,
             "held_out_queries": len(held_confirmed),
             "latency": C.summary([r["latency"] for r in rows]),
+            "held_out_latency": C.summary(held_latency) if held_latency else None,
             "rows": rows,
         }
         out["fractions"].append(entry)

@@ -1001,7 +1001,7 @@ def render_realphoto_fractions(r: dict[str, Any] | None, st: dict[str, Any] | No
     if not r:
         return []
     out = [
-        "## 0c. How small can the papyrus be in the photo (opt-in: `bench_realphoto.py --fractions ...`)",
+        "## 0c. How small (or large) can the papyrus be in the photo (opt-in: `bench_realphoto.py --fractions ...`)",
         "",
         (
             f"Figure 0's index ({r['gallery']['images']:,} images) and scene kinds, with the papyrus at a fixed share of the "
@@ -1010,16 +1010,17 @@ def render_realphoto_fractions(r: dict[str, Any] | None, st: dict[str, Any] | No
         ),
         "",
         "| papyrus share of the frame (median reached) | queries | first-stage recall@10 / @50 / @100 | top-1 | top-5 "
-        "| true matches confirmed | held-out confirmed | latency p50 / p95 (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| true matches confirmed | held-out confirmed | latency p50 / p95 (s) | held-out latency p50 / p95 (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for f in r["fractions"]:
-        fs, lat = f["first_stage"], f["latency"]
+        fs, lat, hl = f["first_stage"], f["latency"], f.get("held_out_latency")
         held = "–" if f["held_out_confirmed"] is None else f"{f['held_out_confirmed']:.3f} ({f['held_out_queries']})"
+        held_lat = "not recorded" if not hl else f"{hl['p50']:.2f} / {hl['p95']:.2f}"
         out.append(
             f"| {f['share']:.0%} ({f['reached_median']:.0%}) | {f['queries']} | {fs['recall@10']:.3f} / {fs['recall@50']:.3f} / "
             f"{fs['recall@100']:.3f} | {f['top1']:.3f} | {f['top5']:.3f} | {f['true_match_confirmed']:.3f} | {held} | "
-            f"{lat['p50']:.2f} / {lat['p95']:.2f} |"
+            f"{lat['p50']:.2f} / {lat['p95']:.2f} | {held_lat} |"
         )
     by_kind: dict[str, list[str]] = {}
     for f in r["fractions"]:
