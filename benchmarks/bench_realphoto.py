@@ -363,6 +363,18 @@ def baseline_today(engine: Any, settings: Any, query: Any) -> list[str | None]:
     return [t[2] for t in scored]
 
 
+def held_out_searches(engine: Any, negatives: list[Any]) -> list[dict[str, Any]]:
+    """The default search of each photo of a papyrus not in the index: whether anything was
+    confirmed (it should not be) and how long the search took."""
+    out = []
+    for q in negatives:
+        t = time.perf_counter()
+        confirmed = bool(engine.search(q.data, k=5).confirmed)
+        out.append({"name": q.name, "kind": q.kind, "confirmed": confirmed, "latency": time.perf_counter() - t})
+        print(f"  held-out {q.kind:<8} {q.name:<26} confirmed={confirmed}", flush=True)
+    return out
+
+
 def by_fraction(
     engine: Any,
     indexed: list[Path],
@@ -397,11 +409,8 @@ def by_fraction(
                     "latency": time.perf_counter() - t,
                 }
             )
-        held_confirmed, held_latency = [], []
-        for q in negatives:
-            t = time.perf_counter()
-            held_confirmed.append(bool(engine.search(q.data, k=5).confirmed))
-            held_latency.append(time.perf_counter() - t)
+        held = held_out_searches(engine, negatives)
+        held_confirmed, held_latency = [r["confirmed"] for r in held], [r["latency"] for r in held]
 
         def at(key: str, k: int, rows: list[dict[str, Any]] = rows) -> float:
             return float(np.mean([r[key] is not None and r[key] <= k for r in rows]))
@@ -528,14 +537,7 @@ def main() -> None:
                 f"corners={row['corners_rank']} baseline={row['baseline_rank']} {row['latency']:.2f}s",
                 flush=True,
             )
-        negative_rows = []
-        for q in negatives:
-            t = time.perf_counter()
-            res = engine.search(q.data, k=5)
-            negative_rows.append(
-                {"name": q.name, "kind": q.kind, "confirmed": bool(res.confirmed), "latency": time.perf_counter() - t}
-            )
-            print(f"  held-out {q.kind:<8} {q.name:<26} confirmed={bool(res.confirmed)}", flush=True)
+        negative_rows = held_out_searches(engine, negatives)
 
     def at(key: str, k: int) -> float:
         return float(np.mean([r[key] is not None and r[key] <= k for r in rows]))
