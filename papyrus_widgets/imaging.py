@@ -18,9 +18,18 @@ from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from .errors import CornersError, ImageError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
+try:  # HEIC/HEIF: what iPhones (and many Android phones) save photos as
+    from pillow_heif import register_heif_opener
+except ImportError:  # pragma: no cover - a dependency; without it HEIC is refused with a clear message
+    HEIF = False
+else:
+    register_heif_opener()
+    HEIF = True
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".heic", ".heif", ".avif")
 """File name endings of the images that ingest, training, evaluation and the CLI read (what
-:func:`decode_image` decodes with Pillow's standard plugins)."""
+:func:`decode_image` decodes: Pillow's plugins, HEIC/HEIF through ``pillow-heif``)."""
+FORMATS = "JPEG, PNG, TIFF, WebP, HEIC, AVIF, BMP or GIF"
 
 MODEL_INPUT_SIZE = 224
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -60,7 +69,8 @@ def decode_image(
 
     - refuses empty, oversized (bytes or pixels, checked from the header before decoding) and
       non-image data with :class:`ImageError`;
-    - honours EXIF orientation; takes the first frame of animations;
+    - honours EXIF orientation (HEIC: its rotation, which ``pillow-heif`` applies on opening);
+      takes the first frame of animations and the primary image of a HEIC;
     - converts every mode (palette, alpha, 16-bit, CMYK, greyscale) to RGB, alpha over white;
     - ``max_side``: return at most this long side; big JPEGs are decoded in draft mode (fast).
     """
@@ -90,9 +100,11 @@ def decode_image(
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(
-            f"{name} is not an image Pillow can read: use JPEG, PNG, TIFF, WebP, BMP or GIF."
-        ) from None
+        if data[4:8] == b"ftyp" and HEIF:  # an ISO-BMFF file (HEIC, AVIF) that did not open
+            raise ImageError(
+                f"{name} looks like a HEIC/AVIF file but could not be decoded: the file may be truncated or corrupt."
+            ) from None
+        raise ImageError(f"{name} is not an image Pillow can read: use {FORMATS}.") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"{name} is too large to decode safely ({exc}).") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -121,9 +121,16 @@ def exif_rotated() -> bytes:
 
 
 def heic_bytes() -> bytes:
-    """The start of an ISO-BMFF HEIC file: Pillow (without a HEIF plug-in) cannot open it."""
+    """The start of an ISO-BMFF HEIC file and nothing of its image: a truncated upload."""
     ftyp = b"ftypheic" + b"\x00\x00\x00\x00" + b"mif1heic"
     return struct.pack(">I", len(ftyp) + 4) + ftyp + b"\x00\x00\x00\x08free" + b"\x00" * 512
+
+
+def heic_iphone() -> bytes:
+    """As an iPhone saves a photo: HEIC, stored lying on its side, orientation 6."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return _encode(_ref().transpose(Image.Transpose.ROTATE_90), "HEIF", quality=85, exif=exif.tobytes())
 
 
 def png_bad_crc() -> bytes:
@@ -191,7 +198,7 @@ CASES: dict[str, Case] = {
         error=ImageError,
         words="not an image",
     ),
-    "heic": Case(heic_bytes, name="IMG_0001.HEIC", error=ImageError, words="not an image Pillow can read"),
+    "heic-truncated": Case(heic_bytes, name="IMG_0001.HEIC", error=ImageError, words="truncated or corrupt"),
     # --- too big ---
     "bomb-1bit-40000px": Case(
         lambda: png_bomb(40_000, 40_000), name="bomb.png", error=ImageError, words="too large"
@@ -214,6 +221,8 @@ CASES: dict[str, Case] = {
     "animated-gif-first-frame": Case(animated_gif, name="photo.gif", top=REF_KEY),
     "tiff": Case(lambda: _encode(_ref(), "TIFF", compression="tiff_lzw"), name="photo.tif", top=REF_KEY),
     "webp": Case(lambda: _encode(_ref(), "WEBP", quality=90), name="photo.webp", top=REF_KEY),
+    "heic-iphone": Case(heic_iphone, name="IMG_0002.HEIC", top=REF_KEY),
+    "avif": Case(lambda: _encode(_ref(), "AVIF", quality=80), name="photo.avif", top=REF_KEY),
     "exif-rotated": Case(exif_rotated, top=REF_KEY),
     "grayscale-jpeg": Case(lambda: _encode(_ref().convert("L"), "JPEG", quality=90)),
     "one-pixel": Case(lambda: _encode(Image.new("RGB", (1, 1), (180, 150, 110)), "PNG"), name="dot.png"),
@@ -439,7 +448,7 @@ def _one_line_error(proc: subprocess.CompletedProcess, command: str) -> str:
     "case_id, extra, words",
     [
         ("bomb-1bit-40000px", [], "too large"),
-        ("heic", [], "not an image Pillow can read"),
+        ("heic-truncated", [], "truncated or corrupt"),
         ("k-negative", ["-k", "-3"], "k must be between"),
         ("corners-nan", ["--corners", "0,0,500,0,nan,500,0,500"], "NaN"),
     ],

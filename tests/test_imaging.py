@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,6 +83,25 @@ def test_exif_orientation_is_honoured():
     buf = io.BytesIO()
     img.save(buf, "JPEG", exif=exif)
     assert imaging.decode_image(buf.getvalue()).size == (20, 60)
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_phone_formats_decode_upright(fmt):
+    """HEIC (iPhones) and AVIF photos decode, turned as their orientation says: stored lying on the
+    side with orientation 6, a blue block at the stored top left shows at the top right."""
+    stored = Image.new("RGB", (64, 48), (200, 120, 60))
+    stored.paste((0, 0, 255), (0, 0, 16, 12))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    stored.save(buf, fmt, quality=90, exif=exif.tobytes())
+    out = imaging.decode_image(buf.getvalue(), name="IMG_0001")
+    assert out.size == (48, 64) and out.info["original_size"] == (48, 64)
+    r, g, b = out.getpixel((44, 4))
+    assert b > 200 and r < 60, out.getpixel((44, 4))
+    r, g, b = out.getpixel((4, 4))
+    assert r > 150 and b < 110, out.getpixel((4, 4))
+    assert Path("IMG_0001.HEIC").suffix.lower() in imaging.IMAGE_SUFFIXES
 
 
 def test_animated_gif_takes_first_frame():

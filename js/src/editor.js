@@ -78,7 +78,7 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
     id: `${id}-file`,
     class: "papyrus-file",
     type: "file",
-    accept: "image/*,.tif,.tiff",
+    accept: "image/*,.tif,.tiff,.heic,.heif,.avif",
     "data-testid": "file-input",
     "aria-describedby": `${id}-drop-hint`,
   });
