@@ -142,14 +142,17 @@ def scene_queries(
     *,
     quality: int = 92,
     fraction: float | None = None,
+    variant: str | None = None,
 ) -> list[SceneQuery]:
     """Photos that look like real use (:func:`papyrus_widgets.scenes.make_scene`: a screen among
     windows and thumbnails, a desk, a light box) of each reference in ``targets``, with ``others``
     (other papyri) around it; scene ``j`` of target ``i`` uses the seed ``[seed, i, j]``.
     ``others`` given as a mapping of file name → image leaves out the target's own file.
-    ``fraction``: the papyrus's share of the frame (default: drawn from ``scenes.FRACTION_RANGE``).
+    ``fraction``: the papyrus's share of the frame (default: drawn from ``scenes.FRACTION_RANGE``);
+    ``variant``: one of ``scenes.VARIANTS``, photos outside that range (close-ups, steep angles,
+    12-megapixel portrait photos with EXIF orientation, turned frames, dim photos).
     Independent of the training generator :func:`papyrus_widgets.training.recapture`."""
-    from .scenes import make_scene
+    from .scenes import encode, make_scene
 
     out = []
     for i, target in enumerate(targets):
@@ -157,12 +160,11 @@ def scene_queries(
         img = decode_image(path.read_bytes(), max_side=1600, name=path.name)
         around = [im for name, im in others.items() if name != path.name] if isinstance(others, Mapping) else others
         for j in range(per_target):
-            scene = make_scene(img, list(around), np.random.default_rng([seed, i, j]), fraction=fraction)
-            buf = io.BytesIO()
-            scene.image.save(buf, "JPEG", quality=quality)
+            rng = np.random.default_rng([seed, i, j])
+            scene = make_scene(img, list(around), rng, fraction=fraction, variant=variant)
             out.append(
                 SceneQuery(
-                    buf.getvalue(), inventory_of(path), path.name, scene.kind, float(scene.target_fraction),
+                    encode(scene, quality), inventory_of(path), path.name, scene.kind, float(scene.target_fraction),
                     np.asarray(scene.corners, dtype=float).tolist(),
                 )
             )  # fmt: skip

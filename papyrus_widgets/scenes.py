@@ -49,7 +49,11 @@ class Scene:
     kind: str
     """``"screen"``, ``"desk"`` or ``"lightbox"``."""
     target_fraction: float
-    """Area of the target quadrilateral / frame area."""
+    """Area of the target quadrilateral / frame area (of the whole outline, even where part of it
+    lies outside the frame, as in a close-up)."""
+    orientation: int = 1
+    """The EXIF orientation to save ``image`` with (1: as it is; 6: stored turned a quarter to the
+    left, tagged to be shown turned back, as a phone held upright writes it): see :func:`encode`."""
 
 
 # --------------------------------------------------------------------------------------------- geometry
@@ -88,10 +92,15 @@ def _area(q: np.ndarray) -> float:
 
 
 def _camera(
-    rng: np.random.Generator, world_side: float, image_side: float, frame_w: int, max_tilt: float, max_roll: float
+    rng: np.random.Generator,
+    world_side: float,
+    image_side: float,
+    frame_w: int,
+    tilt_range: tuple[float, float],
+    max_roll: float,
 ) -> np.ndarray:
-    """World plane (centred on 0, 0) → image: a pinhole camera tilted up to ``max_tilt`` degrees."""
-    tilt, phi = math.radians(rng.uniform(0, max_tilt)), rng.uniform(0, 2 * math.pi)
+    """World plane (centred on 0, 0) → image: a pinhole camera tilted by ``tilt_range`` degrees."""
+    tilt, phi = math.radians(rng.uniform(*tilt_range)), rng.uniform(0, 2 * math.pi)
     rot_tilt, _ = cv2.Rodrigues(np.array([math.cos(phi), math.sin(phi), 0.0]) * tilt)
     rot = _r(rng.uniform(-max_roll, max_roll)) @ rot_tilt
     f = frame_w * rng.uniform(1.1, 1.5)
@@ -418,6 +427,7 @@ def screen_scene(
     *,
     size: tuple[int, int] = (1600, 1200),
     fraction: float | None = None,
+    tilt: tuple[float, float] | None = None,
 ) -> Scene:
     """A monitor photographed at an angle: an image viewer shows ``target``, a filmstrip shows
     ``others``; bezel, room, moiré, glare, vignetting, blur, noise, colour cast, gamma, JPEG."""
@@ -429,7 +439,8 @@ def screen_scene(
         _pixels(target, TARGET_MAX_SIDE), _pick(others, rng, 12, 160), rng, sw, sh
     )
     quad = _rect(dw, dh) + [dx, dy]
-    cam = _camera(rng, math.sqrt(dw * dh), math.sqrt(frac * w * h), w, 35, 12) @ _t(-dx - dw / 2, -dy - dh / 2)
+    cam = _camera(rng, math.sqrt(dw * dh), math.sqrt(frac * w * h), w, tilt or (0, 35), 12)
+    cam = cam @ _t(-dx - dw / 2, -dy - dh / 2)
     cam, frac = _fit(cam, quad, size, frac, rng)
     wall, floor = rng.integers(120, 240, 3), rng.integers(30, 170, 3)
     frame = _gradient(w, h, wall, floor, rng.uniform(60, 120))
@@ -488,6 +499,7 @@ def _flat_scene(
     rng: np.random.Generator,
     size: tuple[int, int],
     fraction: float | None,
+    tilt: tuple[float, float] | None = None,
 ) -> Scene:
     """Desk and lightbox: the target lies on a plane with sheets, ruler, colour chart (and hands)."""
     w, h = size
@@ -500,7 +512,7 @@ def _flat_scene(
     k = math.sqrt(frac * w * h / (tw * th))  # world units ≈ frame pixels
     place = _place(tw, th, 0, 0, rng.uniform(-25, 25) if desk else rng.uniform(-8, 8), k)
     quad = _apply(place, _rect(tw, th))
-    cam = _camera(rng, k * math.sqrt(tw * th), math.sqrt(frac * w * h), w, 35 if desk else 20, 10)
+    cam = _camera(rng, k * math.sqrt(tw * th), math.sqrt(frac * w * h), w, tilt or (0, 35 if desk else 20), 10)
     cam, frac = _fit(cam, quad, size, frac, rng)
     side = k * max(tw, th)
     if desk:
@@ -571,10 +583,11 @@ def desk_scene(
     *,
     size: tuple[int, int] = (1600, 1200),
     fraction: float | None = None,
+    tilt: tuple[float, float] | None = None,
 ) -> Scene:
     """The target scan as a print on a desk (wood or cloth) at an angle, among other papyri and a
     printed page, with a ruler, a colour chart, hands, soft shadows, uneven light, blur, noise, JPEG."""
-    return _flat_scene("desk", target, others, rng, size, fraction)
+    return _flat_scene("desk", target, others, rng, size, fraction, tilt)
 
 
 def lightbox_scene(
@@ -584,13 +597,25 @@ def lightbox_scene(
     *,
     size: tuple[int, int] = (1600, 1200),
     fraction: float | None = None,
+    tilt: tuple[float, float] | None = None,
 ) -> Scene:
     """The target on an evenly lit white panel under glass (a faint reflection and a specular
     line), a colour chart and/or ruler, mild perspective, JPEG."""
-    return _flat_scene("lightbox", target, others, rng, size, fraction)
+    return _flat_scene("lightbox", target, others, rng, size, fraction, tilt)
 
 
 SCENES = {"screen": screen_scene, "desk": desk_scene, "lightbox": lightbox_scene}
+
+STEEP_TILT = (45.0, 60.0)
+"""Camera tilt (degrees) of the *steep* variant."""
+
+VARIANTS = ("closeup", "steep", "phone", "turned", "dim")
+"""Photos outside the range the scenes are drawn from (``make_scene(..., variant=...)``), to see how
+the search holds up beyond it rather than to tune on: *closeup*, only 35-60 % of the papyrus in the
+frame, which it fills; *steep*, the camera tilted by :data:`STEEP_TILT` degrees from square-on
+(the scenes draw 0-35, lightboxes 0-20); *phone*, a 12-megapixel portrait photo stored
+turned with EXIF orientation 6, as phones write it; *turned*, the frame turned by a quarter or a
+half turn with no EXIF to undo it; *dim*, a dark, noisy, blurred photo saved as JPEG quality 30-45."""
 
 
 def make_scene(
@@ -601,13 +626,91 @@ def make_scene(
     kind: str | None = None,
     size: tuple[int, int] = (1600, 1200),
     fraction: float | None = None,
+    variant: str | None = None,
 ) -> Scene:
-    """One scene of ``kind`` (None: one of :data:`KINDS` drawn from ``rng``)."""
+    """One scene of ``kind`` (None: one of :data:`KINDS` drawn from ``rng``); ``variant``: one of
+    :data:`VARIANTS`, a photo outside the usual range (``size`` is then the size of the photo as it
+    is shown; ``fraction`` is ignored by *closeup*)."""
     if kind is None:
         kind = KINDS[int(rng.integers(0, len(KINDS)))]
     if kind not in SCENES:
         raise ValueError(f"unknown scene kind {kind!r}: one of {', '.join(KINDS)}")
-    return SCENES[kind](target, others, rng, size=size, fraction=fraction)
+    if variant is None:
+        return SCENES[kind](target, others, rng, size=size, fraction=fraction)
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}: one of {', '.join(VARIANTS)}")
+    w, h = size
+    if variant == "closeup":
+        return _closeup(SCENES[kind](target, others, rng, size=(2 * w, 2 * h), fraction=0.5), rng, size)
+    if variant == "phone":
+        scene = SCENES[kind](target, others, rng, size=(3024, 4032), fraction=fraction)
+        return Scene(scene.image, scene.corners, kind, scene.target_fraction, orientation=6)
+    if variant == "steep":
+        return SCENES[kind](target, others, rng, size=size, fraction=fraction, tilt=STEEP_TILT)
+    scene = SCENES[kind](target, others, rng, size=size, fraction=fraction)
+    if variant == "turned":
+        return _turned(scene, int(rng.choice([90, 180, 270])))
+    return _dim(scene, rng)
+
+
+def _warped(scene: Scene, m: np.ndarray, size: tuple[int, int]) -> Scene:
+    """``scene`` seen through ``m`` (frame edge px → new frame edge px) in a frame of ``size``."""
+    pixels = np.asarray(scene.image)
+    fill = tuple(float(c) for c in pixels.reshape(-1, 3).mean(0))  # what lies beyond: a plain surround
+    out = cv2.warpPerspective(pixels, _centre(m), size, flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=fill)  # fmt: skip
+    corners = _apply(m, scene.corners)
+    frac = _area(corners) / (size[0] * size[1])
+    return Scene(Image.fromarray(out, "RGB"), corners, scene.kind, frac, scene.orientation)
+
+
+def _closeup(scene: Scene, rng: np.random.Generator, size: tuple[int, int]) -> Scene:
+    """A part of ``scene`` around the papyrus, 35-60 % of its outline's area, brought to ``size``."""
+    w, h = size
+    q = scene.corners
+    area = rng.uniform(0.35, 0.6) * _area(q)
+    cw = math.sqrt(area * w / h)
+    centre = q.mean(0) + rng.uniform(0.0, 0.5) * (q[int(rng.integers(0, 4))] - q.mean(0))
+    x0, y0 = centre - [cw / 2, cw * h / w / 2]
+    return _warped(scene, _s(w / cw) @ _t(-x0, -y0), size)
+
+
+def _turned(scene: Scene, deg: int) -> Scene:
+    """``scene`` turned by ``deg`` (90, 180 or 270) degrees clockwise, pixels and corners."""
+    w, h = scene.image.size
+    turn = {90: Image.Transpose.ROTATE_270, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_90}[deg]
+    m = {90: np.array([[0.0, -1, h], [1, 0, 0], [0, 0, 1]]), 180: _t(w, h) @ _s(-1.0),
+         270: np.array([[0.0, 1, 0], [-1, 0, w], [0, 0, 1]])}[deg]  # fmt: skip
+    image = scene.image.transpose(turn)
+    return Scene(image, _apply(m, scene.corners), scene.kind, scene.target_fraction, scene.orientation)
+
+
+def _dim(scene: Scene, rng: np.random.Generator) -> Scene:
+    """``scene`` as a dark room would give it: under-exposed, noisy, soft, heavily compressed."""
+    dark = np.asarray(scene.image, np.float32) * np.float32(rng.uniform(0.3, 0.5))
+    frame: np.ndarray = cv2.GaussianBlur(dark, (0, 0), rng.uniform(1.2, 2.2))
+    frame = frame + rng.standard_normal(frame.shape[:2], dtype=np.float32)[..., None] * np.float32(rng.uniform(5, 9))
+    out = Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8), "RGB")
+    buf = io.BytesIO()
+    out.save(buf, "JPEG", quality=int(rng.integers(30, 46)))
+    return Scene(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), scene.corners, scene.kind,
+                 scene.target_fraction, scene.orientation)  # fmt: skip
+
+
+def encode(scene: Scene, quality: int = 92) -> bytes:
+    """``scene.image`` as JPEG bytes; with ``scene.orientation`` 6 the pixels are stored turned a
+    quarter to the left and tagged so that a viewer (and :func:`papyrus_widgets.imaging.decode_image`)
+    shows them as ``scene.image``."""
+    img = scene.image
+    exif = Image.Exif()
+    if scene.orientation == 6:
+        img = img.transpose(Image.Transpose.ROTATE_90)
+        exif[0x0112] = 6
+    elif scene.orientation != 1:
+        raise ValueError(f"orientation {scene.orientation} is not written here (1 or 6)")
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality, exif=exif.tobytes() if scene.orientation != 1 else b"")
+    return buf.getvalue()
 
 
 def make_scenes(

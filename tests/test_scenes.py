@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import cv2
 import numpy as np
 import pytest
@@ -123,3 +125,66 @@ def test_make_scenes_keeps_names_and_is_stable(target, others):
     assert np.array_equal(np.asarray(again[0][1].image), np.asarray(out[0][1].image))
     with pytest.raises(ValueError, match="kind"):
         scenes.make_scene(target, others, np.random.default_rng(0), kind="beach")
+
+
+def _visible_deskew(img: Image.Image, corners: np.ndarray, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`_deskew` for any photo and corners, with the mask of the grid cells that lie inside the photo."""
+    scene = scenes.Scene(img, corners, "", 0.0)
+    inside = scenes.Scene(Image.new("RGB", img.size, (255, 255, 255)), corners, "", 0.0)
+    return _deskew(scene, w, h), _deskew(inside, w, h) > 254
+
+
+@pytest.mark.parametrize("variant", scenes.VARIANTS)
+def test_variants_keep_the_corners_exact(variant, others):
+    """Each photo outside the usual range, decoded as a user's upload would be (EXIF orientation applied),
+    still has the target exactly at its corners: warped back, the visible part of a random-block target
+    correlates best at zero shift, to a fifth of a pixel."""
+    from papyrus_widgets.imaging import decode_image
+
+    pattern = _pattern(block=4)
+    ref = np.asarray(pattern.convert("L"), np.float32)
+    for seed, kind in enumerate(scenes.KINDS):
+        rng = np.random.default_rng(seed)
+        scene = scenes.make_scene(pattern, others, rng, kind=kind, fraction=0.3, variant=variant)
+        shown = decode_image(scenes.encode(scene))
+        assert shown.size == scene.image.size
+        back, valid = _visible_deskew(shown, scene.corners, *pattern.size)
+        valid[:6], valid[-6:], valid[:, :6], valid[:, -6:] = False, False, False, False
+        assert valid.mean() > 0.25, (variant, kind)
+        c = np.array(
+            [[_corr(np.roll(back, (dy, dx), axis=(0, 1))[valid], ref[valid]) for dx in (-1, 0, 1)] for dy in (-1, 0, 1)]
+        )
+        assert c[1, 1] > 0.3 and c[1, 1] == c.max(), (variant, kind, c)
+        peak_x = 0.5 * (c[1, 0] - c[1, 2]) / (c[1, 0] - 2 * c[1, 1] + c[1, 2])
+        peak_y = 0.5 * (c[0, 1] - c[2, 1]) / (c[0, 1] - 2 * c[1, 1] + c[2, 1])
+        assert abs(peak_x) < 0.2 and abs(peak_y) < 0.2, (variant, kind, peak_x, peak_y)
+
+
+def test_variants_are_what_they_say(target, others):
+    rng = np.random.default_rng
+    close = scenes.make_scene(target, others, rng(1), kind="desk", variant="closeup")
+    assert close.image.size == (1600, 1200) and 1.6 < close.target_fraction < 3.0  # 35-60 % of it in the frame
+    phone = scenes.make_scene(target, others, rng(2), kind="screen", variant="phone")
+    data = scenes.encode(phone)
+    stored = Image.open(io.BytesIO(data))
+    assert stored.size == (4032, 3024) and stored.getexif().get(0x0112) == 6
+    assert phone.image.size == (3024, 4032)
+    turned = [scenes.make_scene(target, others, rng(s), kind="lightbox", variant="turned") for s in range(12)]
+    assert {t.image.size for t in turned} == {(1600, 1200), (1200, 1600)}
+    w, h = target.size
+    rect = np.array([[0, 0], [w, 0], [w, h], [0, h]], float)
+
+    def squash(corners: np.ndarray) -> float:  # a plane tilted by t is shortened by about cos t along the tilt
+        affine = np.linalg.lstsq(np.c_[rect, np.ones(4)], corners, rcond=None)[0][:2]
+        s = np.linalg.svd(affine, compute_uv=False)
+        return float(s[1] / s[0])
+
+    for kind in scenes.KINDS:  # tilted 45-60 degrees: cos 0.71-0.5; the usual scenes stay within 0-35 (>= 0.82)
+        assert squash(scenes.make_scene(target, [], rng(3), kind=kind, variant="steep").corners) < 0.75
+        assert squash(scenes.make_scene(target, [], rng(3), kind=kind).corners) > 0.8
+    plain = scenes.make_scene(target, others, rng(4), kind="desk")
+    dim = scenes.make_scene(target, others, rng(4), kind="desk", variant="dim")
+    assert np.asarray(dim.image).mean() < 0.6 * np.asarray(plain.image).mean()
+    assert np.array_equal(dim.corners, plain.corners)
+    with pytest.raises(ValueError, match="variant"):
+        scenes.make_scene(target, others, rng(0), variant="underwater")
