@@ -372,6 +372,15 @@ def _look_closer(settings: Settings, photo: Callable[[], Any], results: list[Any
     return ranked(results)
 
 
+TILTED_VIEWS = True
+"""Whether the second look also looks at the photo through the tilted views of
+:func:`papyrus_widgets.retrieval.features.tilted_features` (a papyrus photographed at a steep
+angle), for its word lists and its confirming."""
+TILTED_RETRIES = 30
+"""With the tilted views, the references among the second look's first this many that the first
+look already tried are tried again (with the views' keypoints they may be confirmed now)."""
+
+
 def _second_look(
     settings: Settings,
     photo: Callable[[], Any],
@@ -386,21 +395,48 @@ def _second_look(
     (smaller than the first pass's), up to :data:`SECOND_LOOK_CANDIDATES` references not ``seen``
     yet, confirmed like the first ones (and looked at closer). Returns their confirming results."""
     from .retrieval import confirm, shortlist
+    from .retrieval.features import tilted_features
 
     url, _ = _require_resolved(settings)
     features, words = prepared.features, prepared.words
     if features.method != "sift" or not len(words):
         return []
+    if TILTED_VIEWS:  # a papyrus photographed at a steep angle: its keypoints as a square-on view shows them
+        features = tilted_features(photo(), features)
+        added = features.descriptors[len(prepared.features) :]
+        words = np.concatenate([words, worker_vocabulary(settings).words(added)]) if len(added) else words
     words, weights = shortlist.query_windows(
         words, features.points, features.size, windows=shortlist.SECOND_LOOK_WINDOWS
     )
     with index.pooled_connection(url) as conn:
         rows = index.word_candidates(conn, words, weights, len(seen) + SECOND_LOOK_CANDIDATES, filters, vector)
-    fresh = [c for c in shortlist.fuse(rows, []) if c.row["object_key"] not in seen][:SECOND_LOOK_CANDIDATES]
+    listed = shortlist.fuse(rows, [])
+    fresh = [c for c in listed if c.row["object_key"] not in seen][:SECOND_LOOK_CANDIDATES]
+    if len(features) > len(prepared.features):  # the tilted views may confirm one the first look could not
+        keep = {id(c) for c in fresh} | {id(c) for c in listed[:TILTED_RETRIES] if c.row["object_key"] in seen}
+        fresh = [c for c in listed if id(c) in keep]
     candidates = _candidates(settings, _first_stage_hits(fresh, None))
     # stops at a confirmed match wherever it lies: the first look found nothing in the middle
-    results = confirm(features, candidates, limit=SECOND_LOOK_CANDIDATES, aimed=False)
+    results = confirm(features, candidates, limit=len(candidates), aimed=False)
     return _look_closer(settings, photo, results)
+
+
+def _merged(first: list[Any], second: list[Any]) -> list[Any]:
+    """The first look's results and the second's, one per reference: where both tried one (a retry
+    with the tilted views), the one with more inliers."""
+    def inliers(r: Any) -> int:
+        return r.verification.inliers if r.verification is not None else -1
+
+    again = {r.payload.image_key: r for r in second}
+    out = []
+    for r in first:
+        other = again.get(r.payload.image_key)
+        if other is not None and inliers(other) < inliers(r):
+            again.pop(r.payload.image_key)
+            out.append(r)
+        elif other is None:
+            out.append(r)
+    return out + [r for r in second if again.get(r.payload.image_key) is r]
 
 
 def verify_task(
@@ -452,7 +488,7 @@ def verify_task(
             more = _second_look(settings, photo, prepared, {h.image_key for h in hits if h.image_key}, filters, vector)
         except PapyrusError:
             more = []  # the first look's answer stands
-        results = ranked(results + more)
+        results = ranked(_merged(results, more))
     ordered = [_apply(r.payload, r) for r in results]
     ordered += [h for h in hits if not h.image_key]
     out = ordered[:k]

@@ -525,3 +525,55 @@ def test_keypoints_are_kept_balanced_over_scales() -> None:
     assert sorted(_balanced(coarse, 100)) == list(range(50))
     f = verify.feature_params()
     assert f.endswith("/scales") and f.startswith("sift/")
+
+
+def test_tilted_views_confirm_a_photo_taken_at_a_steep_angle(scan, scan_features) -> None:
+    """The scan shortened 2.4 times across a slanting direction (a camera tilted by about 65
+    degrees): the photo's own keypoints hardly match it; with the tilted views'
+    (:func:`tilted_features`) it is confirmed, and the outline lands where the scan lies."""
+    import cv2
+
+    from papyrus_widgets.retrieval.confirm import QueryIndex
+    from papyrus_widgets.retrieval.features import QUERY_MAX_KEYPOINTS, QUERY_MAX_SIDE, tilted_features
+
+    a = np.deg2rad(120)
+    turn = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    squash = turn @ np.diag([1 / 2.4, 1.0]) @ turn.T * 1.1
+    w, h = 1600, 1200
+    to_photo = np.c_[squash, [w / 2, h / 2] - squash @ [scan.width / 2, scan.height / 2]]
+    pixels = cv2.warpAffine(np.asarray(scan), to_photo, (w, h), flags=cv2.INTER_AREA, borderValue=(90, 90, 100))
+    photo = Image.fromarray(pixels)
+    base = verify.extract_features(photo, max_side=QUERY_MAX_SIDE, max_keypoints=QUERY_MAX_KEYPOINTS)
+    tilted = tilted_features(photo, base)
+    assert len(tilted) > len(base) and np.array_equal(tilted.points[: len(base)], base.points)
+    assert tilted.size == base.size and tilted.work_side == base.work_side
+    plain, seen = verify.match(QueryIndex(base), scan_features), verify.match(QueryIndex(tilted), scan_features)
+    assert not plain.confirmed and seen.confirmed and seen.inliers > 4 * max(plain.inliers, 10), (plain, seen)
+    sw, sh = scan_features.size
+    k = scan.width / sw  # the scan as decoded is the stored one at this scale
+    truth = np.c_[np.array([[0, 0], [sw, 0], [sw, sh], [0, sh]]) * k, np.ones(4)] @ to_photo.T
+    assert np.abs(np.asarray(seen.outline) - truth).max() < 6, (seen.outline, truth)
+    with pytest.raises(ValueError, match="whole photo"):
+        tilted_features(photo, verify.extract_features(photo, region=[[0, 0], [800, 0], [800, 600], [0, 600]]))
+
+
+def test_second_look_results_replace_the_first_looks_for_the_same_reference() -> None:
+    """A reference the second look tried again (with the tilted views) appears once: with the
+    evidence of the look that found more inliers; the others keep their places."""
+    from types import SimpleNamespace as NS
+
+    from papyrus_widgets import tasks
+
+    def result(key: str, inliers: int | None) -> NS:
+        return NS(payload=NS(image_key=key), verification=None if inliers is None else NS(inliers=inliers))
+
+    first = [result("a", 12), result("b", 40), result("c", None)]
+    second = [result("a", 150), result("b", 9), result("d", 30)]
+    merged = tasks._merged(first, second)
+    assert [(r.payload.image_key, r.verification and r.verification.inliers) for r in merged] == [
+        ("b", 40),
+        ("c", None),
+        ("a", 150),
+        ("d", 30),
+    ]
+    assert tasks._merged(first, []) == first and tasks._merged([], second) == second
