@@ -48,8 +48,16 @@ indexed and held-out papyrus with the papyrus at exactly that share (the same sc
 share); first-stage recall, top-1/top-5 of the default search with no corners, its latency, and the
 held-out papyri confirmed. A degradation curve outside the 10-40 % the main figure draws from.
 
+**Beyond the scenes' range** (``--variants closeup,steep,phone,turned,dim``, result
+``realphoto-variants``; not part of ``make bench``): the same index, and for each of
+``scenes.VARIANTS`` new scenes of every indexed and held-out papyrus (close-ups showing 35-60 % of
+the papyrus; the camera tilted 45-60 degrees; 12-megapixel portrait photos stored turned with EXIF
+orientation 6; frames turned a quarter or half turn without EXIF; dark, noisy, soft photos at JPEG
+30-45), each searched with no corners twice on the same cluster: as the search is now and as it
+was before the tilted views (``BEFORE``, switched on the workers).
+
 Run alone: ``python benchmarks/bench_realphoto.py [--quick] [--distractors N] [--per-ref N] [--derived N]
-[--fractions F,F,...]``.
+[--fractions F,F,...] [--variants V,V,...]``.
 """
 
 from __future__ import annotations
@@ -440,6 +448,88 @@ def by_fraction(
     return out
 
 
+BEFORE = {"TILTED_VIEWS": False}
+"""The search as it was before the variants figure was made: no tilted views in the second look
+(``papyrus_widgets.tasks``' switch)."""
+
+
+def _switch(engine: Any, values: dict[str, Any]) -> None:
+    """Set ``papyrus_widgets.tasks``' module switches on every worker (and here)."""
+    from papyrus_widgets import tasks
+
+    def apply(values: dict[str, Any] = values) -> None:
+        from papyrus_widgets import tasks
+
+        for name, value in values.items():
+            setattr(tasks, name, value)
+
+    engine.client.run(apply)
+    apply()
+    assert all(getattr(tasks, k) == v for k, v in values.items())
+
+
+def by_variant(
+    engine: Any,
+    indexed: list[Path],
+    held: list[Path],
+    others: dict[str, Any],
+    held_imgs: dict[str, Any],
+    per_ref: int,
+    variants: list[str],
+    total: int,
+) -> dict[str, Any]:
+    """Photos outside the scenes' usual range (``scenes.VARIANTS``): for each, new scenes of every
+    indexed and held-out papyrus, searched with no corners by the search as it is and as it was
+    before (:data:`BEFORE`), the same photos, index and cluster."""
+    from papyrus_widgets import tasks
+    from papyrus_widgets.evaluation import distinct_files, scene_queries
+
+    now = {k: getattr(tasks, k) for k in BEFORE}
+    out: dict[str, Any] = {"name": NAME + "-variants", "gallery": {"images": total}, "before": BEFORE, "variants": []}
+    for n, variant in enumerate(variants):
+        seed = SEED + 500 + 10 * n
+        positives = scene_queries(distinct_files(indexed), others, per_ref, seed, variant=variant)
+        negatives = scene_queries(distinct_files(held), held_imgs, per_ref, seed + 1, variant=variant)
+        entry: dict[str, Any] = {"variant": variant, "queries": len(positives), "held_out_queries": len(negatives)}
+        for label, switches in (("before", BEFORE), ("now", now)):
+            _switch(engine, switches)
+            rows = []
+            for q in positives:
+                t = time.perf_counter()
+                res = engine.search(q.data, k=5)
+                rows.append(
+                    {
+                        "name": q.name,
+                        "kind": q.kind,
+                        "fraction": round(q.fraction, 3),
+                        "rank": rank_of(res.hits, q.truth),
+                        "confirmed": bool(res.hits and res.hits[0].confirmed),
+                        "latency": time.perf_counter() - t,
+                    }
+                )
+            held_rows = held_out_searches(engine, negatives)
+            entry[label] = {
+                "top1": float(np.mean([r["rank"] == 1 for r in rows])),
+                "top5": float(np.mean([r["rank"] is not None and r["rank"] <= 5 for r in rows])),
+                "true_match_confirmed": float(np.mean([r["rank"] == 1 and r["confirmed"] for r in rows])),
+                "held_out_confirmed": float(np.mean([r["confirmed"] for r in held_rows])) if held_rows else None,
+                "latency": C.summary([r["latency"] for r in rows]),
+                "held_out_latency": C.summary([r["latency"] for r in held_rows]) if held_rows else None,
+                "rows": rows,
+            }
+            print(
+                f"{variant} ({label}): top-1 {entry[label]['top1']:.3f}, top-5 {entry[label]['top5']:.3f}, "
+                f"held-out confirmed {entry[label]['held_out_confirmed']}, p50 {entry[label]['latency']['p50']:.2f} s",
+                flush=True,
+            )
+        _switch(engine, now)
+        before = entry["before"]["top1"]
+        entry["ratio_top1_vs_before"] = C.ratio(entry["now"]["top1"], before) if before else None
+        out["variants"].append(entry)
+    out["load_average"] = C.load_average()
+    return out
+
+
 def main() -> None:
     args = C.parse_args(
         __doc__.splitlines()[0],
@@ -455,6 +545,11 @@ def main() -> None:
                 "--fractions",
                 default="",
                 help="comma-separated shares of the frame (e.g. 0.05,0.1,0.2): the no-corner search at each",
+            ),
+            p.add_argument(
+                "--variants",
+                default="",
+                help="comma-separated scenes.VARIANTS (e.g. closeup,steep,phone,turned,dim): now and before, each",
             ),
         ),
     )
@@ -504,6 +599,11 @@ def main() -> None:
             shares = [float(f) for f in args.fractions.split(",") if f.strip()]
             result = by_fraction(engine, indexed, held, {**ref_imgs, **sources}, held_imgs, per_ref, shares, total)
             C.write_result(args.out, NAME + "-fractions", result)
+            return
+        if args.variants:
+            chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+            result = by_variant(engine, indexed, held, {**ref_imgs, **sources}, held_imgs, per_ref, chosen, total)
+            C.write_result(args.out, NAME + "-variants", result)
             return
         rows: list[dict[str, Any]] = []
         for q in positives:

@@ -1038,10 +1038,76 @@ def render_realphoto_fractions(r: dict[str, Any] | None, st: dict[str, Any] | No
     return out
 
 
+VARIANTS_NOTE = (
+    "How the tilted views were chosen: on photos of a development seed (77100, not these), one per indexed "
+    "papyrus with the camera tilted 45-60°, 8 of 32 were not found; four views shortened by 2 (0°, 45°, 90°, "
+    "135°; 1,000 keypoints each at a long side of 1,200 px) in the second look found 3 of them and lost 1 "
+    "(26 of 32), while the second look of a papyrus not in the collection took 2.5 → 4.0 s p50. Tried on the "
+    "same photos and not adopted: stretching every query's contrast before its keypoints are found (a dark "
+    "photo yields 128-900 keypoints instead of 4,000, and stretched its own reference was confirmed in 7 of 8 "
+    "cases matched alone), but the first stage's list got worse on dark photos (recall@50 0.56 → 0.31) and on "
+    "steep ones (0.69 → 0.59): the noise it lifts becomes words. Dark, noisy photos remain the weakest variant."
+)
+
+VARIANT_WORDS = {
+    "closeup": "close-up: 35-60 % of the papyrus in the frame, which it fills",
+    "steep": "camera tilted 45-60° (the scenes: 0-35°)",
+    "phone": "12 MP portrait photo, stored turned, EXIF orientation 6",
+    "turned": "frame turned 90/180/270° without EXIF",
+    "dim": "dark (exposure x0.3-0.5), noisy, soft, JPEG 30-45",
+}
+
+
+def render_realphoto_variants(r: dict[str, Any] | None, st: dict[str, Any] | None) -> list[str]:
+    """The opt-in photos beyond the scenes' range (``bench_realphoto.py --variants ...``)."""
+    if not r:
+        return []
+    out = [
+        "## 0d. Photos beyond the scenes' range (opt-in: `bench_realphoto.py --variants ...`)",
+        "",
+        (
+            f"Figure 0's index ({r['gallery']['images']:,} images); for each variant new scenes of every indexed papyrus "
+            "(and of the held-out ones) made by `scenes.make_scene(..., variant=...)`, searched with no corners through "
+            "the engine twice on the same cluster: the search as it is (**now**) and with the second look's tilted views "
+            f"switched off on the workers (**before**, as it was before this figure was made); run {r.get('date', '')[:10]}."
+        ),
+        "",
+        "| variant | queries | top-1 now (before) | ratio | top-5 now (before) | true matches confirmed now (before) "
+        "| held-out confirmed now (before) | latency p50 / p95 now (before), s | held-out latency p50 now (before), s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v in r["variants"]:
+        a, b = v["now"], v["before"]
+
+        def pair(key: str, a: dict[str, Any] = a, b: dict[str, Any] = b) -> str:
+            return f"{a[key]:.3f} ({b[key]:.3f})" if a[key] is not None else "–"
+
+        ratio = "–" if v.get("ratio_top1_vs_before") is None else f"{v['ratio_top1_vs_before']:.2f}x"
+        held_lat = (
+            f"{a['held_out_latency']['p50']:.2f} ({b['held_out_latency']['p50']:.2f})" if a.get("held_out_latency") else "–"
+        )
+        out.append(
+            f"| {VARIANT_WORDS.get(v['variant'], v['variant'])} | {v['queries']} | {pair('top1')} | {ratio} | "
+            f"{pair('top5')} | {pair('true_match_confirmed')} | {pair('held_out_confirmed')} | "
+            f"{a['latency']['p50']:.2f} / {a['latency']['p95']:.2f} ({b['latency']['p50']:.2f} / {b['latency']['p95']:.2f}) "
+            f"| {held_lat} |"
+        )
+    misses = [
+        f"{v['variant']}: {row['name']} ({row['kind']}, rank {row['rank']})"
+        for v in r["variants"]
+        for row in v["now"]["rows"]
+        if row["rank"] != 1
+    ]
+    out += ["", "Not first now: " + ("; ".join(misses) if misses else "none") + "."]
+    out += ["", VARIANTS_NOTE]
+    return out
+
+
 RENDERERS: list[tuple[str, Callable[[dict[str, Any] | None, dict[str, Any] | None], list[str]]]] = [
     ("realphoto", render_realphoto),
     ("realphoto-100k", render_realphoto_100k),
     ("realphoto-fractions", render_realphoto_fractions),
+    ("realphoto-variants", render_realphoto_variants),
     ("query_latency", render_latency),
     ("browser_latency", render_browser),
     ("ingest_throughput", render_ingest),
