@@ -54,7 +54,8 @@ held-out papyri confirmed. A degradation curve outside the 10-40 % the main figu
 the papyrus; the camera tilted 45-60 degrees; 12-megapixel portrait photos stored turned with EXIF
 orientation 6; frames turned a quarter or half turn without EXIF; dark, noisy, soft photos at JPEG
 30-45), each searched with no corners twice on the same cluster: as the search is now and as it
-was before the tilted views (``BEFORE``, switched on the workers).
+would be with the second look's tilted views switched on (``TRIAL``, set on the workers; off by
+default, as this figure measured).
 
 Run alone: ``python benchmarks/bench_realphoto.py [--quick] [--distractors N] [--per-ref N] [--derived N]
 [--fractions F,F,...] [--variants V,V,...]``.
@@ -66,6 +67,7 @@ import hashlib
 import multiprocessing as mp
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -383,40 +385,53 @@ def held_out_searches(engine: Any, negatives: list[Any]) -> list[dict[str, Any]]
     return out
 
 
-def by_fraction(
-    engine: Any,
-    indexed: list[Path],
-    held: list[Path],
-    others: dict[str, Any],
-    held_imgs: dict[str, Any],
-    per_ref: int,
-    shares: list[float],
-    total: int,
-) -> dict[str, Any]:
+def no_corner_search(engine: Any, q: Any) -> dict[str, Any]:
+    """The default search (``k=5``, no corners) of a photo of an indexed papyrus: the right
+    papyrus's rank, whether the top hit is confirmed, and how long it took."""
+    t = time.perf_counter()
+    res = engine.search(q.data, k=5)
+    return {
+        "name": q.name,
+        "kind": q.kind,
+        "fraction": round(q.fraction, 3),
+        "rank": rank_of(res.hits, q.truth),
+        "confirmed": bool(res.hits and res.hits[0].confirmed),
+        "latency": time.perf_counter() - t,
+    }
+
+
+@dataclass
+class Papyri:
+    """Whose photos a figure makes: the indexed and held-out reference files, the images shown
+    around them (by file name), and how many photos of each."""
+
+    indexed: list[Path]
+    held: list[Path]
+    others: dict[str, Any]
+    held_imgs: dict[str, Any]
+    per_ref: int
+
+    def photos(self, seed: int, **kw: Any) -> tuple[list[Any], list[Any]]:
+        """(photos of indexed papyri, photos of held-out ones) made by ``scene_queries(**kw)``."""
+        from papyrus_widgets.evaluation import distinct_files, scene_queries
+
+        return (
+            scene_queries(distinct_files(self.indexed), self.others, self.per_ref, seed, **kw),
+            scene_queries(distinct_files(self.held), self.held_imgs, self.per_ref, seed + 1, **kw),
+        )
+
+
+def by_fraction(engine: Any, papyri: Papyri, shares: list[float], total: int) -> dict[str, Any]:
     """The no-corner search on scenes with the papyrus at each share of the frame in ``shares``."""
-    from papyrus_widgets.evaluation import distinct_files, scene_queries
 
     out: dict[str, Any] = {"name": NAME + "-fractions", "gallery": {"images": total}, "fractions": []}
     for share in shares:
         seed = SEED + 100 + int(round(share * 1000))
-        positives = scene_queries(distinct_files(indexed), others, per_ref, seed, fraction=share)
-        negatives = scene_queries(distinct_files(held), held_imgs, per_ref, seed + 1, fraction=share)
+        positives, negatives = papyri.photos(seed, fraction=share)
         rows = []
         for q in positives:
             first = engine.search(q.data, k=100, verify=False)
-            t = time.perf_counter()
-            res = engine.search(q.data, k=5)
-            rows.append(
-                {
-                    "name": q.name,
-                    "kind": q.kind,
-                    "fraction": round(q.fraction, 3),
-                    "first_rank": rank_of(first.hits, q.truth),
-                    "rank": rank_of(res.hits, q.truth),
-                    "confirmed": bool(res.hits and res.hits[0].confirmed),
-                    "latency": time.perf_counter() - t,
-                }
-            )
+            rows.append({**no_corner_search(engine, q), "first_rank": rank_of(first.hits, q.truth)})
         held = held_out_searches(engine, negatives)
         held_confirmed, held_latency = [r["confirmed"] for r in held], [r["latency"] for r in held]
 
@@ -448,9 +463,8 @@ def by_fraction(
     return out
 
 
-BEFORE = {"TILTED_VIEWS": False}
-"""The search as it was before the variants figure was made: no tilted views in the second look
-(``papyrus_widgets.tasks``' switch)."""
+TRIAL = {"TILTED_VIEWS": True}
+"""What figure 0d tries against the search as it is: ``papyrus_widgets.tasks``' switches to set."""
 
 
 def _switch(engine: Any, values: dict[str, Any]) -> None:
@@ -468,45 +482,21 @@ def _switch(engine: Any, values: dict[str, Any]) -> None:
     assert all(getattr(tasks, k) == v for k, v in values.items())
 
 
-def by_variant(
-    engine: Any,
-    indexed: list[Path],
-    held: list[Path],
-    others: dict[str, Any],
-    held_imgs: dict[str, Any],
-    per_ref: int,
-    variants: list[str],
-    total: int,
-) -> dict[str, Any]:
+def by_variant(engine: Any, papyri: Papyri, variants: list[str], total: int) -> dict[str, Any]:
     """Photos outside the scenes' usual range (``scenes.VARIANTS``): for each, new scenes of every
-    indexed and held-out papyrus, searched with no corners by the search as it is and as it was
-    before (:data:`BEFORE`), the same photos, index and cluster."""
+    indexed and held-out papyrus, searched with no corners by the search as it is and with
+    :data:`TRIAL`'s switches, the same photos, index and cluster."""
     from papyrus_widgets import tasks
-    from papyrus_widgets.evaluation import distinct_files, scene_queries
 
-    now = {k: getattr(tasks, k) for k in BEFORE}
-    out: dict[str, Any] = {"name": NAME + "-variants", "gallery": {"images": total}, "before": BEFORE, "variants": []}
+    now = {k: getattr(tasks, k) for k in TRIAL}
+    out: dict[str, Any] = {"name": NAME + "-variants", "gallery": {"images": total}, "trial": TRIAL, "variants": []}
     for n, variant in enumerate(variants):
         seed = SEED + 500 + 10 * n
-        positives = scene_queries(distinct_files(indexed), others, per_ref, seed, variant=variant)
-        negatives = scene_queries(distinct_files(held), held_imgs, per_ref, seed + 1, variant=variant)
+        positives, negatives = papyri.photos(seed, variant=variant)
         entry: dict[str, Any] = {"variant": variant, "queries": len(positives), "held_out_queries": len(negatives)}
-        for label, switches in (("before", BEFORE), ("now", now)):
+        for label, switches in (("trial", TRIAL), ("now", now)):
             _switch(engine, switches)
-            rows = []
-            for q in positives:
-                t = time.perf_counter()
-                res = engine.search(q.data, k=5)
-                rows.append(
-                    {
-                        "name": q.name,
-                        "kind": q.kind,
-                        "fraction": round(q.fraction, 3),
-                        "rank": rank_of(res.hits, q.truth),
-                        "confirmed": bool(res.hits and res.hits[0].confirmed),
-                        "latency": time.perf_counter() - t,
-                    }
-                )
+            rows = [no_corner_search(engine, q) for q in positives]
             held_rows = held_out_searches(engine, negatives)
             entry[label] = {
                 "top1": float(np.mean([r["rank"] == 1 for r in rows])),
@@ -523,8 +513,8 @@ def by_variant(
                 flush=True,
             )
         _switch(engine, now)
-        before = entry["before"]["top1"]
-        entry["ratio_top1_vs_before"] = C.ratio(entry["now"]["top1"], before) if before else None
+        now_top1 = entry["now"]["top1"]
+        entry["ratio_top1_trial_vs_now"] = C.ratio(entry["trial"]["top1"], now_top1) if now_top1 else None
         out["variants"].append(entry)
     out["load_average"] = C.load_average()
     return out
@@ -549,7 +539,7 @@ def main() -> None:
             p.add_argument(
                 "--variants",
                 default="",
-                help="comma-separated scenes.VARIANTS (e.g. closeup,steep,phone,turned,dim): now and before, each",
+                help="comma-separated scenes.VARIANTS (e.g. closeup,steep,phone,turned,dim): as it is and with TRIAL",
             ),
         ),
     )
@@ -595,14 +585,15 @@ def main() -> None:
             return
 
         engine.search(positives[0].data, k=5)  # warm: model, pools, vocabulary on the workers
+        papyri = Papyri(indexed, held, {**ref_imgs, **sources}, held_imgs, per_ref)
         if args.fractions:
             shares = [float(f) for f in args.fractions.split(",") if f.strip()]
-            result = by_fraction(engine, indexed, held, {**ref_imgs, **sources}, held_imgs, per_ref, shares, total)
+            result = by_fraction(engine, papyri, shares, total)
             C.write_result(args.out, NAME + "-fractions", result)
             return
         if args.variants:
             chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
-            result = by_variant(engine, indexed, held, {**ref_imgs, **sources}, held_imgs, per_ref, chosen, total)
+            result = by_variant(engine, papyri, chosen, total)
             C.write_result(args.out, NAME + "-variants", result)
             return
         rows: list[dict[str, Any]] = []

@@ -577,3 +577,41 @@ def test_second_look_results_replace_the_first_looks_for_the_same_reference() ->
         ("d", 30),
     ]
     assert tasks._merged(first, []) == first and tasks._merged([], second) == second
+
+
+def _steep_photo(name: str) -> bytes:
+    """The scan shortened 2.4 times across a slanting direction on a 1600 x 1200 frame: a camera
+    tilted by about 65 degrees."""
+    import cv2
+
+    scan = decode_image(reference(name).read_bytes(), max_side=1400, name=name)
+    a = np.deg2rad(120)
+    turn = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    squash = turn @ np.diag([1 / 2.4, 1.0]) @ turn.T * 0.8
+    to_photo = np.c_[squash, [800, 600] - squash @ [scan.width / 2, scan.height / 2]]
+    pixels = cv2.warpAffine(np.asarray(scan), to_photo, (1600, 1200), flags=cv2.INTER_AREA, borderValue=(90, 90, 100))
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_the_second_look_confirms_a_steep_photo_through_the_tilted_views(indexed_engine, monkeypatch) -> None:
+    """A papyrus photographed at a steep angle is among the candidates but its keypoints do not
+    confirm it; the second look's tilted views (``tasks.TILTED_VIEWS``) try it again and confirm
+    it, with its region. Without them the search ends in "no confirmed match"."""
+    from papyrus_widgets import tasks
+
+    settings = indexed_engine.resolved_settings()
+    _, key = indexed_engine._store_query(_steep_photo(QUERY_NAME), "steep.jpg")
+    prep = tasks.prepare_task(settings, key, "steep.jpg", None)
+    vec = tasks.embed_task(settings, prep)
+    hits = tasks.search_task(settings, vec, 5, None, None, prep, 20)
+    assert any(h.inventory_key == "p_g_107" for h in hits)
+    monkeypatch.setattr(tasks, "TILTED_VIEWS", False)
+    without = tasks.verify_task(settings, key, "steep.jpg", hits, 5, prep, None, vec)
+    assert not any(h.confirmed for h in without), [(h.inventory_key, h.inliers) for h in without]
+    monkeypatch.setattr(tasks, "TILTED_VIEWS", True)
+    out = tasks.verify_task(settings, key, "steep.jpg", hits, 5, prep, None, vec)
+    top = out[0]
+    assert top.inventory_key == "p_g_107" and top.confirmed and top.region and len(top.region) == 4
+    assert len({h.image_key for h in out}) == len(out)  # one hit per reference after the retry
