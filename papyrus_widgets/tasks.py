@@ -376,7 +376,7 @@ TILTED_VIEWS = False
 """Whether the second look confirms with the tilted views of the photo as well
 (:func:`papyrus_widgets.retrieval.features.tilted_features`: a papyrus photographed at a steep
 angle). Off: on the benchmark's photos with the camera tilted 45-60° (figure 0d) it found no
-more papyri (24 of 32 either way) while a search of a papyrus not in the collection took 1.4 s
+more papyri (24 of 32 either way) while a search of a papyrus not in the collection took 0.7-1.8 s
 longer; with the views' words added to the second look's statement as well, it found 3 more and
 lost 1 on a development seed, but lost a papyrus small in the frame in figure 0 and took
 no-match searches from 2.5 to 5.0 s p50. Kept as the switch figure 0d tries
@@ -399,7 +399,9 @@ def _second_look(
     papyrus that fills a small part of a cluttered photo, or one not in the collection): the photo's
     visual words scored per window of :data:`~papyrus_widgets.retrieval.shortlist.SECOND_LOOK_WINDOWS`
     (smaller than the first pass's), up to :data:`SECOND_LOOK_CANDIDATES` references not ``seen``
-    yet, confirmed like the first ones (and looked at closer). Returns their confirming results."""
+    yet, confirmed like the first ones (and looked at closer); with :data:`TILTED_VIEWS`, confirmed
+    through the photo's tilted views too, retrying the first :data:`TILTED_RETRIES` of its list that
+    the first look tried. Returns their confirming results."""
     from .retrieval import confirm, shortlist
     from .retrieval.features import tilted_features
 
@@ -428,6 +430,7 @@ def _second_look(
 def _merged(first: list[Any], second: list[Any]) -> list[Any]:
     """The first look's results and the second's, one per reference: where both tried one (a retry
     with the tilted views), the one with more inliers."""
+
     def inliers(r: Any) -> int:
         return r.verification.inliers if r.verification is not None else -1
 
