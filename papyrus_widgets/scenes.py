@@ -403,8 +403,13 @@ def _photo(photo: np.ndarray, rng: np.random.Generator, blur: float, noise: floa
     frame = frame + cv2.resize(chroma, (w, h), interpolation=cv2.INTER_NEAREST)
     gamma = np.clip((np.arange(256) / 255.0) ** rng.uniform(0.8, 1.2) * 255 + 0.5, 0, 255).astype(np.uint8)
     out = Image.fromarray(cv2.LUT(np.clip(frame, 0, 255).astype(np.uint8), gamma), "RGB")
+    return _jpeg(out, int(rng.integers(60, 91)))
+
+
+def _jpeg(img: Image.Image, quality: int) -> Image.Image:
+    """``img`` as a camera's JPEG of ``quality`` would give it back."""
     buf = io.BytesIO()
-    out.save(buf, "JPEG", quality=int(rng.integers(60, 91)))
+    img.save(buf, "JPEG", quality=quality)
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
@@ -653,17 +658,6 @@ def make_scene(
     return _dim(scene, rng)
 
 
-def _warped(scene: Scene, m: np.ndarray, size: tuple[int, int]) -> Scene:
-    """``scene`` seen through ``m`` (frame edge px → new frame edge px) in a frame of ``size``."""
-    pixels = np.asarray(scene.image)
-    fill = tuple(float(c) for c in pixels.reshape(-1, 3).mean(0))  # what lies beyond: a plain surround
-    out = cv2.warpPerspective(pixels, _centre(m), size, flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=fill)  # fmt: skip
-    corners = _apply(m, scene.corners)
-    frac = _area(corners) / (size[0] * size[1])
-    return Scene(Image.fromarray(out, "RGB"), corners, scene.kind, frac, scene.orientation)
-
-
 def _closeup(scene: Scene, rng: np.random.Generator, size: tuple[int, int]) -> Scene:
     """A part of ``scene`` around the papyrus, 35-60 % of its outline's area, brought to ``size``."""
     w, h = size
@@ -672,7 +666,13 @@ def _closeup(scene: Scene, rng: np.random.Generator, size: tuple[int, int]) -> S
     cw = math.sqrt(area * w / h)
     centre = q.mean(0) + rng.uniform(0.0, 0.5) * (q[int(rng.integers(0, 4))] - q.mean(0))
     x0, y0 = centre - [cw / 2, cw * h / w / 2]
-    return _warped(scene, _s(w / cw) @ _t(-x0, -y0), size)
+    m = _s(w / cw) @ _t(-x0, -y0)  # frame edge px → close-up edge px
+    pixels = np.asarray(scene.image)
+    fill = tuple(float(c) for c in pixels.reshape(-1, 3).mean(0))  # what lies beyond: a plain surround
+    out = cv2.warpPerspective(pixels, _centre(m), size, flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=fill)  # fmt: skip
+    corners = _apply(m, q)
+    return Scene(Image.fromarray(out, "RGB"), corners, scene.kind, _area(corners) / (w * h), scene.orientation)
 
 
 def _turned(scene: Scene, deg: int) -> Scene:
@@ -690,11 +690,8 @@ def _dim(scene: Scene, rng: np.random.Generator) -> Scene:
     dark = np.asarray(scene.image, np.float32) * np.float32(rng.uniform(0.3, 0.5))
     frame: np.ndarray = cv2.GaussianBlur(dark, (0, 0), rng.uniform(1.2, 2.2))
     frame = frame + rng.standard_normal(frame.shape[:2], dtype=np.float32)[..., None] * np.float32(rng.uniform(5, 9))
-    out = Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8), "RGB")
-    buf = io.BytesIO()
-    out.save(buf, "JPEG", quality=int(rng.integers(30, 46)))
-    return Scene(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), scene.corners, scene.kind,
-                 scene.target_fraction, scene.orientation)  # fmt: skip
+    out = _jpeg(Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8), "RGB"), int(rng.integers(30, 46)))
+    return Scene(out, scene.corners, scene.kind, scene.target_fraction, scene.orientation)
 
 
 def encode(scene: Scene, quality: int = 92) -> bytes:

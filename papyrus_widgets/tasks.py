@@ -418,7 +418,7 @@ def _second_look(
     fresh = [c for c in listed if c.row["object_key"] not in seen][:SECOND_LOOK_CANDIDATES]
     if TILTED_VIEWS:  # a papyrus photographed at a steep angle: its keypoints as a square-on view shows them
         features = tilted_features(photo(), features)
-    if len(features) > len(prepared.features):  # the tilted views may confirm one the first look could not
+        # with them, one the first look tried may be confirmed now
         keep = {id(c) for c in fresh} | {id(c) for c in listed[:TILTED_RETRIES] if c.row["object_key"] in seen}
         fresh = [c for c in listed if id(c) in keep]
     candidates = _candidates(settings, _first_stage_hits(fresh, None))

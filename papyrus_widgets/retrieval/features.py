@@ -242,7 +242,7 @@ def extract_features(
     return Features(pts.astype(np.float32), desc, size, method, max(grey.size), params, work_scale)  # type: ignore[arg-type]
 
 
-TILTED_VIEWS: tuple[tuple[float, float], ...] = ((2.0, 0.0), (2.0, 45.0), (2.0, 90.0), (2.0, 135.0))
+TILT_VIEWS: tuple[tuple[float, float], ...] = ((2.0, 0.0), (2.0, 45.0), (2.0, 90.0), (2.0, 135.0))
 """The views :func:`tilted_features` adds, as (t, degrees): the photo shortened by t along that
 direction, as a camera tilted by arccos(1/t) (60 degrees for t = 2) would show a square-on
 sheet. SIFT holds up to a tilt of about 40 degrees; a sheet photographed at 60 degrees, turned
@@ -258,7 +258,7 @@ def tilted_features(
     img: Image.Image,
     base: Features,
     *,
-    views: Sequence[tuple[float, float]] = TILTED_VIEWS,
+    views: Sequence[tuple[float, float]] = TILT_VIEWS,
     max_keypoints: int = TILTED_VIEW_KEYPOINTS,
 ) -> Features:
     """``base`` (features of the whole of ``img``, e.g. a query photo's) with the keypoints of
