@@ -548,7 +548,7 @@ def main() -> None:
     per_ref = args.per_ref or (1 if args.quick else 2)
     from papyrus_widgets import imaging, index
     from papyrus_widgets.api import get_engine
-    from papyrus_widgets.evaluation import distinct_files, quad_iou, scene_queries
+    from papyrus_widgets.evaluation import distinct_files, quad_iou
 
     indexed, held = split_references()
     with C.workspace(NAME) as ws:
@@ -571,8 +571,8 @@ def main() -> None:
         sources = decoded(C.more_images())
         ref_imgs = decoded(distinct_files(indexed))
         held_imgs = decoded(distinct_files(held))
-        positives = scene_queries(distinct_files(indexed), {**ref_imgs, **sources}, per_ref, SEED)
-        negatives = scene_queries(distinct_files(held), held_imgs, per_ref, SEED + 1)
+        papyri = Papyri(indexed, held, {**ref_imgs, **sources}, held_imgs, per_ref)
+        positives, negatives = papyri.photos(SEED)
         print(f"queries: {len(positives)} of indexed papyri, {len(negatives)} of held-out papyri", flush=True)
         if args.derived:
             derived_s = add_derived(rs, args.derived)
@@ -585,7 +585,6 @@ def main() -> None:
             return
 
         engine.search(positives[0].data, k=5)  # warm: model, pools, vocabulary on the workers
-        papyri = Papyri(indexed, held, {**ref_imgs, **sources}, held_imgs, per_ref)
         if args.fractions:
             shares = [float(f) for f in args.fractions.split(",") if f.strip()]
             result = by_fraction(engine, papyri, shares, total)
