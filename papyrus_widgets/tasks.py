@@ -158,6 +158,7 @@ def _query_features(img: Any, region: Sequence[Sequence[float]] | None) -> Any:
         max_side=QUERY_MAX_SIDE,
         max_keypoints=QUERY_MAX_KEYPOINTS,
         region=region,
+        lift_dark=True,
     )
 
 

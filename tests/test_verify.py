@@ -615,3 +615,47 @@ def test_the_second_look_confirms_a_steep_photo_through_the_tilted_views(indexed
     top = out[0]
     assert top.inventory_key == "p_g_107" and top.confirmed and top.region and len(top.region) == 4
     assert len({h.image_key for h in out}) == len(out)  # one hit per reference after the retry
+
+
+def _dark(photo: Image.Image, seed: int) -> Image.Image:
+    """``photo`` as a dim room gives it: exposed at a third, soft, noisy, saved as JPEG quality 35."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    dark = cv2.GaussianBlur(np.asarray(photo, np.float32) * 0.35, (0, 0), 1.6)
+    dark += rng.standard_normal(dark.shape[:2], dtype=np.float32)[..., None] * 7
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(dark, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=35)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def test_a_dark_photo_is_lifted_before_its_keypoints_are_found(scan, scan_features) -> None:
+    """A photo taken in a dim room (its brightest 1 % far below white) yields few keypoints, since
+    SIFT's contrast threshold is absolute; ``lift_dark`` stretches it to the full grey range at
+    half the work side and it is confirmed against its scan (not without), the outline where the scan lies. A
+    well-lit photo is looked at exactly as without it."""
+    from papyrus_widgets.retrieval.confirm import QueryIndex
+    from papyrus_widgets.retrieval.features import QUERY_MAX_KEYPOINTS, QUERY_MAX_SIDE, _dark_range
+
+    w, h = 1600, 1200
+    lit = Image.new("RGB", (w, h), (150, 140, 120))  # a papyrus at 3/8 of the frame's height, on a desk
+    small = scan.resize((round(scan.width * 450 / scan.height), 450), Image.Resampling.LANCZOS)
+    x0, y0 = (w - small.width) // 2, (h - small.height) // 2
+    lit.paste(small, (x0, y0))
+    dark = _dark(lit, seed=7)
+    assert _dark_range(lit.convert("L")) is None and _dark_range(dark.convert("L")) is not None
+
+    def look(img: Image.Image, lift: bool) -> verify.Features:
+        return verify.extract_features(img, max_side=QUERY_MAX_SIDE, max_keypoints=QUERY_MAX_KEYPOINTS, lift_dark=lift)
+
+    plain, lifted = look(dark, False), look(dark, True)
+    assert lifted.work_side == w // 2 and plain.work_side == w
+    before, after = verify.match(QueryIndex(plain), scan_features), verify.match(QueryIndex(lifted), scan_features)
+    assert len(plain) < 200 < 1000 < len(lifted), (len(plain), len(lifted))
+    assert not before.confirmed and after.confirmed and after.inliers > 2 * max(before.inliers, 10), (before, after)
+    k = small.width / scan_features.size[0]
+    sw, sh = scan_features.size
+    truth = np.array([[0, 0], [sw, 0], [sw, sh], [0, sh]]) * k + [x0, y0]
+    assert np.abs(np.asarray(after.outline) - truth).max() < 8, (after.outline, truth)
+    same, again = look(lit, False), look(lit, True)
+    assert np.array_equal(same.points, again.points) and np.array_equal(same.descriptors, again.descriptors)
