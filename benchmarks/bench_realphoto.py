@@ -54,8 +54,8 @@ held-out papyri confirmed. A degradation curve outside the 10-40 % the main figu
 the papyrus; the camera tilted 45-60 degrees; 12-megapixel portrait photos stored turned with EXIF
 orientation 6; frames turned a quarter or half turn without EXIF; dark, noisy, soft photos at JPEG
 30-45), each searched with no corners twice on the same cluster: as the search is now and as it
-would be with the second look's tilted views switched on (``TRIAL``, set on the workers; off by
-default, as this figure measured).
+would be with the tilted look switched on (``TRIAL``: ``tasks.TILTED_LOOK``, set on the workers;
+off by default).
 
 Run alone: ``python benchmarks/bench_realphoto.py [--quick] [--distractors N] [--per-ref N] [--derived N]
 [--fractions F,F,...] [--variants V,V,...]``.
@@ -463,7 +463,7 @@ def by_fraction(engine: Any, papyri: Papyri, shares: list[float], total: int) ->
     return out
 
 
-TRIAL = {"TILTED_VIEWS": True}
+TRIAL = {"TILTED_LOOK": True}
 """What figure 0d tries against the search as it is: ``papyrus_widgets.tasks``' switches to set."""
 
 

@@ -1040,17 +1040,20 @@ def render_realphoto_fractions(r: dict[str, Any] | None, st: dict[str, Any] | No
 
 
 VARIANTS_NOTE = (
-    "The trial, chosen on photos of a development seed (77100, not these), with the camera tilted 45-60°: four "
-    "views of the photo shortened by 2 (0°, 45°, 90°, 135°; 1,000 keypoints each at a long side of 1,200 px, "
-    "`features.tilted_features`). With their words added to the second look's statement as well, it found 3 of "
-    "the 8 papyri missed there and lost 1 (24 → 26 of 32), but in figure 0 it lost the papyrus at 14 % of a desk "
-    "photo that the second look finds (top-1 1.000 → 0.984) and took held-out searches to 5.03 s p50; confirming "
-    "only through the views (the trial here) kept figure 0 at 1.000 with held-out searches at 3.95 s p50 (against "
-    "2.54 s without), and this table shows what it adds on steep photos. Tried on the development photos and not "
-    "adopted either: stretching every query's contrast before its keypoints are found. A dark photo yields 128-900 "
-    "keypoints instead of 4,000, and stretched its own reference was confirmed in 7 of 8 cases matched alone, but the "
-    "first stage's list got worse on dark photos (recall@50 0.56 → 0.31) and on steep ones (0.69 → 0.59): the noise "
-    "it lifts becomes words."
+    "The trial, chosen on photos of a development seed (77100, not these): a third, tilted look for a photo that "
+    "neither look confirmed (`tasks._tilted_look`): four views of the photo shortened by 2 (0°, 45°, 90°, 135°; "
+    "1,000 keypoints each at a long side of 1,200 px, `features.tilted_features`, after ASIFT), their own words "
+    "scored over the second look's 36 windows, up to 60 references of that list and the first look's first 10 "
+    "confirmed with the photo's keypoints and the views' together. On 32 development photos taken at 45-60° it "
+    "found 2 more papyri (24 → 26) and took held-out searches from 2.62 to 4.35 s p50. Where a steep photo is "
+    "missed, its words do not find the papyrus even in a window drawn around it by hand (ranks 82-428 of 10,035, "
+    "with or without the views' words) though its keypoints match it (47-100 inliers): the words are the limit. "
+    "Tried there and not adopted: assigning each query keypoint to its 2 or 3 nearest words (recall@50 on steep "
+    "photos 0.69 → 0.59 / 0.66, top-1 0.750 → 0.688 / 0.750). Dark photos: a query whose brightest 1 % lies below "
+    "grey 160 is stretched to the full range at half its long side before SIFT (`features.DARK_LEVEL`; in the "
+    "search now): on the development seed top-1 0.625 → 0.875, recall@50 0.56 → 0.72, held-out 0/8 either way; "
+    "stretching every query at full size had made the list worse (recall@50 dark 0.56 → 0.31): noise and JPEG "
+    "blocks became words."
 )
 
 VARIANT_WORDS = {
@@ -1072,8 +1075,8 @@ def render_realphoto_variants(r: dict[str, Any] | None, st: dict[str, Any] | Non
         (
             f"Figure 0's index ({r['gallery']['images']:,} images); for each variant new scenes of every indexed papyrus "
             "(and of the held-out ones) made by `scenes.make_scene(..., variant=...)`, searched with no corners through "
-            "the engine twice on the same cluster: the search as it is (**now**) and with the second look's tilted views "
-            f"switched on, on the workers (**trial**, `tasks.TILTED_VIEWS`; off by default); run {r.get('date', '')[:10]}."
+            "the engine twice on the same cluster: the search as it is (**now**) and with the tilted look "
+            f"switched on, on the workers (**trial**, `tasks.TILTED_LOOK`; off by default); run {r.get('date', '')[:10]}."
         ),
         "",
         "| variant | queries | top-1 now (trial) | ratio trial / now | top-5 now (trial) | true matches confirmed now (trial) "

@@ -373,21 +373,6 @@ def _look_closer(settings: Settings, photo: Callable[[], Any], results: list[Any
     return ranked(results)
 
 
-TILTED_VIEWS = False
-"""Whether the second look confirms with the tilted views of the photo as well
-(:func:`papyrus_widgets.retrieval.features.tilted_features`: a papyrus photographed at a steep
-angle). Off: on the benchmark's photos with the camera tilted 45-60° (figure 0d) it found no
-more papyri (24 of 32 either way) while a search of a papyrus not in the collection took 0.7-1.8 s
-longer; with the views' words added to the second look's statement as well, it found 3 more and
-lost 1 on a development seed, but lost a papyrus small in the frame in figure 0 and took
-no-match searches from 2.5 to 5.0 s p50. Kept as the switch figure 0d tries
-(``bench_realphoto.py --variants``): the starting point for the next attempt at steep photos
-(e.g. the views' words as a list of their own rather than mixed into the second look's)."""
-TILTED_RETRIES = 30
-"""With the tilted views, the references among the second look's first this many that the first
-look already tried are tried again (with the views' keypoints they may be confirmed now)."""
-
-
 def _second_look(
     settings: Settings,
     photo: Callable[[], Any],
@@ -400,11 +385,8 @@ def _second_look(
     papyrus that fills a small part of a cluttered photo, or one not in the collection): the photo's
     visual words scored per window of :data:`~papyrus_widgets.retrieval.shortlist.SECOND_LOOK_WINDOWS`
     (smaller than the first pass's), up to :data:`SECOND_LOOK_CANDIDATES` references not ``seen``
-    yet, confirmed like the first ones (and looked at closer); with :data:`TILTED_VIEWS`, confirmed
-    through the photo's tilted views too, retrying the first :data:`TILTED_RETRIES` of its list that
-    the first look tried. Returns their confirming results."""
+    yet, confirmed like the first ones (and looked at closer). Returns their confirming results."""
     from .retrieval import confirm, shortlist
-    from .retrieval.features import tilted_features
 
     url, _ = _require_resolved(settings)
     features, words = prepared.features, prepared.words
@@ -415,22 +397,75 @@ def _second_look(
     )
     with index.pooled_connection(url) as conn:
         rows = index.word_candidates(conn, words, weights, len(seen) + SECOND_LOOK_CANDIDATES, filters, vector)
-    listed = shortlist.fuse(rows, [])
-    fresh = [c for c in listed if c.row["object_key"] not in seen][:SECOND_LOOK_CANDIDATES]
-    if TILTED_VIEWS:  # a papyrus photographed at a steep angle: its keypoints as a square-on view shows them
-        features = tilted_features(photo(), features)
-        # with them, one the first look tried may be confirmed now
-        keep = {id(c) for c in fresh} | {id(c) for c in listed[:TILTED_RETRIES] if c.row["object_key"] in seen}
-        fresh = [c for c in listed if id(c) in keep]
+    fresh = [c for c in shortlist.fuse(rows, []) if c.row["object_key"] not in seen][:SECOND_LOOK_CANDIDATES]
     candidates = _candidates(settings, _first_stage_hits(fresh, None))
     # stops at a confirmed match wherever it lies: the first look found nothing in the middle
     results = confirm(features, candidates, limit=len(candidates), aimed=False)
     return _look_closer(settings, photo, results)
 
 
+TILTED_LOOK = False
+"""Whether a photo searched without corners that neither look confirmed gets a third, tilted look
+(:func:`_tilted_look`: a papyrus photographed at a steep angle). Off by default: on 32 development
+photos taken with the camera tilted 45-60° (seed 77100, figure 0d's generator, among 10,035
+images) a first version found 2 more papyri (24 -> 26), and every search that confirms nothing
+(a papyrus not in the collection) paid 1.9 s more (2.7 -> 4.6 s p50). Where the papyrus is
+missed at such angles its visual words do not find it even in a window drawn around it by hand
+(ranks 82-428 of 10,035, with or without the views' words), though its keypoints match it
+(47-100 inliers): the words, not the confirming, are the limit there."""
+TILTED_LOOK_CANDIDATES = 60
+"""The tilted look confirms the first this many references of its own word list."""
+TILTED_RETRIES = 10
+"""… and the first look's first this many again (the photo's keypoints did not confirm them; its
+tilted views' may)."""
+
+
+def _tilted_look(
+    settings: Settings,
+    photo: Callable[[], Any],
+    prepared: PreparedQuery,
+    first: Sequence[Hit],
+    filters: Mapping[str, Any] | None,
+    vector: np.ndarray | None,
+) -> list[Any]:
+    """The third look at a photo searched without corners that the first two confirmed nothing in
+    (:data:`TILTED_LOOK`): the photo seen through its tilted views
+    (:func:`papyrus_widgets.retrieval.features.tilted_features`, as a square-on camera would show
+    a sheet photographed at about 60°); the views' own visual words, scored per window of
+    :data:`~papyrus_widgets.retrieval.shortlist.SECOND_LOOK_WINDOWS`, list up to
+    :data:`TILTED_LOOK_CANDIDATES` references, which with the first :data:`TILTED_RETRIES` of the
+    first look's ``first`` are confirmed with the photo's keypoints and the views' together.
+    Returns their confirming results (a reference tried before may come back with more inliers:
+    :func:`_merged`)."""
+    from .retrieval import confirm, shortlist
+    from .retrieval.features import tilted_features
+
+    url, _ = _require_resolved(settings)
+    base = prepared.features
+    if base.method != "sift" or not len(prepared.words):
+        return []
+    tilted = tilted_features(photo(), base)
+    n = len(base)
+    if len(tilted) == n:
+        return []
+    words, weights = shortlist.query_windows(
+        worker_vocabulary(settings).words(tilted.descriptors[n:]),
+        tilted.points[n:],
+        tilted.size,
+        windows=shortlist.SECOND_LOOK_WINDOWS,
+    )
+    with index.pooled_connection(url) as conn:
+        rows = index.word_candidates(conn, words, weights, TILTED_LOOK_CANDIDATES, filters, vector)
+    again = [h for h in first if h.image_key][:TILTED_RETRIES]
+    tried = {h.image_key for h in again}
+    listed = [h for h in _first_stage_hits(shortlist.fuse(rows, []), None) if h.image_key not in tried]
+    candidates = _candidates(settings, again + listed[:TILTED_LOOK_CANDIDATES])
+    return confirm(tilted, candidates, limit=len(candidates), aimed=False)
+
+
 def _merged(first: list[Any], second: list[Any]) -> list[Any]:
-    """The first look's results and the second's, one per reference: where both tried one (a retry
-    with the tilted views), the one with more inliers."""
+    """The results of two looks, one per reference: where both tried one (a retry with the tilted
+    views, :func:`_tilted_look`), the one with more inliers."""
 
     def inliers(r: Any) -> int:
         return r.verification.inliers if r.verification is not None else -1
@@ -496,7 +531,13 @@ def verify_task(
             more = _second_look(settings, photo, prepared, {h.image_key for h in hits if h.image_key}, filters, vector)
         except PapyrusError:
             more = []  # the first look's answer stands
-        results = ranked(_merged(results, more))
+        results = ranked(results + more)
+        if TILTED_LOOK and not any(r.confirmed for r in results):
+            try:
+                more = _tilted_look(settings, photo, prepared, hits, filters, vector)
+            except PapyrusError:
+                more = []
+            results = ranked(_merged(results, more))
     ordered = [_apply(r.payload, r) for r in results]
     ordered += [h for h in hits if not h.image_key]
     out = ordered[:k]

@@ -557,9 +557,9 @@ def test_tilted_views_confirm_a_photo_taken_at_a_steep_angle(scan, scan_features
         tilted_features(photo, verify.extract_features(photo, region=[[0, 0], [800, 0], [800, 600], [0, 600]]))
 
 
-def test_second_look_results_replace_the_first_looks_for_the_same_reference() -> None:
-    """A reference the second look tried again (with the tilted views) appears once: with the
-    evidence of the look that found more inliers; the others keep their places."""
+def test_a_later_looks_results_replace_the_earlier_ones_for_the_same_reference() -> None:
+    """A reference the tilted look tried again appears once: with the evidence of the look that
+    found more inliers; the others keep their places."""
     from types import SimpleNamespace as NS
 
     from papyrus_widgets import tasks
@@ -595,10 +595,11 @@ def _steep_photo(name: str) -> bytes:
     return buf.getvalue()
 
 
-def test_the_second_look_confirms_a_steep_photo_through_the_tilted_views(indexed_engine, monkeypatch) -> None:
+def test_the_tilted_look_confirms_a_steep_photo(indexed_engine, monkeypatch) -> None:
     """A papyrus photographed at a steep angle is among the candidates but its keypoints do not
-    confirm it; the second look's tilted views (``tasks.TILTED_VIEWS``) try it again and confirm
-    it, with its region. Without them the search ends in "no confirmed match"."""
+    confirm it, nor does the second look; the tilted look (``tasks.TILTED_LOOK``) tries it again
+    through the photo's tilted views and confirms it, with its region. Without it the search ends
+    in "no confirmed match"."""
     from papyrus_widgets import tasks
 
     settings = indexed_engine.resolved_settings()
@@ -607,10 +608,10 @@ def test_the_second_look_confirms_a_steep_photo_through_the_tilted_views(indexed
     vec = tasks.embed_task(settings, prep)
     hits = tasks.search_task(settings, vec, 5, None, None, prep, 20)
     assert any(h.inventory_key == "p_g_107" for h in hits)
-    monkeypatch.setattr(tasks, "TILTED_VIEWS", False)
+    monkeypatch.setattr(tasks, "TILTED_LOOK", False)
     without = tasks.verify_task(settings, key, "steep.jpg", hits, 5, prep, None, vec)
     assert not any(h.confirmed for h in without), [(h.inventory_key, h.inliers) for h in without]
-    monkeypatch.setattr(tasks, "TILTED_VIEWS", True)
+    monkeypatch.setattr(tasks, "TILTED_LOOK", True)
     out = tasks.verify_task(settings, key, "steep.jpg", hits, 5, prep, None, vec)
     top = out[0]
     assert top.inventory_key == "p_g_107" and top.confirmed and top.region and len(top.region) == 4
