@@ -408,8 +408,8 @@ TILTED_LOOK = False
 """Whether a photo searched without corners that neither look confirmed gets a third, tilted look
 (:func:`_tilted_look`: a papyrus photographed at a steep angle). Off by default: on 32 development
 photos taken with the camera tilted 45-60° (seed 77100, figure 0d's generator, among 10,035
-images) a first version found 2 more papyri (24 -> 26), and every search that confirms nothing
-(a papyrus not in the collection) paid 1.9 s more (2.7 -> 4.6 s p50). Where the papyrus is
+images) it found 2 more papyri (24 -> 26), and every search that confirms nothing (a papyrus
+not in the collection) paid 1.7 s more (2.62 -> 4.35 s p50). Where the papyrus is
 missed at such angles its visual words do not find it even in a window drawn around it by hand
 (ranks 82-428 of 10,035, with or without the views' words), though its keypoints match it
 (47-100 inliers): the words, not the confirming, are the limit there."""
@@ -497,7 +497,8 @@ def verify_task(
     a small part of the photo — look at that region again in full detail and keep the better
     evidence (:func:`_look_closer`). A photo searched without corners whose candidates confirmed
     nothing gets a second look (:func:`_second_look`: smaller windows, more candidates; ``filters``
-    as the search's, ``vector`` its embedding). Returns the best ``k``: confirmed hits first, each
+    as the search's, ``vector`` its embedding), and with :data:`TILTED_LOOK` a third
+    (:func:`_tilted_look`) when that confirms nothing either. Returns the best ``k``: confirmed hits first, each
     with its region in the photo.
 
     Evidence is a bonus: a reference whose features cannot be had keeps its first-stage place, and
