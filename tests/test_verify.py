@@ -622,19 +622,19 @@ def _dark(photo: Image.Image, seed: int) -> Image.Image:
     """``photo`` as a dim room gives it: exposed at a third, soft, noisy, saved as JPEG quality 35."""
     import cv2
 
+    from papyrus_widgets.scenes import _jpeg
+
     rng = np.random.default_rng(seed)
     dark = cv2.GaussianBlur(np.asarray(photo, np.float32) * 0.35, (0, 0), 1.6)
     dark += rng.standard_normal(dark.shape[:2], dtype=np.float32)[..., None] * 7
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(dark, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=35)
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    return _jpeg(Image.fromarray(np.clip(dark, 0, 255).astype(np.uint8)), 35)
 
 
 def test_a_dark_photo_is_lifted_before_its_keypoints_are_found(scan, scan_features) -> None:
     """A photo taken in a dim room (its brightest 1 % far below white) yields few keypoints, since
     SIFT's contrast threshold is absolute; ``lift_dark`` stretches it to the full grey range at
-    half the work side and it is confirmed against its scan (not without), the outline where the scan lies. A
-    well-lit photo is looked at exactly as without it."""
+    half the work side and it is confirmed against its scan (not without), the outline where the
+    scan lies. A well-lit photo is looked at exactly as without it."""
     from papyrus_widgets.retrieval.confirm import QueryIndex
     from papyrus_widgets.retrieval.features import QUERY_MAX_KEYPOINTS, QUERY_MAX_SIDE, _dark_range
 
