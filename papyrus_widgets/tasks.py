@@ -45,8 +45,8 @@ REFINE_CANDIDATES = 3
 :func:`papyrus_widgets.retrieval.needs_closer_look`) re-matches."""
 SECOND_LOOK_CANDIDATES = 90
 """How many more references the second look (:func:`_second_look`) confirms at most when the
-first stage's confirmed nothing (0: no second look); in rounds, like the first ones, it stops at
-a confirmed match."""
+first stage's candidates confirmed nothing near the middle of the photo (0: no second look); in
+rounds, like the first ones, it stops at a confirmed match."""
 
 
 # --- per-process caches on workers (and in the client process when it runs tasks itself) -------
@@ -380,21 +380,30 @@ def _second_look(
     seen: set[str],
     filters: Mapping[str, Any] | None,
     vector: np.ndarray | None,
+    found: Sequence[Sequence[Sequence[float]]] = (),
 ) -> list[Any]:
-    """The second look at a photo searched without corners whose candidates confirmed nothing (a
-    papyrus that fills a small part of a cluttered photo, or one not in the collection): the photo's
+    """The second look at a photo searched without corners whose candidates confirmed nothing near
+    its middle (a papyrus that fills a small part of a cluttered photo, perhaps beside another
+    papyrus of the collection that was found instead; or one not in the collection): the photo's
     visual words scored per window of :data:`~papyrus_widgets.retrieval.shortlist.SECOND_LOOK_WINDOWS`
-    (smaller than the first pass's), up to :data:`SECOND_LOOK_CANDIDATES` references not ``seen``
-    yet, confirmed like the first ones (and looked at closer). Returns their confirming results."""
+    (smaller than the first pass's), leaving out the keypoints inside the outlines ``found``
+    already (their papyri explain them), up to :data:`SECOND_LOOK_CANDIDATES` references not
+    ``seen`` yet, confirmed like the first ones (and looked at closer). Returns their confirming
+    results."""
     from .retrieval import confirm, shortlist
+    from .retrieval.locate import outside
 
     url, _ = _require_resolved(settings)
     features, words = prepared.features, prepared.words
     if features.method != "sift" or not len(words):
         return []
-    words, weights = shortlist.query_windows(
-        words, features.points, features.size, windows=shortlist.SECOND_LOOK_WINDOWS
-    )
+    points = features.points
+    if found:  # the papyri found already explain their keypoints: look at the rest
+        rest = outside(points, found)
+        if rest.sum() < shortlist.MIN_WINDOW_KEYPOINTS:
+            return []
+        words, points = words[rest], points[rest]
+    words, weights = shortlist.query_windows(words, points, features.size, windows=shortlist.SECOND_LOOK_WINDOWS)
     with index.pooled_connection(url) as conn:
         rows = index.word_candidates(conn, words, weights, len(seen) + SECOND_LOOK_CANDIDATES, filters, vector)
     fresh = [c for c in shortlist.fuse(rows, []) if c.row["object_key"] not in seen][:SECOND_LOOK_CANDIDATES]
@@ -496,16 +505,19 @@ def verify_task(
     is confirmed (:func:`papyrus_widgets.retrieval.confirm`), then — when the papyrus found covers
     a small part of the photo — look at that region again in full detail and keep the better
     evidence (:func:`_look_closer`). A photo searched without corners whose candidates confirmed
-    nothing gets a second look (:func:`_second_look`: smaller windows, more candidates; ``filters``
-    as the search's, ``vector`` its embedding), and with :data:`TILTED_LOOK` a third
-    (:func:`_tilted_look`) when that confirms nothing either. Returns the best ``k``: confirmed hits first, each
-    with its region in the photo.
+    nothing near its middle (:func:`~papyrus_widgets.retrieval.confirm.in_the_middle`) gets a
+    second look (:func:`_second_look`: smaller windows, more candidates, the keypoints outside the
+    papyri found; ``filters`` as the search's, ``vector`` its embedding), and with
+    :data:`TILTED_LOOK` a third (:func:`_tilted_look`) when nothing is confirmed at all. Returns the
+    best ``k``: confirmed hits first (the one nearest the middle of the photo first), each with its
+    region in the photo.
 
     Evidence is a bonus: a reference whose features cannot be had keeps its first-stage place, and
     a query whose features cannot be had (e.g. a search submitted without ``prepared``) is decoded
     here.
     """
-    from .retrieval import confirm, ranked
+    from .retrieval import clip, confirm, ranked
+    from .retrieval.confirm import in_the_middle
 
     if not hits:
         return hits
@@ -527,9 +539,16 @@ def verify_task(
     photo = functools.cache(lambda: _decode_query(settings, query_key, name, PHOTO_MAX_SIDE))
     if whole_photo:
         results = _look_closer(settings, photo, results)
-    if whole_photo and prepared is not None and SECOND_LOOK_CANDIDATES and not any(r.confirmed for r in results):
+    aimed_at = any(in_the_middle(r.verification) for r in results)
+    if whole_photo and prepared is not None and SECOND_LOOK_CANDIDATES and not aimed_at:
+        found = [
+            clip(v.outline, v.query_size)
+            for r in results
+            if r.confirmed and (v := r.verification) and v.outline and v.query_size
+        ]
         try:
-            more = _second_look(settings, photo, prepared, {h.image_key for h in hits if h.image_key}, filters, vector)
+            seen = {h.image_key for h in hits if h.image_key}
+            more = _second_look(settings, photo, prepared, seen, filters, vector, found)
         except PapyrusError:
             more = []  # the first look's answer stands
         results = ranked(results + more)

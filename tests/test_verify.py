@@ -359,6 +359,61 @@ def test_a_first_stage_that_missed_the_papyrus_gets_a_second_look(indexed_engine
     assert looked == [1, 1] and all(h.inventory_key != "p_g_107" for h in kept)
 
 
+def _two_papyri_photo() -> bytes:
+    """A 1600 x 1200 desk photo of p_g_107, small in the middle, with another indexed papyrus
+    (p_g_654) larger in the top left corner."""
+    desk = Image.new("RGB", (1600, 1200), (120, 90, 60))
+    for name, side, at in ((OTHER_NAME, 560, (20, 20)), (QUERY_NAME, 420, None)):
+        img = decode_image(reference(name).read_bytes(), max_side=1024, name=name)
+        img.thumbnail((side, side), Image.Resampling.LANCZOS)
+        x, y = at or ((1600 - img.width) // 2, (1200 - img.height) // 2)
+        desk.paste(img, (x, y))
+    buf = io.BytesIO()
+    desk.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_a_papyrus_found_off_to_the_side_does_not_end_the_search(indexed_engine, monkeypatch) -> None:
+    """A photo of a papyrus with another indexed one beside it: the first stage's list (handed on
+    without the papyrus in the middle, as if the first stage had missed it) confirms only the one
+    at the side. A confirmed papyrus off to the side is not the one the photo was taken of, most of
+    the time, so the second look runs on the keypoints outside it and confirms the papyrus in the
+    middle, which comes first; the one at the side stays confirmed below it."""
+    from papyrus_widgets import tasks
+    from papyrus_widgets.retrieval.confirm import in_the_middle
+
+    settings = indexed_engine.resolved_settings()
+    _, key = indexed_engine._store_query(_two_papyri_photo(), "desk.jpg")
+    prep = tasks.prepare_task(settings, key, "desk.jpg", None)
+    vec = tasks.embed_task(settings, prep)
+    hits = tasks.search_task(settings, vec, 5, None, None, prep, 20)
+    missed = [h for h in hits if h.inventory_key != "p_g_107"]
+    assert any(h.inventory_key == "p_g_654" for h in missed)
+    found: list[list] = []
+    second_look = tasks._second_look
+    monkeypatch.setattr(tasks, "_second_look", lambda *a: found.append(list(a[6])) or second_look(*a))
+    monkeypatch.setattr(tasks, "SECOND_LOOK_CANDIDATES", 0)  # the first look alone: the side one
+    first = tasks.verify_task(settings, key, "desk.jpg", missed, 5, prep, None, vec)
+    assert first[0].inventory_key == "p_g_654" and first[0].confirmed and not [h for h in first[1:] if h.confirmed]
+    side = first[0].region
+    assert side and max(x for x, _ in side) < 800 and max(y for _, y in side) < 600  # the top left
+    monkeypatch.setattr(tasks, "SECOND_LOOK_CANDIDATES", 90)
+    out = tasks.verify_task(settings, key, "desk.jpg", missed, 5, prep, None, vec)
+    assert len(found) == 1 and len(found[0]) == 1  # looked past the one region found
+    assert np.allclose(found[0][0], side, atol=1.0)
+    middle, beside = out[0], out[1]
+    assert middle.inventory_key == "p_g_107" and middle.confirmed and middle.region, [
+        (h.inventory_key, h.confirmed, h.inliers) for h in out
+    ]
+    assert min(x for x, _ in middle.region) > 500 and max(x for x, _ in middle.region) < 1100
+    assert beside.inventory_key == "p_g_654" and beside.confirmed
+    assert [h.rank for h in out] == list(range(1, len(out) + 1))
+    # a papyrus confirmed in the middle ends the search: no second look
+    assert tasks.verify_task(settings, key, "desk.jpg", hits, 5, prep, None, vec)[0].inventory_key == "p_g_107"
+    assert len(found) == 1
+    assert in_the_middle(None) is False
+
+
 def test_second_look_windows_are_a_grid_inside_the_photo() -> None:
     from papyrus_widgets.retrieval import shortlist
 

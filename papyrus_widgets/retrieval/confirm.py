@@ -377,13 +377,21 @@ class _Verifier:
         return out
 
 
+def in_the_middle(v: Verification | None) -> bool:
+    """Whether ``v`` is a confirmed match whose outline lies near the photo's middle
+    (:data:`CONFIRM_STOP_OFF_CENTRE`; a match without an outline counts as in the middle)."""
+    if v is None or not is_confirmed(v):
+        return False
+    if v.outline is None or v.query_size is None:
+        return True
+    return off_centre(v.outline, v.query_size) <= CONFIRM_STOP_OFF_CENTRE
+
+
 def _stops(v: Verification | None, aimed: bool) -> bool:
     """Whether a verification ends the rounds (see :data:`CONFIRM_STOP_INLIERS`)."""
     if v is None or not is_confirmed(v) or v.inliers < CONFIRM_STOP_INLIERS:
         return False
-    if not aimed or v.outline is None or v.query_size is None:
-        return True
-    return off_centre(v.outline, v.query_size) <= CONFIRM_STOP_OFF_CENTRE
+    return not aimed or in_the_middle(v)
 
 
 def confirm(

@@ -25,6 +25,7 @@ __all__ = [
     "needs_closer_look",
     "aim_order",
     "off_centre",
+    "outside",
     "suggest_corners",
 ]
 
@@ -85,6 +86,19 @@ def off_centre(quad: Sequence[Sequence[float]], size: Sequence[int]) -> float:
     w, h = float(size[0]), float(size[1])
     cx, cy = np.asarray(quad, dtype=np.float64).mean(axis=0)
     return float(np.hypot(cx - w / 2, cy - h / 2)) / max(1.0, float(np.hypot(w, h)) / 2)
+
+
+def outside(points: np.ndarray, quads: Sequence[Sequence[Sequence[float]]]) -> np.ndarray:
+    """A boolean mask of the ``points`` ((N, 2) x, y) that lie in none of ``quads`` (outlines of
+    papyri found, in the same pixels)."""
+    import cv2
+
+    pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+    keep = np.ones(len(pts), dtype=bool)
+    for quad in quads:
+        contour = np.asarray(quad, dtype=np.float32).reshape(-1, 1, 2)
+        keep &= np.array([cv2.pointPolygonTest(contour, (float(x), float(y)), False) < 0 for x, y in pts], dtype=bool)
+    return keep
 
 
 def aim_order(outlines: Sequence[Sequence[Sequence[float]]], size: Sequence[int]) -> list[int]:
