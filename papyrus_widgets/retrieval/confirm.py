@@ -64,7 +64,9 @@ CONFIRM_STOP_OFF_CENTRE = 0.35
 """… and, in a photo searched without corners, lies near its middle: its outline's centre within
 this fraction of the half-diagonal from the photo's centre. A confirmed papyrus off to the side —
 a thumbnail, a sheet at the edge of the desk, perhaps in the collection too — is not the one the
-photo was taken of, most of the time: the rounds go on looking for the one in the middle."""
+photo was taken of, most of the time: the rounds go on looking for the one in the middle, and
+when they end without one, the search takes its second look at the rest of the photo
+(:func:`in_the_middle`, :func:`papyrus_widgets.tasks.verify_task`)."""
 CONFIRM_FIRST = 10
 """Candidates verified in the first round of :func:`confirm` …"""
 CONFIRM_STEP = 20
