@@ -544,6 +544,10 @@ def test_several_papyri_confirmed_in_one_photo_the_middle_one_comes_first() -> N
     assert [r.payload for r in out] == [middle_again, middle, edge, "none"]
     scores = [r.score for r in out]
     assert scores == sorted(scores, reverse=True) and scores[2] >= 0.5 > scores[3]
+    # the keypoints the papyri found do not explain: those in none of their outlines
+    points = np.array([[10, 10], [700, 500], [1500, 1100], [500, 400], [1200, 300]], dtype=np.float32)
+    assert locate.outside(points, [edge, middle]).tolist() == [False, False, True, False, True]
+    assert locate.outside(points, []).all() and locate.outside(np.zeros((0, 2)), [edge]).shape == (0,)
 
 
 def test_rounds_stop_at_a_confirmed_papyrus_in_the_middle_not_at_one_off_to_the_side() -> None:
