@@ -90,15 +90,10 @@ def off_centre(quad: Sequence[Sequence[float]], size: Sequence[int]) -> float:
 
 def outside(points: np.ndarray, quads: Sequence[Sequence[Sequence[float]]]) -> np.ndarray:
     """A boolean mask of the ``points`` ((N, 2) x, y) that lie in none of ``quads`` (outlines of
-    papyri found, in the same pixels)."""
-    import cv2
-
-    pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
-    keep = np.ones(len(pts), dtype=bool)
-    for quad in quads:
-        contour = np.asarray(quad, dtype=np.float32).reshape(-1, 1, 2)
-        keep &= np.array([cv2.pointPolygonTest(contour, (float(x), float(y)), False) < 0 for x, y in pts], dtype=bool)
-    return keep
+    papyri found, in the same pixels; a point on an outline is inside it, as for :func:`_inside`)."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    outlines = [np.asarray(q, dtype=np.float64) for q in quads]
+    return np.array([not any(_inside(p, q) for q in outlines) for p in pts], dtype=bool)
 
 
 def aim_order(outlines: Sequence[Sequence[Sequence[float]]], size: Sequence[int]) -> list[int]:
