@@ -140,6 +140,8 @@ class PreparedQuery:
     size: tuple[int, int] = (0, 0)
     """(width, height) of the photo as stored (EXIF-upright)."""
     region_given: bool = False
+    signatures: np.ndarray | None = field(default=None, repr=False)
+    """The 64-bit signature of each keypoint in its word (None: words alone)."""
 
 
 def _decode_query(settings: Settings, query_key: str, name: str, max_side: int) -> Any:
@@ -182,8 +184,17 @@ def prepare_task(
         except PapyrusError:
             pass
     features = _query_features(img, region)
-    words = worker_vocabulary(settings).words(features.descriptors) if features.method == "sift" else np.zeros(0)
-    return PreparedQuery(imaging.model_input(crop), features, words, size, region is not None)  # type: ignore[arg-type]
+    words, signatures = _words(settings, features)
+    return PreparedQuery(imaging.model_input(crop), features, words, size, region is not None, signatures)  # type: ignore[arg-type]
+
+
+def _words(settings: Settings, features: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """The visual word and the signature of each of ``features``' keypoints (none for ORB)."""
+    if features.method != "sift":
+        return np.zeros(0, dtype=np.int64), None
+    vocabulary = worker_vocabulary(settings)
+    words = vocabulary.words(features.descriptors)
+    return words, vocabulary.signatures(features.descriptors, words)
 
 
 def embed_task(settings: Settings, prepared: PreparedQuery | np.ndarray) -> np.ndarray:
@@ -256,10 +267,18 @@ def search_task(
                 )
             features = prepared.features
             if prepared.region_given:  # the region is the one window
-                words, weights = shortlist.query_windows(prepared.words)
+                kept, weights = shortlist.query_windows(prepared.words)
             else:
-                words, weights = shortlist.query_windows(prepared.words, features.points, features.size)
-            word_rows = index.word_candidates(conn, words, weights, max(n, shortlist.WORD_CANDIDATES), filters, vector)
+                kept, weights = shortlist.query_windows(prepared.words, features.points, features.size)
+            word_rows = index.word_candidates(
+                conn,
+                prepared.words[kept],
+                weights,
+                max(n, shortlist.WORD_CANDIDATES),
+                filters,
+                vector,
+                None if prepared.signatures is None else prepared.signatures[kept],
+            )
     if knn_rows and all(r["model"] != fingerprint for r in knn_rows):
         raise ModelError(
             f"the index was built with another model than {source}: search with the model that built it "
@@ -397,15 +416,24 @@ def _second_look(
     features, words = prepared.features, prepared.words
     if features.method != "sift" or not len(words):
         return []
-    points = features.points
+    points, signatures = features.points, prepared.signatures
     if found:  # the papyri found already explain their keypoints: look at the rest
         rest = outside(points, found)
         if rest.sum() < shortlist.MIN_WINDOW_KEYPOINTS:
             return []
         words, points = words[rest], points[rest]
-    words, weights = shortlist.query_windows(words, points, features.size, windows=shortlist.SECOND_LOOK_WINDOWS)
+        signatures = None if signatures is None else signatures[rest]
+    kept, weights = shortlist.query_windows(words, points, features.size, windows=shortlist.SECOND_LOOK_WINDOWS)
     with index.pooled_connection(url) as conn:
-        rows = index.word_candidates(conn, words, weights, len(seen) + SECOND_LOOK_CANDIDATES, filters, vector)
+        rows = index.word_candidates(
+            conn,
+            words[kept],
+            weights,
+            len(seen) + SECOND_LOOK_CANDIDATES,
+            filters,
+            vector,
+            None if signatures is None else signatures[kept],
+        )
     fresh = [c for c in shortlist.fuse(rows, []) if c.row["object_key"] not in seen][:SECOND_LOOK_CANDIDATES]
     candidates = _candidates(settings, _first_stage_hits(fresh, None))
     # stops at a confirmed match wherever it lies: the first look found nothing in the middle
@@ -457,14 +485,15 @@ def _tilted_look(
     n = len(base)
     if len(tilted) == n:
         return []
-    words, weights = shortlist.query_windows(
-        worker_vocabulary(settings).words(tilted.descriptors[n:]),
-        tilted.points[n:],
-        tilted.size,
-        windows=shortlist.SECOND_LOOK_WINDOWS,
-    )
+    vocabulary = worker_vocabulary(settings)
+    words = vocabulary.words(tilted.descriptors[n:])
+    windows = shortlist.SECOND_LOOK_WINDOWS
+    kept, weights = shortlist.query_windows(words, tilted.points[n:], tilted.size, windows=windows)
+    signatures = vocabulary.signatures(tilted.descriptors[n:], words)
     with index.pooled_connection(url) as conn:
-        rows = index.word_candidates(conn, words, weights, TILTED_LOOK_CANDIDATES, filters, vector)
+        rows = index.word_candidates(
+            conn, words[kept], weights, TILTED_LOOK_CANDIDATES, filters, vector, signatures[kept]
+        )
     again = [h for h in first if h.image_key][:TILTED_RETRIES]
     tried = {h.image_key for h in again}
     listed = [h for h in _first_stage_hits(shortlist.fuse(rows, []), None) if h.image_key not in tried]
@@ -854,7 +883,7 @@ def ingest_batch_task(
     manager; the ingest benchmark passes a stopwatch to time the real steps."""
     from .model import embed_arrays
     from .retrieval.features import extract_features
-    from .retrieval.shortlist import document_weights
+    from .retrieval.shortlist import document_postings
 
     step = stage or _no_stage
     reading, decoding, writing, thumbnailing, describing, quantising, inputting, forwarding, copying = INGEST_STAGES
@@ -908,11 +937,12 @@ def ingest_batch_task(
             with step(writing):
                 store.put(storage.features_key(key), features.to_bytes())
             with step(quantising):
-                words, word_weights = (
-                    document_weights(vocabulary.words(features.descriptors))
-                    if features.method == "sift"
-                    else (None, None)
-                )
+                words = word_weights = word_signatures = None
+                if features.method == "sift":
+                    each = vocabulary.words(features.descriptors)
+                    words, word_weights, word_signatures = document_postings(
+                        each, vocabulary.signatures(features.descriptors, each)
+                    )
             with step(inputting):
                 arrays.append(imaging.model_input(img))
         except ImageError as exc:
@@ -931,6 +961,7 @@ def ingest_batch_task(
                 embedding=np.zeros(index.EMBEDDING_DIM, dtype=np.float32),
                 words=words,
                 word_weights=word_weights,
+                word_signatures=word_signatures,
             )
         )
     if rows:

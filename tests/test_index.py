@@ -23,6 +23,7 @@ def conn(url):
     index.ensure_schema(url)
     with index.connect(url) as c:
         c.execute("TRUNCATE images, papyri RESTART IDENTITY CASCADE")
+        c.execute("DELETE FROM index_meta WHERE key = 'unsigned_words'")
         c.commit()
         yield c
 
@@ -299,13 +300,15 @@ def _worded(i: int, words: dict[int, float], **meta) -> index.ImageRow:
 
 
 def _expected_scores(docs: dict[int, dict[int, float]], query: dict[int, float]) -> dict[int, float]:
-    """The documented score, by hand: Σ idf² q d / ‖q idf‖ with idf = ln((N+1)/(df+1))."""
+    """The documented score of words alone, by hand: Σ idf² q d / ‖q idf‖ with q = √(the query's
+    count), idf = ln((N+1)/(df+1))."""
     n = len(docs)
     df = {w: sum(w in d for d in docs.values()) for w in query}
     idf = {w: np.log((n + 1) / (df[w] + 1)) for w in query if df[w]}
-    norm = np.sqrt(sum((query[w] * idf[w]) ** 2 for w in idf))
+    q = {w: np.sqrt(query[w]) for w in query}
+    norm = np.sqrt(sum((q[w] * idf[w]) ** 2 for w in idf))
     return {
-        i: sum(idf[w] ** 2 * query[w] * d[w] for w in idf if w in d) / norm
+        i: sum(idf[w] ** 2 * q[w] * d[w] for w in idf if w in d) / norm
         for i, d in docs.items()
         if any(w in d for w in idf)
     }
@@ -336,6 +339,87 @@ def test_word_candidates_score_rank_and_filter_as_documented(conn):
     assert index.word_candidates(conn, np.array([999], np.int32), np.ones(1, np.float32), 5) == []
 
 
+def _signed(i: int, postings: dict[int, list[int]]) -> index.ImageRow:
+    from papyrus_widgets.retrieval.shortlist import document_postings
+
+    words = np.array([w for w, sigs in postings.items() for _ in sigs])
+    sigs = np.array([s for ss in postings.values() for s in ss], dtype=np.int64)
+    row = _row(i)
+    row.words, row.word_weights, row.word_signatures = document_postings(words, sigs)
+    return row
+
+
+def test_word_candidates_count_only_keypoints_whose_signatures_agree(conn):
+    """Hamming embedding, by hand: a query keypoint and an indexed one of the same word match only
+    when their signatures differ in at most HAMMING_THRESHOLD bits; m_w counts the matching pairs,
+    and an image scores Σ idf² √m_w / ‖√count‖ / ‖q idf‖. An image that shares every word of the
+    query by chance (signatures far off) falls below one that shares fewer words truly."""
+    from papyrus_widgets.retrieval.vocabulary import HAMMING_THRESHOLD
+
+    rng = np.random.default_rng(11)
+    near = lambda s, bits: int(np.int64(np.uint64(int(s) % 2**64) ^ np.uint64(2**bits - 1)))  # noqa: E731
+    query_words = np.array([1, 1, 2, 3, 4, 5], dtype=np.int32)
+    query_sigs = rng.integers(-(2**63), 2**63 - 1, len(query_words), dtype=np.int64)
+    query_sigs[1] = near(query_sigs[0], 2)  # two keypoints of word 1, alike
+    far = [int(~s) for s in query_sigs]  # every bit differs
+    docs = {
+        # truly: words 1 (both query keypoints within the threshold of its one), 2 and 3
+        0: {
+            1: [near(query_sigs[0], 3)],
+            2: [near(query_sigs[2], HAMMING_THRESHOLD)],
+            3: [near(query_sigs[3], 5)],
+            9: [7],
+        },
+        # by chance: every query word, signatures far off (and one at the threshold + 1)
+        1: {
+            1: [far[0]],
+            2: [far[2]],
+            3: [near(query_sigs[3], HAMMING_THRESHOLD + 1)],
+            4: [far[4]],
+            5: [far[5], far[5]],
+        },
+        # one true match (word 4), one word shared by chance
+        2: {4: [near(query_sigs[4], 0)], 5: [far[5]], 8: [1, 2, 3]},
+    }
+    docs.update({i: {10 + i: [i]} for i in range(3, 12)})  # others, no query word: idf > 0 for all
+    index.add_images(conn, [_signed(i, p) for i, p in docs.items()])
+    assert index.signed_words(conn)
+    rows = index.word_candidates(conn, query_words, np.ones(6, np.float32), 5, signatures=query_sigs)
+
+    n = len(docs)
+    df = {w: sum(w in d for d in docs.values()) for w in range(1, 6)}
+    idf = {w: np.log((n + 1) / (df[w] + 1)) for w in df}
+    qnorm = np.sqrt(sum((np.sqrt((query_words == w).sum()) * idf[w]) ** 2 for w in df))
+
+    def norm(p: dict[int, list[int]]) -> float:
+        return float(np.sqrt(sum(len(s) for s in p.values())))
+
+    expected = {
+        0: (idf[1] ** 2 * np.sqrt(2) + idf[2] ** 2 + idf[3] ** 2) / norm(docs[0]) / qnorm,
+        2: idf[4] ** 2 / norm(docs[2]) / qnorm,
+    }
+    got = {int(r["hgv_id"]): r["words_score"] for r in rows}
+    assert got.keys() == expected.keys()  # image 1 shares every word, and matches none
+    for i, score in expected.items():
+        assert got[i] == pytest.approx(score, rel=1e-4)
+    # without the query's signatures every pair of a word matches: words alone
+    alone = index.word_candidates(conn, query_words, np.ones(6, np.float32), 5)
+    assert int(alone[0]["hgv_id"]) == 1
+    counts = {w: float((query_words == w).sum()) for w in range(1, 6)}
+    weights = {i: {w: np.sqrt(len(s)) / norm(p) for w, s in p.items()} for i, p in docs.items()}
+    by_hand = _expected_scores(weights, counts)
+    assert {int(r["hgv_id"]): r["words_score"] for r in alone} == pytest.approx(
+        {i: by_hand[i] for i in (0, 1, 2)}, rel=1e-4
+    )
+    # an image stored without signatures: the index counts words alone for every image
+    index.add_images(conn, [_worded(40, {99: 1.0})])
+    assert not index.signed_words(conn)
+    unsigned = index.word_candidates(conn, query_words, np.ones(6, np.float32), 5, signatures=query_sigs)
+    assert int(unsigned[0]["hgv_id"]) == 1
+    with pytest.raises(QueryError):
+        index.word_candidates(conn, query_words, np.ones(6, np.float32), 5, signatures=query_sigs[:3])
+
+
 def test_schema_2_upgrades_and_posting_lists_are_read_from_the_index_alone(url):
     """An index made before migration 3 keeps its words; after VACUUM (as a bulk load ends) the
     search reads each posting list by an index-only scan, never visiting the table."""
@@ -352,21 +436,30 @@ def test_schema_2_upgrades_and_posting_lists_are_read_from_the_index_alone(url):
             c.execute(sql)
             c.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
         c.commit()
-        index.add_images(c, [_worded(i, {i: 1.0, 1000: 0.5}) for i in range(200)])
+        # words as that version wrote them (no signatures)
+        index.add_images(c, [_row(i) for i in range(200)])
+        c.execute(
+            "INSERT INTO image_words (word, image_id, weight) SELECT w, i.id, CASE WHEN w = 1000 THEN 0.5 ELSE 1.0 END"
+            " FROM images i JOIN papyri p ON p.id = i.papyrus_id"
+            " CROSS JOIN LATERAL (VALUES (p.hgv_id::int), (1000)) v(w)"
+        )
         c.commit()
-    assert index.ensure_schema(old) == index.MIGRATIONS[-1][0] >= 3
+    assert index.ensure_schema(old) == index.MIGRATIONS[-1][0] >= 4
     with psycopg.connect(old, autocommit=True) as c:
         assert c.execute("SELECT count(*) FROM image_words").fetchone() == (400,)
+        # words stored before signatures: the index says so, and the search counts words alone
+        assert c.execute("SELECT value FROM index_meta WHERE key = 'unsigned_words'").fetchone() == ("true",)
         c.execute("VACUUM (ANALYZE) image_words")
         c.execute("SET enable_seqscan = off")  # a tiny table: ask for the plan a large one gets
         plan = "\n".join(
             r[0]
             for r in c.execute(
-                "EXPLAIN (ANALYZE, COSTS OFF) SELECT image_id, weight FROM image_words WHERE word = ANY(%s)",
+                "EXPLAIN (ANALYZE, COSTS OFF)"
+                " SELECT image_id, weight, signature FROM image_words WHERE word = ANY(%s)",
                 [[7, 1000]],
             ).fetchall()
         )
-    assert "Index Only Scan using image_words_pkey" in plan and "Heap Fetches: 0" in plan, plan
+    assert "Index Only Scan using image_words_postings" in plan and "Heap Fetches: 0" in plan, plan
     with index.connect(old) as c:
         rows = index.word_candidates(c, np.array([7, 1000], np.int32), np.ones(2, np.float32), 3)
         assert rows[0]["hgv_id"] == "7"
@@ -405,7 +498,7 @@ def test_word_candidates_of_many_windows_are_the_full_rankings_interleaved(conn)
     """Each window's order is found by a bounded sort of its ``n`` best (not a rank of every image
     in every window): the list must still be exactly the full rankings interleaved, with each
     image's score its best in any window, even when that window ranks it far below ``n``."""
-    rng = np.random.default_rng(27)  # a draw where such an image is among the first 3
+    rng = np.random.default_rng(4)  # a draw where such an image is among the first 3
     docs = {i: {int(w): float(rng.uniform(0.1, 1)) for w in rng.choice(50, 8, replace=False)} for i in range(40)}
     index.add_images(conn, [_worded(i, d) for i, d in docs.items()])
     words = np.arange(50, dtype=np.int32)

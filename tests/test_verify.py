@@ -351,7 +351,9 @@ def test_a_first_stage_that_missed_the_papyrus_gets_a_second_look(indexed_engine
     assert top.inventory_key == "p_g_107" and top.confirmed and top.region and len(top.region) == 4
     assert top.found_by == "words" and top.words_score is not None and top.embedding_score is not None
     assert [h.rank for h in out] == list(range(1, len(out) + 1))
-    assert {h.image_key for h in missed} >= {h.image_key for h in out[1:]}  # the rest: the first look's
+    # the rest, from either look, by their score (confirmed ones first, then by the first stage's)
+    assert [h.score for h in out] == sorted((h.score for h in out), reverse=True)
+    assert len({h.image_key for h in out}) == len(out)
     # the search's filters hold in the second look too: a date range that leaves the papyrus out
     assert top.date_from is not None
     filters = {"date_to": top.date_from - 1}
@@ -508,20 +510,68 @@ def test_query_windows_count_each_keypoint_in_the_windows_it_falls_in() -> None:
         [rng.uniform(0, 100, (200, 2)), rng.uniform(900, 1000, (200, 2)), rng.uniform(0, 1000, (400, 2))]
     )
     words = np.array([7] * 200 + [9] * 200 + [8] * 400)
-    unique, weights = shortlist.query_windows(words, points, (1000, 1000))
-    assert unique.tolist() == [7, 8, 9] and weights.shape == (3, len(shortlist.WINDOWS))
-    whole, top_left, bottom_right = weights[:, 0], weights[:, 1], weights[:, 4]
-    assert whole.tolist() == pytest.approx(np.sqrt([200, 400, 200]).tolist())
-    assert top_left[0] == pytest.approx(np.sqrt(200)) and top_left[2] == 0
-    assert bottom_right[2] == pytest.approx(np.sqrt(200)) and bottom_right[0] == 0
-    assert weights[:, 5][[0, 2]].tolist() == [0, 0]  # the centre holds neither corner
+    kept, weights = shortlist.query_windows(words, points, (1000, 1000))
+    assert kept.all() and weights.shape == (800, len(shortlist.WINDOWS))
+    whole, top_left, bottom_right, centre = weights[:, 0], weights[:, 1], weights[:, 4], weights[:, 5]
+    assert set(np.unique(weights).tolist()) == {0.0, 1.0}
+    assert whole.sum() == 800
+    assert top_left[:200].all() and not top_left[200:400].any()
+    assert bottom_right[200:400].all() and not bottom_right[:200].any()
+    assert not centre[:400].any()  # the centre holds neither corner
+    inside_centre = ((points >= 200) & (points <= 800)).all(axis=1)
+    assert centre.astype(bool).tolist() == inside_centre.tolist()
     # no keypoints given (or a region searched): one window, the whole
-    assert shortlist.query_windows(words)[1].shape == (3, 1)
+    kept, one = shortlist.query_windows(words)
+    assert kept.all() and one.shape == (800, 1) and one.sum() == 800
     # a window with too few keypoints is left out, the whole never
-    sparse = shortlist.query_windows(words[:60], points[:60], (1000, 1000))[1]
-    assert sparse.shape[1] == 2  # the whole and the top-left quarter
+    kept, sparse = shortlist.query_windows(words[:60], points[:60], (1000, 1000))
+    assert sparse.shape == (60, 2)  # the whole and the top-left quarter
+    # keypoints in no window kept are left out of the query (the second look's grid leaves gaps)
+    corner_only = (((0.0, 0.0, 0.2, 0.2)),)
+    kept, only = shortlist.query_windows(words, points, (1000, 1000), windows=corner_only)
+    assert kept.tolist() == ((points <= 200).all(axis=1)).tolist() and only.shape == (int(kept.sum()), 1)
     with pytest.raises(ValueError):
         shortlist.query_windows(words, points[:10], (1000, 1000))
+
+
+def test_signatures_tell_near_descriptors_of_a_word_from_chance_neighbours() -> None:
+    """Hamming embedding: a descriptor seen again with noise keeps most of its 64 bits, another
+    descriptor of the same word does not; the bits are the same on every machine (a fixed seed)."""
+    from papyrus_widgets.retrieval import shortlist
+    from papyrus_widgets.retrieval.vocabulary import HAMMING_THRESHOLD, SIGNATURE_BITS, _projection, load_vocabulary
+
+    vocab = load_vocabulary()
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 90, (400, 128)).astype(np.float64)
+    noisy = np.clip(base + rng.normal(0, 2, base.shape), 0, 255)
+    words = vocab.words(base.astype(np.uint8))
+    same = vocab.words(noisy.astype(np.uint8)) == words
+    a = vocab.signatures(base.astype(np.uint8), words)
+    b = vocab.signatures(noisy.astype(np.uint8), words)
+    assert a.dtype == np.int64 and len(a) == 400
+    differ = np.bitwise_count(a ^ b)
+    assert np.median(differ[same]) <= 8  # the same descriptor, a little noise
+    # descriptors of one word that are not the same one: about half the bits differ
+    word = np.bincount(words).argmax()
+    members = np.flatnonzero(words == word)
+    assert len(members) >= 2
+    others = np.bitwise_count(a[members][:, None] ^ a[members][None, :])[np.triu_indices(len(members), 1)]
+    assert others.mean() > HAMMING_THRESHOLD / 2
+    # bit i is the sign of projection i of the offset from the word's centroid
+    x = np.sqrt(base / np.maximum(base.sum(1, keepdims=True), 1e-9))  # RootSIFT
+    centroids = vocab.fine_centroids.reshape(-1, 128)
+    bits = ((x - centroids[words]) @ _projection().T.astype(np.float64)) > 0
+    assert bits.shape[1] == SIGNATURE_BITS
+    agree = [(int(s) >> i & 1) == bits[j, i] for j, s in enumerate(a[:50].tolist()) for i in range(64)]
+    assert np.mean(agree) > 0.995  # float32 rounding at the boundary aside
+    # pinned: a stored index's signatures must mean the same on the next machine and release
+    assert _projection()[0, :8].tolist() == [1.0, -1.0, -1.0, 1.0, -1.0, -1.0, -1.0, -1.0]
+    # the postings of a reference: its distinct words, their weights, each word's signatures
+    unique, weights, postings = shortlist.document_postings(np.array([5, 3, 5, 5]), np.array([10, 20, 30, 40]))
+    assert unique.tolist() == [3, 5] and [p.tolist() for p in postings] == [[20], [10, 30, 40]]
+    assert weights.tolist() == pytest.approx((np.sqrt([1, 3]) / 2).tolist())
+    with pytest.raises(ValueError):
+        shortlist.document_postings(np.array([1, 2]), np.array([1]))
 
 
 def test_several_papyri_confirmed_in_one_photo_the_middle_one_comes_first() -> None:

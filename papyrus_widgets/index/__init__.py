@@ -4,9 +4,10 @@ Tables
 - ``papyri``: one row per catalogue record (HGV id when known), with metadata;
 - ``images``: one row per (papyrus, image bytes), with the 128-d embedding, the object-store keys
   of the original and the thumbnail, and the fingerprint of the model that made the vector;
-- ``image_words``: the visual-word inverted file (word, image, weight): the first stage of a search
-  from a photo (:mod:`papyrus_widgets.retrieval.shortlist`), a B-tree on (word, image) that holds
-  the weight too, so a posting list is read from the index alone;
+- ``image_words``: the visual-word inverted file, a posting per keypoint (word, image, weight, the
+  keypoint's 64-bit signature): the first stage of a search from a photo
+  (:mod:`papyrus_widgets.retrieval.shortlist`), a B-tree on (word, image) that holds the weight and
+  the signature too, so a posting list is read from the index alone;
 - ``index_meta``: key/value facts about the index (the model and the visual vocabulary that built it);
 - ``schema_version``: migrations applied.
 

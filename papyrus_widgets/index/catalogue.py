@@ -22,6 +22,7 @@ __all__ = [
     "get_meta",
     "image_count",
     "has_words",
+    "signed_words",
     "other_model",
     "images_per_inventory",
 ]
@@ -63,6 +64,10 @@ class ImageRow:
     """Distinct visual words of the image (int) …"""
     word_weights: np.ndarray | None = field(default=None, repr=False)
     """… and their weights (:func:`papyrus_widgets.retrieval.shortlist.document_weights`); None: no words."""
+    word_signatures: Sequence[np.ndarray] | None = field(default=None, repr=False)
+    """… and for each word the 64-bit signatures (int64) of the image's keypoints of that word
+    (:meth:`papyrus_widgets.retrieval.vocabulary.Vocabulary.signatures`); None: words alone (the
+    index then counts words alone for every image: :func:`signed_words`)."""
 
 
 
@@ -167,15 +172,42 @@ def add_images(conn: psycopg.Connection, rows: Sequence[ImageRow]) -> tuple[int,
             )
             inserted = {(pid, sha): iid for iid, pid, sha in cur.fetchall()}
             added = len(inserted)
-            with cur.copy("COPY image_words (word, image_id, weight) FROM STDIN WITH (FORMAT BINARY)") as copy:
-                copy.set_types(["int4", "int8", "float4"])
-                for r in rows:
-                    image_id = inserted.pop((ids[r.record.key], r.sha256), None)
-                    if image_id is None or r.words is None or r.word_weights is None:
-                        continue
-                    for word, weight in zip(r.words.tolist(), r.word_weights.tolist()):
-                        copy.write_row((word, image_id, weight))
+            worded = [
+                (image_id, r)
+                for r in rows
+                if (image_id := inserted.pop((ids[r.record.key], r.sha256), None)) is not None
+                and r.words is not None
+                and r.word_weights is not None
+            ]
+            if worded:
+                _copy_words(cur, worded)
     return added, len(rows) - added
+
+
+def _copy_words(cur: psycopg.Cursor[Any], worded: Sequence[tuple[int, ImageRow]]) -> None:
+    """COPY the postings of the new images ``worded`` ((image id, row)); a row without signatures
+    marks the index as counting words alone (:func:`signed_words`)."""
+    unsigned = False
+    with cur.copy("COPY image_words (word, image_id, weight, signature) FROM STDIN WITH (FORMAT BINARY)") as copy:
+        copy.set_types(["int4", "int8", "float4", "int8"])
+        for image_id, r in worded:
+            assert r.words is not None and r.word_weights is not None
+            if r.word_signatures is None:  # a row per word, its weight
+                unsigned = True
+                for word, weight in zip(r.words.tolist(), r.word_weights.tolist()):
+                    copy.write_row((word, image_id, weight, None))
+                continue
+            if len(r.word_signatures) != len(r.words):
+                raise ValueError(f"{r.source_name}: {len(r.words)} words, {len(r.word_signatures)} signature lists")
+            for word, weight, sigs in zip(r.words.tolist(), r.word_weights.tolist(), r.word_signatures):
+                # a row per keypoint: weight / √count = 1 / the image's norm, the same for all its rows
+                per = weight / max(len(sigs), 1) ** 0.5
+                for sig in np.asarray(sigs, dtype=np.int64).tolist():
+                    copy.write_row((word, image_id, per, sig))
+    if unsigned:
+        cur.execute(
+            "INSERT INTO index_meta (key, value) VALUES ('unsigned_words', 'true') ON CONFLICT (key) DO NOTHING"
+        )
 
 
 def set_meta(conn: psycopg.Connection, key: str, value: str) -> None:
@@ -193,6 +225,14 @@ def get_meta(conn: psycopg.Connection, key: str) -> str | None:
 def image_count(conn: psycopg.Connection) -> int:
     return int(scalar(conn, "SELECT count(*) FROM images"))
 
+
+
+def signed_words(conn: psycopg.Connection) -> bool:
+    """Whether every posting of the word index carries its keypoints' signatures (words stored by
+    an older version, or without signatures, have none: the search then counts words alone for
+    every image, so that those are not favoured over the others). Re-ingesting into a new index
+    brings the signatures."""
+    return get_meta(conn, "unsigned_words") is None
 
 
 def has_words(conn: psycopg.Connection) -> bool:

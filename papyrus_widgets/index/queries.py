@@ -12,7 +12,7 @@ from psycopg.rows import dict_row
 
 from ..errors import QueryError
 from ..request import EF_SEARCH_MAX, check_ef_search, check_k, clean_filters
-from .catalogue import PAPYRUS_COLUMNS, get_meta
+from .catalogue import PAPYRUS_COLUMNS, get_meta, signed_words
 from .connection import scalar
 from .hnsw import hnsw_state
 from .schema import EMBEDDING_DIM, MAX_WORD_WINDOWS
@@ -135,20 +135,33 @@ def word_candidates(
     n: int,
     filters: Mapping[str, Any] | None = None,
     vector: np.ndarray | None = None,
+    signatures: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """The ``n`` images that share the most (idf-weighted) visual words with a query, best first,
     with their papyrus metadata: the first stage of a search from a photo.
 
-    ``words``: the query's distinct words; ``weights``: their weights, one column per window of
-    the photo (:func:`papyrus_widgets.retrieval.shortlist.query_windows`; a 1-D array is one
-    window). In each window an image scores ``Σ idf(w)² · q_w · d_w / ‖q · idf‖`` over the shared
-    words, with ``idf(w) = ln((N + 1) / (df(w) + 1))`` counted from the posting lists at query time
-    (so it follows the collection as it grows), and the windows rank the images each on their own.
+    ``words``: the query's words, a row per keypoint (repeats allowed); ``weights``: how many of
+    the query's keypoints each row stands for in each window of the photo, one column per window
+    (:func:`papyrus_widgets.retrieval.shortlist.query_windows`: 1 or 0; a 1-D array is one
+    window); ``signatures``: each row's 64-bit signature
+    (:meth:`~papyrus_widgets.retrieval.vocabulary.Vocabulary.signatures`), or None.
+
+    A query keypoint and an indexed one *match* when they share a word and, where both have
+    signatures, these differ in at most :data:`~papyrus_widgets.retrieval.vocabulary.HAMMING_THRESHOLD`
+    bits (Hamming embedding). In each window an image scores ``Σ idf(w)² · √m_w · d_w / ‖q · idf‖``
+    over its words, ``m_w`` the matching pairs of keypoints of word ``w`` (the query's weighted),
+    ``d_w = 1 / ‖√count‖`` of the image's keypoint counts, ``q_w = √(the query's count)``, and
+    ``idf(w) = ln((N + 1) / (df(w) + 1))`` counted from the posting lists at query time (so it
+    follows the collection as it grows). With every pair matching (no signatures: a query, or an
+    index with words stored before signatures, :func:`~papyrus_widgets.index.catalogue.signed_words`)
+    this is the cosine of the ``√count`` histograms. The windows rank the images each on their own.
     The list takes every window's first, then every window's second, … (ties: the higher score
     first). Each row's ``words_score`` is its best score in any window and ``words_window`` the
     (0-based) window that gave it. ``vector``: also return each row's embedding ``distance`` to it
     (cosine), else NULL.
     """
+    from ..retrieval.vocabulary import HAMMING_THRESHOLD, SIGNATURE_BITS
+
     n = check_k(n)
     where, params = filter_sql(filters)
     words = np.asarray(words, dtype=np.int32).reshape(-1)
@@ -160,23 +173,29 @@ def word_candidates(
         or len(words) != len(weights)
         or not 1 <= weights.shape[1] <= MAX_WORD_WINDOWS
         or not np.all(np.isfinite(weights))
+        or (signatures is not None and len(signatures) != len(words))
     ):
         raise QueryError(
-            "the query's visual words and weights must be two lists of the same length "
+            "the query's visual words, weights and signatures must be lists of the same length "
             f"(weights: one column per window, at most {MAX_WORD_WINDOWS})."
         )
     if not len(words):
         return []
+    hamming = HAMMING_THRESHOLD if signatures is not None and signed_words(conn) else SIGNATURE_BITS
+    sigs = np.zeros(len(words), np.int64) if signatures is None else np.asarray(signatures, dtype=np.int64)
     k = range(weights.shape[1])
     cols = ", ".join(f"p.{c}" for c in PAPYRUS_COLUMNS)
     distance = "i.embedding <=> %s" if vector is not None else "NULL::float8"
-    qw = ", ".join(f"qw{j}" for j in k)
-    # q: each query word with its weight in each window and its idf (df counted on the index
-    # alone), and their product w{j} = weight · idf² that scores it; scored: one pass over the
-    # posting lists, a sum per window; allowed: those the filters allow; firsts: each window's
-    # n best (a bounded sort each, not a full one: an image among the n best of the interleaved
-    # list is among the n best of some window) with their rank there; top: the n best by their
-    # best rank (ties: the higher score), joined to their metadata only then
+    qw = ", ".join(f"in{j}" for j in k)
+    # qk: the query's keypoints (word, signature, weight in each window); q: its distinct words
+    # with their weight in each window and their idf (df counted on the index alone); pairs: per
+    # image and word, the matching pairs of keypoints in each window (a posting per indexed
+    # keypoint, its weight d = 1 / ‖√count‖; a posting stored without a signature is one per
+    # image and word, weight √count / ‖√count‖, and matches every query keypoint of its word:
+    # words alone, √m · weight); scored: a sum per window; allowed: those the filters allow;
+    # firsts: each window's n best (a bounded sort each, not a full one: an image among the n
+    # best of the interleaved list is among the n best of some window) with their rank there;
+    # top: the n best by their best rank (ties: the higher score), joined to their metadata only then
     filtered = (
         f"SELECT s.* FROM scored s JOIN images i ON i.id = s.image_id JOIN papyri p ON p.id = i.papyrus_id{where}"
         if where
@@ -189,19 +208,25 @@ def word_candidates(
         for j in k
     )
     sql = (
-        f"WITH q AS MATERIALIZED (SELECT q.word, {', '.join(f'q.qw{j}' for j in k)}, d.idf,"
-        f"   {', '.join(f'q.qw{j} * d.idf * d.idf AS w{j}' for j in k)}"
-        f"   FROM unnest(%s::int4[], {', '.join('%s::float4[]' for _ in k)}) AS q(word, {qw})"
+        f"WITH qk AS MATERIALIZED (SELECT * FROM unnest(%s::int4[], %s::int8[], {', '.join('%s::float4[]' for _ in k)})"
+        f"   AS qk(word, sig, {qw})),"
+        f" q AS MATERIALIZED (SELECT g.word, {', '.join(f'g.qw{j}' for j in k)}, d.idf"
+        f"   FROM (SELECT word, {', '.join(f'sqrt(sum(in{j})) AS qw{j}' for j in k)} FROM qk GROUP BY word) g"
         "   CROSS JOIN (SELECT count(*)::float8 AS n FROM images) n"
-        "   CROSS JOIN LATERAL (SELECT ln((n.n + 1.0) / (count(*) + 1.0)) AS idf, count(*) AS df"
-        "     FROM image_words c WHERE c.word = q.word) d"
+        "   CROSS JOIN LATERAL (SELECT ln((n.n + 1.0) / (count(DISTINCT c.image_id) + 1.0)) AS idf,"
+        "     count(DISTINCT c.image_id) AS df FROM image_words c WHERE c.word = g.word) d"
         "   WHERE d.df > 0),"
         " qnorm AS (SELECT "
         + ", ".join(f"greatest(sqrt(sum((q.qw{j} * q.idf) ^ 2)), 1e-9) AS v{j}" for j in k)
         + " FROM q),"
-        " scored AS (SELECT w.image_id, "
-        + ", ".join(f"sum(w.weight * q.w{j}) AS s{j}" for j in k)
-        + " FROM q JOIN image_words w ON w.word = q.word GROUP BY w.image_id),"
+        " pairs AS (SELECT w.image_id, w.word, max(w.weight) AS d, "
+        + ", ".join(f"sum(qk.in{j}) AS m{j}" for j in k)
+        + "   FROM qk JOIN image_words w ON w.word = qk.word"
+        "   WHERE w.signature IS NULL OR bit_count((w.signature # qk.sig)::bit(64)) <= %s"
+        "   GROUP BY w.image_id, w.word),"
+        " scored AS (SELECT p.image_id, "
+        + ", ".join(f"sum(sqrt(p.m{j}) * p.d * q.idf * q.idf) AS s{j}" for j in k)
+        + " FROM pairs p JOIN q ON q.word = p.word GROUP BY p.image_id),"
         f" allowed AS MATERIALIZED ({filtered}),"
         f" firsts AS (SELECT image_id, min(r) AS best_rank FROM ({firsts}) f GROUP BY image_id),"
         f" top AS (SELECT f.image_id, f.best_rank, {best} AS score,"
@@ -215,7 +240,15 @@ def word_candidates(
         " FROM top JOIN images i ON i.id = top.image_id JOIN papyri p ON p.id = i.papyrus_id"
         " ORDER BY top.best_rank, top.score DESC, i.id"
     )
-    args: list[Any] = [words.tolist(), *(weights[:, j].tolist() for j in k), *params, *([n] * len(k)), n]
+    args: list[Any] = [
+        words.tolist(),
+        sigs.tolist(),
+        *(weights[:, j].tolist() for j in k),
+        hamming,
+        *params,
+        *([n] * len(k)),
+        n,
+    ]
     if vector is not None:
         args.append(_query_vector(vector))
     with conn.cursor(row_factory=dict_row) as cur:

@@ -11,10 +11,12 @@ Two lists, fused:
   present and good.
 
 Weights: a document (reference) keeps ``sqrt(count)`` of each distinct word, L2-normalised
-(:func:`document_weights`, stored at ingest, independent of the rest of the collection); a query
-keeps ``sqrt(count)``; the idf of each word is counted at query time from its posting list, so
-nothing stored goes stale as the collection grows. The square root damps "bursts" (the same word
-many times over a repetitive texture, such as papyrus fibres).
+(:func:`document_weights`, stored at ingest, independent of the rest of the collection), and the
+64-bit signatures of its keypoints of each word (:func:`document_postings`); a query keeps
+``sqrt(count)``, and a pair of keypoints of one word counts only when their signatures are close
+(Hamming embedding: :mod:`.vocabulary`); the idf of each word is counted at query time from its
+posting list, so nothing stored goes stale as the collection grows. The square root damps
+"bursts" (the same word many times over a repetitive texture, such as papyrus fibres).
 
 **Windows.** A photo of a whole desk or screen holds more than the papyrus sought: other papyri
 (thumbnails, sheets beside it), each of which may be in the collection too, sometimes many times
@@ -49,6 +51,19 @@ def document_weights(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     unique, counts = _counts(words)
     weights = np.sqrt(counts)
     return unique, weights / max(float(np.linalg.norm(weights)), 1e-9)
+
+
+def document_postings(words: np.ndarray, signatures: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """``(distinct words, weights, signatures)`` of a reference: :func:`document_weights`, and for
+    each distinct word the signatures of its keypoints of that word (the word index's postings)."""
+    words = np.asarray(words, dtype=np.int64).reshape(-1)
+    signatures = np.asarray(signatures, dtype=np.int64).reshape(-1)
+    if len(words) != len(signatures):
+        raise ValueError(f"{len(words)} words but {len(signatures)} signatures")
+    unique, weights = document_weights(words)
+    order = np.argsort(words, kind="stable")
+    bounds = np.flatnonzero(np.diff(words[order])) + 1
+    return unique, weights, np.split(signatures[order], bounds) if len(words) else []
 
 
 WINDOWS: tuple[tuple[float, float, float, float], ...] = (
@@ -94,27 +109,30 @@ def query_windows(
     size: Sequence[float] | None = None,
     windows: Sequence[Sequence[float]] = WINDOWS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(distinct words, weights)`` of a query scored per window: ``weights`` has one column per
-    window kept (the whole photo first), ``sqrt(count)`` of each word's keypoints inside it.
+    """``(kept, weights)`` of a query scored per window: ``kept`` a mask of the keypoints that lie
+    in some window kept, ``weights`` one row per kept keypoint and one column per window kept (the
+    whole photo first), 1 where the keypoint lies inside the window
+    (:func:`papyrus_widgets.index.word_candidates` takes ``words[kept]``, ``weights``).
 
     ``points``: the keypoints' ``(x, y)`` (one per word, in the pixels of ``size`` = (width,
     height)); without them the query has one window, the whole."""
     words = np.asarray(words, dtype=np.int64).reshape(-1)
-    unique, counts = _counts(words)
+    everything = np.ones(len(words), dtype=bool)
     if points is None or size is None or not len(words):
-        return unique, np.sqrt(counts)[:, None]
+        return everything, np.ones((len(words), 1), dtype=np.float32)
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     if len(pts) != len(words):
         raise ValueError(f"{len(words)} words but {len(pts)} keypoints")
     w, h = float(size[0]), float(size[1])
-    slot = np.searchsorted(unique, words)
     columns: list[np.ndarray] = []
     for left, top, right, bottom in windows:
         inside = (pts[:, 0] >= left * w) & (pts[:, 0] <= right * w) & (pts[:, 1] >= top * h) & (pts[:, 1] <= bottom * h)
         if inside.sum() < MIN_WINDOW_KEYPOINTS and columns:
             continue
-        columns.append(np.sqrt(np.bincount(slot[inside], minlength=len(unique)).astype(np.float32)))
-    return unique, np.stack(columns, axis=1)
+        columns.append(inside)
+    member = np.stack(columns, axis=1)
+    kept = np.asarray(member.any(axis=1), dtype=bool)
+    return kept, member[kept].astype(np.float32)
 
 
 @dataclass
