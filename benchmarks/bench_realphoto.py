@@ -6,7 +6,7 @@ Around them, ``--distractors`` (default 10,000) crops of other real papyrus phot
 Michigan, Princeton and BnF photographs in ``more/`` and the PapyrusViz fragments (colour,
 infrared, joins) — at random positions, sizes (15-80 % of the short side), quarter turns and colour
 shifts, long side ≤ 1024 px. Their rows are made by the ingest's own functions
-(``retrieval.extract_features``, the vocabulary, ``shortlist.document_weights``, the model) in two
+(``retrieval.extract_features``, the vocabulary, ``shortlist.document_postings``, the model) in two
 processes, outside Dask, and COPY'd with ``index.add_images``; their features go to the object store
 where the confirming stage reads them. The vocabulary is the shipped one, trained on descriptors of
 those same ``more/`` and ``fragments/`` photographs and of no Heidelberg scan: no queried papyrus is
@@ -54,11 +54,12 @@ held-out papyri confirmed. A degradation curve outside the 10-40 % the main figu
 the papyrus; the camera tilted 45-60 degrees; 12-megapixel portrait photos stored turned with EXIF
 orientation 6; frames turned a quarter or half turn without EXIF; dark, noisy, soft photos at JPEG
 30-45), each searched with no corners twice on the same cluster: as the search is now and as it
-would be with the tilted look switched on (``TRIAL``: ``tasks.TILTED_LOOK``, set on the workers;
-off by default).
+would be with ``--trial``'s switches (``TRIALS``, set on the workers; default *tilted*: the tilted
+look, ``tasks.TILTED_LOOK``, off by default). ``--fractions`` compares with a ``--trial`` too when
+one is given (*words-alone*: as before Hamming embedding).
 
 Run alone: ``python benchmarks/bench_realphoto.py [--quick] [--distractors N] [--per-ref N] [--derived N]
-[--fractions F,F,...] [--variants V,V,...]``.
+[--fractions F,F,...] [--variants V,V,...] [--trial tilted|words-alone]``.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ def _distractor_rows(
         data = imaging.jpeg_bytes(crop, 90)
         sha = hashlib.sha256(data).hexdigest()
         feats = extract_features(crop)
+        # kept in the cache for its format; the rows are made from the postings (``write``)
         words, weights = document_weights(vocab.words(feats.descriptors))
         out.append((i, sha, feats.to_bytes(), words, weights, imaging.model_input(crop).tobytes(), crop.size))
     return out
@@ -184,6 +186,8 @@ def add_distractors(engine: Any, settings: Any, n: int) -> tuple[float, int]:
     from papyrus_widgets import index, storage, tasks
     from papyrus_widgets.metadata import PapyrusRecord
     from papyrus_widgets.model import embed_arrays
+    from papyrus_widgets.retrieval import Features
+    from papyrus_widgets.retrieval.shortlist import document_postings
 
     t0 = time.perf_counter()
     model, fingerprint = tasks.worker_model(settings.model, settings.model_revision)
@@ -198,9 +202,14 @@ def add_distractors(engine: Any, settings: Any, n: int) -> tuple[float, int]:
 
     def write(batch: list[Any], vectors: np.ndarray) -> None:
         rows = []
-        for (i, sha, feats, words, weights, _, size), vec in zip(batch, vectors):
+        for (i, sha, feats, _words, _weights, _, size), vec in zip(batch, vectors):
             key = storage.object_key(storage.ORIGINALS, sha, ".jpg")
             store.put(storage.features_key(key), feats)
+            # the postings as the ingest makes them (words with their keypoints' signatures), from
+            # the stored features: chunks cached before signatures hold the words alone
+            descriptors = Features.from_bytes(feats).descriptors
+            each = vocab.words(descriptors)
+            words, weights, signatures = document_postings(each, vocab.signatures(descriptors, each))
             rows.append(
                 index.ImageRow(
                     record=PapyrusRecord(key=f"distractor:{i}", collection="distractors", title=f"distractor {i}"),
@@ -214,6 +223,7 @@ def add_distractors(engine: Any, settings: Any, n: int) -> tuple[float, int]:
                     embedding=vec,
                     words=words,
                     word_weights=weights,
+                    word_signatures=signatures,
                 )
             )
         with index.pooled_connection(url) as conn:
@@ -249,15 +259,16 @@ def add_derived(settings: Any, n: int) -> float:
     if not paths:
         raise SystemExit("--derived needs the cached distractor chunks: run without it first")
     rng = np.random.default_rng([SEED, 100_000])
-    parents: list[tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]] = []
+    parents: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]] = []
     for path in paths:  # each crop's keypoints with their words, quantised once
         z = np.load(path)
         f_off = np.concatenate([[0], np.cumsum(z["feature_counts"])])
         words = vocab.words(z["descriptors"])
+        signatures = vocab.signatures(z["descriptors"], words)
         for j in range(len(z["ids"])):
             a, b = f_off[j], f_off[j + 1]
             size = tuple(int(v) for v in z["feature_sizes"][j])
-            parents.append((z["points"][a:b], words[a:b], z["vectors"][j], size))  # type: ignore[arg-type]
+            parents.append((z["points"][a:b], words[a:b], signatures[a:b], z["vectors"][j], size))  # type: ignore[arg-type]
     print(f"  derived: {len(parents)} parents quantised in {time.perf_counter() - t0:.0f} s", flush=True)
     url = settings.database_url
     with index.hnsw_deferred(url):  # one HNSW build at the end, then VACUUM (ANALYZE) as an ingest does
@@ -268,20 +279,20 @@ def add_derived(settings: Any, n: int) -> float:
 def _add_derived_rows(url: str, parents: list[Any], n: int, fingerprint: str, rng: Any, t0: float) -> None:
     from papyrus_widgets import index, storage
     from papyrus_widgets.metadata import PapyrusRecord
-    from papyrus_widgets.retrieval.shortlist import document_weights
+    from papyrus_widgets.retrieval.shortlist import document_postings
 
     done = 0
     while done < n:
         rows = []
         for i in range(done, min(n, done + 2000)):
-            points, words, vector, (w, h) = parents[int(rng.integers(len(parents)))]
+            points, words, signatures, vector, (w, h) = parents[int(rng.integers(len(parents)))]
             fw, fh = rng.uniform(0.5, 0.85, 2)
             x0, y0 = rng.uniform(0, 1 - fw) * w, rng.uniform(0, 1 - fh) * h
             inside = (points[:, 0] >= x0) & (points[:, 0] < x0 + fw * w)
             inside &= (points[:, 1] >= y0) & (points[:, 1] < y0 + fh * h)
             if inside.sum() < 80:
                 inside[:] = True
-            distinct, weights = document_weights(words[inside])
+            distinct, weights, postings = document_postings(words[inside], signatures[inside])
             vec = vector + rng.normal(0, 0.02, vector.shape).astype(np.float32)
             sha = hashlib.sha256(f"derived-{SEED}-{i}".encode()).hexdigest()
             rows.append(
@@ -297,6 +308,7 @@ def _add_derived_rows(url: str, parents: list[Any], n: int, fingerprint: str, rn
                     embedding=vec / np.linalg.norm(vec),
                     words=distinct,
                     word_weights=weights,
+                    word_signatures=postings,
                 )
             )
         with index.pooled_connection(url) as conn:
@@ -421,80 +433,115 @@ class Papyri:
         )
 
 
-def by_fraction(engine: Any, papyri: Papyri, shares: list[float], total: int) -> dict[str, Any]:
-    """The no-corner search on scenes with the papyrus at each share of the frame in ``shares``."""
+def by_fraction(
+    engine: Any, papyri: Papyri, shares: list[float], total: int, trial: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The no-corner search on scenes with the papyrus at each share of the frame in ``shares``;
+    with ``trial`` (:data:`TRIALS`), the same photos searched with its switches too (``trial`` in
+    each share's entry)."""
 
     out: dict[str, Any] = {"name": NAME + "-fractions", "gallery": {"images": total}, "fractions": []}
+    if trial:
+        out["trial"] = trial
     for share in shares:
         seed = SEED + 100 + int(round(share * 1000))
         positives, negatives = papyri.photos(seed, fraction=share)
-        rows = []
-        for q in positives:
-            first = engine.search(q.data, k=100, verify=False)
-            rows.append({**no_corner_search(engine, q), "first_rank": rank_of(first.hits, q.truth)})
-        held = held_out_searches(engine, negatives)
-        held_confirmed, held_latency = [r["confirmed"] for r in held], [r["latency"] for r in held]
-
-        def at(key: str, k: int, rows: list[dict[str, Any]] = rows) -> float:
-            return float(np.mean([r[key] is not None and r[key] <= k for r in rows]))
-
-        entry = {
-            "share": share,
-            "reached_median": float(np.median([r["fraction"] for r in rows])),
-            "queries": len(rows),
-            "first_stage": {f"recall@{k}": at("first_rank", k) for k in (10, 50, 100)},
-            "top1": at("rank", 1),
-            "top5": at("rank", 5),
-            "true_match_confirmed": float(np.mean([r["rank"] == 1 and r["confirmed"] for r in rows])),
-            "held_out_confirmed": float(np.mean(held_confirmed)) if held_confirmed else None,
-            "held_out_queries": len(held_confirmed),
-            "latency": C.summary([r["latency"] for r in rows]),
-            "held_out_latency": C.summary(held_latency) if held_latency else None,
-            "rows": rows,
-        }
-        out["fractions"].append(entry)
-        print(
-            f"papyrus at {share:.0%} of the frame: first-stage recall@50 {entry['first_stage']['recall@50']:.3f}, "
-            f"top-1 {entry['top1']:.3f}, top-5 {entry['top5']:.3f}, held-out confirmed {entry['held_out_confirmed']}, "
-            f"p50 {entry['latency']['p50']:.2f} s",
-            flush=True,
-        )
+        measured = _fraction_rows(engine, share, positives, negatives, total)
+        if trial:
+            now = _current(trial)
+            _switch(engine, trial)
+            print(f"  … and with {trial}", flush=True)
+            measured["trial"] = _fraction_rows(engine, share, positives, negatives, total)
+            _switch(engine, now)
+        out["fractions"].append(measured)
     out["load_average"] = C.load_average()
     return out
 
 
-TRIAL = {"TILTED_LOOK": True}
-"""What figure 0d tries against the search as it is: ``papyrus_widgets.tasks``' switches to set."""
+def _fraction_rows(engine: Any, share: float, positives: list[Any], negatives: list[Any], total: int) -> dict[str, Any]:
+    """One share's figures: the first stage's rank and the default search of every photo."""
+    rows = []
+    for q in positives:
+        first = engine.search(q.data, k=100, verify=False)
+        rows.append({**no_corner_search(engine, q), "first_rank": rank_of(first.hits, q.truth)})
+    held = held_out_searches(engine, negatives)
+    held_confirmed, held_latency = [r["confirmed"] for r in held], [r["latency"] for r in held]
+
+    def at(key: str, k: int) -> float:
+        return float(np.mean([r[key] is not None and r[key] <= k for r in rows]))
+
+    entry = {
+        "share": share,
+        "reached_median": float(np.median([r["fraction"] for r in rows])),
+        "queries": len(rows),
+        "first_stage": {f"recall@{k}": at("first_rank", k) for k in (10, 50, 100)},
+        "top1": at("rank", 1),
+        "top5": at("rank", 5),
+        "true_match_confirmed": float(np.mean([r["rank"] == 1 and r["confirmed"] for r in rows])),
+        "held_out_confirmed": float(np.mean(held_confirmed)) if held_confirmed else None,
+        "held_out_queries": len(held_confirmed),
+        "latency": C.summary([r["latency"] for r in rows]),
+        "held_out_latency": C.summary(held_latency) if held_latency else None,
+        "rows": rows,
+    }
+    print(
+        f"papyrus at {share:.0%} of the frame: first-stage recall@50 {entry['first_stage']['recall@50']:.3f}, "
+        f"top-1 {entry['top1']:.3f}, top-5 {entry['top5']:.3f}, held-out confirmed {entry['held_out_confirmed']}, "
+        f"p50 {entry['latency']['p50']:.2f} s",
+        flush=True,
+    )
+    return entry
+
+
+TRIALS: dict[str, dict[str, Any]] = {
+    "tilted": {"tasks.TILTED_LOOK": True},
+    "words-alone": {"retrieval.vocabulary.HAMMING_THRESHOLD": 64},
+}
+"""What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
+module switches of ``papyrus_widgets`` to set (``module.NAME``). *tilted*: the tilted look
+(figure 0d's default); *words-alone*: every pair of keypoints of a word matches, as before Hamming
+embedding (64 of 64 bits may differ)."""
+TRIAL = TRIALS["tilted"]
+
+
+def _current(values: dict[str, Any]) -> dict[str, Any]:
+    import importlib
+
+    out = {}
+    for name in values:
+        module, attr = name.rsplit(".", 1)
+        out[name] = getattr(importlib.import_module("papyrus_widgets." + module), attr)
+    return out
 
 
 def _switch(engine: Any, values: dict[str, Any]) -> None:
-    """Set ``papyrus_widgets.tasks``' module switches on every worker (and here)."""
-    from papyrus_widgets import tasks
+    """Set ``papyrus_widgets`` module switches (``module.NAME``: value) on every worker (and here)."""
 
     def apply(values: dict[str, Any] = values) -> None:
-        from papyrus_widgets import tasks
+        import importlib
 
         for name, value in values.items():
-            setattr(tasks, name, value)
+            module, attr = name.rsplit(".", 1)
+            setattr(importlib.import_module("papyrus_widgets." + module), attr, value)
 
     engine.client.run(apply)
     apply()
-    assert all(getattr(tasks, k) == v for k, v in values.items())
+    assert _current(values) == values
 
 
-def by_variant(engine: Any, papyri: Papyri, variants: list[str], total: int) -> dict[str, Any]:
+def by_variant(
+    engine: Any, papyri: Papyri, variants: list[str], total: int, trial: dict[str, Any] = TRIAL
+) -> dict[str, Any]:
     """Photos outside the scenes' usual range (``scenes.VARIANTS``): for each, new scenes of every
     indexed and held-out papyrus, searched with no corners by the search as it is and with
-    :data:`TRIAL`'s switches, the same photos, index and cluster."""
-    from papyrus_widgets import tasks
-
-    now = {k: getattr(tasks, k) for k in TRIAL}
-    out: dict[str, Any] = {"name": NAME + "-variants", "gallery": {"images": total}, "trial": TRIAL, "variants": []}
+    ``trial``'s switches (:data:`TRIALS`; default the tilted look), the same photos, index and cluster."""
+    now = _current(trial)
+    out: dict[str, Any] = {"name": NAME + "-variants", "gallery": {"images": total}, "trial": trial, "variants": []}
     for n, variant in enumerate(variants):
         seed = SEED + 500 + 10 * n
         positives, negatives = papyri.photos(seed, variant=variant)
         entry: dict[str, Any] = {"variant": variant, "queries": len(positives), "held_out_queries": len(negatives)}
-        for label, switches in (("trial", TRIAL), ("now", now)):
+        for label, switches in (("trial", trial), ("now", now)):
             _switch(engine, switches)
             rows = [no_corner_search(engine, q) for q in positives]
             held_rows = held_out_searches(engine, negatives)
@@ -539,7 +586,13 @@ def main() -> None:
             p.add_argument(
                 "--variants",
                 default="",
-                help="comma-separated scenes.VARIANTS (e.g. closeup,steep,phone,turned,dim): as it is and with TRIAL",
+                help="comma-separated scenes.VARIANTS (e.g. closeup,steep,phone,turned,dim): as it is and with --trial",
+            ),
+            p.add_argument(
+                "--trial",
+                choices=sorted(TRIALS),
+                default=None,
+                help="what --variants (default: tilted) and --fractions (default: nothing) compare with, same photos",
             ),
         ),
     )
@@ -587,12 +640,12 @@ def main() -> None:
         engine.search(positives[0].data, k=5)  # warm: model, pools, vocabulary on the workers
         if args.fractions:
             shares = [float(f) for f in args.fractions.split(",") if f.strip()]
-            result = by_fraction(engine, papyri, shares, total)
+            result = by_fraction(engine, papyri, shares, total, TRIALS[args.trial] if args.trial else None)
             C.write_result(args.out, NAME + "-fractions", result)
             return
         if args.variants:
             chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
-            result = by_variant(engine, papyri, chosen, total)
+            result = by_variant(engine, papyri, chosen, total, TRIALS[args.trial or "tilted"])
             C.write_result(args.out, NAME + "-variants", result)
             return
         rows: list[dict[str, Any]] = []

@@ -855,14 +855,18 @@ def render_retrieval(r: dict[str, Any] | None, st: dict[str, Any] | None) -> lis
 
 
 REALPHOTO_BEFORE = (
-    "Before the second look also ran when the papyri confirmed all lie off to the side (commit 0c82c29, the same "
-    "photos, index and machine, run on 2026-12-01 11:42-11:48, after the run above; not re-run by this script): the same "
-    "quality in every column (recall@10 / @50 / @100 0.906 / 0.984 / 0.984, top-1 and top-5 1.000, IoU ≥ 0.85 1.000, "
-    "held-out 0 of 16 confirmed), latency p50 / p95 0.73 / 1.02 s with no corners (now 0.68 / 1.30 s: 6 of the 64 "
-    "photos, where a papyrus off to the side was confirmed first, take 0.24-0.54 s longer for the second look) and "
-    "1.55 / 1.81 s for held-out papyri (now 1.57 / 1.70 s). The machine of this run is faster than that of the "
-    "earlier rows (kernel 6.18.44-fc-v857; the run of 09:39 on the other took 1.14 / 1.52 s with no corners and "
-    "0.73 s with the region)."
+    "Before Hamming embedding (commit a961e1f: words alone; the same photos and index on the same machine image, run "
+    "on 2026-12-01 at 11:33; not re-run by this script): first-stage recall@10 / @50 / @100 0.906 / 0.984 / 0.984, "
+    "top-1 and top-5 1.000, region IoU ≥ 0.85 1.000, held-out 0 of 16 confirmed; latency p50 / p95 0.68 / 1.30 s with "
+    "no corners, 0.41 / 0.53 s with the region or true corners, 1.57 / 1.70 s for held-out papyri; the papyrus the "
+    "first stage missed then (19338_p_g_1298, desk, 14 % of the frame) was 13th with signatures (run of 13:32). A "
+    "first version that kept an image's signatures of a word as one array per posting (run of 13:21, the same photos) "
+    "found the same lists but took 1.03 / 1.66 s (held-out 2.21 / 3.04 s): PostgreSQL's unnest of the arrays was "
+    "3-4x the statement, so the index holds a row per keypoint. Before that, the second look had run only when "
+    "nothing was confirmed (commit 0c82c29, the same photos, run at 11:42): the same quality, p50 / p95 0.73 / 1.02 s "
+    "(6 of the 64 photos, where a papyrus off to the side is confirmed first, take 0.24-0.54 s longer for the "
+    "second look). The machine of these runs is faster than that of the other figures (kernel 6.18.44-fc-v857; "
+    "the run of 09:39 on the other took 1.14 / 1.52 s with no corners and 0.73 s with the region)."
 )
 
 
