@@ -154,6 +154,11 @@ def cmd_db(args: argparse.Namespace) -> int:
         print(f"  model {model}: {n} images")
     if stats["hnsw"] != "valid":
         print(f"  HNSW index {stats['hnsw']} (searches scan every vector): run papyrus db reindex")
+    if stats["images_with_words"] and not stats["signed_words"]:
+        print(
+            "  visual words stored without signatures (an index made by an older version): searches count words "
+            "alone, which finds small or tilted papyri less well; ingest into a new database to get them"
+        )
     return 0
 
 

@@ -24,6 +24,8 @@ def test_ingest_indexes_every_reference_once(indexed_engine, ingest_report):
     stats = indexed_engine.stats()
     assert stats["images"] == n_files - 1
     assert stats["model_source"] == indexed_engine.settings.model
+    # the ingest stores each keypoint's signature with its word: the search uses them
+    assert stats["images_with_words"] == n_files - 1 and stats["signed_words"] is True
 
 
 def test_reingest_is_idempotent(indexed_engine):

@@ -397,6 +397,7 @@ def test_bulk_ingest_builds_hnsw_once_small_ingest_keeps_it_interrupted_one_is_r
         conn.execute(f"DROP INDEX {index.HNSW_INDEX}")
     status = _papyrus(["db", "status"], url, tmp_path / "data")
     assert status.returncode == 0 and "HNSW index missing" in status.stdout and "db reindex" in status.stdout
+    assert "without signatures" not in status.stdout  # the ingest stored them
     fresh = Engine(settings, client=own_client)
     assert fresh.search(later / FOUR[3], k=1).top.inventory_key == "p_g_24"
     repaired, valid = _hnsw(pg, "papyrus_bulk")

@@ -463,6 +463,8 @@ def test_schema_2_upgrades_and_posting_lists_are_read_from_the_index_alone(url):
     with index.connect(old) as c:
         rows = index.word_candidates(c, np.array([7, 1000], np.int32), np.ones(2, np.float32), 3)
         assert rows[0]["hgv_id"] == "7"
+        st = index.stats(c)
+        assert st["images_with_words"] == 200 and st["signed_words"] is False
 
 
 def test_word_candidates_take_each_windows_best_in_turn(conn):

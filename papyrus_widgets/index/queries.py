@@ -266,6 +266,7 @@ def stats(conn: psycopg.Connection) -> dict[str, Any]:
         "model_source": get_meta(conn, "model"),
         "vocabulary": get_meta(conn, "vocabulary"),
         "images_with_words": int(scalar(conn, "SELECT count(DISTINCT image_id) FROM image_words")),
+        "signed_words": signed_words(conn),
         "hnsw": hnsw_state(conn),
     }
 
