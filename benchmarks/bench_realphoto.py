@@ -207,9 +207,9 @@ def add_distractors(engine: Any, settings: Any, n: int) -> tuple[float, int]:
             store.put(storage.features_key(key), feats)
             # the postings as the ingest makes them (words with their keypoints' signatures), from
             # the stored features: chunks cached before signatures hold the words alone
-            descriptors = Features.from_bytes(feats).descriptors
-            each = vocab.words(descriptors)
-            words, weights, signatures = document_postings(each, vocab.signatures(descriptors, each))
+            words, weights, signatures = document_postings(
+                *vocab.words_and_signatures(Features.from_bytes(feats).descriptors)
+            )
             rows.append(
                 index.ImageRow(
                     record=PapyrusRecord(key=f"distractor:{i}", collection="distractors", title=f"distractor {i}"),
@@ -263,8 +263,7 @@ def add_derived(settings: Any, n: int) -> float:
     for path in paths:  # each crop's keypoints with their words, quantised once
         z = np.load(path)
         f_off = np.concatenate([[0], np.cumsum(z["feature_counts"])])
-        words = vocab.words(z["descriptors"])
-        signatures = vocab.signatures(z["descriptors"], words)
+        words, signatures = vocab.words_and_signatures(z["descriptors"])
         for j in range(len(z["ids"])):
             a, b = f_off[j], f_off[j + 1]
             size = tuple(int(v) for v in z["feature_sizes"][j])

@@ -184,17 +184,12 @@ def prepare_task(
         except PapyrusError:
             pass
     features = _query_features(img, region)
-    words, signatures = _words(settings, features)
+    words, signatures = (
+        worker_vocabulary(settings).words_and_signatures(features.descriptors)
+        if features.method == "sift"
+        else (np.zeros(0, dtype=np.int64), None)
+    )
     return PreparedQuery(imaging.model_input(crop), features, words, size, region is not None, signatures)  # type: ignore[arg-type]
-
-
-def _words(settings: Settings, features: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """The visual word and the signature of each of ``features``' keypoints (none for ORB)."""
-    if features.method != "sift":
-        return np.zeros(0, dtype=np.int64), None
-    vocabulary = worker_vocabulary(settings)
-    words = vocabulary.words(features.descriptors)
-    return words, vocabulary.signatures(features.descriptors, words)
 
 
 def embed_task(settings: Settings, prepared: PreparedQuery | np.ndarray) -> np.ndarray:
@@ -485,11 +480,9 @@ def _tilted_look(
     n = len(base)
     if len(tilted) == n:
         return []
-    vocabulary = worker_vocabulary(settings)
-    words = vocabulary.words(tilted.descriptors[n:])
+    words, signatures = worker_vocabulary(settings).words_and_signatures(tilted.descriptors[n:])
     windows = shortlist.SECOND_LOOK_WINDOWS
     kept, weights = shortlist.query_windows(words, tilted.points[n:], tilted.size, windows=windows)
-    signatures = vocabulary.signatures(tilted.descriptors[n:], words)
     with index.pooled_connection(url) as conn:
         rows = index.word_candidates(
             conn, words[kept], weights, TILTED_LOOK_CANDIDATES, filters, vector, signatures[kept]
@@ -939,9 +932,8 @@ def ingest_batch_task(
             with step(quantising):
                 words = word_weights = word_signatures = None
                 if features.method == "sift":
-                    each = vocabulary.words(features.descriptors)
                     words, word_weights, word_signatures = document_postings(
-                        each, vocabulary.signatures(features.descriptors, each)
+                        *vocabulary.words_and_signatures(features.descriptors)
                     )
             with step(inputting):
                 arrays.append(imaging.model_input(img))

@@ -122,7 +122,17 @@ class Vocabulary:
         """The word (int64) of each SIFT descriptor row (raw SIFT values; RootSIFT is applied here)."""
         if len(descriptors) == 0:
             return np.zeros(0, dtype=np.int64)
+        return self._words(root_sift(descriptors))
+
+    def words_and_signatures(self, descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`words` and :meth:`signatures` of SIFT descriptor rows, RootSIFT taken once."""
+        if len(descriptors) == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         x = root_sift(descriptors)
+        words = self._words(x)
+        return words, self._signatures(x, words)
+
+    def _words(self, x: np.ndarray) -> np.ndarray:
         coarse_norms, fine_norms = self._norms
         cell = _nearest(x, self.coarse_centroids, coarse_norms)
         fanout = self.fine_centroids.shape[1]
@@ -140,7 +150,10 @@ class Vocabulary:
         positive side of projection ``i`` through its word's centroid."""
         if len(descriptors) == 0:
             return np.zeros(0, dtype=np.int64)
-        x = root_sift(descriptors).astype(np.float32)
+        return self._signatures(root_sift(descriptors), words)
+
+    def _signatures(self, x: np.ndarray, words: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float32)
         centroids = self.fine_centroids.reshape(-1, self.fine_centroids.shape[-1])
         bits = ((x - centroids[np.asarray(words, dtype=np.int64)]) @ _projection().T) > 0
         packed = np.packbits(bits, axis=1, bitorder="little")  # (N, 8) bytes, bit i of the signature = projection i
