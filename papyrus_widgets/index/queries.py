@@ -151,8 +151,9 @@ def word_candidates(
     bits (Hamming embedding). In each window an image scores ``Σ idf(w)² · √m_w · d_w / ‖q · idf‖``
     over its words, ``m_w`` the matching pairs of keypoints of word ``w`` (the query's weighted),
     ``d_w = 1 / ‖√count‖`` of the image's keypoint counts, ``q_w = √(the query's count)``, and
-    ``idf(w) = ln((N + 1) / (df(w) + 1))`` counted from the posting lists at query time (so it
-    follows the collection as it grows). With every pair matching (no signatures: a query, or an
+    ``idf(w) = ln((N + 1) / (df(w) + 1))``, ``df(w)`` the images with the word as the index holds
+    them now (table ``word_df``, kept by triggers as postings come and go: it follows the
+    collection as it grows). With every pair matching (no signatures: a query, or an
     index with words stored before signatures, :func:`~papyrus_widgets.index.catalogue.signed_words`)
     this is the cosine of the ``√count`` histograms. The windows rank the images each on their own.
     The list takes every window's first, then every window's second, … (ties: the higher score
@@ -188,7 +189,8 @@ def word_candidates(
     distance = "i.embedding <=> %s" if vector is not None else "NULL::float8"
     qw = ", ".join(f"in{j}" for j in k)
     # qk: the query's keypoints (word, signature, weight in each window); q: its distinct words
-    # with their weight in each window and their idf (df counted on the index alone); pairs: per
+    # with their weight in each window and their idf (df: how many images of the index have the
+    # word, kept in word_df by triggers on image_words, migration 5); pairs: per
     # image and word, the matching pairs of keypoints in each window (a posting per indexed
     # keypoint, its weight d = 1 / ‖√count‖; a posting stored without a signature is one per
     # image and word, weight √count / ‖√count‖, and matches every query keypoint of its word:
@@ -210,12 +212,10 @@ def word_candidates(
     sql = (
         f"WITH qk AS MATERIALIZED (SELECT * FROM unnest(%s::int4[], %s::int8[], {', '.join('%s::float4[]' for _ in k)})"
         f"   AS qk(word, sig, {qw})),"
-        f" q AS MATERIALIZED (SELECT g.word, {', '.join(f'g.qw{j}' for j in k)}, d.idf"
+        f" q AS MATERIALIZED (SELECT g.word, {', '.join(f'g.qw{j}' for j in k)}, ln((n.n + 1.0) / (d.df + 1.0)) AS idf"
         f"   FROM (SELECT word, {', '.join(f'sqrt(sum(in{j})) AS qw{j}' for j in k)} FROM qk GROUP BY word) g"
         "   CROSS JOIN (SELECT count(*)::float8 AS n FROM images) n"
-        "   CROSS JOIN LATERAL (SELECT ln((n.n + 1.0) / (count(DISTINCT c.image_id) + 1.0)) AS idf,"
-        "     count(DISTINCT c.image_id) AS df FROM image_words c WHERE c.word = g.word) d"
-        "   WHERE d.df > 0),"
+        "   JOIN word_df d ON d.word = g.word),"
         " qnorm AS (SELECT "
         + ", ".join(f"greatest(sqrt(sum((q.qw{j} * q.idf) ^ 2)), 1e-9) AS v{j}" for j in k)
         + " FROM q),"
