@@ -146,6 +146,11 @@ def cmd_db(args: argparse.Namespace) -> int:
     if args.action == "reindex":
         vectors, seconds = index.rebuild_hnsw(url)
         print(f"HNSW index rebuilt over {vectors} vectors in {seconds:.1f} s")
+        with index.connect(url) as conn:
+            conn.autocommit = True  # REINDEX CONCURRENTLY runs outside a transaction
+            compacted = index.compact_postings(conn)
+        if compacted is not None:
+            print(f"word postings index rebuilt in {compacted:.1f} s")
         return 0
     with index.connect(url) as conn:
         stats = index.stats(conn)

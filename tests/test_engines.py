@@ -405,6 +405,7 @@ def test_bulk_ingest_builds_hnsw_once_small_ingest_keeps_it_interrupted_one_is_r
     proc = _papyrus(["db", "reindex"], url, tmp_path / "data")
     assert proc.returncode == 0, proc.stderr
     assert "HNSW index rebuilt over 4 vectors" in proc.stdout
+    assert "word postings index rebuilt in" in proc.stdout
     assert _hnsw(pg, "papyrus_bulk")[0] not in (None, repaired)
     assert pg.app_password not in proc.stdout + proc.stderr + status.stdout
 

@@ -193,9 +193,13 @@ def _plan(c, vec) -> str:
     return "\n".join(r[0] for r in rows)
 
 
+def _postings_oid(c) -> int | None:
+    return c.execute("SELECT to_regclass(%s)::oid", (index.POSTINGS_INDEX,)).fetchone()[0]
+
+
 def test_bulk_load_drops_the_index_and_builds_it_once_at_the_end(url, conn):
-    before = _hnsw_oid(conn)
-    assert before is not None
+    before, postings = _hnsw_oid(conn), _postings_oid(conn)
+    assert before is not None and postings is not None
     x = _uniform(1500, 3)
     with index.hnsw_deferred(url):
         assert index.hnsw_state(conn) == "missing"
@@ -207,6 +211,7 @@ def test_bulk_load_drops_the_index_and_builds_it_once_at_the_end(url, conn):
             index.rebuild_hnsw(url)
         assert index.hnsw_state(conn) == "missing"
     assert index.hnsw_state(conn) == "valid" and _hnsw_oid(conn) != before
+    assert _postings_oid(conn) == postings  # searches keep reading the postings' B-tree
     assert "Index Scan using images_embedding_hnsw" in _plan(conn, x[7])
     hits = index.knn(conn, x[7], 3, ef_search=200)
     assert hits[0]["hgv_id"] == "7" and hits[0]["distance"] == pytest.approx(0.0, abs=1e-5)
@@ -239,6 +244,53 @@ def test_a_missing_index_is_rebuilt_by_repair_and_by_reindex(url, conn):
     conn.commit()
     assert index.rebuild_hnsw(url)[0] == 30
     assert _hnsw_oid(conn) != before and index.hnsw_state(conn) == "valid"
+
+
+def test_compacting_the_postings_index_shrinks_it_and_changes_no_answer(url, conn):
+    """Batches of images insert their postings all over the (word, image) B-tree, as an ingest
+    does; rebuilt, it is smaller and a search gives the same list; an invalid copy left by an
+    interrupted rebuild is dropped first."""
+    rng = np.random.default_rng(11)
+    for start in range(0, 400, 20):
+        rows = [_signed(i, {int(w): rng.integers(-(2**62), 2**62, 3).tolist() for w in rng.choice(3000, 60)})
+                for i in range(start, start + 20)]
+        index.add_images(conn, rows)
+        conn.commit()
+    words = rng.choice(3000, 200).astype(np.int32)
+    sigs = rng.integers(-(2**62), 2**62, 200)
+    before = index.word_candidates(conn, words, np.ones(200, np.float32), 20, signatures=sigs)
+    conn.commit()
+
+    def size() -> int:
+        return conn.execute("SELECT pg_relation_size(%s)", (index.POSTINGS_INDEX,)).fetchone()[0]
+
+    bloated = size()
+    conn.commit()  # a transaction that read the index holds a lock on it until it ends
+    with index.connect(url) as c:
+        c.autocommit = True
+        # a concurrent build that fails half way leaves its index behind, invalid
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            c.execute(f"CREATE UNIQUE INDEX CONCURRENTLY {index.POSTINGS_INDEX}_ccnew ON image_words (word)")
+        assert index.compact_postings(c) is not None
+        left = c.execute("SELECT count(*) FROM pg_indexes WHERE tablename = 'image_words'").fetchone()[0]
+        assert left == 2  # the postings and the image's index, nothing left over
+        conn.commit()
+        assert size() < 0.8 * bloated
+        # a transaction that keeps adding to image_words: the rebuild gives up, the index stays
+        shrunk, oid = size(), _postings_oid(conn)
+        conn.commit()
+        conn.execute("INSERT INTO image_words (word, image_id, weight, signature) SELECT 5, min(id), 1, 0 FROM images")
+        with pytest.raises(ServiceError, match=r"more than 0.5 s.*half-built copy is dropped then"):
+            index.compact_postings(c, wait_s=0.5)
+        conn.rollback()
+        assert _postings_oid(conn) == oid and size() == shrunk
+        conn.commit()
+        # its half-built copy could not be dropped while that transaction lasted: the next run does
+        assert index.compact_postings(c) is not None
+        names = c.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'image_words'").fetchall()
+        assert sorted(names) == [("image_words_image",), (index.POSTINGS_INDEX,)]
+    after = index.word_candidates(conn, words, np.ones(200, np.float32), 20, signatures=sigs)
+    assert [r["image_id"] for r in after] == [r["image_id"] for r in before] and before
 
 
 def test_a_role_that_may_not_drop_or_build_the_index_still_ingests_and_searches(url, conn):
@@ -337,6 +389,35 @@ def test_word_candidates_score_rank_and_filter_as_documented(conn):
     best_odd = sorted((i for i in expected if i % 2), key=lambda i: -expected[i])[:5]
     assert [int(r["hgv_id"]) for r in odd] == best_odd
     assert index.word_candidates(conn, np.array([999], np.int32), np.ones(1, np.float32), 5) == []
+
+
+def test_word_df_counts_the_images_of_each_word_as_they_come_and_go(conn):
+    """``word_df`` (the idf's df, kept by triggers on image_words) is each word's number of images
+    after COPYs of batches (words repeated in an image and across batches), a deleted image (the
+    cascade), and TRUNCATE; a word no image has any more has no row."""
+
+    def kept() -> dict[int, int]:
+        return dict(conn.execute("SELECT word, df FROM word_df").fetchall())
+
+    def counted() -> dict[int, int]:
+        return dict(conn.execute("SELECT word, count(DISTINCT image_id) FROM image_words GROUP BY word").fetchall())
+
+    index.add_images(conn, [_signed(0, {5: [1, 2, 3], 6: [4]}), _signed(1, {5: [7]})])
+    index.add_images(conn, [_signed(2, {5: [8, 9], 7: [10]}), _worded(3, {6: 0.5, 8: 0.5})])
+    conn.commit()
+    assert kept() == counted() == {5: 3, 6: 2, 7: 1, 8: 1}
+    conn.execute("DELETE FROM images WHERE source_name IN ('2.jpg', '3.jpg')")
+    conn.commit()
+    assert kept() == counted() == {5: 2, 6: 1}
+    # the score's idf follows: word 5 is in both images left (idf 0), word 6 in one of two; image 0
+    # has 3 keypoints of word 5 and 1 of word 6 (d = 1 / ‖(√3, 1)‖ = 0.5)
+    rows = index.word_candidates(conn, np.array([5, 6], np.int32), np.ones(2, np.float32), 5)
+    assert [r["hgv_id"] for r in rows] == ["0", "1"]
+    assert rows[0]["words_score"] == pytest.approx(0.5 * np.log(3 / 2), rel=1e-5)
+    assert rows[1]["words_score"] == pytest.approx(0.0, abs=1e-9)
+    conn.execute("TRUNCATE images, papyri RESTART IDENTITY CASCADE")
+    conn.commit()
+    assert kept() == {}
 
 
 def _signed(i: int, postings: dict[int, list[int]]) -> index.ImageRow:
@@ -447,6 +528,8 @@ def test_schema_2_upgrades_and_posting_lists_are_read_from_the_index_alone(url):
     assert index.ensure_schema(old) == index.MIGRATIONS[-1][0] >= 4
     with psycopg.connect(old, autocommit=True) as c:
         assert c.execute("SELECT count(*) FROM image_words").fetchone() == (400,)
+        # migration 5 counted each word's images from the postings already there
+        assert dict(c.execute("SELECT word, df FROM word_df").fetchall()) == {**{i: 1 for i in range(200)}, 1000: 200}
         # words stored before signatures: the index says so, and the search counts words alone
         assert c.execute("SELECT value FROM index_meta WHERE key = 'unsigned_words'").fetchone() == ("true",)
         c.execute("VACUUM (ANALYZE) image_words")
