@@ -8,6 +8,7 @@ Tables
   keypoint's 64-bit signature): the first stage of a search from a photo
   (:mod:`papyrus_widgets.retrieval.shortlist`), a B-tree on (word, image) that holds the weight and
   the signature too, so a posting list is read from the index alone;
+- ``word_df``: how many images have each word (the idf's df), kept by triggers on ``image_words``;
 - ``index_meta``: key/value facts about the index (the model and the visual vocabulary that built it);
 - ``schema_version``: migrations applied.
 
@@ -19,7 +20,7 @@ Modules (each imports only those above it; a pool's first use migrates the schem
 - :mod:`.connection`: pools, single connections, readable connection errors;
 - :mod:`.schema`: the tables' migrations and constants (``EMBEDDING_DIM``, the HNSW definition);
 - :mod:`.catalogue`: writing papyri and images (COPY), ``index_meta``, counts;
-- :mod:`.hnsw`: the HNSW index's upkeep around bulk loads;
+- :mod:`.hnsw`: the HNSW index's upkeep around bulk loads, the postings' B-tree rebuilt on request;
 - :mod:`.queries`: kNN, the visual-word shortlist, metadata filters, statistics.
 
 Everything is re-exported here: callers write ``index.knn(...)``.
