@@ -1,11 +1,13 @@
 """The Dask side: worker-cached resources, the search chain of futures, the ingest tasks.
 
-A search is three or four futures, each a stage the widget shows:
+A search is three or five futures, each a stage the widget shows (the last two one stage):
 ``prepare`` (decode safely; the photo's local features and visual words — of the corners' region
 when given; model input) → ``embed`` (worker-cached model) → ``search`` (the first stage: visual
 words in PostgreSQL fused with the embedding kNN, :mod:`papyrus_widgets.retrieval.shortlist`) →
-``verify`` (confirm candidates geometrically until one is confirmed, find the region, attach
-evidence and thumbnails: :mod:`papyrus_widgets.retrieval.confirm`; optional).
+``verify`` (optional: the first look confirms candidates geometrically until one is confirmed,
+finds the region, attaches evidence and thumbnails, :mod:`papyrus_widgets.retrieval.confirm`; the
+second look, a future of its own, runs when the first confirmed nothing near the photo's middle,
+and meanwhile :meth:`SearchJob.interim_hits` hands out the first look's answer).
 Tasks receive a :class:`~papyrus_widgets.config.Settings` whose ``database_url`` and ``model``
 are already resolved by the engine, so a worker never guesses.
 """
@@ -513,36 +515,47 @@ def _merged(first: list[Any], second: list[Any]) -> list[Any]:
     return out + [r for r in second if again.get(r.payload.image_key) is r]
 
 
-def verify_task(
+@dataclass
+class FirstLook:
+    """What the confirming stage's first look found (:func:`first_look_task`), for the second
+    (:func:`second_look_task`) and, while that runs, for the widget
+    (:meth:`SearchJob.interim_hits`)."""
+
+    hits: list[Hit]
+    """Its best ``k``, ranked, with thumbnails: the answer if no second look is due."""
+    results: list[Any] = field(default_factory=list, repr=False)
+    """The confirming result of every candidate tried (:class:`~papyrus_widgets.retrieval.Reranked`)."""
+    first: list[Hit] = field(default_factory=list, repr=False)
+    """The first stage's candidates."""
+    more: bool = False
+    """Whether a second look is due (a photo without corners, nothing confirmed near its middle)."""
+
+
+def first_look_task(
     settings: Settings,
     query_key: str,
     name: str,
     hits: list[Hit],
     k: int,
     prepared: PreparedQuery | None = None,
-    filters: Mapping[str, Any] | None = None,
-    vector: np.ndarray | None = None,
-) -> list[Hit]:
-    """Stage 4, confirming: verify the first stage's candidates geometrically in rounds until one
-    is confirmed (:func:`papyrus_widgets.retrieval.confirm`), then — when the papyrus found covers
-    a small part of the photo — look at that region again in full detail and keep the better
-    evidence (:func:`_look_closer`). A photo searched without corners whose candidates confirmed
-    nothing near its middle (:func:`~papyrus_widgets.retrieval.confirm.in_the_middle`) gets a
-    second look (:func:`_second_look`: smaller windows, more candidates, the keypoints outside the
-    papyri found; ``filters`` as the search's, ``vector`` its embedding), and with
-    :data:`TILTED_LOOK` a third (:func:`_tilted_look`) when nothing is confirmed at all. Returns the
-    best ``k``: confirmed hits first (the one nearest the middle of the photo first), each with its
-    region in the photo.
+) -> FirstLook:
+    """Stage 4, confirming, its first look: verify the first stage's candidates geometrically in
+    rounds until one is confirmed (:func:`papyrus_widgets.retrieval.confirm`), then — when the
+    papyrus found covers a small part of the photo — look at that region again in full detail and
+    keep the better evidence (:func:`_look_closer`). A photo searched without corners whose
+    candidates confirmed nothing near its middle
+    (:func:`~papyrus_widgets.retrieval.confirm.in_the_middle`) is due a second look
+    (:func:`second_look_task`).
 
     Evidence is a bonus: a reference whose features cannot be had keeps its first-stage place, and
     a query whose features cannot be had (e.g. a search submitted without ``prepared``) is decoded
     here.
     """
-    from .retrieval import clip, confirm, ranked
+    from .retrieval import confirm
     from .retrieval.confirm import in_the_middle
 
     if not hits:
-        return hits
+        return FirstLook(hits)
     # copies: the search future's own result may be this very list (same worker), and a retried
     # task must not confirm twice
     hits = [dataclasses.replace(h, matches=list(h.matches)) for h in hits]
@@ -553,39 +566,90 @@ def verify_task(
             else _query_features(_decode_query(settings, query_key, name, PHOTO_MAX_SIDE), None)
         )
     except PapyrusError:
-        return _attach_thumbnails(settings, hits[:k])
+        return FirstLook(_attach_thumbnails(settings, hits[:k]))
 
     candidates = _candidates(settings, hits)
     whole_photo = prepared is None or not prepared.region_given
     results = confirm(query, candidates, aimed=whole_photo)
-    photo = functools.cache(lambda: _decode_query(settings, query_key, name, PHOTO_MAX_SIDE))
     if whole_photo:
+        photo = functools.cache(lambda: _decode_query(settings, query_key, name, PHOTO_MAX_SIDE))
         results = _look_closer(settings, photo, results)
     aimed_at = any(in_the_middle(r.verification) for r in results)
-    if whole_photo and prepared is not None and SECOND_LOOK_CANDIDATES and not aimed_at:
-        found = [
-            clip(v.outline, v.query_size)
-            for r in results
-            if r.confirmed and (v := r.verification) and v.outline and v.query_size
-        ]
+    more = whole_photo and prepared is not None and SECOND_LOOK_CANDIDATES > 0 and not aimed_at
+    first = [dataclasses.replace(h, matches=list(h.matches)) for h in hits] if more else []  # before _best edits them
+    return FirstLook(_best(settings, results, hits, k), results if more else [], first, more)
+
+
+def second_look_task(
+    settings: Settings,
+    query_key: str,
+    name: str,
+    look: FirstLook,
+    k: int,
+    prepared: PreparedQuery | None = None,
+    filters: Mapping[str, Any] | None = None,
+    vector: np.ndarray | None = None,
+) -> list[Hit]:
+    """Stage 4, confirming, its end: the first look's answer when no second look is due; else the
+    second look (:func:`_second_look`: smaller windows, more candidates, the keypoints outside the
+    papyri found; ``filters`` as the search's, ``vector`` its embedding), and with
+    :data:`TILTED_LOOK` a third (:func:`_tilted_look`) when nothing is confirmed at all. Returns the
+    best ``k``: confirmed hits first (the one nearest the middle of the photo first), each with its
+    region in the photo."""
+    from .retrieval import clip, ranked
+
+    if not look.more or prepared is None:
+        return look.hits
+    # a copy: the first look's result is what the widget shows meanwhile, and stays as it was
+    look = copy.deepcopy(look)
+    results, hits = look.results, look.first
+    photo = functools.cache(lambda: _decode_query(settings, query_key, name, PHOTO_MAX_SIDE))
+    found = [
+        clip(v.outline, v.query_size)
+        for r in results
+        if r.confirmed and (v := r.verification) and v.outline and v.query_size
+    ]
+    try:
+        seen = {h.image_key for h in hits if h.image_key}
+        more = _second_look(settings, photo, prepared, seen, filters, vector, found)
+    except PapyrusError:
+        more = []  # the first look's answer stands
+    results = ranked(results + more)
+    if TILTED_LOOK and not any(r.confirmed for r in results):
         try:
-            seen = {h.image_key for h in hits if h.image_key}
-            more = _second_look(settings, photo, prepared, seen, filters, vector, found)
+            more = _tilted_look(settings, photo, prepared, hits, filters, vector)
         except PapyrusError:
-            more = []  # the first look's answer stands
-        results = ranked(results + more)
-        if TILTED_LOOK and not any(r.confirmed for r in results):
-            try:
-                more = _tilted_look(settings, photo, prepared, hits, filters, vector)
-            except PapyrusError:
-                more = []
-            results = ranked(_merged(results, more))
+            more = []
+        results = ranked(_merged(results, more))
+    return _best(settings, results, hits, k)
+
+
+def _best(settings: Settings, results: list[Any], hits: list[Hit], k: int) -> list[Hit]:
+    """The best ``k`` of confirming ``results`` (then the hits that had nothing to confirm
+    against), ranked from 1, with their thumbnails."""
     ordered = [_apply(r.payload, r) for r in results]
     ordered += [h for h in hits if not h.image_key]
     out = ordered[:k]
     for rank, h in enumerate(out, start=1):
         h.rank = rank
     return _attach_thumbnails(settings, out)
+
+
+def verify_task(
+    settings: Settings,
+    query_key: str,
+    name: str,
+    hits: list[Hit],
+    k: int,
+    prepared: PreparedQuery | None = None,
+    filters: Mapping[str, Any] | None = None,
+    vector: np.ndarray | None = None,
+) -> list[Hit]:
+    """Stage 4, confirming, in one call: :func:`first_look_task`, then :func:`second_look_task`
+    (a search submits them as two futures, so that the first look's answer can be shown while
+    the second runs)."""
+    look = first_look_task(settings, query_key, name, hits, k, prepared)
+    return second_look_task(settings, query_key, name, look, k, prepared, filters, vector)
 
 
 # --- small tasks for the widget ------------------------------------------------------------------
@@ -676,6 +740,7 @@ class SearchJob:
         self._fired = False
         self.verified = any(stage == "verifying" for stage, _ in futures)
         """Whether the job has a confirming stage."""
+        self._interim: list[Hit] | None = None
         futures[-1][1].add_done_callback(self._on_last_done)
 
     def _on_last_done(self, _future: Any) -> None:
@@ -726,6 +791,24 @@ class SearchJob:
                 return {"state": "running", "stage": stage, "elapsed": elapsed, "message": ""}
         return {"state": "done", "stage": "done", "elapsed": elapsed, "message": ""}
 
+    def interim_hits(self) -> list[Hit] | None:
+        """While a second look runs (:func:`second_look_task`), the first look's answer: its best
+        ``k`` as confirmed so far (``Results.verdict`` of them says whether any is); None before
+        the first look ends, when no second look is due, and once the job is done (then
+        :meth:`hits`). Fetches them once, then answers from memory."""
+        if not self.verified or len(self._futures) < 2 or self.done() or self._cancelled:
+            return None
+        first = self._futures[-2][1]
+        if first.status != "finished":
+            return None
+        if self._interim is None:
+            try:
+                look = first.result(timeout=5)
+            except Exception:  # noqa: BLE001 - the job's own status reports a failure
+                return None
+            self._interim = list(look.hits) if isinstance(look, FirstLook) and look.more else []
+        return list(self._interim) or None
+
     def hits(self, timeout: float | None = None) -> list[Hit]:
         """The hits (waits up to ``timeout`` s); raises a :class:`PapyrusError` if the job failed and
         :class:`TimeoutError` if it is still running after ``timeout`` s (it keeps running)."""
@@ -754,10 +837,10 @@ class SearchJob:
 
 
 def submit_search(client: Any, settings: Settings, query_key: str, *, name: str, request: SearchRequest) -> SearchJob:
-    """Submit prepare → embed → search (→ verify) as three (four) futures for the already-valid
-    ``request`` (``request.verify`` None counts as off); returns at once. With verification the
-    search stage hands up to :data:`~papyrus_widgets.retrieval.confirm.CONFIRM_MAX` candidates to
-    the confirming stage."""
+    """Submit prepare → embed → search (→ verify: first look → second look) as three (five)
+    futures for the already-valid ``request`` (``request.verify`` None counts as off); returns at
+    once. With verification the search stage hands up to
+    :data:`~papyrus_widgets.retrieval.confirm.CONFIRM_MAX` candidates to the confirming stage."""
     from .retrieval.confirm import CONFIRM_MAX
 
     k, corners, filters, ef_search = request.k, request.corner_list, request.filter_dict, request.ef_search
@@ -771,12 +854,15 @@ def submit_search(client: Any, settings: Settings, query_key: str, *, name: str,
         search_task, settings, vector, k, filters, ef_search, prepared, n, key=f"papyrus-search-{tag}", **opts
     )
     stages = list(zip(STAGES[1:4], (prepared, vector, hits)))
-    if verify:
-        checked = client.submit(
-            verify_task, settings, query_key, name, hits, k, prepared, filters, vector,
-            key=f"papyrus-verify-{tag}", **opts
+    if verify:  # two futures, one stage: the first look's answer is there while the second runs
+        look = client.submit(
+            first_look_task, settings, query_key, name, hits, k, prepared, key=f"papyrus-verify-{tag}", **opts
         )
-        stages.append((STAGES[4], checked))
+        checked = client.submit(
+            second_look_task, settings, query_key, name, look, k, prepared, filters, vector,
+            key=f"papyrus-look-again-{tag}", **opts
+        )
+        stages += [(STAGES[4], look), (STAGES[4], checked)]
     crop = storage.crop_key(query_key, corners) if corners is not None else None
     return SearchJob(client, stages, name, query_key=query_key, crop_key=crop)
 

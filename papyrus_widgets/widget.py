@@ -62,6 +62,9 @@ POLL_SECONDS = 1.0
 HISTORY_LIMIT = 12
 """How many finished searches the history strip keeps (oldest dropped first)."""
 
+INTERIM_PREFIX = "so far, a second look running:"
+"""How the verdict line begins while the first look's answer is on show (js/src/stages.js reads it)."""
+
 PREVIEW_SIDE = 320
 """Long side (px) of the query crop kept per search for the history strip and the compare view."""
 
@@ -186,6 +189,7 @@ class PapyrusSearch(anywidget.AnyWidget):
         self._results = Results(query="", hits=[])
         self._entries: list[dict[str, Any]] = []  # history: {"id", "results", "preview", "info"}
         self._shown_before = ""  # history id on show when the running search began
+        self._interim_of = ""  # the job whose first look's answer is on show (SearchJob.interim_hits)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._side_futures: dict[str, Any] = {}  # suggest / preview futures by kind
@@ -308,6 +312,9 @@ class PapyrusSearch(anywidget.AnyWidget):
         if previous is not None:
             self._show_entry(previous, status)
         else:
+            if self._interim_of == job.id and self.verdict.startswith(INTERIM_PREFIX):
+                said = self.verdict[len(INTERIM_PREFIX) :]
+                self.verdict = f"cancelled during a second look; the first look's answer:{said}"
             self.status = self._public_status(status)
 
     def restore(self, entry: int | str) -> None:
@@ -491,9 +498,25 @@ class PapyrusSearch(anywidget.AnyWidget):
         if status.get("state") != "running":
             self._finish(job)
             return
+        if status.get("stage") == "verifying" and self._interim_of != job.id:
+            interim = job.interim_hits()  # the first look's answer while a second look runs
+            if interim:
+                self._interim_of = job.id
+                self._show_interim(job, interim, status)
         self.status = self._public_status(status)
         if self._loop is not None:
             self._timer = self._loop.call_later(POLL_SECONDS, self._tick, job)
+
+    def _show_interim(self, job: SearchJob, hits: list[Any], status: dict[str, Any]) -> None:
+        """Show the first look's answer while the second look runs; the job's end replaces it."""
+        self._results = Results(query=job.name, hits=hits, elapsed=float(status.get("elapsed") or 0.0), verified=True)
+        thumbnails, urls = self._thumbnail_payload(hits)
+        with self.hold_sync():
+            self.results = [hit.to_dict() for hit in hits]
+            self.thumbnails = thumbnails
+            self.thumbnail_urls = urls
+            self.query_image_key = self._pending.get("query_key") or ""
+            self.verdict = f"{INTERIM_PREFIX} {self._results.verdict}"
 
     def _finish(self, job: SearchJob) -> None:
         """Push the outcome of ``job`` (on the kernel's event loop; called once it is done)."""

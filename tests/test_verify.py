@@ -270,7 +270,8 @@ def _photo_bytes(name: str, seed: int) -> bytes:
 def test_search_chain_verifies_with_evidence(indexed_engine) -> None:
     data = _photo_bytes(QUERY_NAME, seed=3)
     job = indexed_engine.submit_search(data, name="photo.jpg", k=5)
-    assert [stage for stage, _ in job._futures] == ["preparing", "embedding", "searching", "verifying"]
+    # the confirming stage is two futures: its first look, then the second when one is due
+    assert [stage for stage, _ in job._futures] == ["preparing", "embedding", "searching", "verifying", "verifying"]
     hits = job.hits(timeout=300)
     assert len(hits) == 5 and [h.rank for h in hits] == [1, 2, 3, 4, 5]
     assert all(h.embedding_score is not None and h.inliers is not None for h in hits)
@@ -354,11 +355,23 @@ def test_a_first_stage_that_missed_the_papyrus_gets_a_second_look(indexed_engine
     # the rest, from either look, by their score (confirmed ones first, then by the first stage's)
     assert [h.score for h in out] == sorted((h.score for h in out), reverse=True)
     assert len({h.image_key for h in out}) == len(out)
+    # the same in two steps, as a search submits them: the first look's answer (nothing confirmed)
+    # is due a second look, which gives the same answer and leaves the first's as it was (the
+    # widget shows it meanwhile)
+    look = tasks.first_look_task(settings, key, "photo.jpg", missed, 5, prep)
+    shown = [(h.image_key, h.score, h.rank, h.confirmed) for h in look.hits]
+    assert look.more and len(look.hits) == 5 and not any(h.confirmed for h in look.hits)
+    assert all(h.thumbnail for h in look.hits)
+    again = tasks.second_look_task(settings, key, "photo.jpg", look, 5, prep, None, vec)
+    assert [(h.image_key, round(h.score, 6)) for h in again] == [(h.image_key, round(h.score, 6)) for h in out]
+    assert [(h.image_key, h.score, h.rank, h.confirmed) for h in look.hits] == shown
+    assert not tasks.first_look_task(settings, key, "photo.jpg", hits, 5, prep).more  # confirmed: no second look
+    assert looked == [1, 1]
     # the search's filters hold in the second look too: a date range that leaves the papyrus out
     assert top.date_from is not None
     filters = {"date_to": top.date_from - 1}
     kept = tasks.verify_task(settings, key, "photo.jpg", missed, 5, prep, filters, vec)
-    assert looked == [1, 1] and all(h.inventory_key != "p_g_107" for h in kept)
+    assert looked == [1, 1, 1] and all(h.inventory_key != "p_g_107" for h in kept)
 
 
 def _two_papyri_photo() -> bytes:

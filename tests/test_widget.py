@@ -895,3 +895,69 @@ def test_verdict_and_region_of_a_search_without_corners(indexed_engine: Any) -> 
         w.close()
 
     asyncio.run(main())
+
+
+def test_the_first_looks_answer_is_shown_while_a_second_look_runs(indexed_engine: Any) -> None:
+    """A search whose first look confirms nothing near the photo's middle gets a second look; while
+    that runs (held here on a Dask event), the job hands out the first look's answer
+    (``SearchJob.interim_hits``) and the widget's poll shows it with a verdict that says it is
+    provisional; the job's end replaces it. Real futures on the test cluster."""
+    from distributed import Event
+
+    from papyrus_widgets import tasks
+
+    engine = indexed_engine
+    client = engine.client
+    settings = engine.resolved_settings()
+    noise = io.BytesIO()
+    Image.fromarray(np.random.default_rng(11).integers(0, 255, (900, 1200, 3), dtype=np.uint8)).save(noise, "JPEG")
+    _, key = engine._store_query(noise.getvalue(), "noise.jpg")
+    prep = tasks.prepare_task(settings, key, "noise.jpg", None)
+    vec = tasks.embed_task(settings, prep)
+    hits = tasks.search_task(settings, vec, 3, None, None, prep, 10)
+    gate = f"papyrus-test-gate-{time.monotonic_ns()}"
+
+    def held(look: Any, gate: str) -> Any:  # the second look, held until the test lets it go
+        from distributed import Event as WorkerEvent
+
+        WorkerEvent(gate).wait(timeout=120)
+        return look.hits
+
+    look = client.submit(tasks.first_look_task, settings, key, "noise.jpg", hits, 3, prep, pure=False)
+    final = client.submit(held, look, gate, pure=False)
+    job = tasks.SearchJob(client, [("verifying", look), ("verifying", final)], "noise.jpg", query_key=key)
+    w = PapyrusSearch(k=3, engine=engine)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while look.status != "finished" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        interim = job.interim_hits()
+        assert interim is not None and len(interim) == 3 and not any(h.confirmed for h in interim)
+        assert job.status()["stage"] == "verifying" and not job.done()
+        w._job, w._pending = job, {"query_key": key}
+        w._tick(job)  # one poll, as the kernel's loop runs it every POLL_SECONDS
+        assert [r["image_key"] for r in w.results] == [h.image_key for h in interim]
+        assert len(w.thumbnails) == 3
+        assert w.verdict.startswith(widget_module.INTERIM_PREFIX + " no confirmed match in this collection"), w.verdict
+        assert w.status["state"] == "running"
+        Event(gate, client=client).set()
+        final.result(timeout=TIMEOUT)
+        assert job.interim_hits() is None  # done: the job's hits are the answer now
+        w._finish(job)
+        assert w.status["state"] == "done" and w.verdict.startswith("no confirmed match in this collection")
+        assert w.history and w.history[-1]["count"] == 3
+
+        # cancelled while the second look runs: the first look's answer stays, and says what it is
+        again = client.submit(held, look, gate + "-2", pure=False)
+        job2 = tasks.SearchJob(client, [("verifying", look), ("verifying", again)], "noise.jpg", query_key=key)
+        w._job, w._pending = job2, {"query_key": key}
+        w._tick(job2)
+        assert w.verdict.startswith(widget_module.INTERIM_PREFIX), w.verdict
+        w.cancel()
+        assert w.status["state"] == "cancelled"
+        assert w.verdict.startswith("cancelled during a second look; the first look's answer: no confirmed match")
+        assert [r["image_key"] for r in w.results] == [h.image_key for h in interim]
+    finally:
+        Event(gate, client=client).set()
+        Event(gate + "-2", client=client).set()
+        w.close()

@@ -73,13 +73,16 @@ export function statusText(status) {
 
 /**
  * The verdict line for the `verdict` trait (api.Results.verdict): {text, kind}, kind one of
- * "confirmed" | "none" (no confirmed match in this collection) | "unverified" | "other" | "" (nothing to say).
+ * "confirmed" | "none" (no confirmed match in this collection) | "unverified" | "interim" (the first
+ * look's answer while a second look runs: widget.INTERIM_PREFIX) | "other" | "" (nothing to say).
  */
 export function verdictLine(verdict) {
   const raw = typeof verdict === "string" ? verdict.trim() : "";
   if (!raw) return { text: "", kind: "" };
   const lower = raw.toLowerCase();
-  const kind = lower.startsWith("confirmed")
+  const kind = lower.startsWith("so far")
+    ? "interim"
+    : lower.startsWith("confirmed")
     ? "confirmed"
     : lower.startsWith("no confirmed match")
       ? "none"
@@ -241,8 +244,10 @@ export function createStageLine({ model, busyTarget = null, onChange = () => {} 
       else li.removeAttribute("aria-current");
     });
     stagesList.hidden = !shown.state || Boolean(shown.refused);
-    // The verdict on the results on show (none while a search is on its way).
-    const verdict = kind === "running" ? { text: "", kind: "" } : verdictLine(model.get("verdict"));
+    // The verdict on the results on show (while a search is on its way, only that of its first
+    // look's answer, shown while a second look runs).
+    const said = verdictLine(model.get("verdict"));
+    const verdict = kind === "running" && said.kind !== "interim" ? { text: "", kind: "" } : said;
     if (verdictEl.textContent !== verdict.text) verdictEl.textContent = verdict.text;
     verdictEl.dataset.kind = verdict.kind;
     verdictEl.hidden = !verdict.text;

@@ -226,7 +226,7 @@ test("compare: shows a hit, asks for its large image, steps and closes", () => {
   results.dispose();
 });
 
-test("stage line: the verdict shows under the status, plain when nothing is confirmed, and not while a search runs", () => {
+test("stage line: the verdict shows under the status, plain when nothing is confirmed, and not while a search runs (but for its first look's answer)", () => {
   const model = fakeModel({ status: { state: "done", stage: "done", elapsed: 2 } });
   const stages = createStageLine({ model });
   const verdict = stages.el.byTestId("verdict");
@@ -241,6 +241,12 @@ test("stage line: the verdict shows under the status, plain when nothing is conf
   model.update({ status: { state: "running", stage: "preparing", elapsed: 0 } });
   stages.onStatusChange();
   assert.equal(verdict.hidden, true, "a running search has no verdict yet");
+  // … but while its second look runs, the first look's answer is on show, and says so
+  model.update({ status: { state: "running", stage: "verifying", elapsed: 1 }, verdict: "so far, a second look running: no confirmed match in this collection: …" });
+  stages.onStatusChange();
+  assert.equal(verdict.hidden, false);
+  assert.equal(verdict.dataset.kind, "interim");
+  assert.match(verdict.textContent, /^So far, a second look running: no confirmed match/);
   model.update({ status: { state: "done", stage: "done", elapsed: 3 }, verdict: "confirmed: P.Heid. inv. G 24, 186 keypoints agree on one geometry." });
   stages.onStatusChange();
   assert.equal(verdict.textContent, "Confirmed: P.Heid. inv. G 24, 186 keypoints agree on one geometry.");

@@ -203,4 +203,11 @@ test("verdictLine: the kernel's verdict, capitalised, with its kind", () => {
   assert.equal(verdictLine("not verified: the hits are ranked by similarity only.").kind, "unverified");
   assert.equal(verdictLine("no hits: the index is empty.").kind, "other");
   for (const empty of ["", "  ", null, undefined, 3]) assert.deepEqual(verdictLine(empty), { text: "", kind: "" });
+  // the first look's answer while a second look runs, as the widget words it
+  const prefix = readFileSync(new URL("../../papyrus_widgets/widget.py", import.meta.url), "utf8").match(
+    /^INTERIM_PREFIX = "([^"]*)"/m,
+  )[1];
+  const interim = verdictLine(`${prefix} no confirmed match in this collection: the hits below are only similar.`);
+  assert.equal(interim.kind, "interim");
+  assert.match(interim.text, /^So far, a second look running: no confirmed match/);
 });
