@@ -312,9 +312,7 @@ class PapyrusSearch(anywidget.AnyWidget):
         if previous is not None:
             self._show_entry(previous, status)
         else:
-            if self._interim_of == job.id and self.verdict.startswith(INTERIM_PREFIX):
-                said = self.verdict[len(INTERIM_PREFIX) :]
-                self.verdict = f"cancelled during a second look; the first look's answer:{said}"
+            self._end_interim(job, "cancelled during a second look")
             self.status = self._public_status(status)
 
     def restore(self, entry: int | str) -> None:
@@ -518,6 +516,12 @@ class PapyrusSearch(anywidget.AnyWidget):
             self.query_image_key = self._pending.get("query_key") or ""
             self.verdict = f"{INTERIM_PREFIX} {self._results.verdict}"
 
+    def _end_interim(self, job: SearchJob, how: str) -> None:
+        """The job ended without its final answer (``how``): the first look's answer, if on show,
+        stays, and its verdict says so instead of "so far"."""
+        if self._interim_of == job.id and self.verdict.startswith(INTERIM_PREFIX):
+            self.verdict = f"{how}; the first look's answer:{self.verdict[len(INTERIM_PREFIX) :]}"
+
     def _finish(self, job: SearchJob) -> None:
         """Push the outcome of ``job`` (on the kernel's event loop; called once it is done)."""
         if job is not self._job:
@@ -549,8 +553,10 @@ class PapyrusSearch(anywidget.AnyWidget):
                     self.status = self._public_status(status)
             elif state == "error":
                 message = status.get("message") or "The search failed."
+                self._end_interim(job, "the second look failed")
                 self._show_error(message, status)
             else:
+                self._end_interim(job, "cancelled during a second look")
                 self.status = self._public_status(status)
         except Exception as exc:
             self._stop_polling()

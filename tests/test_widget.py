@@ -957,7 +957,28 @@ def test_the_first_looks_answer_is_shown_while_a_second_look_runs(indexed_engine
         assert w.status["state"] == "cancelled"
         assert w.verdict.startswith("cancelled during a second look; the first look's answer: no confirmed match")
         assert [r["image_key"] for r in w.results] == [h.image_key for h in interim]
+
+        # a second look that fails: the error, and the first look's answer said for what it is
+        def failing(look: Any, gate: str) -> Any:
+            from distributed import Event as WorkerEvent
+
+            WorkerEvent(gate).wait(timeout=120)
+            raise RuntimeError("the second look broke")
+
+        look3 = client.submit(tasks.first_look_task, settings, key, "noise.jpg", hits, 3, prep, pure=False)
+        broken = client.submit(failing, look3, gate + "-3", pure=False)
+        job3 = tasks.SearchJob(client, [("verifying", look3), ("verifying", broken)], "noise.jpg", query_key=key)
+        look3.result(timeout=TIMEOUT)  # the cancel above took the first look's future with it
+        w._job, w._pending = job3, {"query_key": key}
+        w._tick(job3)
+        assert w.verdict.startswith(widget_module.INTERIM_PREFIX), w.verdict
+        Event(gate + "-3", client=client).set()
+        with pytest.raises(RuntimeError):
+            broken.result(timeout=TIMEOUT)
+        w._finish(job3)
+        assert w.status["state"] == "error" and "second look broke" in w.error
+        assert w.verdict.startswith("the second look failed; the first look's answer: no confirmed match"), w.verdict
     finally:
-        Event(gate, client=client).set()
-        Event(gate + "-2", client=client).set()
+        for g in (gate, gate + "-2", gate + "-3"):
+            Event(g, client=client).set()
         w.close()
