@@ -340,19 +340,24 @@ class PapyrusSearch(anywidget.AnyWidget):
     def _show_entry(self, found: dict[str, Any], status: dict) -> None:
         """Show the results of history entry ``found`` with ``status``."""
         results: Results = found["results"]
-        self._results = results
-        thumbnails, urls = self._thumbnail_payload(results.hits)
         with self.hold_sync():
-            self.results = results.to_dicts()
-            self.thumbnails = thumbnails
-            self.thumbnail_urls = urls
-            self.query_image_key = found.get("query_key") or ""
+            self._put_results(results, found.get("query_key") or "")
             self.query_name = results.query
             self.query_preview = found["preview"]
             self.error = ""
-            self.verdict = results.verdict
             self.status = self._public_status(status)
             self.history_id = found["id"]
+
+    def _put_results(self, results: Results, query_key: str, verdict: str | None = None) -> None:
+        """Put ``results`` on show (inside ``hold_sync``): the hits, their thumbnails, the key of
+        the query they refer to, and the verdict (``results.verdict`` unless given)."""
+        self._results = results
+        thumbnails, urls = self._thumbnail_payload(results.hits)
+        self.results = results.to_dicts()
+        self.thumbnails = thumbnails
+        self.thumbnail_urls = urls
+        self.query_image_key = query_key
+        self.verdict = results.verdict if verdict is None else verdict
 
     def close(self) -> None:
         """Cancel a running search, stop the status poll and close the widget."""
@@ -507,14 +512,9 @@ class PapyrusSearch(anywidget.AnyWidget):
 
     def _show_interim(self, job: SearchJob, hits: list[Any], status: dict[str, Any]) -> None:
         """Show the first look's answer while the second look runs; the job's end replaces it."""
-        self._results = Results(query=job.name, hits=hits, elapsed=float(status.get("elapsed") or 0.0), verified=True)
-        thumbnails, urls = self._thumbnail_payload(hits)
+        results = Results(query=job.name, hits=hits, elapsed=float(status.get("elapsed") or 0.0), verified=True)
         with self.hold_sync():
-            self.results = [hit.to_dict() for hit in hits]
-            self.thumbnails = thumbnails
-            self.thumbnail_urls = urls
-            self.query_image_key = self._pending.get("query_key") or ""
-            self.verdict = f"{INTERIM_PREFIX} {self._results.verdict}"
+            self._put_results(results, self._pending.get("query_key") or "", f"{INTERIM_PREFIX} {results.verdict}")
 
     def _end_interim(self, job: SearchJob, how: str) -> None:
         """The job ended without its final answer (``how``): the first look's answer, if on show,
@@ -537,19 +537,13 @@ class PapyrusSearch(anywidget.AnyWidget):
             self._job = None
             pending, self._pending = self._pending, {}
             if state == "done":
-                hits = job.hits()
-                self._results = Results(
-                    query=job.name, hits=hits, elapsed=float(status.get("elapsed") or 0.0), verified=job.verified
+                results = Results(
+                    query=job.name, hits=job.hits(), elapsed=float(status.get("elapsed") or 0.0), verified=job.verified
                 )
-                thumbnails, urls = self._thumbnail_payload(hits)
                 with self.hold_sync():
-                    self.results = [hit.to_dict() for hit in hits]
-                    self.thumbnails = thumbnails
-                    self.thumbnail_urls = urls
-                    self.query_image_key = pending.get("query_key") or ""
+                    self._put_results(results, pending.get("query_key") or "")
                     self.error = ""
-                    self.verdict = self._results.verdict
-                    self._remember(job.id, self._results, pending)
+                    self._remember(job.id, results, pending)
                     self.status = self._public_status(status)
             elif state == "error":
                 message = status.get("message") or "The search failed."
