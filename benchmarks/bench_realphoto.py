@@ -54,12 +54,12 @@ held-out papyri confirmed. A degradation curve outside the 10-40 % the main figu
 the papyrus; the camera tilted 45-60 degrees; 12-megapixel portrait photos stored turned with EXIF
 orientation 6; frames turned a quarter or half turn without EXIF; dark, noisy, soft photos at JPEG
 30-45), each searched with no corners twice on the same cluster: as the search is now and as it
-would be with ``--trial``'s switches (``TRIALS``, set on the workers; default *tilted*: the tilted
-look, ``tasks.TILTED_LOOK``, off by default). ``--fractions`` compares with a ``--trial`` too when
+would be with ``--trial``'s switches (``TRIALS``, set on the workers; default *untilted*: without
+the tilted look, ``tasks.TILTED_LOOK``, which is on by default). ``--fractions`` compares with a ``--trial`` too when
 one is given (*words-alone*: as before Hamming embedding).
 
 Run alone: ``python benchmarks/bench_realphoto.py [--quick] [--distractors N] [--per-ref N] [--derived N]
-[--fractions F,F,...] [--variants V,V,...] [--trial tilted|words-alone]``.
+[--fractions F,F,...] [--variants V,V,...] [--trial untilted|words-alone]``.
 """
 
 from __future__ import annotations
@@ -493,14 +493,14 @@ def _fraction_rows(engine: Any, share: float, positives: list[Any], negatives: l
 
 
 TRIALS: dict[str, dict[str, Any]] = {
-    "tilted": {"tasks.TILTED_LOOK": True},
+    "untilted": {"tasks.TILTED_LOOK": False},
     "words-alone": {"retrieval.vocabulary.HAMMING_THRESHOLD": 64},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
-module switches of ``papyrus_widgets`` to set (``module.NAME``). *tilted*: the tilted look
-(figure 0d's default); *words-alone*: every pair of keypoints of a word matches, as before Hamming
-embedding (64 of 64 bits may differ)."""
-TRIAL = TRIALS["tilted"]
+module switches of ``papyrus_widgets`` to set (``module.NAME``). *untilted*: without the tilted
+look (figure 0d's default; it is on by default); *words-alone*: every pair of keypoints of a word
+matches, as before Hamming embedding (64 of 64 bits may differ)."""
+TRIAL = TRIALS["untilted"]
 
 
 def _current(values: dict[str, Any]) -> dict[str, Any]:
@@ -533,7 +533,7 @@ def by_variant(
 ) -> dict[str, Any]:
     """Photos outside the scenes' usual range (``scenes.VARIANTS``): for each, new scenes of every
     indexed and held-out papyrus, searched with no corners by the search as it is and with
-    ``trial``'s switches (:data:`TRIALS`; default the tilted look), the same photos, index and cluster."""
+    ``trial``'s switches (:data:`TRIALS`; default without the tilted look), the same photos, index and cluster."""
     now = _current(trial)
     out: dict[str, Any] = {"name": NAME + "-variants", "gallery": {"images": total}, "trial": trial, "variants": []}
     for n, variant in enumerate(variants):
@@ -591,7 +591,7 @@ def main() -> None:
                 "--trial",
                 choices=sorted(TRIALS),
                 default=None,
-                help="what --variants (default: tilted) and --fractions (default: nothing) compare with, same photos",
+                help="what --variants (default: untilted) and --fractions (default: nothing) compare with, same photos",
             ),
         ),
     )
@@ -644,7 +644,7 @@ def main() -> None:
             return
         if args.variants:
             chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
-            result = by_variant(engine, papyri, chosen, total, TRIALS[args.trial or "tilted"])
+            result = by_variant(engine, papyri, chosen, total, TRIALS[args.trial or "untilted"])
             C.write_result(args.out, NAME + "-variants", result)
             return
         rows: list[dict[str, Any]] = []

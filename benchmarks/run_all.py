@@ -1070,12 +1070,13 @@ def render_realphoto_fractions(r: dict[str, Any] | None, st: dict[str, Any] | No
 
 
 VARIANTS_NOTE = (
-    "The trial, chosen on photos of a development seed (77100, not these): a third, tilted look for a photo that "
-    "neither look confirmed (`tasks._tilted_look`): four views of the photo shortened by 2 (0°, 45°, 90°, 135°; "
+    "The tilted look (on by default since 2026-12-02, after the signatures made it find more: figure 0d's run of "
+    "2026-12-01 18:07, 64 steep photos, top-1 0.906 → 0.953 with it; before, off), chosen on photos of a development "
+    "seed (77100, not these): a third look for a photo that neither look confirmed (`tasks._tilted_look`): four views of the photo shortened by 2 (0°, 45°, 90°, 135°; "
     "1,000 keypoints each at a long side of 1,200 px, `features.tilted_features`, after ASIFT), their own words "
     "scored over the second look's 36 windows, up to 60 references of that list and the first look's first 10 "
     "confirmed with the photo's keypoints and the views' together. On 32 development photos taken at 45-60° it "
-    "found 2 more papyri (24 → 26) and took held-out searches from 2.62 to 4.35 s p50. Where a steep photo is "
+    "found 2 more papyri (24 → 26) and took held-out searches from 2.62 to 4.35 s p50 (words alone, before signatures). Where a steep photo is "
     "missed, its words do not find the papyrus even in a window drawn around it by hand (ranks 82-428 of 10,035, "
     "with or without the views' words) though its keypoints match it (47-100 inliers): the words are the limit. "
     "Tried there and not adopted: assigning each query keypoint to its 2 or 3 nearest words (recall@50 on steep "
@@ -1095,6 +1096,17 @@ VARIANT_WORDS = {
 }
 
 
+def _trial_words(trial: dict[str, Any] | None) -> str:
+    """What a ``bench_realphoto.py`` trial's switches (``TRIALS``) change, in words."""
+    words = {
+        ("tasks.TILTED_LOOK", True): "with the tilted look switched on (`tasks.TILTED_LOOK`, then off by default)",
+        ("tasks.TILTED_LOOK", False): "without the tilted look (`tasks.TILTED_LOOK = False`; it is on by default)",
+        ("retrieval.vocabulary.HAMMING_THRESHOLD", 64): "with words alone (no Hamming embedding)",
+    }
+    said = [words.get((k, v), f"with `{k} = {v!r}`") for k, v in (trial or {}).items()]
+    return " and ".join(said) or "again"
+
+
 def render_realphoto_variants(r: dict[str, Any] | None, st: dict[str, Any] | None) -> list[str]:
     """The opt-in photos beyond the scenes' range (``bench_realphoto.py --variants ...``)."""
     if not r:
@@ -1105,8 +1117,8 @@ def render_realphoto_variants(r: dict[str, Any] | None, st: dict[str, Any] | Non
         (
             f"Figure 0's index ({r['gallery']['images']:,} images); for each variant new scenes of every indexed papyrus "
             "(and of the held-out ones) made by `scenes.make_scene(..., variant=...)`, searched with no corners through "
-            "the engine twice on the same cluster: the search as it is (**now**) and with the tilted look "
-            f"switched on, on the workers (**trial**, `tasks.TILTED_LOOK`; off by default); run {r.get('date', '')[:10]}."
+            f"the engine twice on the same cluster: the search as it is (**now**) and {_trial_words(r.get('trial'))}, "
+            f"set on the workers (**trial**); run {r.get('date', '')[:10]}."
         ),
         "",
         "| variant | queries | top-1 now (trial) | ratio trial / now | top-5 now (trial) | true matches confirmed now (trial) "

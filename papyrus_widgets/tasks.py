@@ -438,18 +438,19 @@ def _second_look(
     return _look_closer(settings, photo, results)
 
 
-TILTED_LOOK = False
+TILTED_LOOK = True
 """Whether a photo searched without corners that neither look confirmed gets a third, tilted look
-(:func:`_tilted_look`: a papyrus photographed at a steep angle). Off by default: on 32 development
-photos taken with the camera tilted 45-60° (seed 77100, figure 0d's generator, among 10,035
-images) it found 2 more papyri (24 -> 26), and every search that confirms nothing (a papyrus
-not in the collection) paid 1.7 s more (2.62 -> 4.35 s p50). Where the papyrus is
-missed at such angles its visual words do not find it even in a window drawn around it by hand
-(ranks 82-428 of 10,035, with or without the views' words), though its keypoints match it
-(47-100 inliers): the words, not the confirming, are the limit there. Those figures are of words
-alone; with Hamming embedding (figure 0d's trial of 2026-12-01, 64 steep photos of the benchmark's
-seeds) it found 3 more (top-1 0.906 -> 0.953, top-5 0.922 -> 0.969), none confirmed for a
-papyrus not in the collection, and such a search took 2.51 s p50 against 1.35 s."""
+(:func:`_tilted_look`: a papyrus photographed at a steep angle). On since 2026-12-02: with Hamming
+embedding, on 64 photos taken with the camera tilted 45-60° among 10,035 images (figure 0d's
+trial of 2026-12-01, the benchmark's seeds) it found 3 more papyri (top-1 0.906 -> 0.953, top-5
+0.922 -> 0.969), confirmed none of 16 photos of papyri not in the collection, and made such a
+search ("no confirmed match") slower: 2.51 s p50 against 1.35 s. The first look's answer is shown
+meanwhile (:meth:`SearchJob.interim_hits`), and searches that confirm a papyrus do not pay it.
+With words alone (before signatures) it had found 2 more of 32 development photos (seed 77100)
+and none more of figure 0d's, so it was off until then. Where a papyrus is still missed at such
+angles its visual words do not find it even in a window drawn around it by hand, though its
+keypoints match it: the words, not the confirming, are the limit there. Set it to False for the
+search without it (``bench_realphoto.py --variants steep`` compares both)."""
 TILTED_LOOK_CANDIDATES = 60
 """The tilted look confirms the first this many references of its own word list."""
 TILTED_RETRIES = 10

@@ -642,6 +642,67 @@ def test_cancel_a_running_search(page: Any, lab: dict[str, Any]) -> None:
     assert cards.first.get_attribute("data-inventory-key") == QUERY_INVENTORY
 
 
+HOLD_SECOND_LOOK = """
+from distributed import Event
+from papyrus_widgets import tasks as _tasks
+_real_second_look = _tasks.second_look_task
+_look_gate = Event("papyrus-test-second-look", client=w._get_engine().client)
+_look_gate.clear()
+def _held_second_look(*args, **kwargs):
+    from distributed import Event
+    Event("papyrus-test-second-look").wait(60)
+    return _real_second_look(*args, **kwargs)
+_tasks.second_look_task = _held_second_look
+"""
+
+LET_SECOND_LOOK_GO = """
+_tasks.second_look_task = _real_second_look
+_look_gate.set()
+"""
+
+
+def test_the_first_looks_answer_shows_while_a_second_look_runs(page: Any, lab: dict[str, Any], tmp_path: Path) -> None:
+    """A photo with no papyrus of the collection in it (noise): the first look confirms nothing in
+    the middle, so a second look is due. The kernel holds that second look on a Dask event (the
+    search itself is the widget's own: upload, Search, futures, the one-second poll). Meanwhile
+    the cards show the first look's answer under a dashed verdict that says it is provisional;
+    when the second look ends the final answer replaces it and the verdict is the plain one."""
+    import numpy as np
+    from PIL import Image
+
+    noise = tmp_path / "noise.jpg"
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (900, 1200, 3), dtype=np.uint8)).save(noise, "JPEG")
+    widget = open_and_run_notebook(page, lab)
+    kernel_execute(page, HOLD_SECOND_LOOK)
+    try:
+        widget.get_by_test_id("file-input").set_input_files(str(noise))
+        widget.get_by_test_id("search-button").click()
+        status, verdict = widget.get_by_test_id("status"), widget.get_by_test_id("verdict")
+        page.wait_for_function(
+            "([s, v]) => s.dataset.state === 'running' && s.dataset.stage === 'verifying'"
+            " && v.dataset.kind === 'interim'",
+            arg=[status.element_handle(), verdict.element_handle()],
+            timeout=RESULTS_TIMEOUT,
+        )
+        said = verdict.inner_text().strip()
+        assert said.lower().startswith("so far, a second look running: no confirmed match in this collection"), said
+        assert verdict.is_visible()
+        assert widget.get_by_test_id("result-card").count() == 8, "the first look's 8 hits are on show"
+        assert widget.get_by_test_id("cancel-button").is_enabled(), "the search is still running"
+        assert step_states(widget)["verifying"] == "current"
+        OUTPUT.mkdir(parents=True, exist_ok=True)
+        widget.scroll_into_view_if_needed()
+        page.screenshot(path=str(OUTPUT / "widget-second-look.png"))
+    finally:
+        kernel_execute(page, LET_SECOND_LOOK_GO)
+    assert re.fullmatch(r"done in \d+\.\d s", wait_state(page, widget, "done"))
+    final = verdict.inner_text().strip()
+    assert final.lower().startswith("no confirmed match in this collection"), final
+    assert verdict.get_attribute("data-kind") == "none"
+    assert widget.get_by_test_id("result-card").count() == 8
+    wait_history(page, widget, lab, 1, "second-look")
+
+
 def test_search_in_notebook7(page: Any, notebook7: dict[str, Any]) -> None:
     """Jupyter Notebook 7 renders the widget, takes an upload and shows the results (no console errors)."""
     widget = open_and_run_notebook(page, notebook7)
