@@ -614,13 +614,16 @@ SCENES = {"screen": screen_scene, "desk": desk_scene, "lightbox": lightbox_scene
 STEEP_TILT = (45.0, 60.0)
 """Camera tilt (degrees) of the *steep* variant."""
 
-VARIANTS = ("closeup", "steep", "phone", "turned", "dim")
+VARIANTS = ("closeup", "steep", "phone", "turned", "dim", "print")
 """Photos outside the range the scenes are drawn from (``make_scene(..., variant=...)``), to see how
 the search holds up beyond it rather than to tune on: *closeup*, only 35-60 % of the papyrus in the
 frame, which it fills; *steep*, the camera tilted by :data:`STEEP_TILT` degrees from square-on
 (the scenes draw 0-35, lightboxes 0-20); *phone*, a 12-megapixel portrait photo stored
 turned with EXIF orientation 6, as phones write it; *turned*, the frame turned by a quarter or a
-half turn with no EXIF to undo it; *dim*, a dark, noisy, blurred photo saved as JPEG quality 30-45."""
+half turn with no EXIF to undo it; *dim*, a dark, noisy, blurred photo saved as JPEG quality 30-45;
+*print*, the papyrus as a plate of a printed edition shows it (:func:`_printed`: a halftone screen,
+mostly black on off-white paper, sometimes four-colour), in any of the scene kinds (a book on a
+desk, a photocopy on a lightbox, a PDF of the edition on a screen)."""
 
 
 def make_scene(
@@ -652,10 +655,46 @@ def make_scene(
         return Scene(scene.image, scene.corners, kind, scene.target_fraction, orientation=6)
     if variant == "steep":
         return SCENES[kind](target, others, rng, size=size, fraction=fraction, tilt=STEEP_TILT)
+    if variant == "print":
+        return SCENES[kind](_printed(target, rng), others, rng, size=size, fraction=fraction)
     scene = SCENES[kind](target, others, rng, size=size, fraction=fraction)
     if variant == "turned":
         return _turned(scene, int(rng.choice([90, 180, 270])))
     return _dim(scene, rng)
+
+
+HALFTONE_PITCH = (3.0, 6.0)
+"""Distance between the halftone dots of a *print* (pixels of the target at its long side of
+:data:`TARGET_MAX_SIDE` or less): a coarse screen, as a plate's 60-100 lines per inch show at a
+phone's distance."""
+
+
+def _printed(target: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """``target`` as a plate of a printed edition shows it, the same size, so its corners stay
+    where they were: two times in three black ink in a round-dot halftone screen at 45° on
+    off-white paper, else four-colour (cyan, magenta, yellow screens at 15°, 75° and 0°); dot gain
+    darkens the mid-tones, the paper's white is not the scan's, and the ink spreads a little."""
+    img = np.asarray(target.convert("RGB"), np.float32) / 255.0
+    h, w = img.shape[:2]
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    pitch = rng.uniform(*HALFTONE_PITCH)
+    gain = rng.uniform(1.1, 1.5)
+
+    def screen(cover: np.ndarray, deg: float) -> np.ndarray:  # 1 where ink lands, for coverage 0..1
+        a = math.radians(deg + rng.uniform(-2, 2))
+        u = (x * math.cos(a) + y * math.sin(a)) * np.float32(2 * math.pi / pitch)
+        v = (y * math.cos(a) - x * math.sin(a)) * np.float32(2 * math.pi / pitch)
+        spot = 0.5 + 0.25 * (np.cos(u) + np.cos(v))  # a round dot grows from each cell's middle
+        return (spot > 1 - np.clip(cover, 0, 1) ** (1 / gain)).astype(np.float32)
+
+    paper = rng.uniform(228, 250) * np.array([1.0, rng.uniform(0.97, 1.0), rng.uniform(0.9, 0.98)], np.float32)
+    if rng.random() < 2 / 3:
+        ink = screen(1 - img @ np.array([0.299, 0.587, 0.114], np.float32), 45.0)[..., None]
+        out = paper * (1 - ink * rng.uniform(0.8, 0.9))
+    else:  # cyan takes red, magenta green, yellow blue
+        out = paper * np.stack([1 - 0.85 * screen(1 - img[..., c], deg) for c, deg in enumerate((15.0, 75.0, 0.0))], -1)
+    out = cv2.GaussianBlur(out.astype(np.float32), (0, 0), rng.uniform(0.4, 0.8))
+    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), "RGB")
 
 
 def _closeup(scene: Scene, rng: np.random.Generator, size: tuple[int, int]) -> Scene:

@@ -188,3 +188,23 @@ def test_variants_are_what_they_say(target, others):
     assert np.array_equal(dim.corners, plain.corners)
     with pytest.raises(ValueError, match="variant"):
         scenes.make_scene(target, others, rng(0), variant="underwater")
+
+
+def test_a_print_is_a_halftone_of_the_target(target, others):
+    """A *print*: the target the same size, its tones made of dots of ink (a flat grey becomes a
+    pattern of dots, not a flat tone), no ink where the scan is white, darker where it is dark;
+    mostly black ink (grey), sometimes four colours."""
+    rng = np.random.default_rng
+    grey, colour = 0, 0
+    for seed in range(12):
+        out = np.asarray(scenes._printed(Image.new("RGB", (300, 200), (128, 128, 128)), rng(seed)), np.float32)
+        assert out.shape == (200, 300, 3)
+        assert out.std(axis=(0, 1)).max() > 25, seed  # dots (of one ink at least)
+        white = np.asarray(scenes._printed(Image.new("RGB", (80, 60), (255, 255, 255)), rng(seed)), np.float32)
+        dark = np.asarray(scenes._printed(Image.new("RGB", (80, 60), (40, 40, 40)), rng(seed)), np.float32)
+        assert white.min() > 200 and dark.mean() < out.mean() - 20 < white.mean() - 40, seed
+        spread = np.abs(out[..., 0] - out[..., 2]).mean()  # black ink on tinted paper, or three inks
+        grey, colour = grey + (spread < 30), colour + (spread >= 30)
+    assert grey >= 5 and colour >= 2, (grey, colour)
+    scene = scenes.make_scene(target, others, rng(6), kind="lightbox", variant="print")
+    assert scene.image.size == (1600, 1200) and 0.1 <= scene.target_fraction <= 0.4
