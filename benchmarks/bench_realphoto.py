@@ -48,14 +48,15 @@ indexed and held-out papyrus with the papyrus at exactly that share (the same sc
 share); first-stage recall, top-1/top-5 of the default search with no corners, its latency, and the
 held-out papyri confirmed. A degradation curve outside the 10-40 % the main figure draws from.
 
-**Beyond the scenes' range** (``--variants closeup,steep,phone,turned,dim``, result
+**Beyond the scenes' range** (``--variants closeup,steep,phone,turned,dim,print``, result
 ``realphoto-variants``; not part of ``make bench``): the same index, and for each of
 ``scenes.VARIANTS`` new scenes of every indexed and held-out papyrus (close-ups showing 35-60 % of
 the papyrus; the camera tilted 45-60 degrees; 12-megapixel portrait photos stored turned with EXIF
 orientation 6; frames turned a quarter or half turn without EXIF; dark, noisy, soft photos at JPEG
-30-45), each searched with no corners twice on the same cluster: as the search is now and as it
-would be with ``--trial``'s switches (``TRIALS``, set on the workers; default *untilted*: without
-the tilted look, ``tasks.TILTED_LOOK``, which is on by default). ``--fractions`` compares with a ``--trial`` too when
+30-45; the papyrus as a halftone plate of a printed edition), each searched with no corners twice on
+the same cluster: as the search is now and as it would be with ``--trial``'s switches (``TRIALS``,
+set on the workers; default *untilted*: without the tilted look, ``tasks.TILTED_LOOK``, which is on
+by default). ``--fractions`` compares with a ``--trial`` too when
 one is given (*words-alone*: as before Hamming embedding).
 
 Run alone: ``python benchmarks/bench_realphoto.py [--quick] [--distractors N] [--per-ref N] [--derived N]
@@ -585,7 +586,7 @@ def main() -> None:
             p.add_argument(
                 "--variants",
                 default="",
-                help="comma-separated scenes.VARIANTS (e.g. closeup,steep,phone,turned,dim): as it is and with --trial",
+                help="comma-separated scenes.VARIANTS (e.g. closeup,steep,dim,print): as it is and with --trial",
             ),
             p.add_argument(
                 "--trial",

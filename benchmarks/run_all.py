@@ -1070,13 +1070,14 @@ def render_realphoto_fractions(r: dict[str, Any] | None, st: dict[str, Any] | No
 
 
 VARIANTS_NOTE = (
-    "The tilted look (on by default since 2026-12-02, after the signatures made it find more: figure 0d's run of "
-    "2026-12-01 18:07, 64 steep photos, top-1 0.906 → 0.953 with it; before, off), chosen on photos of a development "
-    "seed (77100, not these): a third look for a photo that neither look confirmed (`tasks._tilted_look`): four views of the photo shortened by 2 (0°, 45°, 90°, 135°; "
-    "1,000 keypoints each at a long side of 1,200 px, `features.tilted_features`, after ASIFT), their own words "
-    "scored over the second look's 36 windows, up to 60 references of that list and the first look's first 10 "
-    "confirmed with the photo's keypoints and the views' together. On 32 development photos taken at 45-60° it "
-    "found 2 more papyri (24 → 26) and took held-out searches from 2.62 to 4.35 s p50 (words alone, before signatures). Where a steep photo is "
+    "The tilted look (on by default since 2026-12-01 19:14, after the signatures made it find more: figure 0d's run"
+    " of 2026-12-01 18:07, 64 steep photos, top-1 0.906 → 0.953 with it; before, off), chosen on photos of a "
+    "development seed (77100, not these): a third look for a photo that neither look confirmed "
+    "(`tasks._tilted_look`): four views of the photo shortened by 2 (0°, 45°, 90°, 135°; 1,000 keypoints each at a "
+    "long side of 1,200 px, `features.tilted_features`, after ASIFT), their own words scored over the second look's"
+    " 36 windows, up to 60 references of that list and the first look's first 10 confirmed with the photo's "
+    "keypoints and the views' together. On 32 development photos taken at 45-60° it found 2 more papyri (24 → 26) "
+    "and took held-out searches from 2.62 to 4.35 s p50 (words alone, before signatures). Where a steep photo is "
     "missed, its words do not find the papyrus even in a window drawn around it by hand (ranks 82-428 of 10,035, "
     "with or without the views' words) though its keypoints match it (47-100 inliers): the words are the limit. "
     "Tried there and not adopted: assigning each query keypoint to its 2 or 3 nearest words (recall@50 on steep "
@@ -1093,6 +1094,7 @@ VARIANT_WORDS = {
     "phone": "12 MP portrait photo, stored turned, EXIF orientation 6",
     "turned": "frame turned 90/180/270° without EXIF",
     "dim": "dark (exposure x0.3-0.5), noisy, soft, JPEG 30-45",
+    "print": "a plate of a printed edition: halftone, mostly black ink",
 }
 
 

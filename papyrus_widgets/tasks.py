@@ -440,7 +440,7 @@ def _second_look(
 
 TILTED_LOOK = True
 """Whether a photo searched without corners that neither look confirmed gets a third, tilted look
-(:func:`_tilted_look`: a papyrus photographed at a steep angle). On since 2026-12-02: with Hamming
+(:func:`_tilted_look`: a papyrus photographed at a steep angle). On since 2026-12-01 (evening): with Hamming
 embedding, on 64 photos taken with the camera tilted 45-60° among 10,035 images (figure 0d's
 trial of 2026-12-01, the benchmark's seeds) it found 3 more papyri (top-1 0.906 -> 0.953, top-5
 0.922 -> 0.969), confirmed none of 16 photos of papyri not in the collection, and made such a
