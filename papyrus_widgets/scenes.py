@@ -690,10 +690,10 @@ def _printed(target: Image.Image, rng: np.random.Generator) -> Image.Image:
     paper = rng.uniform(228, 250) * np.array([1.0, rng.uniform(0.97, 1.0), rng.uniform(0.9, 0.98)], np.float32)
     if rng.random() < 2 / 3:
         ink = screen(1 - img @ np.array([0.299, 0.587, 0.114], np.float32), 45.0)[..., None]
-        out = paper * (1 - ink * rng.uniform(0.8, 0.9))
+        left = 1 - ink * np.float32(rng.uniform(0.8, 0.9))  # the paper's light that the ink lets through
     else:  # cyan takes red, magenta green, yellow blue
-        out = paper * np.stack([1 - 0.85 * screen(1 - img[..., c], deg) for c, deg in enumerate((15.0, 75.0, 0.0))], -1)
-    out = cv2.GaussianBlur(out.astype(np.float32), (0, 0), rng.uniform(0.4, 0.8))
+        left = np.stack([1 - 0.85 * screen(1 - img[..., c], deg) for c, deg in enumerate((15.0, 75.0, 0.0))], -1)
+    out: np.ndarray = cv2.GaussianBlur((paper * left).astype(np.float32), (0, 0), rng.uniform(0.4, 0.8))
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), "RGB")
 
 
