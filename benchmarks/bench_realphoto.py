@@ -645,7 +645,7 @@ def main() -> None:
             return
         if args.variants:
             chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
-            result = by_variant(engine, papyri, chosen, total, TRIALS[args.trial or "untilted"])
+            result = by_variant(engine, papyri, chosen, total, TRIALS[args.trial] if args.trial else TRIAL)
             C.write_result(args.out, NAME + "-variants", result)
             return
         rows: list[dict[str, Any]] = []
