@@ -1095,6 +1095,8 @@ VARIANT_WORDS = {
     "turned": "frame turned 90/180/270° without EXIF",
     "dim": "dark (exposure x0.3-0.5), noisy, soft, JPEG 30-45",
     "print": "a plate of a printed edition: halftone, mostly black ink",
+    "relit": "another photo of the papyrus: low side light, other colour, 1 in 3 infrared",
+    "wavy": "a sheet not lying flat: waves and a bend, 0.8-2 % of its side",
 }
 
 

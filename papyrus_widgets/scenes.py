@@ -614,7 +614,7 @@ SCENES = {"screen": screen_scene, "desk": desk_scene, "lightbox": lightbox_scene
 STEEP_TILT = (45.0, 60.0)
 """Camera tilt (degrees) of the *steep* variant."""
 
-VARIANTS = ("closeup", "steep", "phone", "turned", "dim", "print")
+VARIANTS = ("closeup", "steep", "phone", "turned", "dim", "print", "relit", "wavy")
 """Photos outside the range the scenes are drawn from (``make_scene(..., variant=...)``), to see how
 the search holds up beyond it rather than to tune on: *closeup*, only 35-60 % of the papyrus in the
 frame, which it fills; *steep*, the camera tilted by :data:`STEEP_TILT` degrees from square-on
@@ -623,7 +623,12 @@ turned with EXIF orientation 6, as phones write it; *turned*, the frame turned b
 half turn with no EXIF to undo it; *dim*, a dark, noisy, blurred photo saved as JPEG quality 30-45;
 *print*, the papyrus as a plate of a printed edition shows it (:func:`_printed`: a halftone screen,
 mostly black on off-white paper, sometimes four-colour), in any of the scene kinds (a book on a
-desk, a photocopy on a lightbox, a PDF of the edition on a screen)."""
+desk, a photocopy on a lightbox, a PDF of the edition on a screen); *relit*, another photograph
+of the papyrus than the scan indexed (:func:`_relit`: light from a low side, uneven, other white
+balance and tone curves, sometimes an infrared image); *wavy*, a sheet that does not lie flat
+(:func:`_wavy`: gentle waves and a bend, seen from an angle, so that no homography maps it
+exactly). *relit* and *wavy* are drawn in any scene kind (the photo on a screen, or the sheet on
+a desk or a lightbox)."""
 
 
 def make_scene(
@@ -655,8 +660,9 @@ def make_scene(
         return Scene(scene.image, scene.corners, kind, scene.target_fraction, orientation=6)
     if variant == "steep":
         return SCENES[kind](target, others, rng, size=size, fraction=fraction, tilt=STEEP_TILT)
-    if variant == "print":
-        return SCENES[kind](_printed(target, rng), others, rng, size=size, fraction=fraction)
+    if variant in ("print", "relit", "wavy"):
+        changed = {"print": _printed, "relit": _relit, "wavy": _wavy}[variant](target, rng)
+        return SCENES[kind](changed, others, rng, size=size, fraction=fraction)
     scene = SCENES[kind](target, others, rng, size=size, fraction=fraction)
     if variant == "turned":
         return _turned(scene, int(rng.choice([90, 180, 270])))
@@ -697,6 +703,99 @@ def _printed(target: Image.Image, rng: np.random.Generator) -> Image.Image:
         left = np.stack([1 - 0.85 * screen(1 - img[..., c], deg) for c, deg in enumerate((15.0, 75.0, 0.0))], -1)
     out: np.ndarray = cv2.GaussianBlur((paper * left).astype(np.float32), (0, 0), rng.uniform(0.4, 0.8))
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+
+def _split_alpha(target: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """``target``'s colour (h, w, 3, 0..1) and its alpha (h, w, 1), None when it has none."""
+    img = _pixels(target, max(target.size))
+    return (img[..., :3], img[..., 3:]) if img.shape[2] == 4 else (img, None)
+
+
+def _image(rgb: np.ndarray, alpha: np.ndarray | None) -> Image.Image:
+    """An image of ``rgb`` (0..1) with ``alpha`` (None: opaque)."""
+    out = rgb if alpha is None else np.concatenate([rgb, alpha], axis=-1)
+    return Image.fromarray(np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8), "RGB" if alpha is None else "RGBA")
+
+
+def _relit(target: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """``target`` as another photograph of the same papyrus shows it, not the scan indexed; the
+    same size, so its corners stay where they were. Two times in three a colour photo: other
+    white balance and tone curve per channel, the phone's local contrast; else an infrared image,
+    as multispectral imaging of papyri records them (the sheet pale grey, carbon ink near black).
+    Either way lit from a low side: the light grazes the sheet's relief (its brightness taken as
+    height: fibres and ink), brightening the slopes that face it and darkening the others, and
+    falls off across the sheet."""
+    rgb, alpha = _split_alpha(target)
+    h, w = rgb.shape[:2]
+    lum = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    if rng.random() < 2 / 3:
+        curve = rng.uniform(0.75, 1.35, 3).astype(np.float32)
+        rgb = np.clip(rgb * rng.uniform(0.8, 1.15, 3).astype(np.float32), 0, 1) ** curve
+        small = cv2.resize(rgb, (max(1, w // 8), max(1, h // 8)), interpolation=cv2.INTER_AREA)
+        soft = cv2.resize(cv2.GaussianBlur(small, (0, 0), 0.005 * max(h, w)), (w, h), interpolation=cv2.INTER_LINEAR)
+        rgb = rgb + np.float32(rng.uniform(0.2, 0.6)) * (rgb - soft)  # local contrast, as a phone's tone mapping
+    else:  # the red end carries through papyrus and is absorbed by carbon ink
+        ir = 0.8 * rgb[..., 0] + 0.2 * lum
+        seen = ir[alpha[..., 0] > 0.5] if alpha is not None and (alpha > 0.5).any() else ir
+        lo, hi = np.percentile(seen, [1, 99])
+        ir = np.clip((ir - lo) / max(hi - lo, 1e-3), 0, 1) ** rng.uniform(0.6, 1.0) * rng.uniform(0.75, 0.95)
+        rgb = np.repeat(ir[..., None], 3, axis=-1).astype(np.float32)
+    height = cv2.GaussianBlur(lum, (0, 0), rng.uniform(1.0, 2.5))
+    a = rng.uniform(0, 2 * math.pi)
+    slope = cv2.Sobel(height, cv2.CV_32F, 1, 0) * math.cos(a) + cv2.Sobel(height, cv2.CV_32F, 0, 1) * math.sin(a)
+    relief = np.clip(slope / (slope.std() + 1e-6), -3, 3)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    falloff = 1 - rng.uniform(0.1, 0.35) * ((x / w - 0.5) * math.cos(a) + (y / h - 0.5) * math.sin(a) + 0.5)
+    shade = (1 + np.float32(rng.uniform(0.08, 0.2)) * relief) * falloff
+    return _image(np.clip(rgb * shade[..., None], 0, 1), alpha)
+
+
+WAVE_AMPLITUDE = (0.008, 0.02)
+"""How far a *wavy* sheet's surface moves in the photo (share of its long side): the parallax of
+its waves and bend seen from an angle."""
+
+
+def _wavy(target: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """``target`` as a sheet that does not lie flat shows it to a camera at an angle: its height
+    over the plane is a bend along one axis plus two or three gentle waves (cockling, 0.35-0.9 of
+    its long side apart), and each point moves by its height along the direction the camera looks
+    (up to :data:`WAVE_AMPLITUDE` of the long side), less the bilinear blend of the corners'
+    moves: the four corners stay where they were (so a scene's corners stay exact) while the
+    edges and the writing between them wave. The slopes facing the light are a little brighter.
+    Returned with transparency where an edge moved inwards; what moves out past the sheet's box
+    is cut."""
+    rgb, alpha = _split_alpha(target)
+    if alpha is None:
+        alpha = np.ones((*rgb.shape[:2], 1), np.float32)
+    h, w = rgb.shape[:2]
+    side = float(max(h, w))
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    b = rng.uniform(0, math.pi)
+    along = ((x - w / 2) * math.cos(b) + (y - h / 2) * math.sin(b)) / side
+    z = rng.uniform(-1, 1) * 4 * along**2  # the bend: a shallow parabola across the sheet
+    for _ in range(int(rng.integers(2, 4))):
+        d, length = rng.uniform(0, math.pi), rng.uniform(0.35, 0.9) * side
+        z = z + rng.uniform(0.3, 1.0) * np.sin(2 * math.pi * (x * math.cos(d) + y * math.sin(d)) / length
+                                               + rng.uniform(0, 2 * math.pi))  # fmt: skip
+    z = z.astype(np.float32)
+    z /= np.abs(z).max() + 1e-6
+    look = rng.uniform(0, 2 * math.pi)
+    move = rng.uniform(*WAVE_AMPLITUDE) * side * np.array([math.cos(look), math.sin(look)], np.float32)
+    u, v = x / max(w - 1, 1), y / max(h - 1, 1)
+    corner_z = z[[0, 0, -1, -1], [0, -1, -1, 0]]  # TL, TR, BR, BL
+    blend = (corner_z[0] * (1 - u) * (1 - v) + corner_z[1] * u * (1 - v)
+             + corner_z[2] * u * v + corner_z[3] * (1 - u) * v)  # fmt: skip
+    z = z - blend
+    # where each shown pixel comes from (the move is small and smooth: its inverse is its negative)
+    src_x, src_y = x - z * move[0], y - z * move[1]
+    rgba = np.concatenate([rgb * alpha, alpha], axis=-1)  # premultiplied: no dark fringe
+    out = cv2.remap(rgba, src_x, src_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    light = rng.uniform(0, 2 * math.pi)
+    tilt = cv2.Sobel(z, cv2.CV_32F, 1, 0) * math.cos(light) + cv2.Sobel(z, cv2.CV_32F, 0, 1) * math.sin(light)
+    shade = 1 + np.float32(rng.uniform(0.05, 0.12)) * tilt / (np.abs(tilt).max() + 1e-6)
+    a = out[..., 3:]
+    colour = np.where(a > 1e-4, out[..., :3] / np.maximum(a, 1e-4), 0) * shade[..., None]
+    return _image(np.clip(colour, 0, 1), a)
 
 
 def _closeup(scene: Scene, rng: np.random.Generator, size: tuple[int, int]) -> Scene:

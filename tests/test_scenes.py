@@ -134,7 +134,14 @@ def _visible_deskew(img: Image.Image, corners: np.ndarray, w: int, h: int) -> tu
     return _deskew(scene, w, h), _deskew(inside, w, h) > 254
 
 
-@pytest.mark.parametrize("variant", scenes.VARIANTS)
+RESHAPED = ("relit", "wavy")
+"""Variants that change the sheet itself before the scene places it, the same size: *wavy* moves
+its pixels between the corners, *relit* shades its relief (which shifts a correlation's peak
+without moving anything). Their own tests check that they keep the corners; the scene places
+them as any target."""
+
+
+@pytest.mark.parametrize("variant", [v for v in scenes.VARIANTS if v not in RESHAPED])
 def test_variants_keep_the_corners_exact(variant, others):
     """Each photo outside the usual range, decoded as a user's upload would be (EXIF orientation applied),
     still has the target exactly at its corners: warped back, the visible part of a random-block target
@@ -207,4 +214,80 @@ def test_a_print_is_a_halftone_of_the_target(target, others):
         grey, colour = grey + (spread < 30), colour + (spread >= 30)
     assert grey >= 5 and colour >= 2, (grey, colour)
     scene = scenes.make_scene(target, others, rng(6), kind="lightbox", variant="print")
+    assert scene.image.size == (1600, 1200) and 0.1 <= scene.target_fraction <= 0.4
+
+
+def test_relit_is_another_photo_of_the_same_sheet(target, others):
+    """*relit*: the target the same size, nothing moved (a dark bar stays where it was), its relief
+    lit from a side (the two edges of a bar differ), mostly in colour with another white balance,
+    sometimes an infrared grey; a cut-out fragment keeps its transparency."""
+    sheet = np.full((200, 300, 3), (185, 150, 105), np.uint8)
+    sheet[:, 140:150] = 40  # a vertical stroke
+    sheet[90:100, :] = 40  # a horizontal one
+    grey = colour = 0
+    for seed in range(12):
+        out = np.asarray(scenes._relit(Image.fromarray(sheet), np.random.default_rng(seed)), np.float32)
+        assert out.shape == (200, 300, 3)
+        lum = out.mean(-1)
+        assert 140 <= int(lum[20:80].mean(0).argmin()) < 150, seed  # the stroke is where it was
+        assert 90 <= int(lum[:, 20:130].mean(1).argmin()) < 100, seed
+        sides = max(abs(lum[20:80, 134:139].mean() - lum[20:80, 151:156].mean()),
+                    abs(lum[84:89, 20:130].mean() - lum[101:106, 20:130].mean()))  # fmt: skip
+        assert sides > 4, (seed, sides)  # one side of a stroke catches the light, the other not
+        spread = np.abs(out[..., 0] - out[..., 2]).max()
+        grey, colour = grey + (spread < 2), colour + (spread >= 2)
+        plain = out[20:80, 20:120]
+        assert np.abs(plain.mean((0, 1)) - sheet[20:80, 20:120].mean((0, 1))).max() > 3, seed  # not the scan's colour
+    assert grey >= 2 and colour >= 5, (grey, colour)
+    opaque = np.where(np.arange(300) < 200, 255, 0)[None].repeat(200, 0)  # the right third transparent
+    cut = Image.fromarray(np.dstack([sheet, opaque]).astype(np.uint8))
+    out = np.asarray(scenes._relit(cut, np.random.default_rng(0)))
+    assert out.shape == (200, 300, 4) and (out[:, 210:, 3] == 0).all() and (out[:, :190, 3] == 255).all()
+    scene = scenes.make_scene(target, others, np.random.default_rng(6), kind="desk", variant="relit")
+    assert scene.image.size == (1600, 1200) and 0.1 <= scene.target_fraction <= 0.4
+
+
+def _shift(patch: np.ndarray, ref: np.ndarray, at: tuple[int, int], reach: int) -> tuple[int, int]:
+    """Where ``patch`` (cut from a picture of ``ref`` at ``at``) lies in ``ref``, relative to ``at``:
+    the shift within ``reach`` that correlates best."""
+    y, x = at
+    h, w = patch.shape
+    scores = {}
+    for dy in range(-reach, reach + 1):
+        for dx in range(-reach, reach + 1):
+            if 0 <= y + dy and y + dy + h <= ref.shape[0] and 0 <= x + dx and x + dx + w <= ref.shape[1]:
+                scores[dy, dx] = _corr(patch, ref[y + dy : y + dy + h, x + dx : x + dx + w])
+    return max(scores, key=scores.__getitem__)
+
+
+def test_wavy_keeps_its_corners_and_waves_between_them(target, others):
+    """*wavy*: the target the same size with transparency; at its four corners nothing moved; in
+    between its pixels moved by up to WAVE_AMPLITUDE of its long side (a patch found again by
+    correlation), and in some sheets an edge moved inwards (transparent there)."""
+    pattern = _pattern(block=4)
+    ref = np.asarray(pattern.convert("L"), np.float32)
+    h, w = ref.shape
+    marked = np.asarray(pattern).copy()
+    corners = [(0, 0), (0, w - 4), (h - 4, w - 4), (h - 4, 0)]
+    for y, x in corners:  # a red square in each corner
+        marked[y : y + 4, x : x + 4] = (255, 0, 0)
+    most, inwards = 0, 0
+    for seed in range(8):
+        out = scenes._wavy(Image.fromarray(marked), np.random.default_rng(seed))
+        assert out.mode == "RGBA" and out.size == pattern.size
+        px = np.asarray(out, np.float32)
+        red = np.clip((px[..., 0] - px[..., 1:3].max(-1)) / 255, 0, 1) * px[..., 3] / 255
+        for y, x in corners:  # each red square is where it was, to a third of a pixel
+            near = red[max(0, y - 6) : y + 10, max(0, x - 6) : x + 10]
+            yy, xx = np.mgrid[max(0, y - 6) : y + 10, max(0, x - 6) : x + 10][:, : near.shape[0], : near.shape[1]]
+            at = np.array([(near * yy).sum(), (near * xx).sum()]) / near.sum()
+            assert np.abs(at - (y + 1.5, x + 1.5)).max() < 0.34, (seed, y, x, at)
+        lum = px[..., :3].mean(-1)
+        moved = [_shift(lum[y : y + 24, x : x + 24], ref, (y, x), 10) for y in (60, 108, 156) for x in (80, 148, 216)]
+        reach = max(max(abs(dy), abs(dx)) for dy, dx in moved)
+        assert reach <= scenes.WAVE_AMPLITUDE[1] * w + 1, (seed, moved)
+        most = max(most, reach)
+        inwards += bool((px[2:-2, 2:-2, 3] < 128).any())
+    assert most >= 2 and inwards >= 1, (most, inwards)
+    scene = scenes.make_scene(target, others, np.random.default_rng(6), kind="lightbox", variant="wavy")
     assert scene.image.size == (1600, 1200) and 0.1 <= scene.target_fraction <= 0.4
