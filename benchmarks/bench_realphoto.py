@@ -388,13 +388,25 @@ def baseline_today(engine: Any, settings: Any, query: Any) -> list[str | None]:
 
 def held_out_searches(engine: Any, negatives: list[Any]) -> list[dict[str, Any]]:
     """The default search of each photo of a papyrus not in the index: whether anything was
-    confirmed (it should not be) and how long the search took."""
+    confirmed (it should not be; then what, with its evidence, so that a false confirmation can be
+    looked at afterwards), the most inliers any of the 5 hits has (of a plausible homography; a
+    wrong reference mostly has none: 0) and how long the search took."""
     out = []
     for q in negatives:
         t = time.perf_counter()
-        confirmed = bool(engine.search(q.data, k=5).confirmed)
-        out.append({"name": q.name, "kind": q.kind, "confirmed": confirmed, "latency": time.perf_counter() - t})
-        print(f"  held-out {q.kind:<8} {q.name:<26} confirmed={confirmed}", flush=True)
+        res = engine.search(q.data, k=5)
+        row = {"name": q.name, "kind": q.kind, "confirmed": bool(res.confirmed), "latency": time.perf_counter() - t}
+        row["most_inliers"] = max((h.inliers or 0 for h in res.hits), default=0)
+        wrong = [
+            {"image_key": h.image_key, "inventory": h.inventory_key, "inliers": h.inliers, "region": h.region}
+            for h in res.hits
+            if h.confirmed
+        ]
+        if wrong:
+            row["confirmed_hits"] = wrong
+        out.append(row)
+        print(f"  held-out {q.kind:<8} {q.name:<26} confirmed={row['confirmed']} most inliers {row['most_inliers']}"
+              + (f" {wrong}" if wrong else ""), flush=True)  # fmt: skip
     return out
 
 
@@ -484,6 +496,7 @@ def _fraction_rows(engine: Any, share: float, positives: list[Any], negatives: l
         "latency": C.summary([r["latency"] for r in rows]),
         "held_out_latency": C.summary(held_latency) if held_latency else None,
         "rows": rows,
+        "held_out_rows": held,
     }
     print(
         f"papyrus at {share:.0%} of the frame: first-stage recall@50 {entry['first_stage']['recall@50']:.3f}, "
@@ -554,6 +567,7 @@ def by_variant(
                 "latency": C.summary([r["latency"] for r in rows]),
                 "held_out_latency": C.summary([r["latency"] for r in held_rows]) if held_rows else None,
                 "rows": rows,
+                "held_out_rows": held_rows,
             }
             print(
                 f"{variant} ({label}): top-1 {entry[label]['top1']:.3f}, top-5 {entry[label]['top5']:.3f}, "
