@@ -782,3 +782,34 @@ def test_a_dark_photo_is_lifted_before_its_keypoints_are_found(scan, scan_featur
     assert np.abs(np.asarray(after.outline) - truth).max() < 8, (after.outline, truth)
     same, again = look(lit, False), look(lit, True)
     assert np.array_equal(same.points, again.points) and np.array_equal(same.descriptors, again.descriptors)
+
+
+def test_the_same_photo_gets_the_same_evidence_every_time(warped, scan_features, other_features) -> None:
+    """Matching is reproducible: a photo matched again (a new k-d forest each time, built after
+    other OpenCV work moved this thread's random generator on, and in another thread) finds the
+    same inliers, the same evidence and the same homography, against its own scan and a wrong
+    one alike; so a borderline hit is confirmed in every search of a photo or in none."""
+    import cv2
+
+    from papyrus_widgets.retrieval.confirm import QueryIndex
+
+    photo, _ = warped
+    query = verify.extract_features(photo, max_keypoints=3000)
+
+    def evidence() -> list[tuple]:
+        cv2.randu(np.empty((64, 64), np.float32), 0, 1)  # other work draws from the generator
+        index = QueryIndex(query)
+        out = []
+        for ref in (scan_features, other_features):
+            v = verify.match(index, ref)
+            out.append((v.inliers, json.dumps(v.matches), json.dumps(v.homography)))
+        return out
+
+    first = evidence()
+    assert first[0][0] >= verify.CONFIRM_INLIERS  # the scan is found
+    again = [evidence() for _ in range(3)]
+    elsewhere: list = []
+    worker = threading.Thread(target=lambda: elsewhere.append(evidence()))
+    worker.start()
+    worker.join()
+    assert all(a == first for a in again + elsewhere)
