@@ -1096,7 +1096,7 @@ VARIANT_WORDS = {
     "dim": "dark (exposure x0.3-0.5), noisy, soft, JPEG 30-45",
     "print": "a plate of a printed edition: halftone, mostly black ink",
     "relit": "another photo of the papyrus: low side light, other colour, 1 in 3 infrared",
-    "wavy": "a sheet not lying flat: waves and a bend, 0.8-2 % of its side",
+    "wavy": "a sheet not lying flat: waves and a bend, moving 0.6-3.7 % of its side",
 }
 
 
