@@ -680,9 +680,9 @@ def _printed(target: Image.Image, rng: np.random.Generator) -> Image.Image:
     where they were: two times in three black ink in a round-dot halftone screen at 45° on
     off-white paper, else four-colour (cyan, magenta, yellow screens at 15°, 75° and 0°); dot gain
     darkens the mid-tones, the paper's white is not the scan's, and the ink spreads a little."""
-    img = _pixels(target, max(target.size))
-    if img.shape[2] == 4:  # a cut-out fragment: the page shows where the scan is transparent
-        img = img[..., :3] * img[..., 3:] + (1 - img[..., 3:])
+    img, alpha = _split_alpha(target)
+    if alpha is not None:  # a cut-out fragment: the page shows where the scan is transparent
+        img = img * alpha + (1 - alpha)
     h, w = img.shape[:2]
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     pitch = rng.uniform(*HALFTONE_PITCH)
