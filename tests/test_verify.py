@@ -813,3 +813,35 @@ def test_the_same_photo_gets_the_same_evidence_every_time(warped, scan_features,
     worker.start()
     worker.join()
     assert all(a == first for a in again + elsewhere)
+
+
+def test_a_search_decodes_its_photo_once_and_gives_each_stage_its_own_copy(tmp_path, monkeypatch) -> None:
+    """A search's stages (preparing, the first look's closer look, the second look) read the
+    stored photo through ``tasks._decode_query``: the first decodes it, the later ones get it from
+    the process's :data:`~papyrus_widgets.tasks.PHOTO_CACHE` (here the stored photo is deleted
+    after the first decode, so a second read of the store would fail), each as a copy of its own
+    (one stage drawing on its photo changes no other's). Other decode bounds are another entry,
+    and ``PHOTO_CACHE = 0`` reads the store every time."""
+    from papyrus_widgets import imaging, storage, tasks
+    from papyrus_widgets.config import Settings
+
+    settings = Settings(data_dir=tmp_path)
+    store = tasks.worker_store(settings)
+    data = reference(QUERY_NAME).read_bytes()
+    key = storage.object_key(storage.QUERIES, imaging.sha256_hex(data), ".jpg")
+    store.put(key, data)
+
+    first = tasks._decode_query(settings, key, QUERY_NAME, tasks.PHOTO_MAX_SIDE)
+    store.delete(key)
+    second = tasks._decode_query(settings, key, QUERY_NAME, tasks.PHOTO_MAX_SIDE)
+    assert second is not first and second.info == first.info
+    assert np.array_equal(np.asarray(second), np.asarray(first))
+    second.paste((255, 0, 0), (0, 0, 64, 64))  # a stage drawing on its copy
+    third = tasks._decode_query(settings, key, QUERY_NAME, tasks.PHOTO_MAX_SIDE)
+    assert np.array_equal(np.asarray(third), np.asarray(first))
+
+    with pytest.raises(KeyError):  # other bounds: decoded anew, from the store
+        tasks._decode_query(settings, key, QUERY_NAME, 1024)
+    monkeypatch.setattr(tasks, "PHOTO_CACHE", 0)
+    with pytest.raises(KeyError):
+        tasks._decode_query(settings, key, QUERY_NAME, tasks.PHOTO_MAX_SIDE)

@@ -351,16 +351,17 @@ def tilted_features(
 
 
 class FeatureCache:
-    """A thread-safe LRU of :class:`Features` by key (e.g. a content-addressed object key)."""
+    """A thread-safe LRU of :class:`Features` by key (e.g. a content-addressed object key); the
+    search also keeps its decoded query photos in one (``tasks.PHOTO_CACHE``)."""
 
     def __init__(self, maxsize: int = CACHE_SIZE) -> None:
         self.maxsize = maxsize
-        self._data: OrderedDict[Hashable, Features] = OrderedDict()
+        self._data: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: Hashable, compute: Callable[[], Features]) -> Features:
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         with self._lock:
             if key in self._data:
                 self._data.move_to_end(key)
