@@ -223,6 +223,18 @@ class Engine:
         finally:
             future.release()
 
+    def submit_decode(self, data: bytes, *, name: str = "query", max_side: int = 2048) -> Any:
+        """Store an image and submit its decoding on a worker, by the search's own decoder (size
+        limits, EXIF orientation, HEIC/HEIF, TIFF, every mode to RGB); returns the Dask future at
+        once. Its result is a JPEG (quality 92) whose long side is at most ``max_side`` pixels: what
+        the widget shows, marks corners on and searches with when the browser cannot decode the
+        file itself (HEIC in most browsers, TIFF)."""
+        settings, key = self._store_query(data, name)
+        return self.client.submit(
+            tasks.preview_task, settings, key, max_side, 92, name,
+            pure=False, priority=tasks.SEARCH_PRIORITY, retries=1,
+        )  # fmt: skip
+
     def submit_preview(self, key: str, *, max_side: int = 1024) -> Any:
         """Submit a JPEG preview (long side at most ``max_side``) of the stored image ``key``; a Dask future."""
         settings = self.resolved_settings()

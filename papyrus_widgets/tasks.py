@@ -704,11 +704,14 @@ def suggest_corners_task(settings: Settings, query_key: str, name: str) -> list[
     return [[round(x * sx, 1), round(y * sy, 1)] for x, y in corners]
 
 
-def preview_task(settings: Settings, key: str, max_side: int = 1024) -> bytes:
-    """A JPEG of the stored image ``key`` whose long side is at most ``max_side`` pixels."""
+def preview_task(
+    settings: Settings, key: str, max_side: int = 1024, quality: int = 85, name: str | None = None
+) -> bytes:
+    """A JPEG (``quality``) of the stored image ``key`` whose long side is at most ``max_side``
+    pixels, turned upright as its EXIF orientation says; ``name`` is what a failure calls it."""
     data = worker_store(settings).get(key)
-    img = imaging.decode_image(data, max_pixels=settings.max_image_pixels, max_side=max_side, name=key)
-    return imaging.jpeg_bytes(img, quality=85)
+    img = imaging.decode_image(data, max_pixels=settings.max_image_pixels, max_side=max_side, name=name or key)
+    return imaging.jpeg_bytes(img, quality=quality)
 
 
 # --- the job handle ----------------------------------------------------------------------------

@@ -14,6 +14,10 @@ Messages from the view (``content`` of the anywidget custom message; buffers in 
 - ``{"type": "cancel"}``;
 - ``{"type": "suggest_corners", "request", "name"}`` [image]
   → ``{"type": "corners", "request", "corners": [[x, y] × 4] | None, "message"}``;
+- ``{"type": "decode", "request", "name"}`` [image the browser cannot decode: HEIC, TIFF]
+  → ``{"type": "decoded", "request", "message"}`` [JPEG, long side at most ``max_side``, upright]
+  (no buffer and a ``message`` when the kernel cannot decode it either); the view shows that copy,
+  marks corners on it and searches with it;
 - ``{"type": "restore", "id"}``: show an earlier result set of the history;
 - ``{"type": "preview", "request", "key"}`` → ``{"type": "preview", "request", "key", "message"}``
   [JPEG, long side 1024] for the ``image_key`` of a result on show or in the history, or for the
@@ -192,7 +196,7 @@ class PapyrusSearch(anywidget.AnyWidget):
         self._interim_of = ""  # the job whose first look's answer is on show (SearchJob.interim_hits)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._side_futures: dict[str, Any] = {}  # suggest / preview futures by kind
+        self._side_futures: dict[str, Any] = {}  # suggest / decode / preview futures by kind
         self.on_msg(self._on_view_msg)
 
     @t.validate("max_side")
@@ -707,6 +711,17 @@ class PapyrusSearch(anywidget.AnyWidget):
                     self.send(dict(reply, request=request, message=_readable(exc)))
                     return
                 self._side_request("suggest", request, future, reply)
+            elif kind == "decode":
+                reply = {"type": "decoded"}
+                try:
+                    if not buffers:
+                        raise ImageError("the browser sent no image data: choose the file again.")
+                    name = str(content.get("name") or "query")
+                    future = self._get_engine().submit_decode(bytes(buffers[0]), name=name, max_side=self.max_side)
+                except Exception as exc:
+                    self.send(dict(reply, request=request, message=_readable(exc)))
+                    return
+                self._side_request("decode", request, future, reply)
             elif kind == "preview":
                 key = str(content.get("key") or "")
                 reply = {"type": "preview", "key": key}

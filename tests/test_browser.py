@@ -579,6 +579,53 @@ def test_four_corner_crop_of_a_photographed_papyrus(page: Any, lab: dict[str, An
     page.screenshot(path=str(OUTPUT / "widget-region.png"))
 
 
+def test_an_iphone_heic_photo_is_shown_and_its_region_found(page: Any, lab: dict[str, Any], tmp_path: Path) -> None:
+    """Chromium cannot decode HEIC, what iPhones save: the kernel decodes it (upright, as its EXIF
+    orientation says) and the view shows that JPEG, marks corners on it and searches with it; a
+    search without corners then offers the region found as corners on it."""
+    import io
+
+    import pillow_heif
+    from PIL import Image
+
+    pillow_heif.register_heif_opener()
+    data, truth = warped_photo()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored lying on its side
+    photo = tmp_path / "IMG_0002.HEIC"
+    Image.open(io.BytesIO(data)).transpose(Image.Transpose.ROTATE_90).save(
+        photo, "HEIF", quality=85, exif=exif.tobytes()
+    )
+    widget = open_and_run_notebook(page, lab)
+    widget.get_by_test_id("file-input").set_input_files(str(photo))
+    canvas = widget.get_by_test_id("corner-canvas")
+    canvas.wait_for(state="visible", timeout=RESULTS_TIMEOUT)
+    # the kernel's copy, upright: 2600 x 3000 seen, at most 2048 (the view's max_side)
+    page.wait_for_function("c => c.dataset.imageWidth === '1775'", arg=canvas.element_handle(), timeout=10_000)
+    assert canvas.get_attribute("data-image-height") == "2048"
+    chosen = widget.get_by_test_id("chosen-name").inner_text()
+    assert chosen == "IMG_0002.jpg: 1775 × 2048 px (IMG_0002.HEIC, decoded by the kernel)", chosen
+
+    widget.get_by_test_id("search-button").click()
+    page.wait_for_function(
+        "c => c.dataset.count === '4' && c.dataset.source === 'region'",
+        arg=canvas.element_handle(),
+        timeout=RESULTS_TIMEOUT,
+    )
+    wait_state(page, widget, "done")
+    cards = widget.get_by_test_id("result-card")
+    assert cards.first.get_attribute("data-inventory-key") == PHOTO_INVENTORY
+    assert cards.first.get_by_test_id("result-badge").inner_text().strip() == "✓ Confirmed"
+    scale = 2048 / PHOTO_SIZE[1]
+    assert_near(canvas_corners(canvas), [[x * scale, y * scale] for x, y in truth], 0.02 * 2048)
+    kernel_execute(
+        page,
+        "import io\nfrom PIL import Image\n"
+        "assert Image.open(io.BytesIO(w.query)).format == 'JPEG' and w.query_name == 'IMG_0002.jpg', w.query_name\n"
+        "assert Image.open(io.BytesIO(w.query)).size == (1775, 2048)",
+    )
+
+
 BLOCK_WORKERS = """
 import time
 from distributed import Event

@@ -678,6 +678,53 @@ def test_suggest_corners_message(indexed_engine: Any) -> None:
     asyncio.run(main())
 
 
+def test_decode_message_turns_a_photo_the_browser_cannot_show_into_an_upright_jpeg(indexed_engine: Any) -> None:
+    """HEIC (iPhones) and TIFF do not decode in most browsers: the view sends the file and gets
+    back what the search's decoder makes of it, as a JPEG of at most ``max_side`` turned upright,
+    to show, mark corners on and search with. A file the kernel cannot decode either says why."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    upright, _ = warped_photo(max_side=2600)
+    img = Image.open(io.BytesIO(upright))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored lying on its side, as an iPhone does
+    heic = io.BytesIO()
+    img.transpose(Image.Transpose.ROTATE_90).save(heic, "HEIF", quality=85, exif=exif.tobytes())
+
+    async def main() -> None:
+        w = PapyrusSearch(engine=indexed_engine, max_side=1024)
+        sent = capture_sends(w)
+        send_from_view(w, {"type": "decode", "request": "d1", "name": "IMG_0002.HEIC"}, [memoryview(heic.getvalue())])
+        content, buffers = await next_message(sent, "decoded")
+        assert content["request"] == "d1" and content["message"] == ""
+        shown = Image.open(io.BytesIO(bytes(buffers[0])))
+        assert shown.format == "JPEG"
+        want = (
+            (round(1024 * img.width / img.height), 1024)
+            if img.height > img.width
+            else (1024, round(1024 * img.height / img.width))
+        )
+        assert abs(shown.width - want[0]) <= 1 and abs(shown.height - want[1]) <= 1, (shown.size, img.size)
+        # upright: the same picture as the photo seen upright, not its stored, turned pixels
+        small = np.asarray(img.convert("L").resize(shown.size), dtype=np.float64)
+        got = np.asarray(shown.convert("L"), dtype=np.float64)
+        assert np.abs(got - small).mean() < 12, np.abs(got - small).mean()
+        assert w._side_futures == {}
+
+        sent.clear()
+        send_from_view(w, {"type": "decode", "request": "d2", "name": "scan.tif"}, [b"II*\x00 not a tiff"])
+        content, buffers = await next_message(sent, "decoded")
+        assert content["request"] == "d2" and "scan.tif" in content["message"] and not buffers
+        sent.clear()
+        send_from_view(w, {"type": "decode", "request": "d3", "name": "x.heic"}, [])
+        assert sent[0][0]["request"] == "d3" and "no image data" in sent[0][0]["message"]
+        assert w.status == {}, "decoding never touches the search status"
+        w.close()
+
+    asyncio.run(main())
+
+
 def test_suggest_corners_from_python(indexed_engine: Any) -> None:
     data, truth = warped_photo(max_side=2048)
     w = PapyrusSearch(engine=indexed_engine)

@@ -3,7 +3,7 @@
 // without corners found (offered as suggested corners), and preparing the bytes a search or a
 // suggestion sends (downscaled here when larger than `max_side`).
 
-import { canvasToBytes, capitalise, errorText, h } from "./dom.js";
+import { canvasToBytes, capitalise, errorText, h, toBytes } from "./dom.js";
 import {
   clientToImage,
   cornersProblem,
@@ -60,16 +60,19 @@ export function isTextField(target) {
  * The query editor of one view. `onChange()` runs when what the form's buttons depend on changes;
  * `onMessage(text)` shows a message on the status line (a paste without an image).
  * Returns {imageField, el, queryLine, attach, detach, chosen, cornerState, prepared,
- * queryPreviewBytes, onCornersMessage, offerRegion, updateQuery, onMaxSideChange, relayout, dispose}.
+ * queryPreviewBytes, onCornersMessage, onDecodedMessage, offerRegion, updateQuery, onMaxSideChange, relayout,
+ * dispose}.
  */
 export function createQueryEditor({ model, id, nextRequest, onChange = () => {}, onMessage = () => {} }) {
   // The chosen image: {file, name, bitmap | null, width, height, corners: [[x, y]] in bitmap pixels,
   // suggested: bool, suggestedBy: "suggest" | "region" | "", source: {data, width, height, scale} | null,
-  // prepared: Map(maxSide → Promise)}
+  // prepared: Map(maxSide → Promise), decodedFrom: the file's own name when the kernel decoded it,
+  // decodeError: why neither the browser nor the kernel could}
   let chosen = null;
   let drag = null; // {index, pointerId}
   let activeCorner = -1;
   let suggestPending = null; // {request, chosen, scaleX, scaleY}
+  let decodePending = null; // {request, mine, resolve}
   let frameRequested = false;
   let disposed = false;
   let dropTarget = null;
@@ -176,6 +179,8 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
     if (chosen && chosen.display) chosen.display.close();
     chosen = mine;
     suggestPending = null;
+    if (decodePending) decodePending.resolve(); // an earlier file's decoding: no longer wanted
+    decodePending = null;
     activeCorner = -1;
     chosenLine.textContent = mine.name;
     changed();
@@ -184,9 +189,7 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
       (bitmap) => {
         mine.bitmap = bitmap;
       },
-      () => {
-        mine.bitmap = null; // e.g. TIFF: sent as it is; the kernel decodes it (or says why it cannot)
-      },
+      () => decodeInKernel(mine), // e.g. HEIC, TIFF: a worker decodes it (or says why it cannot)
     );
     mine.ready.then(() => {
       if (chosen !== mine || disposed) {
@@ -210,12 +213,68 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
     });
   }
 
+  /**
+   * A file this browser cannot decode (HEIC in most browsers, TIFF): a worker decodes it with the
+   * search's own decoder and sends back an upright JPEG, long side at most max_side, which is then
+   * shown, marked and searched with in its place. Resolves when that is done or has failed
+   * (`mine.bitmap` stays null, `mine.decodeError` says why).
+   */
+  function decodeInKernel(mine) {
+    return new Promise((resolve) => {
+      const request = nextRequest();
+      decodePending = { request, mine, resolve };
+      chosenLine.textContent = `${mine.name}: this browser cannot show it; decoding it in the kernel…`;
+      mine.file.arrayBuffer().then(
+        (bytes) => {
+          if (decodePending && decodePending.request === request) {
+            model.send({ type: "decode", request, name: mine.name }, undefined, [bytes]);
+          }
+        },
+        (err) => {
+          if (decodePending && decodePending.request === request) decodePending = null;
+          mine.decodeError = errorText(err);
+          resolve();
+        },
+      );
+    });
+  }
+
+  /** The kernel's `decoded` reply: the JPEG of a file this browser could not decode, or why not. */
+  function onDecodedMessage(content, buffers) {
+    const pending = decodePending;
+    if (!pending || pending.request !== content.request) return;
+    decodePending = null;
+    const { mine, resolve } = pending;
+    const bytes = buffers && buffers.length ? toBytes(buffers[0]) : null;
+    if (content.message || !bytes || !bytes.byteLength) {
+      mine.decodeError = content.message || "no image came back";
+      resolve();
+      return;
+    }
+    const blob = new Blob([bytes], { type: "image/jpeg" });
+    createImageBitmap(blob).then(
+      (bitmap) => {
+        mine.decodedFrom = mine.name;
+        mine.name = downscaledName(mine.name);
+        mine.file = new File([blob], mine.name, { type: "image/jpeg" });
+        mine.bitmap = bitmap;
+        resolve();
+      },
+      (err) => {
+        mine.decodeError = errorText(err);
+        resolve();
+      },
+    );
+  }
+
   function queryChosenNote() {
     if (!chosen) return;
     if (!chosen.bitmap) {
       cornerHint.textContent = "";
       queryLine.hidden = false;
-      queryLine.textContent = `Chosen: ${chosen.name} (this browser cannot show it; it is sent as it is)`;
+      const why = chosen.decodeError ? `; nor could the kernel decode it: ${chosen.decodeError}` : "";
+      queryLine.textContent = `Chosen: ${chosen.name} (this browser cannot show it${why}; it is sent as it is)`;
+      chosenLine.textContent = chosen.name;
     } else {
       updateQuery();
     }
@@ -619,9 +678,10 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
   function onMaxSideChange() {
     if (chosen && chosen.bitmap) {
       const fit = fitWithin(chosen.width, chosen.height, model.get("max_side"));
-      chosenLine.textContent = fit.downscaled
+      const line = fit.downscaled
         ? `${chosen.name}: ${chosen.width} × ${chosen.height} px, sent as ${fit.width} × ${fit.height}`
         : `${chosen.name}: ${chosen.width} × ${chosen.height} px`;
+      chosenLine.textContent = chosen.decodedFrom ? `${line} (${chosen.decodedFrom}, decoded by the kernel)` : line;
     }
   }
 
@@ -692,6 +752,7 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
     prepared,
     queryPreviewBytes,
     onCornersMessage,
+    onDecodedMessage,
     offerRegion,
     updateQuery,
     onMaxSideChange,

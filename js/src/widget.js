@@ -147,6 +147,7 @@ export function render({ model, el }) {
     if (!content || typeof content !== "object") return;
     if (content.type === "ack") stages.ack(content.request);
     else if (content.type === "corners") editor.onCornersMessage(content);
+    else if (content.type === "decoded") editor.onDecodedMessage(content, buffers);
     else if (content.type === "preview") compare.onPreviewMessage(content, buffers);
   }
 

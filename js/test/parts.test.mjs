@@ -371,3 +371,81 @@ test("region found: nothing is offered for an unconfirmed top hit, or for an ent
     delete globalThis.createImageBitmap;
   }
 });
+
+test("a photo the browser cannot decode (HEIC) is decoded by the kernel, then shown, marked and searched as its JPEG", async () => {
+  const jpeg = new Uint8Array([0xff, 0xd8, 0xff, 0xe0, 1, 2, 3, 4]);
+  const decodedBy = [];
+  globalThis.createImageBitmap = async (source) => {
+    if (source && source.name === "IMG_0002.HEIC") throw new Error("The source image could not be decoded.");
+    if (source instanceof Blob) decodedBy.push(source); // not the bitmap resized for the canvas
+    return { width: 2048, height: 1536, close() {} };
+  };
+  const model = fakeModel();
+  const el = h("div");
+  const dispose = render({ model, el });
+  try {
+    await settle();
+    const heic = { name: "IMG_0002.HEIC", type: "image/heic", arrayBuffer: async () => new Uint8Array([9, 9, 9]).buffer };
+    el.byTestId("file-input").files = [heic];
+    el.byTestId("file-input").dispatchEvent(new FakeEvent("change"));
+    for (let i = 0; i < 4; i++) await settle();
+    const asked = model.sent.filter((m) => m.content.type === "decode");
+    assert.equal(asked.length, 1, "the kernel is asked to decode it");
+    assert.equal(asked[0].content.name, "IMG_0002.HEIC");
+    assert.deepEqual([...new Uint8Array(asked[0].buffers[0])], [9, 9, 9]);
+    assert.match(el.byTestId("chosen-name").textContent, /decoding it in the kernel/);
+    // A stale reply (another request) changes nothing; the right one brings the photo.
+    model.emit({ type: "decoded", request: asked[0].content.request + 100, message: "" }, [jpeg.buffer]);
+    await settle();
+    assert.equal(decodedBy.length, 0);
+    model.emit({ type: "decoded", request: asked[0].content.request, message: "" }, [new DataView(jpeg.buffer)]);
+    for (let i = 0; i < 4; i++) await settle();
+    assert.equal(decodedBy.length, 1);
+    assert.deepEqual([...new Uint8Array(await decodedBy[0].arrayBuffer())], [...jpeg]);
+    const canvas = el.byTestId("corner-canvas");
+    assert.equal(canvas.dataset.imageWidth, "2048");
+    assert.equal(el.byTestId("chosen-name").textContent, "IMG_0002.jpg: 2048 × 1536 px (IMG_0002.HEIC, decoded by the kernel)");
+    // The search sends the kernel's JPEG, under a name that says what it is.
+    el.byTestId("search-button").click();
+    for (let i = 0; i < 4; i++) await settle();
+    const search = model.sent.find((m) => m.content.type === "search");
+    assert.ok(search, "the search was sent");
+    assert.equal(search.content.name, "IMG_0002.jpg");
+    assert.deepEqual([...new Uint8Array(search.buffers[0])], [...jpeg]);
+  } finally {
+    dispose();
+    delete globalThis.createImageBitmap;
+  }
+});
+
+test("a photo neither the browser nor the kernel can decode says why, and is sent as it is", async () => {
+  globalThis.createImageBitmap = async () => {
+    throw new Error("The source image could not be decoded.");
+  };
+  const model = fakeModel();
+  const el = h("div");
+  const dispose = render({ model, el });
+  try {
+    await settle();
+    const file = { name: "scan.tif", type: "image/tiff", arrayBuffer: async () => new Uint8Array([7, 7]).buffer };
+    el.byTestId("file-input").files = [file];
+    el.byTestId("file-input").dispatchEvent(new FakeEvent("change"));
+    for (let i = 0; i < 4; i++) await settle();
+    const asked = model.sent.find((m) => m.content.type === "decode");
+    model.emit({ type: "decoded", request: asked.content.request, message: "scan.tif is not an image that can be read" }, []);
+    for (let i = 0; i < 4; i++) await settle();
+    assert.equal(
+      el.byTestId("query-name").textContent,
+      "Chosen: scan.tif (this browser cannot show it; nor could the kernel decode it: scan.tif is not an image that can be read; it is sent as it is)",
+    );
+    assert.equal(el.byTestId("chosen-name").textContent, "scan.tif");
+    el.byTestId("search-button").click();
+    for (let i = 0; i < 4; i++) await settle();
+    const search = model.sent.find((m) => m.content.type === "search");
+    assert.equal(search.content.name, "scan.tif");
+    assert.deepEqual([...new Uint8Array(search.buffers[0])], [7, 7]);
+  } finally {
+    dispose();
+    delete globalThis.createImageBitmap;
+  }
+});
