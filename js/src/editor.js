@@ -1,7 +1,8 @@
 // The query editor: choosing the photo (file input, drop, paste), marking its four corners on a
 // canvas (pointer and keyboard), the live deskewed preview, "Suggest corners", the region a search
 // without corners found (offered as suggested corners), and preparing the bytes a search or a
-// suggestion sends (downscaled here when larger than `max_side`).
+// suggestion sends (downscaled here when larger than `max_side`; decoded by the kernel when the
+// browser cannot decode the file itself).
 
 import { canvasToBytes, capitalise, errorText, h, toBytes } from "./dom.js";
 import {
@@ -56,6 +57,10 @@ export function isTextField(target) {
   return tag === "input" || tag === "textarea" || Boolean(target.isContentEditable);
 }
 
+/** How long the view waits for the kernel to decode a file the browser cannot (then it sends the
+ * file as it is, as before the kernel was asked). */
+export const DECODE_TIMEOUT_MS = 60_000;
+
 /**
  * The query editor of one view. `onChange()` runs when what the form's buttons depend on changes;
  * `onMessage(text)` shows a message on the status line (a paste without an image).
@@ -72,7 +77,7 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
   let drag = null; // {index, pointerId}
   let activeCorner = -1;
   let suggestPending = null; // {request, chosen, scaleX, scaleY}
-  let decodePending = null; // {request, mine, resolve}
+  let decodePending = null; // {request, mine, resolve, timer}
   let frameRequested = false;
   let disposed = false;
   let dropTarget = null;
@@ -179,8 +184,7 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
     if (chosen && chosen.display) chosen.display.close();
     chosen = mine;
     suggestPending = null;
-    if (decodePending) decodePending.resolve(); // an earlier file's decoding: no longer wanted
-    decodePending = null;
+    endDecode(""); // an earlier file's decoding: no longer wanted
     activeCorner = -1;
     chosenLine.textContent = mine.name;
     changed();
@@ -222,7 +226,12 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
   function decodeInKernel(mine) {
     return new Promise((resolve) => {
       const request = nextRequest();
-      decodePending = { request, mine, resolve };
+      const timer = setTimeout(() => {
+        if (decodePending && decodePending.request === request) {
+          endDecode(`the kernel did not answer within ${DECODE_TIMEOUT_MS / 1000} s`);
+        }
+      }, DECODE_TIMEOUT_MS);
+      decodePending = { request, mine, resolve, timer };
       chosenLine.textContent = `${mine.name}: this browser cannot show it; decoding it in the kernel…`;
       mine.file.arrayBuffer().then(
         (bytes) => {
@@ -231,12 +240,20 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
           }
         },
         (err) => {
-          if (decodePending && decodePending.request === request) decodePending = null;
-          mine.decodeError = errorText(err);
-          resolve();
+          if (decodePending && decodePending.request === request) endDecode(errorText(err));
         },
       );
     });
+  }
+
+  /** Stop waiting for the kernel's decoding (`why`: what the file's note says, or ""), if waiting. */
+  function endDecode(why) {
+    const pending = decodePending;
+    if (!pending) return;
+    decodePending = null;
+    clearTimeout(pending.timer);
+    if (why) pending.mine.decodeError = why;
+    pending.resolve();
   }
 
   /** The kernel's `decoded` reply: the JPEG of a file this browser could not decode, or why not. */
@@ -244,6 +261,7 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
     const pending = decodePending;
     if (!pending || pending.request !== content.request) return;
     decodePending = null;
+    clearTimeout(pending.timer);
     const { mine, resolve } = pending;
     const bytes = buffers && buffers.length ? toBytes(buffers[0]) : null;
     if (content.message || !bytes || !bytes.byteLength) {
@@ -760,6 +778,7 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
     choose,
     dispose() {
       disposed = true;
+      endDecode("");
       for (const [target, type, fn] of listeners) target.removeEventListener(type, fn);
       if (dropTarget) for (const [type, fn] of rootListeners) dropTarget.removeEventListener(type, fn);
       if (resizeObserver) resizeObserver.disconnect();

@@ -6,7 +6,7 @@ import { test } from "node:test";
 import { createCompare } from "../src/compare.js";
 import { NO_IMAGE_MESSAGE, createControls } from "../src/controls.js";
 import { capitalise, h } from "../src/dom.js";
-import { PASTE_NO_IMAGE_MESSAGE, createQueryEditor, isTextField, pastedImageFile } from "../src/editor.js";
+import { DECODE_TIMEOUT_MS, PASTE_NO_IMAGE_MESSAGE, createQueryEditor, isTextField, pastedImageFile } from "../src/editor.js";
 import { createExport, exportMeta } from "../src/export.js";
 import { createHistory } from "../src/history.js";
 import { createResults } from "../src/results.js";
@@ -445,6 +445,39 @@ test("a photo neither the browser nor the kernel can decode says why, and is sen
     assert.equal(search.content.name, "scan.tif");
     assert.deepEqual([...new Uint8Array(search.buffers[0])], [7, 7]);
   } finally {
+    dispose();
+    delete globalThis.createImageBitmap;
+  }
+});
+
+test("a kernel that does not answer the decoding within DECODE_TIMEOUT_MS: the view stops waiting and says why", async (t) => {
+  globalThis.createImageBitmap = async () => {
+    throw new Error("The source image could not be decoded.");
+  };
+  const model = fakeModel();
+  const el = h("div");
+  const dispose = render({ model, el });
+  const flush = async () => {
+    for (let i = 0; i < 20; i++) await Promise.resolve();
+  };
+  try {
+    await settle();
+    t.mock.timers.enable({ apis: ["setTimeout"] });
+    el.byTestId("file-input").files = [{ name: "IMG_0003.HEIC", type: "image/heic", arrayBuffer: async () => new Uint8Array([5]).buffer }];
+    el.byTestId("file-input").dispatchEvent(new FakeEvent("change"));
+    await flush();
+    assert.equal(model.sent.filter((m) => m.content.type === "decode").length, 1);
+    t.mock.timers.tick(DECODE_TIMEOUT_MS - 1);
+    await flush();
+    assert.match(el.byTestId("chosen-name").textContent, /decoding it in the kernel/);
+    t.mock.timers.tick(1);
+    await flush();
+    assert.equal(
+      el.byTestId("query-name").textContent,
+      `Chosen: IMG_0003.HEIC (this browser cannot show it; nor could the kernel decode it: the kernel did not answer within ${DECODE_TIMEOUT_MS / 1000} s; it is sent as it is)`,
+    );
+  } finally {
+    t.mock.timers.reset();
     dispose();
     delete globalThis.createImageBitmap;
   }
