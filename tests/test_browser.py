@@ -471,6 +471,23 @@ def test_drop_paste_and_history(page: Any, lab: dict[str, Any]) -> None:
     page.screenshot(path=str(OUTPUT / "widget-history.png"))
 
 
+def search_until_the_region_is_offered(page: Any, widget: Any, canvas: Any) -> Any:
+    """Search the chosen photo without corners until the region found is offered as corners on
+    ``canvas`` and the search is done; the top card must be the photo's papyrus, confirmed.
+    Returns the result cards."""
+    widget.get_by_test_id("search-button").click()
+    page.wait_for_function(
+        "c => c.dataset.count === '4' && c.dataset.source === 'region'",
+        arg=canvas.element_handle(),
+        timeout=RESULTS_TIMEOUT,
+    )
+    wait_state(page, widget, "done")
+    cards = widget.get_by_test_id("result-card")
+    assert cards.first.get_attribute("data-inventory-key") == PHOTO_INVENTORY
+    assert cards.first.get_by_test_id("result-badge").inner_text().strip() == "✓ Confirmed"
+    return cards
+
+
 def test_four_corner_crop_of_a_photographed_papyrus(page: Any, lab: dict[str, Any], tmp_path: Path) -> None:
     # 2600 x 3000 as seen, stored on its side with EXIF orientation 6 (as phones do): the browser
     # shows it upright and sends it upright, downscaled to 2048.
@@ -563,16 +580,8 @@ def test_four_corner_crop_of_a_photographed_papyrus(page: Any, lab: dict[str, An
     widget.get_by_test_id("compare-close").click()
     widget.get_by_test_id("reset-button").click()
     assert canvas.get_attribute("data-count") == "0"
-    widget.get_by_test_id("search-button").click()
-    page.wait_for_function(
-        "c => c.dataset.count === '4' && c.dataset.source === 'region'",
-        arg=canvas.element_handle(),
-        timeout=RESULTS_TIMEOUT,
-    )
-    wait_state(page, widget, "done")
+    search_until_the_region_is_offered(page, widget, canvas)
     kernel_execute(page, "assert w.history[-1]['corners'] is None and w.region is not None, w.verdict")
-    assert cards.first.get_attribute("data-inventory-key") == PHOTO_INVENTORY
-    assert cards.first.get_by_test_id("result-badge").inner_text().strip() == "✓ Confirmed"
     assert_near(canvas_corners(canvas), truth, 0.02 * max(PHOTO_SIZE))
     assert widget.get_by_test_id("corner-hint").inner_text().startswith("Region found: drag the corners to adjust")
     widget.scroll_into_view_if_needed()
@@ -606,16 +615,7 @@ def test_an_iphone_heic_photo_is_shown_and_its_region_found(page: Any, lab: dict
     chosen = widget.get_by_test_id("chosen-name").inner_text()
     assert chosen == "IMG_0002.jpg: 1775 × 2048 px (IMG_0002.HEIC, decoded by the kernel)", chosen
 
-    widget.get_by_test_id("search-button").click()
-    page.wait_for_function(
-        "c => c.dataset.count === '4' && c.dataset.source === 'region'",
-        arg=canvas.element_handle(),
-        timeout=RESULTS_TIMEOUT,
-    )
-    wait_state(page, widget, "done")
-    cards = widget.get_by_test_id("result-card")
-    assert cards.first.get_attribute("data-inventory-key") == PHOTO_INVENTORY
-    assert cards.first.get_by_test_id("result-badge").inner_text().strip() == "✓ Confirmed"
+    search_until_the_region_is_offered(page, widget, canvas)
     scale = 2048 / PHOTO_SIZE[1]
     assert_near(canvas_corners(canvas), [[x * scale, y * scale] for x, y in truth], 0.02 * 2048)
     kernel_execute(
