@@ -231,7 +231,7 @@ class Engine:
         file itself (HEIC in most browsers, TIFF)."""
         settings, key = self._store_query(data, name)
         return self.client.submit(
-            tasks.preview_task, settings, key, max_side, 92, name,
+            tasks.preview_task, settings, key, max_side, quality=92, name=name,
             pure=False, priority=tasks.SEARCH_PRIORITY, retries=1,
         )  # fmt: skip
 

@@ -165,22 +165,30 @@ def _photo_cache() -> Any:
 _PHOTOS: Any = None
 
 
+def _decode_stored(settings: Settings, key: str, name: str, max_side: int, max_bytes: int | None = None) -> Any:
+    """The stored image ``key`` read from this process's object store and decoded safely
+    (:func:`imaging.decode_image`: ``settings.max_image_pixels``, ``max_bytes``), with a long side
+    of at most ``max_side``; ``name`` is what a failure calls it."""
+    data = worker_store(settings).get(key)
+    return imaging.decode_image(
+        data, max_pixels=settings.max_image_pixels, max_bytes=max_bytes, max_side=max_side, name=name
+    )
+
+
 def _decode_query(settings: Settings, query_key: str, name: str, max_side: int) -> Any:
-    """The stored query ``query_key`` decoded safely with a long side of at most ``max_side``: from
-    this process's :data:`PHOTO_CACHE` when a stage before decoded it (query keys are
-    content-addressed, so an entry never goes stale), as a copy of its own (the caller may change
-    it)."""
-    store = worker_store(settings)
-    limits = (settings.max_image_pixels, settings.max_upload_bytes)
+    """The stored query ``query_key`` decoded safely (:func:`_decode_stored`, uploads' byte limit)
+    with a long side of at most ``max_side``: from this process's :data:`PHOTO_CACHE` when a stage
+    before decoded it (query keys are content-addressed, so an entry never goes stale), as a copy
+    of its own (the caller may change it)."""
 
     def decode() -> Any:
-        return imaging.decode_image(
-            store.get(query_key), max_pixels=limits[0], max_bytes=limits[1], max_side=max_side, name=name
-        )
+        return _decode_stored(settings, query_key, name, max_side, settings.max_upload_bytes)
 
     if PHOTO_CACHE <= 0:
         return decode()
-    return _photo_cache().get((store.describe(), query_key, max_side, limits), decode).copy()
+    limits = (settings.max_image_pixels, settings.max_upload_bytes)
+    key = (worker_store(settings).describe(), query_key, max_side, limits)
+    return _photo_cache().get(key, decode).copy()
 
 
 def _query_features(img: Any, region: Sequence[Sequence[float]] | None) -> Any:
@@ -351,8 +359,7 @@ def reference_features(settings: Settings, image_key: str) -> Any:
                 return stored
         except Exception:  # noqa: BLE001 - not stored (yet), the store failing, an unreadable .npz: recompute
             pass
-        data = store.get(image_key)
-        img = imaging.decode_image(data, max_pixels=settings.max_image_pixels, max_side=MAX_SIDE, name=image_key)
+        img = _decode_stored(settings, image_key, image_key, MAX_SIDE)
         features = extract_features(img, size=img.info.get("original_size"))
         try:
             store.put(fkey, features.to_bytes())
@@ -692,10 +699,7 @@ def verify_task(
 def suggest_corners_task(settings: Settings, query_key: str, name: str) -> list[list[float]] | None:
     """Corners of the papyrus region of a stored query (TL, TR, BR, BL) in the pixels of the image
     as stored (after EXIF orientation), or None when no separate region stands out."""
-    data = worker_store(settings).get(query_key)
-    img = imaging.decode_image(
-        data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_upload_bytes, max_side=1024, name=name
-    )
+    img = _decode_stored(settings, query_key, name, 1024, settings.max_upload_bytes)
     corners = imaging.suggest_corners(img)
     if corners is None:
         return None
@@ -709,9 +713,7 @@ def preview_task(
 ) -> bytes:
     """A JPEG (``quality``) of the stored image ``key`` whose long side is at most ``max_side``
     pixels, turned upright as its EXIF orientation says; ``name`` is what a failure calls it."""
-    data = worker_store(settings).get(key)
-    img = imaging.decode_image(data, max_pixels=settings.max_image_pixels, max_side=max_side, name=name or key)
-    return imaging.jpeg_bytes(img, quality=quality)
+    return imaging.jpeg_bytes(_decode_stored(settings, key, name or key, max_side), quality=quality)
 
 
 # --- the job handle ----------------------------------------------------------------------------

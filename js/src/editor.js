@@ -184,7 +184,7 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
     if (chosen && chosen.display) chosen.display.close();
     chosen = mine;
     suggestPending = null;
-    endDecode(""); // an earlier file's decoding: no longer wanted
+    endDecode(null, ""); // an earlier file's decoding: no longer wanted
     activeCorner = -1;
     chosenLine.textContent = mine.name;
     changed();
@@ -226,11 +226,10 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
   function decodeInKernel(mine) {
     return new Promise((resolve) => {
       const request = nextRequest();
-      const timer = setTimeout(() => {
-        if (decodePending && decodePending.request === request) {
-          endDecode(`the kernel did not answer within ${DECODE_TIMEOUT_MS / 1000} s`);
-        }
-      }, DECODE_TIMEOUT_MS);
+      const timer = setTimeout(
+        () => endDecode(request, `the kernel did not answer within ${DECODE_TIMEOUT_MS / 1000} s`),
+        DECODE_TIMEOUT_MS,
+      );
       decodePending = { request, mine, resolve, timer };
       chosenLine.textContent = `${mine.name}: this browser cannot show it; decoding it in the kernel…`;
       mine.file.arrayBuffer().then(
@@ -239,29 +238,32 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
             model.send({ type: "decode", request, name: mine.name }, undefined, [bytes]);
           }
         },
-        (err) => {
-          if (decodePending && decodePending.request === request) endDecode(errorText(err));
-        },
+        (err) => endDecode(request, errorText(err)),
       );
     });
   }
 
-  /** Stop waiting for the kernel's decoding (`why`: what the file's note says, or ""), if waiting. */
-  function endDecode(why) {
+  /** The decoding waited for, if it is `request`'s (any, for null): no longer waited for. */
+  function takeDecode(request) {
     const pending = decodePending;
-    if (!pending) return;
+    if (!pending || (request !== null && pending.request !== request)) return null;
     decodePending = null;
     clearTimeout(pending.timer);
+    return pending;
+  }
+
+  /** Stop waiting for `request`'s decoding (null: whichever is waited for); `why` goes in its note. */
+  function endDecode(request, why) {
+    const pending = takeDecode(request);
+    if (!pending) return;
     if (why) pending.mine.decodeError = why;
     pending.resolve();
   }
 
   /** The kernel's `decoded` reply: the JPEG of a file this browser could not decode, or why not. */
   function onDecodedMessage(content, buffers) {
-    const pending = decodePending;
-    if (!pending || pending.request !== content.request) return;
-    decodePending = null;
-    clearTimeout(pending.timer);
+    const pending = takeDecode(content.request);
+    if (!pending) return;
     const { mine, resolve } = pending;
     const bytes = buffers && buffers.length ? toBytes(buffers[0]) : null;
     if (content.message || !bytes || !bytes.byteLength) {
@@ -778,7 +780,7 @@ export function createQueryEditor({ model, id, nextRequest, onChange = () => {},
     choose,
     dispose() {
       disposed = true;
-      endDecode("");
+      endDecode(null, "");
       for (const [target, type, fn] of listeners) target.removeEventListener(type, fn);
       if (dropTarget) for (const [type, fn] of rootListeners) dropTarget.removeEventListener(type, fn);
       if (resizeObserver) resizeObserver.disconnect();
