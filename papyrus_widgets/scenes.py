@@ -614,7 +614,11 @@ SCENES = {"screen": screen_scene, "desk": desk_scene, "lightbox": lightbox_scene
 STEEP_TILT = (45.0, 60.0)
 """Camera tilt (degrees) of the *steep* variant."""
 
-VARIANTS = ("closeup", "steep", "phone", "turned", "dim", "print", "relit", "wavy")
+RESENT_SIDE = (480, 1024)
+"""Long side (pixels) of a *resent* photo: what messengers and mail clients shrink a photo to
+(640-1,280 px are common settings; 480 is a thumbnail's)."""
+
+VARIANTS = ("closeup", "steep", "phone", "turned", "dim", "print", "relit", "wavy", "resent")
 """Photos outside the range the scenes are drawn from (``make_scene(..., variant=...)``), to see how
 the search holds up beyond it rather than to tune on: *closeup*, only 35-60 % of the papyrus in the
 frame, which it fills; *steep*, the camera tilted by :data:`STEEP_TILT` degrees from square-on
@@ -628,7 +632,8 @@ of the papyrus than the scan indexed (:func:`_relit`: light from a low side, une
 balance and tone curves, sometimes an infrared image); *wavy*, a sheet that does not lie flat
 (:func:`_wavy`: gentle waves and a bend, seen from an angle, so that no homography maps it
 exactly). *relit* and *wavy* are drawn in any scene kind (the photo on a screen, or the sheet on
-a desk or a lightbox)."""
+a desk or a lightbox). *resent*, the photo as a colleague's messenger or mail delivers it:
+shrunk to a long side of :data:`RESENT_SIDE` and compressed again (JPEG quality 55-80)."""
 
 
 def make_scene(
@@ -666,6 +671,8 @@ def make_scene(
     scene = SCENES[kind](target, others, rng, size=size, fraction=fraction)
     if variant == "turned":
         return _turned(scene, int(rng.choice([90, 180, 270])))
+    if variant == "resent":
+        return _resent(scene, rng)
     return _dim(scene, rng)
 
 
@@ -834,6 +841,17 @@ def _dim(scene: Scene, rng: np.random.Generator) -> Scene:
     frame = frame + rng.standard_normal(frame.shape[:2], dtype=np.float32)[..., None] * np.float32(rng.uniform(5, 9))
     out = _jpeg(Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8), "RGB"), int(rng.integers(30, 46)))
     return Scene(out, scene.corners, scene.kind, scene.target_fraction, scene.orientation)
+
+
+def _resent(scene: Scene, rng: np.random.Generator) -> Scene:
+    """``scene`` shrunk to a long side drawn from :data:`RESENT_SIDE` and saved again as JPEG of
+    quality 55-80, as a messenger delivers a photo; corners scaled with it."""
+    w, h = scene.image.size
+    f = rng.uniform(*RESENT_SIDE) / max(w, h)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    small = _jpeg(scene.image.resize(size, Image.Resampling.LANCZOS), int(rng.integers(55, 81)))
+    corners = scene.corners * [size[0] / w, size[1] / h]
+    return Scene(small, corners, scene.kind, scene.target_fraction, scene.orientation)
 
 
 def encode(scene: Scene, quality: int = 92) -> bytes:

@@ -193,6 +193,9 @@ def test_variants_are_what_they_say(target, others):
     dim = scenes.make_scene(target, others, rng(4), kind="desk", variant="dim")
     assert np.asarray(dim.image).mean() < 0.6 * np.asarray(plain.image).mean()
     assert np.array_equal(dim.corners, plain.corners)
+    resent = [scenes.make_scene(target, others, rng(s), kind="screen", variant="resent") for s in range(4)]
+    assert all(scenes.RESENT_SIDE[0] <= max(r.image.size) <= scenes.RESENT_SIDE[1] for r in resent)
+    assert all(abs(r.image.width / r.image.height - 4 / 3) < 0.01 for r in resent)
     with pytest.raises(ValueError, match="variant"):
         scenes.make_scene(target, others, rng(0), variant="underwater")
 
