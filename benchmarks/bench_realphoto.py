@@ -62,7 +62,7 @@ look, ``tasks.TILTED_LOOK``, which is on by default). ``--fractions`` compares w
 too when one is given (*words-alone*: as before Hamming embedding).
 
 Run alone: ``python benchmarks/bench_realphoto.py [--quick] [--distractors N] [--per-ref N] [--derived N]
-[--fractions F,F,...] [--variants V,V,...] [--trial untilted|words-alone|uncached|control]``.
+[--fractions F,F,...] [--variants V,V,...] [--trial untilted|words-alone|uncached|unenlarged|control]``.
 """
 
 from __future__ import annotations
@@ -512,13 +512,15 @@ TRIALS: dict[str, dict[str, Any]] = {
     "untilted": {"tasks.TILTED_LOOK": False},
     "words-alone": {"retrieval.vocabulary.HAMMING_THRESHOLD": 64},
     "uncached": {"tasks.PHOTO_CACHE": 0},
+    "unenlarged": {"retrieval.features.QUERY_MIN_SIDE": 0},
     "control": {},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
 module switches of ``papyrus_widgets`` to set (``module.NAME``). *untilted*: without the tilted
 look (figure 0d's default; it is on by default); *words-alone*: every pair of keypoints of a word
 matches, as before Hamming embedding (64 of 64 bits may differ); *uncached*: each stage of a search
-decodes the photo from the store itself, as before ``tasks.PHOTO_CACHE``; *control*: no switch at
+decodes the photo from the store itself, as before ``tasks.PHOTO_CACHE``; *unenlarged*: a small
+photo (or region) is looked at as it is, as before ``features.QUERY_MIN_SIDE``; *control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""
 TRIAL = TRIALS["untilted"]

@@ -192,15 +192,16 @@ def _decode_query(settings: Settings, query_key: str, name: str, max_side: int) 
 
 
 def _query_features(img: Any, region: Sequence[Sequence[float]] | None) -> Any:
-    from .retrieval.features import QUERY_MAX_KEYPOINTS, QUERY_MAX_SIDE, extract_features
+    from .retrieval import features as F  # read at call time: a benchmark's trial may switch them
 
-    return extract_features(
+    return F.extract_features(
         img,
         size=img.info.get("original_size", img.size),
-        max_side=QUERY_MAX_SIDE,
-        max_keypoints=QUERY_MAX_KEYPOINTS,
+        max_side=F.QUERY_MAX_SIDE,
+        max_keypoints=F.QUERY_MAX_KEYPOINTS,
         region=region,
         lift_dark=True,
+        min_side=F.QUERY_MIN_SIDE,
     )
 
 

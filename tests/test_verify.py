@@ -784,6 +784,49 @@ def test_a_dark_photo_is_lifted_before_its_keypoints_are_found(scan, scan_featur
     assert np.array_equal(same.points, again.points) and np.array_equal(same.descriptors, again.descriptors)
 
 
+def test_a_small_photo_is_enlarged_before_its_keypoints_are_found(scan, scan_features) -> None:
+    """A photo sent on by a messenger (400 x 300 px, JPEG 70) shows the papyrus in about 120 px:
+    looked at as it is, SIFT finds too few keypoints on it to confirm its scan; enlarged to
+    ``QUERY_MIN_SIDE`` first, it is confirmed, the outline where the scan lies in the photo's own
+    pixels, and so is a region marked on it (enlarged by the same factor). A photo at least that
+    large is looked at exactly as without it, whole or a region of it."""
+    from papyrus_widgets import tasks
+    from papyrus_widgets.retrieval.confirm import QueryIndex
+    from papyrus_widgets.retrieval.features import QUERY_MAX_KEYPOINTS, QUERY_MAX_SIDE, QUERY_MIN_SIDE
+    from papyrus_widgets.scenes import _jpeg as scenes_jpeg
+
+    w, h = 400, 300
+    photo = Image.new("RGB", (w, h), (150, 140, 120))
+    small = scan.resize((round(scan.width * 120 / scan.height), 120), Image.Resampling.LANCZOS)
+    x0, y0 = 150, 90
+    photo.paste(small, (x0, y0))
+    photo = scenes_jpeg(photo, 70)
+
+    def look(img: Image.Image, min_side: int) -> verify.Features:
+        return verify.extract_features(
+            img, max_side=QUERY_MAX_SIDE, max_keypoints=QUERY_MAX_KEYPOINTS, min_side=min_side
+        )
+
+    plain, enlarged = look(photo, 0), look(photo, QUERY_MIN_SIDE)
+    assert plain.work_side == w and enlarged.work_side == QUERY_MIN_SIDE and enlarged.size == (w, h)
+    assert tasks._query_features(photo, None).work_side == QUERY_MIN_SIDE  # what a search looks at
+    before, after = verify.match(QueryIndex(plain), scan_features), verify.match(QueryIndex(enlarged), scan_features)
+    assert not before.confirmed and after.confirmed, (before.inliers, after.inliers)
+    k = small.width / scan_features.size[0]
+    sw, sh = scan_features.size
+    truth = np.array([[0, 0], [sw, 0], [sw, sh], [0, sh]]) * k + [x0, y0]
+    assert np.abs(np.asarray(after.outline) - truth).max() < 4, (after.outline, truth)
+    region = [[x0, y0], [x0 + small.width, y0], [x0 + small.width, y0 + 120], [x0, y0 + 120]]
+    inside = verify.extract_features(photo, max_side=QUERY_MAX_SIDE, region=region, min_side=QUERY_MIN_SIDE)
+    assert inside.work_scale == pytest.approx(QUERY_MIN_SIDE / w, rel=0.01)  # its region enlarged alike
+    assert verify.match(QueryIndex(inside), scan_features).confirmed
+    big = photo.resize((QUERY_MIN_SIDE, QUERY_MIN_SIDE * 3 // 4))
+    for where in (None, [[v * QUERY_MIN_SIDE / w for v in p] for p in region]):  # a photo as large: as before
+        same = verify.extract_features(big, max_side=QUERY_MAX_SIDE, region=where)
+        again = verify.extract_features(big, max_side=QUERY_MAX_SIDE, region=where, min_side=QUERY_MIN_SIDE)
+        assert np.array_equal(same.points, again.points) and np.array_equal(same.descriptors, again.descriptors)
+
+
 def test_the_same_photo_gets_the_same_evidence_every_time(warped, scan_features, other_features) -> None:
     """Matching is reproducible: a photo matched again (a new k-d forest each time, built after
     other OpenCV work moved this thread's random generator on, and in another thread) finds the
