@@ -752,6 +752,26 @@ def _dark(photo: Image.Image, seed: int) -> Image.Image:
     return _jpeg(Image.fromarray(np.clip(dark, 0, 255).astype(np.uint8)), 35)
 
 
+def _on_a_desk(
+    scan: Image.Image, frame: tuple[int, int], height: int, at: tuple[int, int] | None = None
+) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """A photo of ``frame`` size: ``scan`` shrunk to ``height`` px on a desk-coloured ground, its top
+    left at ``at`` (default: centred); and where it lies, (x0, y0, width, height)."""
+    w, h = frame
+    small = scan.resize((round(scan.width * height / scan.height), height), Image.Resampling.LANCZOS)
+    x0, y0 = at if at is not None else ((w - small.width) // 2, (h - small.height) // 2)
+    photo = Image.new("RGB", (w, h), (150, 140, 120))
+    photo.paste(small, (x0, y0))
+    return photo, (x0, y0, small.width, small.height)
+
+
+def _outline(box: tuple[int, int, int, int], reference_size: tuple[int, int]) -> np.ndarray:
+    """The reference's corners (TL, TR, BR, BL, in its features' pixels) where ``box`` shows it."""
+    x0, y0, width, _ = box
+    sw, sh = reference_size
+    return np.array([[0, 0], [sw, 0], [sw, sh], [0, sh]]) * (width / sw) + [x0, y0]
+
+
 def test_a_dark_photo_is_lifted_before_its_keypoints_are_found(scan, scan_features) -> None:
     """A photo taken in a dim room (its brightest 1 % far below white) yields few keypoints, since
     SIFT's contrast threshold is absolute; ``lift_dark`` stretches it to the full grey range at
@@ -761,10 +781,7 @@ def test_a_dark_photo_is_lifted_before_its_keypoints_are_found(scan, scan_featur
     from papyrus_widgets.retrieval.features import QUERY_MAX_KEYPOINTS, QUERY_MAX_SIDE, _dark_range
 
     w, h = 1600, 1200
-    lit = Image.new("RGB", (w, h), (150, 140, 120))  # a papyrus at 3/8 of the frame's height, on a desk
-    small = scan.resize((round(scan.width * 450 / scan.height), 450), Image.Resampling.LANCZOS)
-    x0, y0 = (w - small.width) // 2, (h - small.height) // 2
-    lit.paste(small, (x0, y0))
+    lit, box = _on_a_desk(scan, (w, h), 450)  # a papyrus at 3/8 of the frame's height
     dark = _dark(lit, seed=7)
     assert _dark_range(lit.convert("L")) is None and _dark_range(dark.convert("L")) is not None
 
@@ -776,9 +793,7 @@ def test_a_dark_photo_is_lifted_before_its_keypoints_are_found(scan, scan_featur
     before, after = verify.match(QueryIndex(plain), scan_features), verify.match(QueryIndex(lifted), scan_features)
     assert len(plain) < 200 < 1000 < len(lifted), (len(plain), len(lifted))
     assert not before.confirmed and after.confirmed and after.inliers > 2 * max(before.inliers, 10), (before, after)
-    k = small.width / scan_features.size[0]
-    sw, sh = scan_features.size
-    truth = np.array([[0, 0], [sw, 0], [sw, sh], [0, sh]]) * k + [x0, y0]
+    truth = _outline(box, scan_features.size)
     assert np.abs(np.asarray(after.outline) - truth).max() < 8, (after.outline, truth)
     same, again = look(lit, False), look(lit, True)
     assert np.array_equal(same.points, again.points) and np.array_equal(same.descriptors, again.descriptors)
@@ -796,11 +811,9 @@ def test_a_small_photo_is_enlarged_before_its_keypoints_are_found(scan, scan_fea
     from papyrus_widgets.scenes import _jpeg as scenes_jpeg
 
     w, h = 400, 300
-    photo = Image.new("RGB", (w, h), (150, 140, 120))
-    small = scan.resize((round(scan.width * 120 / scan.height), 120), Image.Resampling.LANCZOS)
-    x0, y0 = 150, 90
-    photo.paste(small, (x0, y0))
+    photo, box = _on_a_desk(scan, (w, h), 120, at=(150, 90))
     photo = scenes_jpeg(photo, 70)
+    x0, y0, sw, _ = box
 
     def look(img: Image.Image, min_side: int) -> verify.Features:
         return verify.extract_features(
@@ -812,11 +825,9 @@ def test_a_small_photo_is_enlarged_before_its_keypoints_are_found(scan, scan_fea
     assert tasks._query_features(photo, None).work_side == QUERY_MIN_SIDE  # what a search looks at
     before, after = verify.match(QueryIndex(plain), scan_features), verify.match(QueryIndex(enlarged), scan_features)
     assert not before.confirmed and after.confirmed, (before.inliers, after.inliers)
-    k = small.width / scan_features.size[0]
-    sw, sh = scan_features.size
-    truth = np.array([[0, 0], [sw, 0], [sw, sh], [0, sh]]) * k + [x0, y0]
+    truth = _outline(box, scan_features.size)
     assert np.abs(np.asarray(after.outline) - truth).max() < 4, (after.outline, truth)
-    region = [[x0, y0], [x0 + small.width, y0], [x0 + small.width, y0 + 120], [x0, y0 + 120]]
+    region = [[x0, y0], [x0 + sw, y0], [x0 + sw, y0 + 120], [x0, y0 + 120]]
     inside = verify.extract_features(photo, max_side=QUERY_MAX_SIDE, region=region, min_side=QUERY_MIN_SIDE)
     assert inside.work_scale == pytest.approx(QUERY_MIN_SIDE / w, rel=0.01)  # its region enlarged alike
     assert verify.match(QueryIndex(inside), scan_features).confirmed
