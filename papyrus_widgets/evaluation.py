@@ -188,11 +188,23 @@ def held_out_split(paths: Sequence[str | os.PathLike], n: int, seed: int) -> tup
     return [p for p in files if inventory_of(p) not in held], [p for p in files if inventory_of(p) in held]
 
 
+def _distractor_draws(i: int, seed: int, n_sources: int) -> tuple[np.random.Generator, int]:
+    """The random generator of distractor ``i`` and which of ``n_sources`` sources it is cut from."""
+    rng = np.random.default_rng([seed, 7, i])
+    return rng, int(rng.integers(n_sources))
+
+
+def distractor_source(i: int, n_sources: int, seed: int = 0) -> int:
+    """Which of ``n_sources`` sources :func:`distractor_crop` cuts distractor ``i`` from (without
+    decoding any: to tell which distractors show a given photograph)."""
+    return _distractor_draws(i, seed, n_sources)[1]
+
+
 def distractor_crop(sources: Sequence[Image.Image], i: int, seed: int = 0, max_side: int = 1024) -> Image.Image:
     """Distractor ``i``: a seeded crop of one of ``sources`` (real photographs of other papyri) —
     15-80 % of its short side, aspect 0.6-1.6, a quarter turn, a colour shift, long side ≤ ``max_side``."""
-    rng = np.random.default_rng([seed, 7, i])
-    src = sources[int(rng.integers(len(sources)))]
+    rng, which = _distractor_draws(i, seed, len(sources))
+    src = sources[which]
     w, h = src.size
     side = rng.uniform(0.15, 0.8) * min(w, h)
     aspect = rng.uniform(0.6, 1.6)

@@ -126,6 +126,22 @@ def test_evaluate_counts_top1_top5_map_recall() -> None:
 # --------------------------------------------------------------------------------------------- queries
 
 
+def test_distractor_source_names_the_photograph_a_crop_is_cut_from() -> None:
+    """``distractor_source`` tells, without any image, which source ``distractor_crop`` cuts
+    distractor ``i`` from (figure 0e leaves out the crops of the photographs it queries)."""
+    from papyrus_widgets.evaluation import distractor_crop, distractor_source
+
+    levels = [20, 80, 140, 200]  # grey levels that a colour shift of ±15 % keeps apart
+    sources = [Image.new("RGB", (300 + 40 * k, 260), (v, v, v)) for k, v in enumerate(levels)]
+    seen = set()
+    for i in range(40):
+        which = distractor_source(i, len(sources), seed=5)
+        crop = np.asarray(distractor_crop(sources, i, seed=5), dtype=np.float32)
+        assert int(np.argmin([abs(crop.mean() - v) for v in levels])) == which
+        seen.add(which)
+    assert seen == {0, 1, 2, 3}
+
+
 def test_inventory_of_names_and_folders(tmp_path) -> None:
     assert inventory_of("19317_p_g_192_c.jpg") == "p_g_192_c"
     assert inventory_of("21090.xml_p_g_159.jpg") == "p_g_159"
