@@ -61,8 +61,19 @@ with no corners twice on the same cluster: as the search is now and as it would 
 look, ``tasks.TILTED_LOOK``, which is on by default). ``--fractions`` compares with a ``--trial``
 too when one is given (*words-alone*: as before Hamming embedding).
 
+**Another photograph of the same papyrus, real** (``--cross-capture``, result
+``realphoto-crosscapture``, figure 0e; not part of ``make bench``): the PapyrusViz fragments were
+photographed in colour and again in infrared. The 11 colour photographs are ingested as
+references; the distractors are figure 0's sequence without those cut from an infrared photograph
+(as many kept: ``--distractors``); each of the 10 infrared photographs is searched with no corners
+as the file itself and in :data:`CROSS_CAPTURE_SCENES` scenes among other papyri (none a
+fragment). A hit is right when it shows the fragment in colour (its reference, or a crop of its
+colour photograph or of a colour join holding it); first-stage recall, top-1/top-5, confirmed,
+latency, and the pipeline before this change on the same photos.
+
 Run alone: ``python benchmarks/bench_realphoto.py [--quick] [--distractors N] [--per-ref N] [--derived N]
-[--fractions F,F,...] [--variants V,V,...] [--trial untilted|words-alone|uncached|unenlarged|control]``.
+[--fractions F,F,...] [--variants V,V,...] [--trial untilted|words-alone|uncached|unenlarged|control]
+[--cross-capture]``.
 """
 
 from __future__ import annotations
@@ -184,8 +195,9 @@ def _cache_dir(vocabulary: str, model: str) -> Path:
     return CACHE / f"{SEED}-{vocabulary}-{feature_params().replace('/', '_')}-{model}"
 
 
-def add_distractors(engine: Any, settings: Any, n: int) -> tuple[float, int]:
-    """Index ``n`` distractor crops; returns (seconds, chunks read from the cache)."""
+def add_distractors(engine: Any, settings: Any, n: int, keep: Any = None) -> tuple[float, int]:
+    """Index ``n`` distractor crops (those ``keep(i)`` accepts, when given); returns (seconds,
+    chunks read from the cache)."""
     from papyrus_widgets import index, storage, tasks
     from papyrus_widgets.metadata import PapyrusRecord
     from papyrus_widgets.model import embed_arrays
@@ -206,6 +218,8 @@ def add_distractors(engine: Any, settings: Any, n: int) -> tuple[float, int]:
     def write(batch: list[Any], vectors: np.ndarray) -> None:
         rows = []
         for (i, sha, feats, _words, _weights, _, size), vec in zip(batch, vectors):
+            if keep is not None and not keep(i):
+                continue
             key = storage.object_key(storage.ORIGINALS, sha, ".jpg")
             store.put(storage.features_key(key), feats)
             # the postings as the ingest makes them (words with their keypoints' signatures), from
@@ -359,10 +373,11 @@ def rank_of(hits: list[Any], truth: str) -> int | None:
     return None
 
 
-def baseline_today(engine: Any, settings: Any, query: Any) -> list[str | None]:
+def baseline_today(engine: Any, settings: Any, query: Any, field: str = "inventory_key") -> list[str | None]:
     """The default search before this change: embedding kNN of the whole photo (top 10), each
     verified against the photo's features at 768 px / 1000 keypoints, scores blended
-    (``embedding + (1 - embedding) * support``); returns the inventory keys, best first."""
+    (``embedding + (1 - embedding) * support``); returns the hits' ``field`` (the inventory keys),
+    best first."""
     from papyrus_widgets import imaging, index, tasks
     from papyrus_widgets.model import embed_arrays
     from papyrus_widgets.retrieval import blend, extract_features, match
@@ -382,7 +397,7 @@ def baseline_today(engine: Any, settings: Any, query: Any) -> list[str | None]:
             s = blend(emb, v.support)
         except Exception:  # noqa: BLE001
             s = emb
-        scored.append((s, emb, r["inventory_key"]))
+        scored.append((s, emb, r[field]))
     scored.sort(key=lambda t: (-t[0], -t[1]))
     return [t[2] for t in scored]
 
@@ -551,6 +566,132 @@ def _switch(engine: Any, values: dict[str, Any]) -> None:
     assert _current(values) == values
 
 
+FRAGMENTS = C.SHARED_DATA / "fragments"
+"""PapyrusViz: fragments photographed in colour (``colour/``) and again in infrared (``infrared/``)."""
+CROSS_CAPTURE_SCENES = 3
+"""Scenes per infrared photograph in figure 0e (besides the file itself)."""
+
+
+def _shows(name: str) -> set[str]:
+    """The PapyrusViz fragments a file shows: ``0567a_r_IR.webp`` -> {0567a}; a join
+    (``0812a_0812b_2275_r_CL.jpeg``) -> each of its fragments."""
+    return set(Path(name).stem.split("_r_")[0].split("_"))
+
+
+def _infrared(name: str) -> bool:
+    return Path(name).stem.endswith("_IR")
+
+
+def cross_capture_distractors(kept: int) -> tuple[int, Any]:
+    """(n, keep): the first ``n`` distractors of which ``keep`` accepts ``kept``: those not cut from
+    an infrared photograph (``fragments/infrared``, the infrared joins), which would show the
+    queried photographs themselves."""
+    from papyrus_widgets.evaluation import distractor_source
+
+    sources = distractor_sources()
+    infrared = {k for k, p in enumerate(sources) if _infrared(p.name)}
+
+    def keep(i: int) -> bool:
+        return distractor_source(i, len(sources), SEED) not in infrared
+
+    n = count = 0
+    while count < kept:
+        count += keep(n)
+        n += 1
+    return n, keep
+
+
+def cross_capture(engine: Any, settings: Any, root: Path, around: list[Any], per_photo: int) -> dict[str, Any]:
+    """Figure 0e: another photograph of the same papyrus, real. The colour photographs of the
+    PapyrusViz fragments are ingested as references; each infrared photograph of the same fragments
+    is searched with no corners, as the file itself and in ``per_photo`` scenes (``around``: other
+    papyri, none of the fragments). A hit is right when it shows the fragment in colour: its
+    reference, or a distractor cut from its colour photograph or from a colour join that holds it."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from papyrus_widgets import index, scenes
+    from papyrus_widgets.evaluation import distractor_source
+    from papyrus_widgets.metadata import record_for_image
+
+    colour = sorted((FRAGMENTS / "colour").glob("*.webp"))
+    report = engine.ingest(C.link_folder(colour, root / "colour"), progress=False)
+    print(f"colour photographs of the fragments: {report}", flush=True)
+    with index.connect(settings.database_url) as conn:
+        total = index.image_count(conn)
+    sources = distractor_sources()
+    rows: list[dict[str, Any]] = []
+    for i, path in enumerate(sorted((FRAGMENTS / "infrared").glob("*.webp"))):
+        (fragment,) = _shows(path.name)
+        refs = {record_for_image(p, {}).key for p in colour if fragment in _shows(p.name)}
+        shown = {k for k, p in enumerate(sources) if not _infrared(p.name) and fragment in _shows(p.name)}
+
+        def right(key: str, refs: set[str] = refs, shown: set[int] = shown) -> bool:
+            if key.startswith("distractor:"):
+                return distractor_source(int(key.split(":")[1]), len(sources), SEED) in shown
+            return key in refs
+
+        target = Image.open(path)
+        target.load()
+        target = target.convert("RGBA")
+        target.thumbnail((1600, 1600))
+        photos = [("file", path.read_bytes())]
+        for j in range(per_photo):
+            scene = scenes.make_scene(target, around, np.random.default_rng([SEED + 900, i, j]))
+            photos.append((scene.kind, scenes.encode(scene)))
+        for kind, data in photos:
+            first = engine.search(data, k=100, verify=False)
+            t = time.perf_counter()
+            res = engine.search(data, k=5)
+            latency = time.perf_counter() - t
+            base = baseline_today(engine, settings, SimpleNamespace(data=data), field="key")
+            top = res.hits[0] if res.hits else None
+            row = {
+                "name": path.name,
+                "kind": kind,
+                "first_rank": next((k + 1 for k, h in enumerate(first.hits) if right(h.key)), None),
+                "rank": next((h.rank for h in res.hits if right(h.key)), None),
+                "top_confirmed": bool(top and top.confirmed and right(top.key)),
+                "top_is_reference": bool(top and top.key in refs),
+                "inliers": top.inliers if top else None,
+                "latency": latency,
+                "baseline_rank": next((k + 1 for k, key in enumerate(base) if key and right(key)), None),
+            }
+            rows.append(row)
+            print(f"  {kind:<8} {path.name:<18} first={row['first_rank']} rank={row['rank']} "
+                  f"conf={row['top_confirmed']} baseline={row['baseline_rank']} {latency:.2f}s",
+                  flush=True)  # fmt: skip
+
+    def figures(part: list[dict[str, Any]]) -> dict[str, Any]:
+        def at(key: str, k: int) -> float:
+            return float(np.mean([r[key] is not None and r[key] <= k for r in part]))
+
+        return {
+            "queries": len(part),
+            "first_stage": {f"recall@{k}": at("first_rank", k) for k in (10, 50, 100)},
+            "top1": at("rank", 1),
+            "top5": at("rank", 5),
+            "confirmed": float(np.mean([r["top_confirmed"] for r in part])),
+            "baseline_top1": at("baseline_rank", 1),
+            "latency": C.summary([r["latency"] for r in part]),
+        }
+
+    out = {
+        "name": NAME + "-crosscapture",
+        "gallery": {"images": total, "references": report.added},
+        "files": figures([r for r in rows if r["kind"] == "file"]),
+        "scenes": figures([r for r in rows if r["kind"] != "file"]),
+        "rows": rows,
+    }
+    for part in ("files", "scenes"):
+        f = out[part]
+        print(f"{part}: top-1 {f['top1']:.3f} (baseline {f['baseline_top1']:.3f}), top-5 {f['top5']:.3f}, "
+              f"confirmed {f['confirmed']:.3f}, first-stage recall@50 {f['first_stage']['recall@50']:.3f}, "
+              f"p50 {f['latency']['p50']:.2f} s", flush=True)  # fmt: skip
+    return out
+
+
 def by_variant(
     engine: Any, papyri: Papyri, variants: list[str], total: int, trial: dict[str, Any] = TRIAL
 ) -> dict[str, Any]:
@@ -612,6 +753,11 @@ def main() -> None:
                 help="comma-separated scenes.VARIANTS (e.g. closeup,steep,dim,print): as it is and with --trial",
             ),
             p.add_argument(
+                "--cross-capture",
+                action="store_true",
+                help="figure 0e: infrared photographs of fragments searched against their colour photographs",
+            ),
+            p.add_argument(
                 "--trial",
                 choices=sorted(TRIALS),
                 default=None,
@@ -636,7 +782,10 @@ def main() -> None:
         report = engine.ingest(folder, C.HGV_DIR, progress=False)
         ingest_s = time.perf_counter() - t0
         print(f"references: {report}", flush=True)
-        distractor_s, cached_chunks = add_distractors(engine, rs, n_distractors)
+        keep = None
+        if args.cross_capture:  # as many distractors, none cut from the infrared photographs queried
+            n_distractors, keep = cross_capture_distractors(n_distractors)
+        distractor_s, cached_chunks = add_distractors(engine, rs, n_distractors, keep)
         with index.connect(rs.database_url) as conn:
             total = index.image_count(conn)
         print(f"index: {total} images ({n_distractors} distractors) built in {distractor_s:.0f} s", flush=True)
@@ -661,6 +810,11 @@ def main() -> None:
             return
 
         engine.search(positives[0].data, k=5)  # warm: model, pools, vocabulary on the workers
+        if args.cross_capture:
+            around = list(ref_imgs.values()) + list(sources.values())  # no fragment among them
+            result = cross_capture(engine, rs, ws.root, around, CROSS_CAPTURE_SCENES)
+            C.write_result(args.out, NAME + "-crosscapture", result)
+            return
         if args.fractions:
             shares = [float(f) for f in args.fractions.split(",") if f.strip()]
             result = by_fraction(engine, papyri, shares, total, TRIALS[args.trial] if args.trial else None)
