@@ -211,6 +211,15 @@ def test_confirmed_needs_spread_as_well_as_inliers() -> None:
     assert verify.is_confirmed(v) and verify.confirmed_score(0.0, v) == pytest.approx(1.0)
     few = verify.Verification(inliers=verify.CONFIRM_INLIERS - 1, matches=[], homography=None, support=0.1, spread=0.5)
     assert not verify.is_confirmed(few)
+    # a band (a fragment's few lines of text) confirms only with far more inliers than chance reaches
+    from papyrus_widgets.retrieval.confirm import CONFIRM_BAND_INLIERS
+
+    band = verify.Verification(inliers=CONFIRM_BAND_INLIERS - 1, matches=[], homography=None, support=1.0, spread=0.1)
+    assert not verify.is_confirmed(band)
+    band.inliers = CONFIRM_BAND_INLIERS
+    assert verify.is_confirmed(band)
+    band.spread = 0.06  # as thin as a shared strip: no
+    assert not verify.is_confirmed(band)
 
 
 def test_orb_fallback_matches_too(warped, scan) -> None:
