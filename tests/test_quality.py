@@ -138,7 +138,7 @@ def test_another_photograph_of_the_papyrus_finds_it(gate) -> None:
     colour photograph first, confirmed. Floors 8 of 10 each; measured when written 9 of 10 each
     (figure 0e: 9 of 10 files and 27 of 30 scenes among 10,046 images). The one it misses, 0567e:
     its infrared photograph shows almost nothing of what its colour one does (10 inliers at most).
-    0567j's match lies on its two lines of text (112-126 inliers over 0.10-0.11 of the reference's
+    0567j's match lies on its two lines of text (126 inliers over 0.11 of its colour photograph's
     short side): confirmed by ``confirm.CONFIRM_BAND_INLIERS`` (before it: first, only similar)."""
     import numpy as np
     from PIL import Image

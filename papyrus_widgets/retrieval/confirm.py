@@ -63,7 +63,7 @@ CONFIRM_BAND_INLIERS = 100
 """… or with at least this many inliers spread over at least :data:`CONFIRM_BAND_SPREAD`: a match
 this strong is no chance match even when it lies on a band. Where two photographs share little but
 the ink — a fragment with two lines of text, photographed in colour and again in infrared
-(PapyrusViz 0567j: 112-126 inliers spread over 0.10-0.11, figure 0e) — the inliers lie on the
+(PapyrusViz 0567j: 126 inliers spread over 0.11, figure 0e) — the inliers lie on the
 lines. Wrong references reached 32 inliers at most (64 held-out photos against 35 references;
 the same photo matched four times) and shared strips spread 0.02-0.06."""
 CONFIRM_BAND_SPREAD = 0.08
