@@ -373,8 +373,8 @@ def rank_of(hits: list[Any], truth: str) -> int | None:
     return None
 
 
-def baseline_today(engine: Any, settings: Any, query: Any, field: str = "inventory_key") -> list[str | None]:
-    """The default search before this change: embedding kNN of the whole photo (top 10), each
+def baseline_today(engine: Any, settings: Any, data: bytes, field: str = "inventory_key") -> list[str | None]:
+    """The default search before this change: embedding kNN of the whole photo ``data`` (top 10), each
     verified against the photo's features at 768 px / 1000 keypoints, scores blended
     (``embedding + (1 - embedding) * support``); returns the hits' ``field`` (the inventory keys),
     best first."""
@@ -382,12 +382,12 @@ def baseline_today(engine: Any, settings: Any, query: Any, field: str = "invento
     from papyrus_widgets.model import embed_arrays
     from papyrus_widgets.retrieval import blend, extract_features, match
 
-    img = imaging.decode_image(query.data, max_side=2048)
+    img = imaging.decode_image(data, max_side=2048)
     model, _ = tasks.worker_model(settings.model, settings.model_revision)
     vec = embed_arrays(model, imaging.model_input(img)[None])[0]
     with index.pooled_connection(settings.database_url) as conn:
         rows = index.knn(conn, vec, 10)
-    small = imaging.decode_image(query.data, max_side=768)
+    small = imaging.decode_image(data, max_side=768)
     qf = extract_features(small, size=small.info.get("original_size"))
     scored = []
     for r in rows:
@@ -607,12 +607,8 @@ def cross_capture(engine: Any, settings: Any, root: Path, around: list[Any], per
     is searched with no corners, as the file itself and in ``per_photo`` scenes (``around``: other
     papyri, none of the fragments). A hit is right when it shows the fragment in colour: its
     reference, or a distractor cut from its colour photograph or from a colour join that holds it."""
-    from types import SimpleNamespace
-
-    from PIL import Image
-
     from papyrus_widgets import index, scenes
-    from papyrus_widgets.evaluation import distractor_source
+    from papyrus_widgets.evaluation import cut_out, distractor_source
     from papyrus_widgets.metadata import record_for_image
 
     colour = sorted((FRAGMENTS / "colour").glob("*.webp"))
@@ -632,10 +628,7 @@ def cross_capture(engine: Any, settings: Any, root: Path, around: list[Any], per
                 return distractor_source(int(key.split(":")[1]), len(sources), SEED) in shown
             return key in refs
 
-        target = Image.open(path)
-        target.load()
-        target = target.convert("RGBA")
-        target.thumbnail((1600, 1600))
+        target = cut_out(path)
         photos = [("file", path.read_bytes())]
         for j in range(per_photo):
             scene = scenes.make_scene(target, around, np.random.default_rng([SEED + 900, i, j]))
@@ -645,7 +638,7 @@ def cross_capture(engine: Any, settings: Any, root: Path, around: list[Any], per
             t = time.perf_counter()
             res = engine.search(data, k=5)
             latency = time.perf_counter() - t
-            base = baseline_today(engine, settings, SimpleNamespace(data=data), field="key")
+            base = baseline_today(engine, settings, data, field="key")
             top = res.hits[0] if res.hits else None
             row = {
                 "name": path.name,
@@ -848,7 +841,7 @@ def main() -> None:
             exact = engine.search(q.data, k=5, corners=q.corners)
             row["corners_latency"] = time.perf_counter() - t
             row["corners_rank"] = rank_of(exact.hits, q.truth)
-            base = baseline_today(engine, rs, q)
+            base = baseline_today(engine, rs, q.data)
             row["baseline_rank"] = next((i + 1 for i, key in enumerate(base) if key == q.truth), None)
             rows.append(row)
             print(

@@ -188,6 +188,16 @@ def held_out_split(paths: Sequence[str | os.PathLike], n: int, seed: int) -> tup
     return [p for p in files if inventory_of(p) not in held], [p for p in files if inventory_of(p) in held]
 
 
+def cut_out(path: str | os.PathLike, max_side: int = 1600) -> Image.Image:
+    """A photograph with transparency (a segmented fragment, PapyrusViz's WebPs) as RGBA, long side
+    at most ``max_side``: a scene's target keeps its outline (:func:`~papyrus_widgets.imaging.decode_image`
+    would lay it on white)."""
+    with Image.open(path) as img:
+        out = img.convert("RGBA")
+    out.thumbnail((max_side, max_side))
+    return out
+
+
 def _distractor_draws(i: int, seed: int, n_sources: int) -> tuple[np.random.Generator, int]:
     """The random generator of distractor ``i`` and which of ``n_sources`` sources it is cut from."""
     rng = np.random.default_rng([seed, 7, i])

@@ -141,17 +141,16 @@ def test_another_photograph_of_the_papyrus_finds_it(gate) -> None:
     0567j's match lies on its two lines of text (126 inliers over 0.11 of its colour photograph's
     short side): confirmed by ``confirm.CONFIRM_BAND_INLIERS`` (before it: first, only similar)."""
     import numpy as np
-    from PIL import Image
 
     from papyrus_widgets import scenes
+    from papyrus_widgets.evaluation import cut_out
 
     engine, _, _, others, _ = gate
     found = {"file": 0, "scene": 0}
     lines = []
     for i, path in enumerate(sorted((FRAGMENTS / "infrared").glob("*.webp"))):
         fragment = path.name.split("_r_")[0]
-        target = Image.open(path).convert("RGBA")
-        target.thumbnail((1600, 1600))
+        target = cut_out(path)
         scene = scenes.make_scene(target, list(others.values()), np.random.default_rng([SEED, 5, i]))
         for kind, data in (("file", path.read_bytes()), ("scene", scenes.encode(scene))):
             top = engine.search(data, k=5).top
