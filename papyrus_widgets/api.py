@@ -20,7 +20,7 @@ import numpy as np
 from . import imaging, index, services, storage, tasks
 from .config import DEFAULT_MODEL, Settings
 from .errors import ImageError, JobError, PapyrusError
-from .metadata import load_metadata, record_for_image
+from .metadata import holds_hgv_records, load_metadata, name_id_unknown, record_for_image
 from .request import SearchRequest
 from .results import IngestReport, Results
 
@@ -271,7 +271,9 @@ class Engine:
         t0 = time.perf_counter()
         paths = list(iter_images(folder))
         records = load_metadata(metadata)
-        items = [tasks.IngestItem(str(p), record_for_image(p, records)) for p in paths]
+        hgv_given = holds_hgv_records(records)
+        items = [tasks.IngestItem(str(p), record_for_image(p, records, hgv_given=hgv_given)) for p in paths]
+        unlinked = [(str(p), i) for p in paths if (i := name_id_unknown(p, records, hgv_given=hgv_given))]
         settings = self.resolved_settings()
         url = settings.database_url or self.database_url
         if bulk is None:
@@ -283,6 +285,7 @@ class Engine:
             index.ensure_hnsw(url)  # an earlier bulk ingest may have died before its build
         with index.hnsw_deferred(url) if bulk else contextlib.nullcontext():
             report = self._run_ingest(settings, url, items, batch_size, progress, upload)
+        report.unlinked = unlinked
         report.seconds = time.perf_counter() - t0
         return report
 

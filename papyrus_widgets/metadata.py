@@ -34,8 +34,10 @@ from .imaging import IMAGE_SUFFIXES
 __all__ = [
     "MetadataError",
     "PapyrusRecord",
+    "holds_hgv_records",
     "inventory_from_key",
     "load_metadata",
+    "name_id_unknown",
     "parse_hgv_xml",
     "parse_reference_filename",
     "read_csv_records",
@@ -49,8 +51,9 @@ _IMAGE_SUFFIXES = frozenset({*IMAGE_SUFFIXES, ".jp2", ".heic"})
 """Endings stripped from a file name to find its HGV id (also those of images Pillow cannot read)."""
 # HGV ids are digits with an optional lower-case letter suffix ("19395a").
 _HGV_ID_RE = re.compile(r"^(\d+[a-z]?)$")
-# "<HGV id>[.xml]_<inventory>" or a bare "<HGV id>[.xml]".
-_REF_NAME_RE = re.compile(r"^(\d+[a-z]?)(?:\.xml)?(?:_(.+))?$", re.IGNORECASE)
+# "<HGV id>[.xml]_<inventory>" or a bare "<HGV id>[.xml]". HGV ids are not zero-padded, so a
+# name that begins with a zero ("0567a_r_CL", a fragment's own number) is not one.
+_REF_NAME_RE = re.compile(r"^([1-9]\d*[a-z]?)(?:\.xml)?(?:_(.+))?$", re.IGNORECASE)
 # Heidelberg Greek inventory keys: p_g_192_c, p_g_407_a-c, p_g_1298.
 _HEID_KEY_RE = re.compile(r"^p_g_(\d+)((?:_[a-z0-9+-]+)*)$")
 # "P.Heid. inv. G 192 c", "P.Heid. Inv. G 652 R", "P. Heid. G 213".
@@ -205,7 +208,12 @@ def parse_reference_filename(name: str) -> tuple[str | None, str | None]:
 
     "19317_p_g_192_c.jpg" -> ("19317", "p_g_192_c"); the stray ".xml" in
     "21090.xml_p_g_159.jpg" is dropped; "19317.jpg" -> ("19317", None); a name that is only a
-    recognised inventory ("p_g_192_c.jpg") -> (None, "p_g_192_c"); anything else -> (None, None).
+    recognised inventory ("p_g_192_c.jpg") -> (None, "p_g_192_c"); anything else, a name that
+    begins with a zero among them ("0567a_r_CL.webp"), -> (None, None).
+
+    The name alone cannot tell an HGV id from another collection's number ("1203_C1_11R.0.jpg",
+    Michigan papyrus 1203 C1 11): :func:`record_for_image` trusts it only when the metadata given
+    knows that id or holds no HGV records at all.
     """
     stem = _image_stem(name)
     m = _REF_NAME_RE.match(stem)
@@ -442,8 +450,7 @@ def _read_csv(path: str | os.PathLike[str]) -> list[tuple[PapyrusRecord, str | N
         if not any(f in columns for f in _IDENTITY_FIELDS):
             shown = ", ".join(h.strip() for h in header)[:200]
             raise MetadataError(
-                f"{name}: CSV has none of the identity columns file/filename, hgv, tm, inventory "
-                f"(header: {shown})"
+                f"{name}: CSV has none of the identity columns file/filename, hgv, tm, inventory (header: {shown})"
             )
         lowered = {_normalise_key(h) for h in header}
         padoc = "url_trn" in lowered or "text_raw" in lowered
@@ -606,20 +613,56 @@ def load_metadata(source: str | os.PathLike[str] | None) -> dict[str, PapyrusRec
     return out
 
 
-def record_for_image(path: str | os.PathLike[str], metadata: Mapping[str, PapyrusRecord]) -> PapyrusRecord:
+def holds_hgv_records(metadata: Mapping[str, PapyrusRecord]) -> bool:
+    """Whether ``metadata`` holds any record with an HGV id (an HGV directory, a CSV with ids)."""
+    return any(record.hgv_id for record in metadata.values())
+
+
+def _match_name(
+    base: str, metadata: Mapping[str, PapyrusRecord], hgv_given: bool | None
+) -> tuple[str | None, str | None, PapyrusRecord | None, str | None]:
+    """(HGV id taken from the name, inventory key, metadata record, HGV id the name seems to carry
+    but that was not taken) for an image's base name."""
+    hgv_id, inventory_key = parse_reference_filename(base)
+    record = metadata.get(f"file:{base}")
+    if record is not None or not hgv_id:
+        return hgv_id, inventory_key, record, None
+    record = metadata.get(hgv_id) or metadata.get(f"hgv:{hgv_id}")
+    if record is None and (holds_hgv_records(metadata) if hgv_given is None else hgv_given):
+        # HGV metadata was given and does not know this id: the name's number is likely another
+        # collection's (a link to papyri.info/hgv/<it> would show another papyrus)
+        return None, inventory_key, None, hgv_id
+    return hgv_id, inventory_key, record, None
+
+
+def name_id_unknown(
+    path: str | os.PathLike[str], metadata: Mapping[str, PapyrusRecord], *, hgv_given: bool | None = None
+) -> str | None:
+    """The HGV id an image's name seems to carry when :func:`record_for_image` does not take it
+    (HGV metadata given, with no record for that id or for the file); else None. Ingest lists
+    these, so that a curator sees which images got no papyri.info link and why."""
+    return _match_name(_base_name(path), metadata, hgv_given)[3]
+
+
+def _base_name(path: str | os.PathLike[str]) -> str:
+    return os.fspath(path).replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def record_for_image(
+    path: str | os.PathLike[str], metadata: Mapping[str, PapyrusRecord], *, hgv_given: bool | None = None
+) -> PapyrusRecord:
     """Record for an image file: its metadata record (if any) completed from the file name.
 
     Looks up ``"file:" + <base name>``, then the HGV id parsed from the name (bare, then
-    ``"hgv:<id>"``). The file name's inventory key always wins (it is the ground truth for
-    "same papyrus"); inventory text and collection are kept from the record when its key
-    agrees, else derived from the file name. Without a match a minimal record is built from
+    ``"hgv:<id>"``). When ``metadata`` holds HGV records (``hgv_given``; worked out from
+    ``metadata`` when None) but none for that id, the name's number is not taken as one
+    (:func:`name_id_unknown`). The file name's inventory key always wins (it is the ground
+    truth for "same papyrus"); inventory text and collection are kept from the record when its
+    key agrees, else derived from the file name. Without a match a minimal record is built from
     the name alone (key "hgv:<id>" or "file:<stem>").
     """
-    base = os.fspath(path).replace("\\", "/").rsplit("/", 1)[-1]
-    hgv_id, inventory_key = parse_reference_filename(base)
-    record = metadata.get(f"file:{base}")
-    if record is None and hgv_id:
-        record = metadata.get(hgv_id) or metadata.get(f"hgv:{hgv_id}")
+    base = _base_name(path)
+    hgv_id, inventory_key, record, _ = _match_name(base, metadata, hgv_given)
 
     derived = inventory_from_key(inventory_key) if inventory_key else None
     if record is None:

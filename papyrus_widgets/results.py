@@ -206,6 +206,10 @@ class Results:
         return "\n".join(lines)
 
 
+UNLINKED_SHOWN = 5
+"""How many of :attr:`IngestReport.unlinked` its text names."""
+
+
 @dataclass
 class IngestReport:
     """What an ingest did: images added, skipped as already indexed, failed (with reasons)."""
@@ -216,6 +220,10 @@ class IngestReport:
     seconds: float = 0.0
     uploaded: int = 0
     """Scans the client sent to the workers through the object store (``ingest(upload=...)``)."""
+    unlinked: list[tuple[str, str]] = field(default_factory=list)
+    """Images whose names begin like ``<HGV id>_`` with an id the HGV metadata given does not know
+    (path, that number): indexed under their file names, with no papyri.info link
+    (:func:`papyrus_widgets.metadata.name_id_unknown`)."""
 
     @property
     def total(self) -> int:
@@ -227,4 +235,13 @@ class IngestReport:
             text += f" in {self.seconds:.1f} s"
         if self.uploaded:
             text += f"; {self.uploaded} sent to the workers through the object store"
-        return text + "".join(f"\n  failed: {Path(p).name}: {why}" for p, why in self.failed)
+        text += "".join(f"\n  failed: {Path(p).name}: {why}" for p, why in self.failed)
+        if self.unlinked:
+            shown = ", ".join(f"{Path(p).name} ({i})" for p, i in self.unlinked[:UNLINKED_SHOWN])
+            more = len(self.unlinked) - UNLINKED_SHOWN
+            text += (
+                f"\n  {len(self.unlinked)} name(s) begin with a number the HGV metadata does not know, so"
+                f" they are indexed under their file names with no papyri.info link: {shown}"
+                + (f" and {more} more" if more > 0 else "")
+            )
+        return text

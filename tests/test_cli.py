@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from .conftest import REFERENCES, reference
+from .conftest import HGV_DIR, REFERENCES, reference
 
 PAPYRUS = [sys.executable, "-m", "papyrus_widgets.cli"]
 
@@ -134,3 +134,15 @@ def test_ingest_cli_reports_summary(settings, tmp_path):
     assert "; 2 sent to the workers through the object store" in proc.stdout
     assert "index: 3 papyri, 3 images" in proc.stdout
     assert not [p for p in (tmp_path / "data").rglob("uploads/*/*") if p.is_file()]  # staged copies removed
+
+    # a name that begins like "<HGV id>_" with a number the HGV metadata does not know (Michigan's
+    # "1203 C1 11") is indexed under its file name, without a link to another papyrus, and listed
+    (folder / "1203_C1_11R.0.jpg").symlink_to(REFERENCES / "21108_p_g_407_a-c.jpg")
+    proc = run(
+        ["ingest", str(folder), "--quiet", "--metadata", str(HGV_DIR), "--data-dir", str(tmp_path / "data")], settings
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "1 added, 3 skipped (already indexed), 1 failed" in proc.stdout
+    assert "1 name(s) begin with a number the HGV metadata does not know" in proc.stdout
+    assert "1203_C1_11R.0.jpg (1203)" in proc.stdout
+    assert "index: 4 papyri, 4 images" in proc.stdout

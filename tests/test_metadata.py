@@ -16,6 +16,7 @@ from papyrus_widgets.metadata import (
     PapyrusRecord,
     inventory_from_key,
     load_metadata,
+    name_id_unknown,
     parse_hgv_xml,
     parse_reference_filename,
     read_csv_records,
@@ -136,6 +137,8 @@ def test_to_dict_is_json_ready() -> None:
         ("p_g_192_c.jpg", (None, "p_g_192_c")),
         ("foo.jpg", (None, None)),
         ("IMG_0001.jpg", (None, None)),
+        ("0567a_r_CL.webp", (None, None)),  # a PapyrusViz fragment's number: HGV ids have no leading zero
+        ("0_papyri_sample.jpg", (None, None)),
     ],
 )
 def test_parse_reference_filename(name: str, expected: tuple[str | None, str | None]) -> None:
@@ -213,6 +216,27 @@ def test_record_for_image_without_metadata() -> None:
     plain = record_for_image("/tmp/holiday/foo.jpg", {})
     assert plain.key == "file:foo"
     assert (plain.hgv_id, plain.inventory_key, plain.title, plain.papyri_info_url) == (None, None, None, None)
+
+
+def test_a_number_the_hgv_metadata_does_not_know_is_not_an_hgv_id(hgv: dict[str, PapyrusRecord]) -> None:
+    # Michigan papyrus 1203 C1 11, recto: "1203" is not its HGV id; papyri.info/hgv/1203 is another papyrus
+    name = "1203_C1_11R.0.jpg"
+    assert "1203" not in hgv
+    rec = record_for_image(name, hgv)
+    assert (rec.key, rec.hgv_id, rec.papyri_info_url, rec.title) == ("file:1203_C1_11R.0", None, None, None)
+    assert name_id_unknown(name, hgv) == "1203"
+    assert name_id_unknown("19314_p_g_25_a.jpg", hgv) is None  # known: taken, with its record
+    assert record_for_image("19314_p_g_25_a.jpg", hgv, hgv_given=True).title == "Ackerpacht"
+    # metadata that holds no HGV ids (a CSV of file names) cannot tell, nor can no metadata: the
+    # documented <HGV id>_<inventory> convention holds
+    by_file = {"file:other.jpg": PapyrusRecord(key="file:other", title="Other")}
+    for given in ({}, by_file):
+        assert record_for_image(name, given).key == "hgv:1203"
+        assert name_id_unknown(name, given) is None
+    # the same image named in the metadata is that record, whatever its name's number
+    named = {**hgv, f"file:{name}": PapyrusRecord(key="tm:1", title="P.Mich. inv. 1203")}
+    assert record_for_image(name, named).title == "P.Mich. inv. 1203"
+    assert name_id_unknown(name, named) is None
 
 
 def test_load_metadata_none_and_single_file() -> None:
