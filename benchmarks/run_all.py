@@ -753,6 +753,13 @@ def render_memory(r: dict[str, Any] | None, st: dict[str, Any] | None) -> list[s
                 "the model and torchvision add the rest."
             ),
         ]
+    out += [
+        "",
+        (
+            "A worker keeps its last `tasks.PHOTO_CACHE` decoded query photos (2, each at most 3200 px a side, so "
+            "at most about 62 MB): the row after a search holds the photo it searched."
+        ),
+    ]
     return out
 
 
@@ -1167,6 +1174,19 @@ CROSS_CAPTURE_NOTE = (
     "(`tests/test_quality.py::test_another_photograph_of_the_papyrus_finds_it`: about 200 images, no crops of the "
     "fragments) finds 9 of 10 files and 9 of 10 scenes first and confirmed (8 and 8 before the band rule: 0567j's "
     "file first but only similar, its scene not first).\n"
+    "- Tried on the first stage, not adopted (an experiment script, not kept; 2026-12-02, an index of 3,046 "
+    "images: figure 0's references, the 11 colour photographs and 3,000 of this figure's distractor crops; the "
+    "word list alone, 100 long; this figure's 10 files and 30 scenes and 32 of figure 0's scene photos): as the "
+    "search is, the fragment is among the first 10 / 50 word candidates for 0.70 / 0.97 of the scenes and figure "
+    "0's papyrus first for 0.97 of its photos, in 0.15 s of SQL (p50). Each query keypoint in its 2 nearest words "
+    "(multiple assignment, Jégou et al.): 0.73 / 0.97, figure 0's first 0.91, 0.25 s; 3 nearest words: 0.70 / "
+    "0.97, 0.88, 0.41 s; signatures accepted up to 24 or 26 bits apart (now 22): 0.73 / 0.93 and 0.70 / 0.97, "
+    "0.88 either way; 2 words and 24 bits: 0.77 / 1.00, 0.88, 0.35 s; 8,000 keypoints, or 6,000 at 2,000 px (now "
+    "4,000 at 1,600): the same ranks. Scored window by window, the hard scenes' fragment is first in none of the "
+    "six (best ranks 2-19) and each window's first 10 come from 2-8 different photographs: an infrared "
+    "photograph's words are weaker, not crowded out by copies of one papyrus. None of these lifts the scenes by "
+    "more than 2 photos of 30 without costing photos of scans their first place and 1.7-2.8x the SQL time; the "
+    "second look remains what finds them.\n"
     "- Caveats: 10 fragments; the shipped vocabulary was trained on descriptors of `more/` and `fragments/`, these "
     "photographs among them (of no queried Heidelberg papyrus in figure 0, but of these fragments here), so the "
     "words are not independent of these queries; photographs of papyri not in the collection are not part of this "
