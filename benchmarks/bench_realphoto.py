@@ -70,6 +70,9 @@ as the file itself and in :data:`CROSS_CAPTURE_SCENES` scenes among other papyri
 fragment). A hit is right when it shows the fragment in colour (its reference, or a crop of its
 colour photograph or of a colour join holding it); first-stage recall, top-1/top-5, confirmed,
 latency, and the pipeline before this change on the same photos.
+With ``--derived N`` too (result ``realphoto-crosscapture-100k``): the same queries' first stage
+alone (``verify=False``, k=100) in that index and again after N derived items are added (none
+from a crop of a fragment's photograph), as figure 0b does for figure 0's photos.
 
 Run alone: ``python benchmarks/bench_realphoto.py [--quick] [--distractors N] [--per-ref N] [--derived N]
 [--fractions F,F,...] [--variants V,V,...] [--trial untilted|words-alone|uncached|unenlarged|control]
@@ -265,8 +268,18 @@ def add_distractors(engine: Any, settings: Any, n: int, keep: Any = None) -> tup
     return time.perf_counter() - t0, cached // CHUNK
 
 
-def add_derived(settings: Any, n: int) -> float:
-    """Index ``n`` derived items (see the module's docstring) from the cached distractor chunks."""
+def _cached_crops(settings: Any, accept: Any) -> int:
+    """How many of the cached distractor crops ``accept(i)`` accepts (the derived items' parents)."""
+    from papyrus_widgets import tasks
+
+    _, fingerprint = tasks.worker_model(settings.model, settings.model_revision)
+    cache = _cache_dir(tasks.worker_vocabulary(settings).fingerprint, fingerprint)
+    return sum(accept(int(i)) for path in sorted(cache.glob("chunk-*.npz")) for i in np.load(path)["ids"])
+
+
+def add_derived(settings: Any, n: int, parent_ok: Any = None) -> float:
+    """Index ``n`` derived items (see the module's docstring) from the cached distractor chunks (those
+    crops ``parent_ok(i)`` accepts, when given)."""
     from papyrus_widgets import index, tasks
 
     t0 = time.perf_counter()
@@ -282,6 +295,8 @@ def add_derived(settings: Any, n: int) -> float:
         f_off = np.concatenate([[0], np.cumsum(z["feature_counts"])])
         words, signatures = vocab.words_and_signatures(z["descriptors"])
         for j in range(len(z["ids"])):
+            if parent_ok is not None and not parent_ok(int(z["ids"][j])):
+                continue
             a, b = f_off[j], f_off[j + 1]
             size = tuple(int(v) for v in z["feature_sizes"][j])
             parents.append((z["points"][a:b], words[a:b], signatures[a:b], z["vectors"][j], size))  # type: ignore[arg-type]
@@ -601,26 +616,27 @@ def cross_capture_distractors(kept: int) -> tuple[int, Any]:
     return n, keep
 
 
-def cross_capture(engine: Any, settings: Any, root: Path, around: list[Any], per_photo: int) -> dict[str, Any]:
-    """Figure 0e: another photograph of the same papyrus, real. The colour photographs of the
-    PapyrusViz fragments are ingested as references; each infrared photograph of the same fragments
-    is searched with no corners, as the file itself and in ``per_photo`` scenes (``around``: other
-    papyri, none of the fragments). A hit is right when it shows the fragment in colour: its
-    reference, or a distractor cut from its colour photograph or from a colour join that holds it."""
-    from papyrus_widgets import index, scenes
-    from papyrus_widgets.evaluation import cut_out, distractor_source
+def _colour_refs(colour: list[Path], infrared: Path) -> set[str]:
+    """The index keys of the colour photographs among ``colour`` that show the fragment of ``infrared``."""
     from papyrus_widgets.metadata import record_for_image
 
-    colour = sorted((FRAGMENTS / "colour").glob("*.webp"))
-    report = engine.ingest(C.link_folder(colour, root / "colour"), progress=False)
-    print(f"colour photographs of the fragments: {report}", flush=True)
-    with index.connect(settings.database_url) as conn:
-        total = index.image_count(conn)
+    (fragment,) = _shows(infrared.name)
+    return {record_for_image(p, {}).key for p in colour if fragment in _shows(p.name)}
+
+
+def _cross_capture_queries(colour: list[Path], around: list[Any], per_photo: int) -> list[tuple[Path, str, bytes, Any]]:
+    """Figure 0e's queries: ``(infrared photograph, kind, photo bytes, right)`` for each infrared
+    photograph as the file itself and in ``per_photo`` scenes among ``around``; ``right(key)``:
+    whether an index key shows its fragment in colour (a reference among ``colour``, or a
+    distractor cut from its colour photograph or from a colour join that holds it)."""
+    from papyrus_widgets import scenes
+    from papyrus_widgets.evaluation import cut_out, distractor_source
+
     sources = distractor_sources()
-    rows: list[dict[str, Any]] = []
+    out: list[tuple[Path, str, bytes, Any]] = []
     for i, path in enumerate(sorted((FRAGMENTS / "infrared").glob("*.webp"))):
         (fragment,) = _shows(path.name)
-        refs = {record_for_image(p, {}).key for p in colour if fragment in _shows(p.name)}
+        refs = _colour_refs(colour, path)
         shown = {k for k, p in enumerate(sources) if not _infrared(p.name) and fragment in _shows(p.name)}
 
         def right(key: str, refs: set[str] = refs, shown: set[int] = shown) -> bool:
@@ -629,32 +645,50 @@ def cross_capture(engine: Any, settings: Any, root: Path, around: list[Any], per
             return key in refs
 
         target = cut_out(path)
-        photos = [("file", path.read_bytes())]
+        out.append((path, "file", path.read_bytes(), right))
         for j in range(per_photo):
             scene = scenes.make_scene(target, around, np.random.default_rng([SEED + 900, i, j]))
-            photos.append((scene.kind, scenes.encode(scene)))
-        for kind, data in photos:
-            first = engine.search(data, k=100, verify=False)
-            t = time.perf_counter()
-            res = engine.search(data, k=5)
-            latency = time.perf_counter() - t
-            base = baseline_today(engine, settings, data, field="key")
-            top = res.hits[0] if res.hits else None
-            row = {
-                "name": path.name,
-                "kind": kind,
-                "first_rank": next((k + 1 for k, h in enumerate(first.hits) if right(h.key)), None),
-                "rank": next((h.rank for h in res.hits if right(h.key)), None),
-                "top_confirmed": bool(top and top.confirmed and right(top.key)),
-                "top_is_reference": bool(top and top.key in refs),
-                "inliers": top.inliers if top else None,
-                "latency": latency,
-                "baseline_rank": next((k + 1 for k, key in enumerate(base) if key and right(key)), None),
-            }
-            rows.append(row)
-            print(f"  {kind:<8} {path.name:<18} first={row['first_rank']} rank={row['rank']} "
-                  f"conf={row['top_confirmed']} baseline={row['baseline_rank']} {latency:.2f}s",
-                  flush=True)  # fmt: skip
+            out.append((path, scene.kind, scenes.encode(scene), right))
+    return out
+
+
+def cross_capture(engine: Any, settings: Any, root: Path, around: list[Any], per_photo: int) -> dict[str, Any]:
+    """Figure 0e: another photograph of the same papyrus, real. The colour photographs of the
+    PapyrusViz fragments are ingested as references; each infrared photograph of the same fragments
+    is searched with no corners, as the file itself and in ``per_photo`` scenes (``around``: other
+    papyri, none of the fragments). A hit is right when it shows the fragment in colour: its
+    reference, or a distractor cut from its colour photograph or from a colour join that holds it."""
+    from papyrus_widgets import index
+
+    colour = sorted((FRAGMENTS / "colour").glob("*.webp"))
+    report = engine.ingest(C.link_folder(colour, root / "colour"), progress=False)
+    print(f"colour photographs of the fragments: {report}", flush=True)
+    with index.connect(settings.database_url) as conn:
+        total = index.image_count(conn)
+    rows: list[dict[str, Any]] = []
+    for path, kind, data, right in _cross_capture_queries(colour, around, per_photo):
+        refs = _colour_refs(colour, path)
+        first = engine.search(data, k=100, verify=False)
+        t = time.perf_counter()
+        res = engine.search(data, k=5)
+        latency = time.perf_counter() - t
+        base = baseline_today(engine, settings, data, field="key")
+        top = res.hits[0] if res.hits else None
+        row = {
+            "name": path.name,
+            "kind": kind,
+            "first_rank": next((k + 1 for k, h in enumerate(first.hits) if right(h.key)), None),
+            "rank": next((h.rank for h in res.hits if right(h.key)), None),
+            "top_confirmed": bool(top and top.confirmed and right(top.key)),
+            "top_is_reference": bool(top and top.key in refs),
+            "inliers": top.inliers if top else None,
+            "latency": latency,
+            "baseline_rank": next((k + 1 for k, key in enumerate(base) if key and right(key)), None),
+        }
+        rows.append(row)
+        print(f"  {kind:<8} {path.name:<18} first={row['first_rank']} rank={row['rank']} "
+              f"conf={row['top_confirmed']} baseline={row['baseline_rank']} {latency:.2f}s",
+              flush=True)  # fmt: skip
 
     def figures(part: list[dict[str, Any]]) -> dict[str, Any]:
         def at(key: str, k: int) -> float:
@@ -683,6 +717,71 @@ def cross_capture(engine: Any, settings: Any, root: Path, around: list[Any], per
               f"confirmed {f['confirmed']:.3f}, first-stage recall@50 {f['first_stage']['recall@50']:.3f}, "
               f"p50 {f['latency']['p50']:.2f} s", flush=True)  # fmt: skip
     return out
+
+
+def cross_capture_at_scale(
+    engine: Any, settings: Any, root: Path, around: list[Any], per_photo: int, n_derived: int
+) -> dict[str, Any]:
+    """Figure 0e's first stage as the collection grows: figure 0e's queries searched with
+    ``verify=False, k=100`` in its index, then again after ``n_derived`` derived items (none from a
+    crop of a fragment's photograph, colour or infrared, so that none shows the fragment) are added."""
+    from papyrus_widgets import index
+    from papyrus_widgets.evaluation import distractor_source
+
+    colour = sorted((FRAGMENTS / "colour").glob("*.webp"))
+    report = engine.ingest(C.link_folder(colour, root / "colour"), progress=False)
+    print(f"colour photographs of the fragments: {report}", flush=True)
+    queries = _cross_capture_queries(colour, around, per_photo)
+    sources = distractor_sources()
+    fragments = {k for k, p in enumerate(sources) if FRAGMENTS in p.parents}
+
+    def measure() -> tuple[int, list[dict[str, Any]]]:
+        with index.connect(settings.database_url) as conn:
+            total = index.image_count(conn)
+        engine.search(queries[0][2], k=100, verify=False)  # warm: the index just grew
+        rows = []
+        for path, kind, data, right in queries:
+            t = time.perf_counter()
+            first = engine.search(data, k=100, verify=False)
+            seconds = time.perf_counter() - t
+            rank = next((k + 1 for k, h in enumerate(first.hits) if right(h.key)), None)
+            rows.append({"name": path.name, "kind": kind, "first_rank": rank, "latency": seconds})
+            print(f"  {total:>7} {kind:<8} {path.name:<18} first={rank} {seconds:.2f}s", flush=True)
+        return total, rows
+
+    def figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "queries": len(rows),
+            "first_stage": {
+                f"recall@{k}": float(np.mean([r["first_rank"] is not None and r["first_rank"] <= k for r in rows]))
+                for k in (10, 50, 100)
+            },
+            "latency": C.summary([r["latency"] for r in rows]),
+        }
+
+    def no_fragment(i: int) -> bool:
+        return distractor_source(i, len(sources), SEED) not in fragments
+
+    sizes = []
+    for n in (0, n_derived):
+        build_s = add_derived(settings, n, no_fragment) if n else 0.0
+        total, rows = measure()
+        sizes.append(
+            {
+                "images": total,
+                "derived": n,
+                "build_seconds": build_s,
+                "files": figures([r for r in rows if r["kind"] == "file"]),
+                "scenes": figures([r for r in rows if r["kind"] != "file"]),
+                "rows": rows,
+            }
+        )
+    return {
+        "name": NAME + "-crosscapture-100k",
+        "sizes": sizes,
+        "parents": _cached_crops(settings, no_fragment),
+        "load_average": C.load_average(),
+    }
 
 
 def by_variant(
@@ -776,6 +875,7 @@ def main() -> None:
         ingest_s = time.perf_counter() - t0
         print(f"references: {report}", flush=True)
         keep = None
+        kept = n_distractors
         if args.cross_capture:  # as many distractors, none cut from the infrared photographs queried
             n_distractors, keep = cross_capture_distractors(n_distractors)
         distractor_s, cached_chunks = add_distractors(engine, rs, n_distractors, keep)
@@ -792,6 +892,13 @@ def main() -> None:
         papyri = Papyri(indexed, held, {**ref_imgs, **sources}, held_imgs, per_ref)
         positives, negatives = papyri.photos(SEED)
         print(f"queries: {len(positives)} of indexed papyri, {len(negatives)} of held-out papyri", flush=True)
+        if args.cross_capture and args.derived:
+            engine.search(positives[0].data, k=5)  # warm: model, pools, vocabulary on the workers
+            around = list(ref_imgs.values()) + list(sources.values())  # no fragment among them
+            result = cross_capture_at_scale(engine, rs, ws.root, around, CROSS_CAPTURE_SCENES, args.derived)
+            result["distractors"] = kept
+            C.write_result(args.out, NAME + "-crosscapture-100k", result)
+            return
         if args.derived:
             derived_s = add_derived(rs, args.derived)
             with index.connect(rs.database_url) as conn:

@@ -1257,12 +1257,53 @@ def render_realphoto_crosscapture(r: dict[str, Any] | None, st: dict[str, Any] |
     return out
 
 
+def render_realphoto_crosscapture_100k(r: dict[str, Any] | None, st: dict[str, Any] | None) -> list[str]:
+    """Figure 0e's first stage as the collection grows (``--cross-capture --derived N``): nothing when not run."""
+    if not r:
+        return []
+    base, big = r["sizes"][0], r["sizes"][-1]
+    out = [
+        "### 0e at 100,000 images: the first stage (opt-in: `bench_realphoto.py --cross-capture --derived N`)",
+        "",
+        (
+            f"Figure 0e's {base['files']['queries']} infrared photographs and {base['scenes']['queries']} scenes, "
+            f"`search(verify=False, k=100)` through the engine, in an index of {base['images']:,} images (figure 0e's, "
+            f"with {r['distractors']:,} distractor crops instead of 10,000), then again after "
+            f"{big['derived']:,} derived items are added as in figure 0b (none from a crop of a fragment's photograph, "
+            "so none shows a fragment"
+            + (f"; {r['parents']:,} cached crops are their parents" if r.get("parents") else "")
+            + f"; built in {big['build_seconds']:.0f} s); run {r.get('date', '')[:16]} UTC. "
+            "No confirming stage: derived items have no stored features."
+        ),
+        "",
+        "| images | query | first-stage recall@10 / @50 / @100 | first-stage latency p50 / p95 (s) |",
+        "|---|---|---|---|",
+    ]
+    for size in r["sizes"]:
+        for part, label in (("files", "the infrared photograph itself"), ("scenes", "in a scene")):
+            f = size[part]
+            fs = f["first_stage"]
+            out.append(
+                f"| {size['images']:,} | {label} | {fs['recall@10']:.3f} / {fs['recall@50']:.3f} / "
+                f"{fs['recall@100']:.3f} | {f['latency']['p50']:.2f} / {f['latency']['p95']:.2f} |"
+            )
+    lost = [row for row in big["rows"] if (row["first_rank"] or 999) > 100]
+    out += [
+        "",
+        "Not in the first 100 at the larger size: "
+        + (", ".join(f"{row['name']} ({row['kind']})" for row in lost) or "none")
+        + f". Load average at the end: {r.get('load_average')}.",
+    ]
+    return out
+
+
 RENDERERS: list[tuple[str, Callable[[dict[str, Any] | None, dict[str, Any] | None], list[str]]]] = [
     ("realphoto", render_realphoto),
     ("realphoto-100k", render_realphoto_100k),
     ("realphoto-fractions", render_realphoto_fractions),
     ("realphoto-variants", render_realphoto_variants),
     ("realphoto-crosscapture", render_realphoto_crosscapture),
+    ("realphoto-crosscapture-100k", render_realphoto_crosscapture_100k),
     ("query_latency", render_latency),
     ("browser_latency", render_browser),
     ("ingest_throughput", render_ingest),
