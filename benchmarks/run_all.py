@@ -1273,19 +1273,24 @@ def render_realphoto_crosscapture_100k(r: dict[str, Any] | None, st: dict[str, A
             "so none shows a fragment"
             + (f"; {r['parents']:,} cached crops are their parents" if r.get("parents") else "")
             + f"; built in {big['build_seconds']:.0f} s); run {r.get('date', '')[:16]} UTC. "
-            "No confirming stage: derived items have no stored features."
+            "No confirming stage: derived items have no stored features. *Among the candidates either look "
+            "confirms*: the fragment is among the first look's 70 (`confirm.CONFIRM_MAX`) or among the 90 "
+            "(`tasks.SECOND_LOOK_CANDIDATES`) that the second look's word list (36 windows, all the photo's "
+            "keypoints) adds, so a search that confirms nothing else would try it."
         ),
         "",
-        "| images | query | first-stage recall@10 / @50 / @100 | first-stage latency p50 / p95 (s) |",
-        "|---|---|---|---|",
+        "| images | query | first-stage recall@10 / @50 / @100 | among the candidates either look confirms "
+        "| first-stage latency p50 / p95 (s) |",
+        "|---|---|---|---|---|",
     ]
     for size in r["sizes"]:
         for part, label in (("files", "the infrared photograph itself"), ("scenes", "in a scene")):
             f = size[part]
             fs = f["first_stage"]
+            either = f"{f['either_look']:.3f}" if "either_look" in f else "not measured"
             out.append(
                 f"| {size['images']:,} | {label} | {fs['recall@10']:.3f} / {fs['recall@50']:.3f} / "
-                f"{fs['recall@100']:.3f} | {f['latency']['p50']:.2f} / {f['latency']['p95']:.2f} |"
+                f"{fs['recall@100']:.3f} | {either} | {f['latency']['p50']:.2f} / {f['latency']['p95']:.2f} |"
             )
     lost = [row for row in big["rows"] if (row["first_rank"] or 999) > 100]
     out += [
