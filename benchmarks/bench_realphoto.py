@@ -750,7 +750,7 @@ def cross_capture_at_scale(
     crop of a fragment's photograph, colour or infrared, so that none shows the fragment) are added."""
     from papyrus_widgets import index
     from papyrus_widgets.evaluation import distractor_source
-    from papyrus_widgets.retrieval import confirm
+    from papyrus_widgets.retrieval.confirm import CONFIRM_MAX
 
     colour = sorted((FRAGMENTS / "colour").glob("*.webp"))
     report = engine.ingest(C.link_folder(colour, root / "colour"), progress=False)
@@ -769,7 +769,7 @@ def cross_capture_at_scale(
             first = engine.search(data, k=100, verify=False)
             seconds = time.perf_counter() - t
             rank = next((k + 1 for k, h in enumerate(first.hits) if right(h.key)), None)
-            second = second_look_rank(settings, data, [h.key for h in first.hits[: confirm.CONFIRM_MAX]], right)
+            second = second_look_rank(settings, data, [h.key for h in first.hits[:CONFIRM_MAX]], right)
             rows.append(
                 {"name": path.name, "kind": kind, "first_rank": rank, "second_look_rank": second, "latency": seconds}
             )
@@ -780,7 +780,7 @@ def cross_capture_at_scale(
 
     def figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
         def tried(r: dict[str, Any]) -> bool:
-            return (r["first_rank"] or 999) <= confirm.CONFIRM_MAX or r["second_look_rank"] is not None
+            return (r["first_rank"] or 999) <= CONFIRM_MAX or r["second_look_rank"] is not None
 
         return {
             "queries": len(rows),
