@@ -719,27 +719,18 @@ def cross_capture(engine: Any, settings: Any, root: Path, around: list[Any], per
     return out
 
 
-def second_look_rank(settings: Any, data: bytes, seen: list[str], right: Any) -> int | None:
-    """Where the second look's word list (``tasks._second_look``: the photo's words over
-    ``shortlist.SECOND_LOOK_WINDOWS``, the references the first look tried, ``seen``, left out)
-    puts the first reference ``right(key)`` accepts, among the ``tasks.SECOND_LOOK_CANDIDATES`` it
-    would confirm; None when not among them. All the photo's keypoints (the search leaves out those
-    of papyri it confirmed: when it confirmed none, the same)."""
-    from papyrus_widgets import imaging, index, tasks
-    from papyrus_widgets.retrieval import shortlist
+def second_look_rank(settings: Any, data: bytes, seen: set[str], right: Any) -> int | None:
+    """Where the second look's list (``tasks.second_look_list``: the photo's words over
+    ``shortlist.SECOND_LOOK_WINDOWS``, the images the first look tried, ``seen`` by object key, left
+    out) puts the first reference ``right(key)`` accepts; None when not among them. All the photo's
+    keypoints (the search leaves out those of papyri it confirmed: when it confirmed none, the same)."""
+    from papyrus_widgets import imaging, tasks
 
     img = imaging.decode_image(data, max_side=tasks.PHOTO_MAX_SIDE)
     features = tasks._query_features(img, None)
     words, signatures = tasks.worker_vocabulary(settings).words_and_signatures(features.descriptors)
-    kept, weights = shortlist.query_windows(
-        words, features.points, features.size, windows=shortlist.SECOND_LOOK_WINDOWS
-    )
-    with index.connect(settings.database_url) as conn:
-        rows = index.word_candidates(
-            conn, words[kept], weights, len(seen) + tasks.SECOND_LOOK_CANDIDATES, None, None, signatures[kept]
-        )
-    fresh = [r["key"] for r in rows if r["key"] not in set(seen)][: tasks.SECOND_LOOK_CANDIDATES]
-    return next((k + 1 for k, key in enumerate(fresh) if right(key)), None)
+    fresh = tasks.second_look_list(settings.database_url, words, features.points, features.size, signatures, seen)
+    return next((k + 1 for k, c in enumerate(fresh) if right(c.row["key"])), None)
 
 
 def cross_capture_at_scale(
@@ -769,7 +760,7 @@ def cross_capture_at_scale(
             first = engine.search(data, k=100, verify=False)
             seconds = time.perf_counter() - t
             rank = next((k + 1 for k, h in enumerate(first.hits) if right(h.key)), None)
-            second = second_look_rank(settings, data, [h.key for h in first.hits[:CONFIRM_MAX]], right)
+            second = second_look_rank(settings, data, {str(h.image_key) for h in first.hits[:CONFIRM_MAX]}, right)
             rows.append(
                 {"name": path.name, "kind": kind, "first_rank": rank, "second_look_rank": second, "latency": seconds}
             )

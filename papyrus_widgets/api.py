@@ -20,7 +20,7 @@ import numpy as np
 from . import imaging, index, services, storage, tasks
 from .config import DEFAULT_MODEL, Settings
 from .errors import ImageError, JobError, PapyrusError
-from .metadata import holds_hgv_records, load_metadata, name_id_unknown, record_for_image
+from .metadata import load_metadata, records_for_images
 from .request import SearchRequest
 from .results import IngestReport, Results
 
@@ -271,9 +271,8 @@ class Engine:
         t0 = time.perf_counter()
         paths = list(iter_images(folder))
         records = load_metadata(metadata)
-        hgv_given = holds_hgv_records(records)
-        items = [tasks.IngestItem(str(p), record_for_image(p, records, hgv_given=hgv_given)) for p in paths]
-        unlinked = [(str(p), i) for p in paths if (i := name_id_unknown(p, records, hgv_given=hgv_given))]
+        found, unlinked = records_for_images(paths, records)
+        items = [tasks.IngestItem(str(p), record) for p, record in zip(paths, found)]
         settings = self.resolved_settings()
         url = settings.database_url or self.database_url
         if bulk is None:

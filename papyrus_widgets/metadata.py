@@ -42,6 +42,7 @@ __all__ = [
     "parse_reference_filename",
     "read_csv_records",
     "record_for_image",
+    "records_for_images",
 ]
 
 PAPYRI_INFO_HGV = "https://papyri.info/hgv/{}"
@@ -661,9 +662,35 @@ def record_for_image(
     key agrees, else derived from the file name. Without a match a minimal record is built from
     the name alone (key "hgv:<id>" or "file:<stem>").
     """
-    base = _base_name(path)
-    hgv_id, inventory_key, record, _ = _match_name(base, metadata, hgv_given)
+    return _record_and_unknown(path, metadata, hgv_given)[0]
 
+
+def records_for_images(
+    paths: Iterable[str | os.PathLike[str]], metadata: Mapping[str, PapyrusRecord]
+) -> tuple[list[PapyrusRecord], list[tuple[str, str]]]:
+    """:func:`record_for_image` of each path, and ``(path, number)`` of those :func:`name_id_unknown`
+    names (what an ingest reports), each name read once."""
+    hgv_given = holds_hgv_records(metadata)
+    records: list[PapyrusRecord] = []
+    unlinked: list[tuple[str, str]] = []
+    for path in paths:
+        record, unknown = _record_and_unknown(path, metadata, hgv_given)
+        records.append(record)
+        if unknown:
+            unlinked.append((os.fspath(path), unknown))
+    return records, unlinked
+
+
+def _record_and_unknown(
+    path: str | os.PathLike[str], metadata: Mapping[str, PapyrusRecord], hgv_given: bool | None
+) -> tuple[PapyrusRecord, str | None]:
+    base = _base_name(path)
+    hgv_id, inventory_key, record, unknown = _match_name(base, metadata, hgv_given)
+    return _complete(base, hgv_id, inventory_key, record), unknown
+
+
+def _complete(base: str, hgv_id: str | None, inventory_key: str | None, record: PapyrusRecord | None) -> PapyrusRecord:
+    """The record of an image named ``base``: ``record`` completed from the name's parts."""
     derived = inventory_from_key(inventory_key) if inventory_key else None
     if record is None:
         return PapyrusRecord(

@@ -427,6 +427,36 @@ def _look_closer(settings: Settings, photo: Callable[[], Any], results: list[Any
     return ranked(results)
 
 
+def second_look_list(
+    url: str,
+    words: np.ndarray,
+    points: np.ndarray,
+    size: Sequence[int],
+    signatures: np.ndarray | None,
+    seen: set[str],
+    filters: Mapping[str, Any] | None = None,
+    vector: np.ndarray | None = None,
+) -> list[Any]:
+    """The second look's candidates (:func:`_second_look`): the keypoints' ``words`` scored per window
+    of :data:`~papyrus_widgets.retrieval.shortlist.SECOND_LOOK_WINDOWS`, up to
+    :data:`SECOND_LOOK_CANDIDATES` references whose object keys are not in ``seen``, best first
+    (:class:`~papyrus_widgets.retrieval.shortlist.Candidate` s)."""
+    from .retrieval import shortlist
+
+    kept, weights = shortlist.query_windows(words, points, size, windows=shortlist.SECOND_LOOK_WINDOWS)
+    with index.pooled_connection(url) as conn:
+        rows = index.word_candidates(
+            conn,
+            words[kept],
+            weights,
+            len(seen) + SECOND_LOOK_CANDIDATES,
+            filters,
+            vector,
+            None if signatures is None else signatures[kept],
+        )
+    return [c for c in shortlist.fuse(rows, []) if c.row["object_key"] not in seen][:SECOND_LOOK_CANDIDATES]
+
+
 def _second_look(
     settings: Settings,
     photo: Callable[[], Any],
@@ -458,18 +488,7 @@ def _second_look(
             return []
         words, points = words[rest], points[rest]
         signatures = None if signatures is None else signatures[rest]
-    kept, weights = shortlist.query_windows(words, points, features.size, windows=shortlist.SECOND_LOOK_WINDOWS)
-    with index.pooled_connection(url) as conn:
-        rows = index.word_candidates(
-            conn,
-            words[kept],
-            weights,
-            len(seen) + SECOND_LOOK_CANDIDATES,
-            filters,
-            vector,
-            None if signatures is None else signatures[kept],
-        )
-    fresh = [c for c in shortlist.fuse(rows, []) if c.row["object_key"] not in seen][:SECOND_LOOK_CANDIDATES]
+    fresh = second_look_list(url, words, points, features.size, signatures, seen, filters, vector)
     candidates = _candidates(settings, _first_stage_hits(fresh, None))
     # stops at a confirmed match wherever it lies: the first look found nothing in the middle
     results = confirm(features, candidates, limit=len(candidates), aimed=False)
