@@ -1292,13 +1292,19 @@ def render_realphoto_crosscapture_100k(r: dict[str, Any] | None, st: dict[str, A
                 f"| {size['images']:,} | {label} | {fs['recall@10']:.3f} / {fs['recall@50']:.3f} / "
                 f"{fs['recall@100']:.3f} | {either} | {f['latency']['p50']:.2f} / {f['latency']['p95']:.2f} |"
             )
+    def named(rows: list[dict[str, Any]]) -> str:
+        return ", ".join(f"{row['name']} ({row['kind']})" for row in rows) or "none"
+
     lost = [row for row in big["rows"] if (row["first_rank"] or 999) > 100]
-    out += [
-        "",
-        "Not in the first 100 at the larger size: "
-        + (", ".join(f"{row['name']} ({row['kind']})" for row in lost) or "none")
-        + f". Load average at the end: {r.get('load_average')}.",
-    ]
+    out += ["", f"Not in the first 100 at the larger size: {named(lost)}."]
+    if any("second_look_rank" in row for row in big["rows"]):
+        missed = [
+            row
+            for row in big["rows"]
+            if (row["first_rank"] or 999) > 70 and row.get("second_look_rank") is None  # confirm.CONFIRM_MAX
+        ]
+        out.append(f"Among the candidates of neither look at the larger size: {named(missed)}.")
+    out[-1] += f" Load average at the end: {r.get('load_average')}."
     return out
 
 
