@@ -1292,11 +1292,25 @@ def render_realphoto_crosscapture_100k(r: dict[str, Any] | None, st: dict[str, A
                 f"| {size['images']:,} | {label} | {fs['recall@10']:.3f} / {fs['recall@50']:.3f} / "
                 f"{fs['recall@100']:.3f} | {either} | {f['latency']['p50']:.2f} / {f['latency']['p95']:.2f} |"
             )
+    def st(size: dict[str, Any], key: str) -> str:
+        values = [row[key] for row in size["rows"]]
+        return f"{C.pct(values, 50):.2f} / {C.pct(values, 95):.2f}"
+
     def named(rows: list[dict[str, Any]]) -> str:
         return ", ".join(f"{row['name']} ({row['kind']})" for row in rows) or "none"
 
     lost = [row for row in big["rows"] if (row["first_rank"] or 999) > 100]
     out += ["", f"Not in the first 100 at the larger size: {named(lost)}."]
+    if "first_statement" in big["rows"][0]:
+        timed = "; ".join(
+            f"{size['images']:,} images: the first pass's {st(size, 'first_statement')}, the second look's "
+            f"{st(size, 'second_statement')}"
+            for size in r["sizes"]
+        )
+        out.append(
+            "The word statements alone (p50 / p95 s over all 40 photos, warm: each run twice, alternated, "
+            f"the second timed; no embedding asked for): {timed}."
+        )
     if any("second_look_rank" in row for row in big["rows"]):
         missed = [
             row
