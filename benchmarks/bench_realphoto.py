@@ -785,12 +785,14 @@ def cross_capture_at_scale(
             rank = next((k + 1 for k, h in enumerate(first.hits) if right(h.key)), None)
             tried = {str(h.image_key) for h in first.hits[:CONFIRM_MAX]}
             second, statements = second_look_rank(settings, data, tried, right)
+            either = (rank or 999) <= CONFIRM_MAX or second is not None
             rows.append(
                 {
                     "name": path.name,
                     "kind": kind,
                     "first_rank": rank,
                     "second_look_rank": second,
+                    "either_look": either,
                     "latency": seconds,
                     **statements,
                 }
@@ -803,16 +805,13 @@ def cross_capture_at_scale(
         return total, rows
 
     def figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
-        def tried(r: dict[str, Any]) -> bool:
-            return (r["first_rank"] or 999) <= CONFIRM_MAX or r["second_look_rank"] is not None
-
         return {
             "queries": len(rows),
             "first_stage": {
                 f"recall@{k}": float(np.mean([r["first_rank"] is not None and r["first_rank"] <= k for r in rows]))
                 for k in (10, 50, 100)
             },
-            "either_look": float(np.mean([tried(r) for r in rows])),
+            "either_look": float(np.mean([r["either_look"] for r in rows])),
             "latency": C.summary([r["latency"] for r in rows]),
             "first_statement": C.summary([r["first_statement"] for r in rows]),
             "second_statement": C.summary([r["second_statement"] for r in rows]),

@@ -1292,7 +1292,8 @@ def render_realphoto_crosscapture_100k(r: dict[str, Any] | None, st: dict[str, A
                 f"| {size['images']:,} | {label} | {fs['recall@10']:.3f} / {fs['recall@50']:.3f} / "
                 f"{fs['recall@100']:.3f} | {either} | {f['latency']['p50']:.2f} / {f['latency']['p95']:.2f} |"
             )
-    def st(size: dict[str, Any], key: str) -> str:
+
+    def p50_p95(size: dict[str, Any], key: str) -> str:
         values = [row[key] for row in size["rows"]]
         return f"{C.pct(values, 50):.2f} / {C.pct(values, 95):.2f}"
 
@@ -1303,20 +1304,16 @@ def render_realphoto_crosscapture_100k(r: dict[str, Any] | None, st: dict[str, A
     out += ["", f"Not in the first 100 at the larger size: {named(lost)}."]
     if "first_statement" in big["rows"][0]:
         timed = "; ".join(
-            f"{size['images']:,} images: the first pass's {st(size, 'first_statement')}, the second look's "
-            f"{st(size, 'second_statement')}"
+            f"{size['images']:,} images: the first pass's {p50_p95(size, 'first_statement')}, the second look's "
+            f"{p50_p95(size, 'second_statement')}"
             for size in r["sizes"]
         )
         out.append(
             "The word statements alone (p50 / p95 s over all 40 photos, warm: each run twice, alternated, "
             f"the second timed; no embedding asked for): {timed}."
         )
-    if any("second_look_rank" in row for row in big["rows"]):
-        missed = [
-            row
-            for row in big["rows"]
-            if (row["first_rank"] or 999) > 70 and row.get("second_look_rank") is None  # confirm.CONFIRM_MAX
-        ]
+    if all("either_look" in row for row in big["rows"]):
+        missed = [row for row in big["rows"] if not row["either_look"]]
         out.append(f"Among the candidates of neither look at the larger size: {named(missed)}.")
     out[-1] += f" Load average at the end: {r.get('load_average')}."
     return out
