@@ -726,20 +726,18 @@ def second_look_rank(settings: Any, data: bytes, seen: set[str], right: Any) -> 
     keypoints (the search leaves out those of papyri it confirmed: when it confirmed none, the same).
 
     Also the seconds of the two word statements alone, warm (each run twice, alternated, the second
-    timed): the first pass's (``shortlist.WINDOWS``, 100 long, as ``tasks.search_task`` asks for it
-    without an embedding) and the second look's."""
+    timed): the first pass's (``tasks.first_pass_list``, 100 long, as ``tasks.search_task`` asks for
+    it without an embedding) and the second look's."""
     from papyrus_widgets import imaging, index, tasks
-    from papyrus_widgets.retrieval import shortlist
 
     img = imaging.decode_image(data, max_side=tasks.PHOTO_MAX_SIDE)
     features = tasks._query_features(img, None)
     words, signatures = tasks.worker_vocabulary(settings).words_and_signatures(features.descriptors)
     url = settings.database_url
-    kept, weights = shortlist.query_windows(words, features.points, features.size)
 
     def first_pass() -> None:
         with index.pooled_connection(url) as conn:
-            index.word_candidates(conn, words[kept], weights, shortlist.WORD_CANDIDATES, None, None, signatures[kept])
+            tasks.first_pass_list(conn, words, features.points, features.size, signatures, 0)
 
     def second_pass() -> list[Any]:
         return tasks.second_look_list(url, words, features.points, features.size, signatures, seen)

@@ -270,6 +270,34 @@ def _first_stage_hits(candidates: Sequence[Any], ef: int | None) -> list[Hit]:
     return hits
 
 
+def first_pass_list(
+    conn: Any,
+    words: np.ndarray,
+    points: np.ndarray | None,
+    size: Sequence[int],
+    signatures: np.ndarray | None,
+    n: int,
+    filters: Mapping[str, Any] | None = None,
+    vector: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """The first pass's word rows (:func:`index.word_candidates`), at least
+    :data:`~papyrus_widgets.retrieval.shortlist.WORD_CANDIDATES` long: the keypoints' ``words``
+    scored per window of :data:`~papyrus_widgets.retrieval.shortlist.WINDOWS` of a photo of
+    ``size`` (``points`` None: the query is one window, a region the user gave)."""
+    from .retrieval import shortlist
+
+    kept, weights = shortlist.query_windows(words, points, size)
+    return index.word_candidates(
+        conn,
+        words[kept],
+        weights,
+        max(n, shortlist.WORD_CANDIDATES),
+        filters,
+        vector,
+        None if signatures is None else signatures[kept],
+    )
+
+
 def search_task(
     settings: Settings,
     vector: np.ndarray,
@@ -302,18 +330,15 @@ def search_task(
                     f"({fingerprint_words}): set PAPYRUS_VOCABULARY to the one that built the index, or unset it."
                 )
             features = prepared.features
-            if prepared.region_given:  # the region is the one window
-                kept, weights = shortlist.query_windows(prepared.words)
-            else:
-                kept, weights = shortlist.query_windows(prepared.words, features.points, features.size)
-            word_rows = index.word_candidates(
+            word_rows = first_pass_list(
                 conn,
-                prepared.words[kept],
-                weights,
-                max(n, shortlist.WORD_CANDIDATES),
+                prepared.words,
+                None if prepared.region_given else features.points,  # the region is the one window
+                features.size,
+                prepared.signatures,
+                n,
                 filters,
                 vector,
-                None if prepared.signatures is None else prepared.signatures[kept],
             )
     if knn_rows and all(r["model"] != fingerprint for r in knn_rows):
         raise ModelError(
