@@ -280,8 +280,8 @@ def first_pass_list(
     filters: Mapping[str, Any] | None = None,
     vector: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """The first pass's word rows (:func:`index.word_candidates`), at least
-    :data:`~papyrus_widgets.retrieval.shortlist.WORD_CANDIDATES` long: the keypoints' ``words``
+    """The first pass's word rows (:func:`index.word_candidates`), up to ``n`` but never fewer than
+    :data:`~papyrus_widgets.retrieval.shortlist.WORD_CANDIDATES` asked for: the keypoints' ``words``
     scored per window of :data:`~papyrus_widgets.retrieval.shortlist.WINDOWS` of a photo of
     ``size`` (``points`` None: the query is one window, a region the user gave)."""
     from .retrieval import shortlist
