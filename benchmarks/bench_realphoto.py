@@ -725,9 +725,10 @@ def second_look_rank(settings: Any, data: bytes, seen: set[str], right: Any) -> 
     out) puts the first reference ``right(key)`` accepts; None when not among them. All the photo's
     keypoints (the search leaves out those of papyri it confirmed: when it confirmed none, the same).
 
-    Also the seconds of the two word statements alone, warm (each run twice, alternated, the second
+    Also the seconds of the two word lists alone, warm (each made twice, alternated, the second
     timed): the first pass's (``tasks.first_pass_list``, 100 long, as ``tasks.search_task`` asks for
-    it without an embedding) and the second look's."""
+    it without an embedding: the postings read, the pairs kept) and the second look's (scored from
+    the first pass's pairs, as a search does when both run in one process, ``tasks.PAIRS_CACHE``)."""
     from papyrus_widgets import imaging, index, tasks
 
     img = imaging.decode_image(data, max_side=tasks.PHOTO_MAX_SIDE)
@@ -737,7 +738,7 @@ def second_look_rank(settings: Any, data: bytes, seen: set[str], right: Any) -> 
 
     def first_pass() -> None:
         with index.pooled_connection(url) as conn:
-            tasks.first_pass_list(conn, words, features.points, features.size, signatures, 0)
+            tasks.first_pass_list(conn, words, features.points, features.size, signatures, 0, url=url)
 
     def second_pass() -> list[Any]:
         return tasks.second_look_list(url, words, features.points, features.size, signatures, seen)

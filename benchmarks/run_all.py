@@ -1309,8 +1309,9 @@ def render_realphoto_crosscapture_100k(r: dict[str, Any] | None, st: dict[str, A
             for size in r["sizes"]
         )
         out.append(
-            "The word statements alone (p50 / p95 s over all 40 photos, warm: each run twice, alternated, "
-            f"the second timed; no embedding asked for): {timed}."
+            "The word lists alone (p50 / p95 s over all 40 photos, warm: each made twice, alternated, "
+            "the second timed; no embedding asked for; the second look's scored from the first pass's pairs, "
+            f"tasks.PAIRS_CACHE): {timed}."
         )
     if all("either_look" in row for row in big["rows"]):
         missed = [row for row in big["rows"] if not row["either_look"]]

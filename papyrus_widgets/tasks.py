@@ -55,6 +55,13 @@ stages — preparing, the first look's closer look, the second look — run one 
 mostly on one worker, and decode the photo once instead of up to three times (a 12-megapixel
 phone JPEG: about 0.19 s each on the 2-core box). Each entry holds at most
 :data:`PHOTO_MAX_SIDE` squared pixels (≤ 31 MB). 0: decode every time."""
+PAIRS_CACHE = 4
+"""The first pass's matching pairs of keypoints and postings (:class:`index.WordPairs`) each
+process keeps (an LRU by database, the photo's words and signatures, and the filters): the second
+look scores the same keypoints over its smaller windows from them (:func:`second_look_list`)
+instead of reading their postings again, when it runs in the process that ran the first pass
+(mostly: it follows the first look's data). About 24 bytes a pair (some 50,000 pairs for a photo
+of 4,000 keypoints among 10,000 images). 0: read them again."""
 
 
 # --- per-process caches on workers (and in the client process when it runs tasks itself) -------
@@ -279,14 +286,20 @@ def first_pass_list(
     n: int,
     filters: Mapping[str, Any] | None = None,
     vector: np.ndarray | None = None,
+    url: str | None = None,
 ) -> list[dict[str, Any]]:
     """The first pass's word rows (:func:`index.word_candidates`), up to ``n`` but never fewer than
     :data:`~papyrus_widgets.retrieval.shortlist.WORD_CANDIDATES` asked for: the keypoints' ``words``
     scored per window of :data:`~papyrus_widgets.retrieval.shortlist.WINDOWS` of a photo of
-    ``size`` (``points`` None: the query is one window, a region the user gave)."""
+    ``size`` (``points`` None: the query is one window, a region the user gave). ``url``: the
+    database of ``conn``, under which this process keeps the matching pairs of all the keypoints
+    for the photo's second look (:data:`PAIRS_CACHE`); None: not kept."""
     from .retrieval import shortlist
 
     kept, weights = shortlist.query_windows(words, points, size)
+    pairs = index.word_pairs(conn, words, signatures, filters)
+    if url is not None:
+        _remember_pairs(url, words, signatures, filters, pairs)
     return index.word_candidates(
         conn,
         words[kept],
@@ -295,7 +308,49 @@ def first_pass_list(
         filters,
         vector,
         None if signatures is None else signatures[kept],
+        pairs.subset(kept),
     )
+
+
+_PAIRS: dict[str, Any] = {}
+_PAIRS_LOCK = threading.Lock()
+
+
+def _pairs_key(url: str, words: np.ndarray, signatures: np.ndarray | None, filters: Mapping[str, Any] | None) -> str:
+    import hashlib
+    import json
+
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(url.encode())
+    digest.update(json.dumps(dict(filters or {}), sort_keys=True, default=str).encode())
+    digest.update(np.ascontiguousarray(words, np.int32).tobytes())
+    if signatures is not None:
+        digest.update(np.ascontiguousarray(signatures, np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def _remember_pairs(
+    url: str, words: np.ndarray, signatures: np.ndarray | None, filters: Mapping[str, Any] | None, pairs: Any
+) -> None:
+    """Keep a photo's first-pass ``pairs`` for its second look (:data:`PAIRS_CACHE`)."""
+    if PAIRS_CACHE <= 0:
+        return
+    key = _pairs_key(url, words, signatures, filters)
+    with _PAIRS_LOCK:
+        _PAIRS.pop(key, None)
+        _PAIRS[key] = pairs
+        while len(_PAIRS) > PAIRS_CACHE:
+            _PAIRS.pop(next(iter(_PAIRS)))
+
+
+def _remembered_pairs(
+    url: str, words: np.ndarray, signatures: np.ndarray | None, filters: Mapping[str, Any] | None
+) -> Any:
+    """The pairs :func:`first_pass_list` found for these very words in this process, or None."""
+    if PAIRS_CACHE <= 0:
+        return None
+    with _PAIRS_LOCK:
+        return _PAIRS.get(_pairs_key(url, words, signatures, filters))
 
 
 def search_task(
@@ -339,6 +394,7 @@ def search_task(
                 n,
                 filters,
                 vector,
+                url,
             )
     if knn_rows and all(r["model"] != fingerprint for r in knn_rows):
         raise ModelError(
@@ -461,11 +517,13 @@ def second_look_list(
     seen: set[str],
     filters: Mapping[str, Any] | None = None,
     vector: np.ndarray | None = None,
+    pairs: Any = None,
 ) -> list[Any]:
     """The second look's candidates (:func:`_second_look`): the keypoints' ``words`` scored per window
     of :data:`~papyrus_widgets.retrieval.shortlist.SECOND_LOOK_WINDOWS`, up to
     :data:`SECOND_LOOK_CANDIDATES` references whose object keys are not in ``seen``, best first
-    (:class:`~papyrus_widgets.retrieval.shortlist.Candidate` s)."""
+    (:class:`~papyrus_widgets.retrieval.shortlist.Candidate` s). ``pairs``: the first pass's
+    matching pairs of these very keypoints (:class:`index.WordPairs`), else their postings are read."""
     from .retrieval import shortlist
 
     kept, weights = shortlist.query_windows(words, points, size, windows=shortlist.SECOND_LOOK_WINDOWS)
@@ -478,6 +536,7 @@ def second_look_list(
             filters,
             vector,
             None if signatures is None else signatures[kept],
+            None if pairs is None else pairs.subset(kept),
         )
     return [c for c in shortlist.fuse(rows, []) if c.row["object_key"] not in seen][:SECOND_LOOK_CANDIDATES]
 
@@ -507,13 +566,15 @@ def _second_look(
     if features.method != "sift" or not len(words):
         return []
     points, signatures = features.points, prepared.signatures
+    pairs = _remembered_pairs(url, words, signatures, filters)  # the first pass's, when it ran here
     if found:  # the papyri found already explain their keypoints: look at the rest
         rest = outside(points, found)
         if rest.sum() < shortlist.MIN_WINDOW_KEYPOINTS:
             return []
         words, points = words[rest], points[rest]
         signatures = None if signatures is None else signatures[rest]
-    fresh = second_look_list(url, words, points, features.size, signatures, seen, filters, vector)
+        pairs = None if pairs is None else pairs.subset(rest)
+    fresh = second_look_list(url, words, points, features.size, signatures, seen, filters, vector, pairs)
     candidates = _candidates(settings, _first_stage_hits(fresh, None))
     # stops at a confirmed match wherever it lies: the first look found nothing in the middle
     results = confirm(features, candidates, limit=len(candidates), aimed=False)

@@ -420,12 +420,12 @@ def test_word_df_counts_the_images_of_each_word_as_they_come_and_go(conn):
     assert kept() == {}
 
 
-def _signed(i: int, postings: dict[int, list[int]]) -> index.ImageRow:
+def _signed(i: int, postings: dict[int, list[int]], **meta) -> index.ImageRow:
     from papyrus_widgets.retrieval.shortlist import document_postings
 
     words = np.array([w for w, sigs in postings.items() for _ in sigs])
     sigs = np.array([s for ss in postings.values() for s in ss], dtype=np.int64)
-    row = _row(i)
+    row = _row(i, **meta)
     row.words, row.word_weights, row.word_signatures = document_postings(words, sigs)
     return row
 
@@ -602,6 +602,64 @@ def test_word_candidates_of_many_windows_are_the_full_rankings_interleaved(conn)
             assert per_window[r["words_window"]][i] == pytest.approx(best[i], rel=1e-4)
     # the case this is about: an image of the first 3 whose best window ranks it below 3
     assert any(ranks[max(range(7), key=lambda j: per_window[j].get(i, 0.0))][i] > 3 for i in full[:3])
+
+
+def test_the_pairs_read_once_give_the_lists_of_the_postings_read_again(conn, url):
+    """The second look scores the first pass's matching pairs over its own windows instead of
+    reading the postings again (``index.WordPairs.subset``, ``tasks.PAIRS_CACHE``): for any subset of
+    the keypoints, any windows and filters, the list is the one the postings read again give; the
+    process keeps a photo's pairs under its database, words, signatures and filters only."""
+    from papyrus_widgets import tasks
+    from papyrus_widgets.retrieval.vocabulary import HAMMING_THRESHOLD
+
+    rng = np.random.default_rng(21)
+    base = {w: int(rng.integers(0, 2**62)) for w in range(30)}
+
+    def near(sig: int, bits: int) -> int:
+        for b in rng.choice(64, bits, replace=False):
+            sig ^= 1 << int(b)
+        return sig - (1 << 64) if sig >= 1 << 63 else sig
+
+    docs = {
+        i: {int(w): [near(base[int(w)], int(rng.integers(0, 40))) for _ in range(int(rng.integers(1, 4)))]
+            for w in rng.choice(30, 10, replace=False)}
+        for i in range(40)
+    }  # fmt: skip
+    index.add_images(conn, [_signed(i, d, collection="odd" if i % 2 else "even") for i, d in docs.items()])
+    conn.commit()
+    words = rng.integers(0, 34, 120).astype(np.int32)  # words 30-33: none of the images has them
+    sigs = np.array([near(base.get(int(w), 0), int(rng.integers(0, 2 * HAMMING_THRESHOLD))) for w in words], np.int64)
+    weights = (rng.uniform(0, 1, (120, 5)) < 0.5).astype(np.float32)
+    kept = np.flatnonzero(weights.any(axis=1))
+    for filters in (None, {"collection": "odd"}):
+        pairs = index.word_pairs(conn, words, sigs, filters)
+        assert pairs.keypoints == 120 and len(pairs.image_ids) > 0
+        for mask in (kept, kept[::2], kept[rng.random(len(kept)) < 0.3]):
+            again = index.word_candidates(conn, words[mask], weights[mask], 12, filters, _vec(1), sigs[mask])
+            reused = index.word_candidates(
+                conn, words[mask], weights[mask], 12, filters, _vec(1), sigs[mask], pairs.subset(mask)
+            )
+            assert again and reused == again
+            if filters:
+                assert all(int(r["hgv_id"]) % 2 for r in reused)
+    with pytest.raises(QueryError):
+        index.word_candidates(conn, words[kept], weights[kept], 12, signatures=sigs[kept], pairs=pairs)
+
+    # the process keeps the first pass's pairs of a photo for its second look, and only for the same question
+    size = (400, 300)
+    points = rng.uniform(0, 1, (120, 2)) * size
+    first = tasks.first_pass_list(conn, words, points, size, sigs, 10, url=url)
+    assert first and (kept_pairs := tasks._remembered_pairs(url, words, sigs, None)) is not None
+    assert tasks._remembered_pairs(url, words, sigs, {"collection": "odd"}) is None
+    assert tasks._remembered_pairs(url + "&x=1", words, sigs, None) is None
+    assert tasks._remembered_pairs(url, words, sigs[::-1].copy(), None) is None
+    seen: set[str] = set()
+    looked = tasks.second_look_list(url, words, points, size, sigs, seen, pairs=kept_pairs)
+    read_again = tasks.second_look_list(url, words, points, size, sigs, seen)
+    assert looked and [c.row for c in looked] == [c.row for c in read_again]
+    for i in range(1, tasks.PAIRS_CACHE + 1):  # other photos' pairs push it out
+        tasks.first_pass_list(conn, words[i:], points[i:], size, sigs[i:], 10, url=url)
+    assert tasks._remembered_pairs(url, words, sigs, None) is None
 
 
 def test_the_ingest_task_names_each_step_to_its_timer(url, conn, tmp_path, model_dir):

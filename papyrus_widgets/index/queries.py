@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -22,7 +23,9 @@ __all__ = [
     "effective_ef_search",
     "filter_sql",
     "knn",
+    "WordPairs",
     "word_candidates",
+    "word_pairs",
     "stats",
 ]
 
@@ -136,6 +139,7 @@ def word_candidates(
     filters: Mapping[str, Any] | None = None,
     vector: np.ndarray | None = None,
     signatures: np.ndarray | None = None,
+    pairs: WordPairs | None = None,
 ) -> list[dict[str, Any]]:
     """The ``n`` images that share the most (idf-weighted) visual words with a query, best first,
     with their papyrus metadata: the first stage of a search from a photo.
@@ -153,20 +157,23 @@ def word_candidates(
     ``d_w = 1 / ‖√count‖`` of the image's keypoint counts, ``q_w = √(the query's count)``, and
     ``idf(w) = ln((N + 1) / (df(w) + 1))``, ``df(w)`` the images with the word as the index holds
     them now (table ``word_df``, kept by triggers as postings come and go: it follows the
-    collection as it grows). With every pair matching (no signatures: a query, or an
-    index with words stored before signatures, :func:`~papyrus_widgets.index.catalogue.signed_words`)
-    this is the cosine of the ``√count`` histograms. The windows rank the images each on their own.
-    The list takes every window's first, then every window's second, … (ties: the higher score
-    first). Each row's ``words_score`` is its best score in any window and ``words_window`` the
-    (0-based) window that gave it. ``vector``: also return each row's embedding ``distance`` to it
-    (cosine), else NULL.
-    """
-    from ..retrieval.vocabulary import HAMMING_THRESHOLD, SIGNATURE_BITS
+    collection as it grows; a word no image has counts for nothing). With every pair matching (no
+    signatures: a query, or an index with words stored before signatures,
+    :func:`~papyrus_widgets.index.catalogue.signed_words`) this is the cosine of the ``√count``
+    histograms. The windows rank the images each on their own (an image that matches anything is
+    ranked in every window, at 0 where it matches nothing). The list takes every window's first,
+    then every window's second, … (ties: the higher score first, then the lower image id). Each
+    row's ``words_score`` is its best score in any window and ``words_window`` the (0-based) window
+    that gave it. ``vector``: also return each row's embedding ``distance`` to it (cosine), else
+    None.
 
+    The database finds the matching pairs (:func:`word_pairs`, the postings read once) and the
+    scores and ranks are summed here; ``pairs``: those of these very ``words``, ``signatures`` and
+    ``filters`` found before (e.g. :meth:`WordPairs.subset` of a larger set), not read again.
+    """
     n = check_k(n)
-    where, params = filter_sql(filters)
     words = np.asarray(words, dtype=np.int32).reshape(-1)
-    weights = np.asarray(weights, dtype=np.float32)
+    weights = np.asarray(weights, dtype=np.float64)
     if weights.ndim == 1:
         weights = weights[:, None]
     if (
@@ -175,6 +182,7 @@ def word_candidates(
         or not 1 <= weights.shape[1] <= MAX_WORD_WINDOWS
         or not np.all(np.isfinite(weights))
         or (signatures is not None and len(signatures) != len(words))
+        or (pairs is not None and pairs.keypoints != len(words))
     ):
         raise QueryError(
             "the query's visual words, weights and signatures must be lists of the same length "
@@ -182,77 +190,155 @@ def word_candidates(
         )
     if not len(words):
         return []
-    hamming = HAMMING_THRESHOLD if signatures is not None and signed_words(conn) else SIGNATURE_BITS
-    sigs = np.zeros(len(words), np.int64) if signatures is None else np.asarray(signatures, dtype=np.int64)
-    k = range(weights.shape[1])
+    if pairs is None:
+        pairs = word_pairs(conn, words, signatures, filters)
+    ids, scores, windows = _rank_pairs(words, weights, pairs, n)
+    if not len(ids):
+        return []
     cols = ", ".join(f"p.{c}" for c in PAPYRUS_COLUMNS)
     distance = "i.embedding <=> %s" if vector is not None else "NULL::float8"
-    qw = ", ".join(f"in{j}" for j in k)
-    # qk: the query's keypoints (word, signature, weight in each window); q: its distinct words
-    # with their weight in each window and their idf (df: how many images of the index have the
-    # word, kept in word_df by triggers on image_words, migration 5); pairs: per
-    # image and word, the matching pairs of keypoints in each window (a posting per indexed
-    # keypoint, its weight d = 1 / ‖√count‖; a posting stored without a signature is one per
-    # image and word, weight √count / ‖√count‖, and matches every query keypoint of its word:
-    # words alone, √m · weight); scored: a sum per window; allowed: those the filters allow;
-    # firsts: each window's n best (a bounded sort each, not a full one: an image among the n
-    # best of the interleaved list is among the n best of some window) with their rank there;
-    # top: the n best by their best rank (ties: the higher score), joined to their metadata only then
-    filtered = (
-        f"SELECT s.* FROM scored s JOIN images i ON i.id = s.image_id JOIN papyri p ON p.id = i.papyrus_id{where}"
-        if where
-        else "SELECT * FROM scored"
-    )
-    best = f"greatest({', '.join(f'a.s{j} / qnorm.v{j}' for j in k)})" if len(k) > 1 else "a.s0 / qnorm.v0"
-    firsts = " UNION ALL ".join(
-        f"SELECT image_id, row_number() OVER (ORDER BY s DESC, image_id) AS r"
-        f" FROM (SELECT image_id, s{j} AS s FROM allowed ORDER BY s{j} DESC, image_id LIMIT %s) w{j}"
-        for j in k
-    )
     sql = (
-        f"WITH qk AS MATERIALIZED (SELECT * FROM unnest(%s::int4[], %s::int8[], {', '.join('%s::float4[]' for _ in k)})"
-        f"   AS qk(word, sig, {qw})),"
-        f" q AS MATERIALIZED (SELECT g.word, {', '.join(f'g.qw{j}' for j in k)}, ln((n.n + 1.0) / (d.df + 1.0)) AS idf"
-        f"   FROM (SELECT word, {', '.join(f'sqrt(sum(in{j})) AS qw{j}' for j in k)} FROM qk GROUP BY word) g"
-        "   CROSS JOIN (SELECT count(*)::float8 AS n FROM images) n"
-        "   JOIN word_df d ON d.word = g.word),"
-        " qnorm AS (SELECT "
-        + ", ".join(f"greatest(sqrt(sum((q.qw{j} * q.idf) ^ 2)), 1e-9) AS v{j}" for j in k)
-        + " FROM q),"
-        " pairs AS (SELECT w.image_id, w.word, max(w.weight) AS d, "
-        + ", ".join(f"sum(qk.in{j}) AS m{j}" for j in k)
-        + "   FROM qk JOIN image_words w ON w.word = qk.word"
-        "   WHERE w.signature IS NULL OR bit_count((w.signature # qk.sig)::bit(64)) <= %s"
-        "   GROUP BY w.image_id, w.word),"
-        " scored AS (SELECT p.image_id, "
-        + ", ".join(f"sum(sqrt(p.m{j}) * p.d * q.idf * q.idf) AS s{j}" for j in k)
-        + " FROM pairs p JOIN q ON q.word = p.word GROUP BY p.image_id),"
-        f" allowed AS MATERIALIZED ({filtered}),"
-        f" firsts AS (SELECT image_id, min(r) AS best_rank FROM ({firsts}) f GROUP BY image_id),"
-        f" top AS (SELECT f.image_id, f.best_rank, {best} AS score,"
-        + " CASE "
-        + " ".join(f"WHEN a.s{j} / qnorm.v{j} = {best} THEN {j}" for j in k)
-        + " END AS window_"
-        " FROM firsts f JOIN allowed a ON a.image_id = f.image_id CROSS JOIN qnorm"
-        " ORDER BY f.best_rank, score DESC, f.image_id LIMIT %s)"
-        f" SELECT i.id AS image_id, top.score AS words_score, top.window_ AS words_window, {distance} AS distance,"
-        f" i.object_key, i.thumb_key, i.source_name, i.model, NULL::int AS ef_search, {cols}"
-        " FROM top JOIN images i ON i.id = top.image_id JOIN papyri p ON p.id = i.papyrus_id"
-        " ORDER BY top.best_rank, top.score DESC, i.id"
+        f"SELECT i.id AS image_id, {distance} AS distance, i.object_key, i.thumb_key, i.source_name, i.model,"
+        f" NULL::int AS ef_search, {cols}"
+        " FROM images i JOIN papyri p ON p.id = i.papyrus_id WHERE i.id = ANY(%s)"
     )
-    args: list[Any] = [
-        words.tolist(),
-        sigs.tolist(),
-        *(weights[:, j].tolist() for j in k),
-        hamming,
-        *params,
-        *([n] * len(k)),
-        n,
-    ]
-    if vector is not None:
-        args.append(_query_vector(vector))
+    args: list[Any] = ([_query_vector(vector)] if vector is not None else []) + [ids.tolist()]
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(sql, args).fetchall()
+        found = {r["image_id"]: r for r in cur.execute(sql, args).fetchall()}
+    out = []
+    for image_id, score, window in zip(ids.tolist(), scores.tolist(), windows.tolist()):
+        row = found.get(image_id)  # None: the image was deleted since its pairs were read
+        if row is not None:
+            out.append({"image_id": image_id, "words_score": score, "words_window": window, **row})
+    return out
+
+
+@dataclass(frozen=True)
+class WordPairs:
+    """The matching pairs of a query's keypoints and the index's postings (:func:`word_pairs`): what
+    :func:`word_candidates` scores, kept so that the same keypoints can be scored over other windows
+    without reading the postings again (:meth:`subset`)."""
+
+    keypoints: int
+    """How many query keypoints were asked for (rows of their ``words``)."""
+    image_ids: np.ndarray = field(repr=False)
+    """A pair's image (int64), a row per pair."""
+    rows: np.ndarray = field(repr=False)
+    """A pair's query keypoint: its row in the words asked for (int64)."""
+    weights: np.ndarray = field(repr=False)
+    """A pair's posting weight ``d`` (float64)."""
+    words: np.ndarray = field(repr=False)
+    """The query's words the index has (sorted, int64), and beside them ..."""
+    idf: np.ndarray = field(repr=False)
+    """... each one's ``idf`` as the index holds it now."""
+
+    def subset(self, kept: np.ndarray) -> WordPairs:
+        """The pairs of the keypoints ``kept`` (a mask over the keypoints, or their rows in order),
+        their rows renumbered as in ``words[kept]``."""
+        rows = np.arange(self.keypoints)[np.asarray(kept)]
+        where = np.full(self.keypoints, -1, np.int64)
+        where[rows] = np.arange(len(rows))
+        new = where[self.rows]
+        keep = new >= 0
+        return replace(
+            self, keypoints=len(rows), image_ids=self.image_ids[keep], rows=new[keep], weights=self.weights[keep]
+        )
+
+
+def word_pairs(
+    conn: psycopg.Connection,
+    words: np.ndarray,
+    signatures: np.ndarray | None = None,
+    filters: Mapping[str, Any] | None = None,
+) -> WordPairs:
+    """The pairs of the query keypoints ``words`` (a row per keypoint, with their 64-bit
+    ``signatures`` or None) and the postings of the images ``filters`` allow that *match* them
+    (:func:`word_candidates`), with the idf of the query's words: one statement that reads the
+    words' postings (index-only scans of the postings' B-tree) and returns the pairs as three arrays."""
+    from ..retrieval.vocabulary import HAMMING_THRESHOLD, SIGNATURE_BITS
+
+    words = np.asarray(words, dtype=np.int32).reshape(-1)
+    if signatures is not None and len(signatures) != len(words):
+        raise QueryError("the query's visual words and signatures must be lists of the same length.")
+    if not len(words):
+        empty = np.zeros(0, np.int64)
+        return WordPairs(0, empty, empty, np.zeros(0), empty, np.zeros(0))
+    hamming = HAMMING_THRESHOLD if signatures is not None and signed_words(conn) else SIGNATURE_BITS
+    sigs = np.zeros(len(words), np.int64) if signatures is None else np.asarray(signatures, dtype=np.int64)
+    where, params = filter_sql(filters)
+    allowed = " JOIN images i ON i.id = w.image_id JOIN papyri p ON p.id = i.papyrus_id" if where else ""
+    match = "(w.signature IS NULL OR bit_count((w.signature # qk.sig)::bit(64)) <= %s)"
+    sql = (
+        "SELECT array_agg(w.image_id), array_agg(qk.row), array_agg(w.weight)"
+        " FROM unnest(%s::int4[], %s::int8[]) WITH ORDINALITY AS qk(word, sig, row)"
+        f" JOIN image_words w ON w.word = qk.word{allowed}" + (f"{where} AND {match}" if where else f" WHERE {match}")
+    )
+    distinct = np.unique(words)
+    with conn.cursor(binary=True) as cur:
+        got = cur.execute(sql, [words.tolist(), sigs.tolist(), *params, hamming]).fetchone()
+        images, rows, weights = got if got is not None else (None, None, None)
+        known = cur.execute(
+            "SELECT d.word, ln((n.n + 1.0) / (d.df + 1.0)) FROM word_df d"
+            " CROSS JOIN (SELECT count(*)::float8 AS n FROM images) n WHERE d.word = ANY(%s::int4[]) ORDER BY d.word",
+            [distinct.tolist()],
+        ).fetchall()
+    return WordPairs(
+        len(words),
+        np.asarray(images or [], np.int64),
+        np.asarray(rows or [], np.int64) - 1,
+        np.asarray(weights or [], np.float64),
+        np.asarray([w for w, _ in known], np.int64),
+        np.asarray([v for _, v in known], np.float64),
+    )
+
+
+def _rank_pairs(
+    words: np.ndarray, weights: np.ndarray, pairs: WordPairs, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``n`` best images of :func:`word_candidates` from its ``pairs``: (image ids, score,
+    window), in the list's order."""
+    distinct, word_of = np.unique(words.astype(np.int64), return_inverse=True)
+    at = np.searchsorted(pairs.words, distinct)
+    at = np.minimum(at, max(len(pairs.words) - 1, 0))
+    known = (pairs.words[at] == distinct) if len(pairs.words) else np.zeros(len(distinct), bool)
+    idf = np.where(known, pairs.idf[at] if len(pairs.idf) else 0.0, 0.0)
+    windows = weights.shape[1]
+    # the query's side: q_w = √(its weighted count), one column per window, and its norm per window
+    q = np.zeros((len(distinct), windows))
+    np.add.at(q, word_of, weights)
+    qnorm = np.maximum(np.sqrt(((np.sqrt(q) * idf[:, None])[known] ** 2).sum(axis=0)), 1e-9)
+    keep = known[word_of[pairs.rows]]
+    images, rows, d = pairs.image_ids[keep], pairs.rows[keep], pairs.weights[keep]
+    if not len(images):
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
+    # per (image, word): the matching pairs m in each window and the posting weight d
+    group_key = images * len(distinct) + word_of[rows]
+    groups, group_of = np.unique(group_key, return_inverse=True)
+    m = np.stack([np.bincount(group_of, weights=weights[rows, j], minlength=len(groups)) for j in range(windows)], 1)
+    d_group = np.zeros(len(groups))
+    np.maximum.at(d_group, group_of, d)
+    word_idf = idf[groups % len(distinct)]
+    part = np.sqrt(m) * (d_group * word_idf * word_idf)[:, None]
+    # per image: a sum per window
+    ids, image_of = np.unique(groups // len(distinct), return_inverse=True)
+    s = np.stack([np.bincount(image_of, weights=part[:, j], minlength=len(ids)) for j in range(windows)], 1)
+    # each window's n best (higher sum, then lower id), ranked; an image's best rank in any window
+    none = np.iinfo(np.int64).max
+    best_rank = np.full(len(ids), none)
+    for j in range(windows):
+        col = s[:, j]
+        some = (
+            np.arange(len(ids))
+            if len(ids) <= n
+            else np.flatnonzero(col >= np.partition(col, len(ids) - n)[len(ids) - n])
+        )
+        first = some[np.lexsort((ids[some], -col[some]))][:n]
+        best_rank[first] = np.minimum(best_rank[first], np.arange(1, len(first) + 1))
+    chosen = np.flatnonzero(best_rank != none)
+    normed = s[chosen] / qnorm
+    score, window = normed.max(axis=1), normed.argmax(axis=1)
+    order = np.lexsort((ids[chosen], -score, best_rank[chosen]))[:n]
+    return ids[chosen][order], score[order], window[order]
 
 
 def stats(conn: psycopg.Connection) -> dict[str, Any]:
@@ -269,4 +355,3 @@ def stats(conn: psycopg.Connection) -> dict[str, Any]:
         "signed_words": signed_words(conn),
         "hnsw": hnsw_state(conn),
     }
-
