@@ -18,6 +18,8 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import hashlib
+import json
 import os
 import threading
 import time
@@ -312,14 +314,11 @@ def first_pass_list(
     )
 
 
-_PAIRS: dict[str, Any] = {}
+_PAIRS: dict[str, index.WordPairs] = {}
 _PAIRS_LOCK = threading.Lock()
 
 
 def _pairs_key(url: str, words: np.ndarray, signatures: np.ndarray | None, filters: Mapping[str, Any] | None) -> str:
-    import hashlib
-    import json
-
     digest = hashlib.blake2b(digest_size=16)
     digest.update(url.encode())
     digest.update(json.dumps(dict(filters or {}), sort_keys=True, default=str).encode())
@@ -330,7 +329,11 @@ def _pairs_key(url: str, words: np.ndarray, signatures: np.ndarray | None, filte
 
 
 def _remember_pairs(
-    url: str, words: np.ndarray, signatures: np.ndarray | None, filters: Mapping[str, Any] | None, pairs: Any
+    url: str,
+    words: np.ndarray,
+    signatures: np.ndarray | None,
+    filters: Mapping[str, Any] | None,
+    pairs: index.WordPairs,
 ) -> None:
     """Keep a photo's first-pass ``pairs`` for its second look (:data:`PAIRS_CACHE`)."""
     if PAIRS_CACHE <= 0:
@@ -345,7 +348,7 @@ def _remember_pairs(
 
 def _remembered_pairs(
     url: str, words: np.ndarray, signatures: np.ndarray | None, filters: Mapping[str, Any] | None
-) -> Any:
+) -> index.WordPairs | None:
     """The pairs :func:`first_pass_list` found for these very words in this process, or None."""
     if PAIRS_CACHE <= 0:
         return None
@@ -517,7 +520,7 @@ def second_look_list(
     seen: set[str],
     filters: Mapping[str, Any] | None = None,
     vector: np.ndarray | None = None,
-    pairs: Any = None,
+    pairs: index.WordPairs | None = None,
 ) -> list[Any]:
     """The second look's candidates (:func:`_second_look`): the keypoints' ``words`` scored per window
     of :data:`~papyrus_widgets.retrieval.shortlist.SECOND_LOOK_WINDOWS`, up to
