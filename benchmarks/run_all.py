@@ -1306,12 +1306,18 @@ def render_realphoto_crosscapture_100k(r: dict[str, Any] | None, st: dict[str, A
         timed = "; ".join(
             f"{size['images']:,} images: the first pass's {p50_p95(size, 'first_statement')}, the second look's "
             f"{p50_p95(size, 'second_statement')}"
+            + (
+                f" (its postings read again: {p50_p95(size, 'second_statement_reread')})"
+                if "second_statement_reread" in size["rows"][0]
+                else ""
+            )
             for size in r["sizes"]
         )
         out.append(
             "The word lists alone (p50 / p95 s over all 40 photos, warm: each made twice, alternated, "
             "the second timed; no embedding asked for; the second look's scored from the first pass's pairs, "
-            f"tasks.PAIRS_CACHE): {timed}."
+            "tasks.PAIRS_CACHE, as when both run in one worker process, and with its postings read again, "
+            f"as when it runs in another): {timed}."
         )
     if all("either_look" in row for row in big["rows"]):
         missed = [row for row in big["rows"] if not row["either_look"]]

@@ -295,22 +295,43 @@ def first_pass_list(
     scored per window of :data:`~papyrus_widgets.retrieval.shortlist.WINDOWS` of a photo of
     ``size`` (``points`` None: the query is one window, a region the user gave). ``url``: the
     database of ``conn``, under which this process keeps the matching pairs of all the keypoints
-    for the photo's second look (:data:`PAIRS_CACHE`); None: not kept."""
+    for the photo's second look (:data:`PAIRS_CACHE`); None, or a region given: not kept."""
     from .retrieval import shortlist
 
-    kept, weights = shortlist.query_windows(words, points, size)
     pairs = index.word_pairs(conn, words, signatures, filters)
-    if url is not None:
+    if url is not None and points is not None:  # a region given is one window: it gets no second look
         _remember_pairs(url, words, signatures, filters, pairs)
+    n = max(n, shortlist.WORD_CANDIDATES)
+    return _windowed_list(conn, words, points, size, signatures, n, shortlist.WINDOWS, filters, vector, pairs)
+
+
+def _windowed_list(
+    conn: Any,
+    words: np.ndarray,
+    points: np.ndarray | None,
+    size: Sequence[int],
+    signatures: np.ndarray | None,
+    n: int,
+    windows: Sequence[Sequence[float]],
+    filters: Mapping[str, Any] | None,
+    vector: np.ndarray | None,
+    pairs: index.WordPairs | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`index.word_candidates` of the keypoints' ``words`` scored per window of ``windows``
+    (:func:`~papyrus_widgets.retrieval.shortlist.query_windows`), ``n`` long; ``pairs``: these
+    keypoints' matching pairs found before (:class:`index.WordPairs`), else the postings are read."""
+    from .retrieval import shortlist
+
+    kept, weights = shortlist.query_windows(words, points, size, windows=windows)
     return index.word_candidates(
         conn,
         words[kept],
         weights,
-        max(n, shortlist.WORD_CANDIDATES),
+        n,
         filters,
         vector,
         None if signatures is None else signatures[kept],
-        pairs.subset(kept),
+        None if pairs is None else pairs.subset(kept),
     )
 
 
@@ -529,17 +550,10 @@ def second_look_list(
     matching pairs of these very keypoints (:class:`index.WordPairs`), else their postings are read."""
     from .retrieval import shortlist
 
-    kept, weights = shortlist.query_windows(words, points, size, windows=shortlist.SECOND_LOOK_WINDOWS)
+    n = len(seen) + SECOND_LOOK_CANDIDATES
     with index.pooled_connection(url) as conn:
-        rows = index.word_candidates(
-            conn,
-            words[kept],
-            weights,
-            len(seen) + SECOND_LOOK_CANDIDATES,
-            filters,
-            vector,
-            None if signatures is None else signatures[kept],
-            None if pairs is None else pairs.subset(kept),
+        rows = _windowed_list(
+            conn, words, points, size, signatures, n, shortlist.SECOND_LOOK_WINDOWS, filters, vector, pairs
         )
     return [c for c in shortlist.fuse(rows, []) if c.row["object_key"] not in seen][:SECOND_LOOK_CANDIDATES]
 
@@ -633,11 +647,17 @@ def _tilted_look(
     if len(tilted) == n:
         return []
     words, signatures = worker_vocabulary(settings).words_and_signatures(tilted.descriptors[n:])
-    windows = shortlist.SECOND_LOOK_WINDOWS
-    kept, weights = shortlist.query_windows(words, tilted.points[n:], tilted.size, windows=windows)
     with index.pooled_connection(url) as conn:
-        rows = index.word_candidates(
-            conn, words[kept], weights, TILTED_LOOK_CANDIDATES, filters, vector, signatures[kept]
+        rows = _windowed_list(
+            conn,
+            words,
+            tilted.points[n:],
+            tilted.size,
+            signatures,
+            TILTED_LOOK_CANDIDATES,
+            shortlist.SECOND_LOOK_WINDOWS,
+            filters,
+            vector,
         )
     again = [h for h in first if h.image_key][:TILTED_RETRIES]
     tried = {h.image_key for h in again}

@@ -660,6 +660,9 @@ def test_the_pairs_read_once_give_the_lists_of_the_postings_read_again(conn, url
     for i in range(1, tasks.PAIRS_CACHE + 1):  # other photos' pairs push it out
         tasks.first_pass_list(conn, words[i:], points[i:], size, sigs[i:], 10, url=url)
     assert tasks._remembered_pairs(url, words, sigs, None) is None
+    # a region the user gave is one window and gets no second look: its pairs are not kept
+    region = tasks.first_pass_list(conn, words, None, size, sigs, 10, url=url)
+    assert region and tasks._remembered_pairs(url, words, sigs, None) is None
 
 
 def test_the_ingest_task_names_each_step_to_its_timer(url, conn, tmp_path, model_dir):
