@@ -1307,7 +1307,8 @@ def render_realphoto_crosscapture_100k(r: dict[str, Any] | None, st: dict[str, A
             f"{size['images']:,} images: the first pass's {p50_p95(size, 'first_statement')}, the second look's "
             f"{p50_p95(size, 'second_statement')}"
             + (
-                f" (its postings read again: {p50_p95(size, 'second_statement_reread')})"
+                f" (its postings read again: {p50_p95(size, 'second_statement_reread')}, the same images in "
+                f"{sum(int(row['reread_same_images']) for row in size['rows'])} of {len(size['rows'])} lists)"
                 if "second_statement_reread" in size["rows"][0]
                 else ""
             )
