@@ -544,13 +544,16 @@ TRIALS: dict[str, dict[str, Any]] = {
     "uncached": {"tasks.PHOTO_CACHE": 0},
     "unenlarged": {"retrieval.features.QUERY_MIN_SIDE": 0},
     "control": {},
+    "checks32": {"retrieval.confirm.MATCH_CHECKS": 32},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
 module switches of ``papyrus_widgets`` to set (``module.NAME``). *untilted*: without the tilted
 look (figure 0d's default; it is on by default); *words-alone*: every pair of keypoints of a word
 matches, as before Hamming embedding (64 of 64 bits may differ); *uncached*: each stage of a search
 decodes the photo from the store itself, as before ``tasks.PHOTO_CACHE``; *unenlarged*: a small
-photo (or region) is looked at as it is, as before ``features.QUERY_MIN_SIDE``; *control*: no switch at
+photo (or region) is looked at as it is, as before ``features.QUERY_MIN_SIDE``; *checks32*: each
+reference keypoint's search in the query's k-d forest visits 32 leaves, as before 2026-12-03
+(``retrieval.confirm.MATCH_CHECKS``, now 16); *control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""
 TRIAL = TRIALS["untilted"]

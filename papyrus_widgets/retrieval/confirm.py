@@ -84,6 +84,18 @@ CONFIRM_STEP = 20
 """… and in each further round, while none is confirmed …"""
 CONFIRM_MAX = 70
 """… up to this many in all."""
+MATCH_CHECKS = 16
+"""How many leaves of the query's k-d forest (:class:`QueryIndex`) a reference keypoint's search
+for its two nearest query keypoints visits. 16 since 2026-12-03, 32 before: 14 scene photos of
+papyri of the demo collection matched against its 40 scans, a match took 9.9 ms against 21.8 ms
+(median; 8 visits: 8.0 ms) and the true matches kept 96-99 % of their inliers (186-674 against
+189-696); the wrong ones reached as many as before (p99 30 both). Nearly all of a search that
+confirms nothing is this matching (about 230 references through three looks: 4.2 of its 4.6 s
+of matching, the robust fit 1.5 ms a reference). Searched both ways among 10,035 images, the
+same 64 photos of indexed papyri and 16 of held-out ones at 3, 10 and 25 % of the frame
+(``bench_realphoto.py --fractions 0.03,0.1,0.25 --trial checks32``, results.md figure 0b): the
+same answers but one more photo at 3 % found and confirmed with 16, nothing held out confirmed
+either way, "no confirmed match" 0.75-0.88x the time (p50)."""
 VERIFY_THREADS = 2
 """The candidates of a round are matched this many at a time (at most one per CPU): OpenCV's
 matching and fitting let go of the GIL, so a search on a worker uses the machine's idle cores
@@ -168,7 +180,6 @@ class QueryIndex:
     :data:`~.features.QUERY_MAX_KEYPOINTS`)."""
 
     TREES = 4
-    CHECKS = 32
     SEED = 20261201
     """The forest's random splits are drawn from OpenCV's random generator of the building
     thread, seeded with this first: the same query then gets the same forest, the same pairs and
@@ -181,7 +192,7 @@ class QueryIndex:
         import cv2
 
         self.features = query
-        self._matcher = cv2.FlannBasedMatcher({"algorithm": 1, "trees": self.TREES}, {"checks": self.CHECKS})
+        self._matcher = cv2.FlannBasedMatcher({"algorithm": 1, "trees": self.TREES}, {"checks": MATCH_CHECKS})
         self._matcher.add([root_sift(query.descriptors)])
         cv2.setRNGSeed(self.SEED)  # the generator is per thread: this thread's build only
         self._matcher.train()
