@@ -93,7 +93,7 @@ papyri of the demo collection matched against its 40 scans, a match took 9.9 ms 
 confirms nothing is this matching (about 230 references through three looks: 4.2 of its 4.6 s
 of matching, the robust fit 1.5 ms a reference). Searched both ways among 10,035 images, the
 same 64 photos of indexed papyri and 16 of held-out ones at 3, 10 and 25 % of the frame
-(``bench_realphoto.py --fractions 0.03,0.1,0.25 --trial checks32``, results.md figure 0b): the
+(``bench_realphoto.py --fractions 0.03,0.1,0.25 --trial checks32``, results.md figure 0c): the
 same answers but one more photo at 3 % found and confirmed with 16, nothing held out confirmed
 either way, "no confirmed match" 0.75-0.88x the time (p50)."""
 VERIFY_THREADS = 2
