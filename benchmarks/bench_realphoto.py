@@ -75,7 +75,7 @@ alone (``verify=False``, k=100) in that index and again after N derived items ar
 from a crop of a fragment's photograph), as figure 0b does for figure 0's photos.
 
 Run alone: ``python benchmarks/bench_realphoto.py [--quick] [--distractors N] [--per-ref N] [--derived N]
-[--fractions F,F,...] [--variants V,V,...] [--trial untilted|words-alone|uncached|unenlarged|control]
+[--fractions F,F,...] [--variants V,V,...] [--trial untilted|words-alone|uncached|unenlarged|checks32|two-pass|control]
 [--cross-capture]``.
 """
 
@@ -545,6 +545,7 @@ TRIALS: dict[str, dict[str, Any]] = {
     "unenlarged": {"retrieval.features.QUERY_MIN_SIDE": 0},
     "control": {},
     "checks32": {"retrieval.confirm.MATCH_CHECKS": 32},
+    "two-pass": {"retrieval.features.ONE_PASS": False},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
 module switches of ``papyrus_widgets`` to set (``module.NAME``). *untilted*: without the tilted
@@ -553,7 +554,8 @@ matches, as before Hamming embedding (64 of 64 bits may differ); *uncached*: eac
 decodes the photo from the store itself, as before ``tasks.PHOTO_CACHE``; *unenlarged*: a small
 photo (or region) is looked at as it is, as before ``features.QUERY_MIN_SIDE``; *checks32*: each
 reference keypoint's search in the query's k-d forest visits 32 leaves, as before 2026-12-03
-(``retrieval.confirm.MATCH_CHECKS``, now 16); *control*: no switch at
+(``retrieval.confirm.MATCH_CHECKS``, now 16); *two-pass*: SIFT keypoints proposed, chosen, then
+described, as before ``features.ONE_PASS`` (the same features, more slowly); *control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""
 TRIAL = TRIALS["untilted"]

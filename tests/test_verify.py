@@ -658,6 +658,30 @@ def test_keypoints_are_kept_balanced_over_scales() -> None:
     assert f.endswith("/scales") and f.startswith("sift/")
 
 
+def test_keypoints_described_in_one_pass_are_those_detected_then_described(scan, monkeypatch) -> None:
+    """``_sift_balanced`` describes every keypoint proposed in one pass and keeps the balanced
+    choice's descriptors (``ONE_PASS``): the same keypoints and descriptors as proposing, choosing
+    and then describing only those chosen (the way before, which built OpenCV's image pyramid
+    twice), so features stored before the change stay valid."""
+    from papyrus_widgets.retrieval import features as F
+
+    arr = np.asarray(scan.convert("L"))
+    proposed = len(F._detector("sift", 300 * F.CANDIDATES_PER_KEYPOINT).detect(arr, None))
+    assert proposed > 300  # a choice is made
+    for n in (300, 100_000):  # a choice made, and every keypoint kept
+        keypoints, descriptors = F._sift_balanced(arr, None, n)
+        monkeypatch.setattr(F, "ONE_PASS", False)
+        expected_kp, expected = F._sift_balanced(arr, None, n)
+        monkeypatch.setattr(F, "ONE_PASS", True)
+        assert len(keypoints) == len(expected_kp) == min(n, proposed if n == 300 else len(keypoints)) > 0
+        assert [k.pt for k in keypoints] == [k.pt for k in expected_kp]
+        assert np.array_equal(descriptors, expected)
+    blank = np.full((64, 64), 128, np.uint8)
+    assert F._sift_balanced(blank, None, 100) == ((), None)
+    monkeypatch.setattr(F, "ONE_PASS", False)
+    assert F._sift_balanced(blank, None, 100) == ((), None)
+
+
 def test_tilted_views_confirm_a_photo_taken_at_a_steep_angle(scan, scan_features) -> None:
     """The scan shortened 2.4 times across a slanting direction (a camera tilted by about 65
     degrees): the photo's own keypoints hardly match it; with the tilted views'

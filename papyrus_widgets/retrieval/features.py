@@ -170,6 +170,39 @@ def _balanced(keypoints: Sequence[Any], n: int) -> list[int]:
     return chosen
 
 
+ONE_PASS = True
+"""Whether :func:`_sift_balanced` proposes and describes the keypoints in one pass (on since
+2026-12-03). False: propose, choose, then describe the chosen ones, as before (OpenCV builds its
+image pyramid twice; the same features, more slowly): ``benchmarks/bench_features.py`` and
+``bench_realphoto.py --trial two-pass`` compare the two."""
+
+
+def _sift_balanced(arr: np.ndarray, mask: np.ndarray | None, max_keypoints: int) -> tuple[Sequence[Any], Any]:
+    """SIFT keypoints of ``arr`` (inside ``mask``) with their descriptors: :data:`CANDIDATES_PER_KEYPOINT`
+    times ``max_keypoints`` proposed, ``max_keypoints`` of them kept balanced over scales
+    (:func:`_balanced`). With :data:`ONE_PASS`, ``detectAndCompute`` describes every keypoint
+    proposed and those kept keep their descriptors: OpenCV builds its Gaussian pyramid once, where
+    proposing and then describing the kept ones built it twice. The same keypoints and
+    descriptors, bit for bit; a photo's 4,000 keypoints at 1,600 px in 0.71-0.72x the time, its
+    tilted views' in 0.72-0.75x, a scan's 1,000 at 768 px (where describing all 4,000 proposed
+    costs about what the second pyramid did) in 0.98-1.01x (two runs of
+    ``benchmarks/bench_features.py``, results.md figure 7)."""
+    detector = _detector("sift", max_keypoints * CANDIDATES_PER_KEYPOINT)
+    if not ONE_PASS:
+        found = detector.detect(arr, mask)
+        if len(found) > max_keypoints:
+            found = [found[i] for i in _balanced(found, max_keypoints)]
+        keypoints, descriptors = detector.compute(arr, found) if found else ((), None)
+    else:
+        keypoints, descriptors = detector.detectAndCompute(arr, mask)
+        if descriptors is not None and len(keypoints) > max_keypoints:
+            chosen = _balanced(keypoints, max_keypoints)
+            keypoints, descriptors = [keypoints[i] for i in chosen], descriptors[chosen]
+    if descriptors is None or not keypoints:
+        return (), None
+    return keypoints, descriptors
+
+
 _detector_local = threading.local()
 
 
@@ -260,11 +293,7 @@ def extract_features(
         mask = np.zeros(arr.shape, dtype=np.uint8)
         cv2.fillPoly(mask, [np.round((poly - [x0, y0]) * r).astype(np.int32)], 255)
     if method == "sift" and SCALE_BALANCED:
-        detector = _detector(method, max_keypoints * CANDIDATES_PER_KEYPOINT)
-        found = detector.detect(arr, mask)
-        if len(found) > max_keypoints:
-            found = [found[i] for i in _balanced(found, max_keypoints)]
-        keypoints, descriptors = detector.compute(arr, found) if found else ((), None)
+        keypoints, descriptors = _sift_balanced(arr, mask, max_keypoints)
     else:
         keypoints, descriptors = _detector(method, max_keypoints).detectAndCompute(arr, mask)
     work_scale = r * fx if region is not None else 0.0
@@ -348,11 +377,7 @@ def tilted_features(
         shown = cv2.resize(turned, (view_w, int(span[1])), interpolation=cv2.INTER_LINEAR)
         mask = cv2.resize(inside, (view_w, int(span[1])), interpolation=cv2.INTER_NEAREST)
         mask = cv2.erode(mask, np.ones((5, 5), np.uint8))  # no keypoints on the edge of the turned photo
-        detector = _detector("sift", max_keypoints * CANDIDATES_PER_KEYPOINT)
-        found = detector.detect(shown, mask)
-        if len(found) > max_keypoints:
-            found = [found[i] for i in _balanced(found, max_keypoints)]
-        keypoints, desc = detector.compute(shown, found) if found else ((), None)
+        keypoints, desc = _sift_balanced(shown, mask, max_keypoints)
         if desc is None or not keypoints:
             return None
         m = np.vstack([np.diag([view_w / span[0], 1.0]) @ rot, [0, 0, 1]])  # work px -> view px
