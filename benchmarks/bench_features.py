@@ -89,7 +89,6 @@ def measure(jobs: dict[str, list[Callable[[], Any]]], repeats: int) -> dict[str,
 
 def main() -> None:
     import cv2
-    from PIL import Image
 
     from papyrus_widgets import imaging, scenes, tasks
     from papyrus_widgets.retrieval import features as F
@@ -99,14 +98,14 @@ def main() -> None:
     load_start = C.load_average()
     refs = C.reference_images()[: 8 if args.quick else 24]
     repeats = 2 if args.quick else 3
-    scans = [Image.open(p).convert("RGB") for p in refs]
+    data = [p.read_bytes() for p in refs]
+    scans = [imaging.decode_image(d, max_pixels=400_000_000) for d in data]
     made = scenes.make_scenes([(p.name, im) for p, im in zip(refs, scans)], scans, 1, SEED)
-    photos = []
-    for _name, scene in made:
-        photo = imaging.decode_image(imaging.jpeg_bytes(scene.image, 90), max_side=tasks.PHOTO_MAX_SIDE)
-        photos.append(photo)
+    photos = [
+        imaging.decode_image(imaging.jpeg_bytes(scene.image, 90), max_side=tasks.PHOTO_MAX_SIDE) for _, scene in made
+    ]
     bases = [tasks._query_features(p, None) for p in photos]
-    stored = [imaging.decode_image(p.read_bytes(), max_side=F.MAX_SIDE) for p in refs]
+    stored = [imaging.decode_image(d, max_side=F.MAX_SIDE) for d in data]  # as the ingest decodes a scan
 
     def query(p: Any) -> Callable[[], Any]:
         return lambda: tasks._query_features(p, None)

@@ -185,7 +185,7 @@ def _sift_balanced(arr: np.ndarray, mask: np.ndarray | None, max_keypoints: int)
     proposing and then describing the kept ones built it twice. The same keypoints and
     descriptors, bit for bit; a photo's 4,000 keypoints at 1,600 px in 0.71-0.72x the time, its
     tilted views' in 0.72-0.75x, a scan's 1,000 at 768 px (where describing all 4,000 proposed
-    costs about what the second pyramid did) in 0.98-1.01x (two runs of
+    costs about what the second pyramid did) in 0.98-1.01x (three runs of
     ``benchmarks/bench_features.py``, results.md figure 7)."""
     detector = _detector("sift", max_keypoints * CANDIDATES_PER_KEYPOINT)
     if not ONE_PASS:
