@@ -89,9 +89,10 @@ MATCH_CHECKS = 16
 for its two nearest query keypoints visits. 16 since 2026-12-03, 32 before: 14 scene photos of
 papyri of the demo collection matched against its 40 scans, a match took 9.9 ms against 21.8 ms
 (median; 8 visits: 8.0 ms) and the true matches kept 96-99 % of their inliers (186-674 against
-189-696); the wrong ones reached as many as before (p99 30 both). Nearly all of a search that
-confirms nothing is this matching (about 230 references through three looks: 4.2 of its 4.6 s
-of matching, the robust fit 1.5 ms a reference). Searched both ways among 10,035 images, the
+189-696); the wrong ones reached as many as before (p99 30 both). With 32 leaves (and SIFT in
+two passes) nearly all of a search that confirms nothing was this matching (about 230 references
+through three looks: 4.2 of its 4.6 s of matching, the robust fit 1.5 ms a reference); with 16
+and one pass, 41-46 % of its p50 (results.md, figure 0c). Searched both ways among 10,035 images, the
 same 64 photos of indexed papyri and 16 of held-out ones at 3, 10 and 25 % of the frame
 (``bench_realphoto.py --fractions 0.03,0.1,0.25 --trial checks32``, results.md figure 0c): the
 same answers but one more photo at 3 % found and confirmed with 16, nothing held out confirmed
