@@ -59,7 +59,8 @@ messenger sends it on, shrunk to 480-1,024 px), each searched
 with no corners twice on the same cluster: as the search is now and as it would be with
 ``--trial``'s switches (``TRIALS``, set on the workers; default *untilted*: without the tilted
 look, ``tasks.TILTED_LOOK``, which is on by default). ``--fractions`` compares with a ``--trial``
-too when one is given (*words-alone*: as before Hamming embedding).
+too when one is given (*words-alone*: as before Hamming embedding). Given both, ``--fractions``
+and ``--variants`` run one after the other on one index (one result each).
 
 **Another photograph of the same papyrus, real** (``--cross-capture``, result
 ``realphoto-crosscapture``, figure 0e; not part of ``make bench``): the PapyrusViz fragments were
@@ -75,7 +76,8 @@ alone (``verify=False``, k=100) in that index and again after N derived items ar
 from a crop of a fragment's photograph), as figure 0b does for figure 0's photos.
 
 Run alone: ``python benchmarks/bench_realphoto.py [--quick] [--distractors N] [--per-ref N] [--derived N]
-[--fractions F,F,...] [--variants V,V,...] [--trial untilted|words-alone|uncached|unenlarged|checks32|two-pass|control]
+[--fractions F,F,...] [--variants V,V,...]
+[--trial untilted|words-alone|uncached|unenlarged|checks32|two-pass|off-centre90|control]
 [--cross-capture]``.
 """
 
@@ -546,6 +548,7 @@ TRIALS: dict[str, dict[str, Any]] = {
     "control": {},
     "checks32": {"retrieval.confirm.MATCH_CHECKS": 32},
     "two-pass": {"retrieval.features.ONE_PASS": False},
+    "off-centre90": {"tasks.SECOND_LOOK_AFTER_OFF_CENTRE": 90},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
 module switches of ``papyrus_widgets`` to set (``module.NAME``). *untilted*: without the tilted
@@ -555,7 +558,9 @@ decodes the photo from the store itself, as before ``tasks.PHOTO_CACHE``; *unenl
 photo (or region) is looked at as it is, as before ``features.QUERY_MIN_SIDE``; *checks32*: each
 reference keypoint's search in the query's k-d forest visits 32 leaves, as before 2026-12-03
 (``retrieval.confirm.MATCH_CHECKS``, now 16); *two-pass*: SIFT keypoints proposed, chosen, then
-described, as before ``features.ONE_PASS`` (the same features, more slowly); *control*: no switch at
+described, as before ``features.ONE_PASS`` (the same features, more slowly); *off-centre90*: the
+second look after papyri confirmed only off the photo's middle confirms all 90 of its list, as
+before 2026-12-03 (``tasks.SECOND_LOOK_AFTER_OFF_CENTRE``, now 40); *control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""
 TRIAL = TRIALS["untilted"]
@@ -990,11 +995,11 @@ def main() -> None:
             shares = [float(f) for f in args.fractions.split(",") if f.strip()]
             result = by_fraction(engine, papyri, shares, total, TRIALS[args.trial] if args.trial else None)
             C.write_result(args.out, NAME + "-fractions", result)
-            return
-        if args.variants:
+        if args.variants:  # after --fractions too when both are given: one index for both
             chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
             result = by_variant(engine, papyri, chosen, total, TRIALS[args.trial] if args.trial else TRIAL)
             C.write_result(args.out, NAME + "-variants", result)
+        if args.fractions or args.variants:
             return
         rows: list[dict[str, Any]] = []
         for q in positives:

@@ -51,6 +51,17 @@ SECOND_LOOK_CANDIDATES = 90
 """How many more references the second look (:func:`_second_look`) confirms at most when the
 first stage's candidates confirmed nothing near the middle of the photo (0: no second look); in
 rounds, like the first ones, it stops at a confirmed match."""
+SECOND_LOOK_AFTER_OFF_CENTRE = 40
+"""How many of those the second look confirms at most when the first look did confirm papyri, but
+only off the middle of the photo (:data:`~papyrus_widgets.retrieval.confirm.CONFIRM_STOP_OFF_CENTRE`):
+the first of the same list of :data:`SECOND_LOOK_CANDIDATES` (its order does not change), so a
+papyrus it finds within them is found as before. Such a look is for a neighbouring sheet of the
+collection confirmed instead of the one photographed; more often the papyrus confirmed is the one
+photographed and the look finds nothing new (96 of 256 benchmark photos and 69 of 160 development
+photos took it on 2026-12-03, and it changed no answer; the one development photo it rescued stood
+35th of its list). 40 since 2026-12-03 (90 before): the same answers photo for photo on 192 photos
+at 3 % and 10 % of the frame and at 45-60° (``bench_realphoto.py --fractions 0.03,0.1 --variants
+steep --trial off-centre90``; benchmarks/results.md, figure 0c)."""
 PHOTO_CACHE = 2
 """Decoded query photos each process keeps (an LRU by object key and decode bounds): a search's
 stages — preparing, the first look's closer look, the second look — run one after another,
@@ -573,7 +584,8 @@ def _second_look(
     visual words scored per window of :data:`~papyrus_widgets.retrieval.shortlist.SECOND_LOOK_WINDOWS`
     (smaller than the first pass's), leaving out the keypoints inside the outlines ``found``
     already (their papyri explain them), up to :data:`SECOND_LOOK_CANDIDATES` references not
-    ``seen`` yet, confirmed like the first ones (and looked at closer). Returns their confirming
+    ``seen`` yet (the first :data:`SECOND_LOOK_AFTER_OFF_CENTRE` of them when papyri were
+    ``found``), confirmed like the first ones (and looked at closer). Returns their confirming
     results."""
     from .retrieval import confirm, shortlist
     from .retrieval.locate import outside
@@ -592,6 +604,8 @@ def _second_look(
         signatures = None if signatures is None else signatures[rest]
         pairs = None if pairs is None else pairs.subset(rest)
     fresh = second_look_list(url, words, points, features.size, signatures, seen, filters, vector, pairs)
+    if found:  # the first look confirmed papyri off the middle: a shorter look for one beside them
+        fresh = fresh[:SECOND_LOOK_AFTER_OFF_CENTRE]
     candidates = _candidates(settings, _first_stage_hits(fresh, None))
     # stops at a confirmed match wherever it lies: the first look found nothing in the middle
     results = confirm(features, candidates, limit=len(candidates), aimed=False)

@@ -355,6 +355,8 @@ def test_a_first_stage_that_missed_the_papyrus_gets_a_second_look(indexed_engine
     assert not any(h.confirmed for h in tasks.verify_task(settings, key, "photo.jpg", missed, 5, prep, None, vec))
     assert looked == []
     monkeypatch.setattr(tasks, "SECOND_LOOK_CANDIDATES", 90)
+    # nothing was confirmed at all: the second look's list is not shortened
+    monkeypatch.setattr(tasks, "SECOND_LOOK_AFTER_OFF_CENTRE", 0)
     out = tasks.verify_task(settings, key, "photo.jpg", missed, 5, prep, None, vec)
     assert looked == [1]
     top = out[0]
@@ -422,6 +424,13 @@ def test_a_papyrus_found_off_to_the_side_does_not_end_the_search(indexed_engine,
     side = first[0].region
     assert side and max(x for x, _ in side) < 800 and max(y for _, y in side) < 600  # the top left
     monkeypatch.setattr(tasks, "SECOND_LOOK_CANDIDATES", 90)
+    # after a papyrus confirmed only off the middle, the second look confirms the first
+    # SECOND_LOOK_AFTER_OFF_CENTRE of its list: none, and the side one stays the answer
+    monkeypatch.setattr(tasks, "SECOND_LOOK_AFTER_OFF_CENTRE", 0)
+    alone = tasks.verify_task(settings, key, "desk.jpg", missed, 5, prep, None, vec)
+    assert [h.inventory_key for h in alone if h.confirmed] == ["p_g_654"] and len(found) == 1
+    found.clear()
+    monkeypatch.setattr(tasks, "SECOND_LOOK_AFTER_OFF_CENTRE", 40)
     out = tasks.verify_task(settings, key, "desk.jpg", missed, 5, prep, None, vec)
     assert len(found) == 1 and len(found[0]) == 1  # looked past the one region found
     assert np.allclose(found[0][0], side, atol=1.0)
