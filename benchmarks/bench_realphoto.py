@@ -59,8 +59,11 @@ messenger sends it on, shrunk to 480-1,024 px), each searched
 with no corners twice on the same cluster: as the search is now and as it would be with
 ``--trial``'s switches (``TRIALS``, set on the workers; default *untilted*: without the tilted
 look, ``tasks.TILTED_LOOK``, which is on by default). ``--fractions`` compares with a ``--trial``
-too when one is given (*words-alone*: as before Hamming embedding). Given both, ``--fractions``
-and ``--variants`` run one after the other on one index (one result each).
+too when one is given (*words-alone*: as before Hamming embedding). The two searches of a photo
+(as it is, with the trial) run one right after the other, taking turns at going first, so that a
+slow spell of the machine or the warmer caches of a second search fall on both alike; each set
+reports the median per-photo latency ratio and how many answers changed. Given both,
+``--fractions`` and ``--variants`` run one after the other on one index (one result each).
 
 **Another photograph of the same papyrus, real** (``--cross-capture``, result
 ``realphoto-crosscapture``, figure 0e; not part of ``make bench``): the PapyrusViz fragments were
@@ -484,33 +487,64 @@ def by_fraction(
 ) -> dict[str, Any]:
     """The no-corner search on scenes with the papyrus at each share of the frame in ``shares``;
     with ``trial`` (:data:`TRIALS`), the same photos searched with its switches too (``trial`` in
-    each share's entry)."""
+    each share's entry), the two searches of each photo one right after the other
+    (:func:`both_ways`)."""
 
     out: dict[str, Any] = {"name": NAME + "-fractions", "gallery": {"images": total}, "fractions": []}
     if trial:
         out["trial"] = trial
+        out["alternated"] = True
     for share in shares:
         seed = SEED + 100 + int(round(share * 1000))
         positives, negatives = papyri.photos(seed, fraction=share)
-        measured = _fraction_rows(engine, share, positives, negatives, total)
-        if trial:
-            now = _current(trial)
-            _switch(engine, trial)
-            print(f"  … and with {trial}", flush=True)
-            measured["trial"] = _fraction_rows(engine, share, positives, negatives, total)
-            _switch(engine, now)
+        if not trial:
+            rows = [_fraction_row(engine, q) for q in positives]
+            out["fractions"].append(_fraction_entry(share, rows, held_out_searches(engine, negatives)))
+            continue
+        arms = {"now": _current(trial), "trial": trial}
+        print(f"  … each photo searched as it is and with {trial}, alternately first", flush=True)
+        rows_by = both_ways(engine, arms, positives, lambda q: _fraction_row(engine, q))
+        held_by = both_ways(engine, arms, negatives, lambda q: held_out_searches(engine, [q])[0])
+        measured = _fraction_entry(share, rows_by["now"], held_by["now"])
+        measured["trial"] = _fraction_entry(share, rows_by["trial"], held_by["trial"], "trial")
+        measured["per_photo"] = per_photo_ratios(rows_by["now"], rows_by["trial"])
+        measured["held_out_per_photo"] = per_photo_ratios(held_by["now"], held_by["trial"])
+        print(f"{share:.0%}: trial / now per photo {measured['per_photo']}, held out {measured['held_out_per_photo']}")
         out["fractions"].append(measured)
     out["load_average"] = C.load_average()
     return out
 
 
-def _fraction_rows(engine: Any, share: float, positives: list[Any], negatives: list[Any], total: int) -> dict[str, Any]:
-    """One share's figures: the first stage's rank and the default search of every photo."""
-    rows = []
-    for q in positives:
-        first = engine.search(q.data, k=100, verify=False)
-        rows.append({**no_corner_search(engine, q), "first_rank": rank_of(first.hits, q.truth)})
-    held = held_out_searches(engine, negatives)
+def both_ways(
+    engine: Any, arms: dict[str, dict[str, Any]], photos: list[Any], search: Any
+) -> dict[str, list[dict[str, Any]]]:
+    """``search(photo)`` of every photo under each of ``arms`` (label: switches, :func:`_switch`),
+    the arms one right after the other for each photo and taking turns at going first (photo 0 in
+    the order of ``arms``, photo 1 the other way round, ...): a slow spell of the machine, and the
+    warmer caches the second search of a photo finds, fall on both arms alike. Rows by label, each
+    with ``"first"``: whether that search of the photo ran first. The first arm's switches are set
+    again at the end."""
+    labels = list(arms)
+    out: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
+    for i, q in enumerate(photos):
+        order = labels if i % 2 == 0 else labels[::-1]
+        for n, label in enumerate(order):
+            _switch(engine, arms[label])
+            out[label].append({**search(q), "first": n == 0})
+    _switch(engine, arms[labels[0]])
+    return out
+
+
+def _fraction_row(engine: Any, q: Any) -> dict[str, Any]:
+    """A photo's first-stage rank (``verify=False``, k=100), then its default search, timed."""
+    first = engine.search(q.data, k=100, verify=False)
+    return {**no_corner_search(engine, q), "first_rank": rank_of(first.hits, q.truth)}
+
+
+def _fraction_entry(
+    share: float, rows: list[dict[str, Any]], held: list[dict[str, Any]], label: str = "now"
+) -> dict[str, Any]:
+    """One share's figures from its photos' rows (:func:`_fraction_row`) and held-out searches."""
     held_confirmed, held_latency = [r["confirmed"] for r in held], [r["latency"] for r in held]
 
     def at(key: str, k: int) -> float:
@@ -532,12 +566,23 @@ def _fraction_rows(engine: Any, share: float, positives: list[Any], negatives: l
         "held_out_rows": held,
     }
     print(
-        f"papyrus at {share:.0%} of the frame: first-stage recall@50 {entry['first_stage']['recall@50']:.3f}, "
-        f"top-1 {entry['top1']:.3f}, top-5 {entry['top5']:.3f}, held-out confirmed {entry['held_out_confirmed']}, "
-        f"p50 {entry['latency']['p50']:.2f} s",
+        f"papyrus at {share:.0%} of the frame ({label}): first-stage recall@50 "
+        f"{entry['first_stage']['recall@50']:.3f}, top-1 {entry['top1']:.3f}, top-5 {entry['top5']:.3f}, "
+        f"held-out confirmed {entry['held_out_confirmed']}, p50 {entry['latency']['p50']:.2f} s",
         flush=True,
     )
     return entry
+
+
+def per_photo_ratios(now: list[dict[str, Any]], trial: list[dict[str, Any]]) -> dict[str, Any]:
+    """The latency ratio trial / now of each photo (rows of :func:`both_ways`, in the same order):
+    their median, and whether the answers (rank, confirmed) are the same photo for photo."""
+    ratios = [t["latency"] / n["latency"] for n, t in zip(now, trial) if n["latency"] > 0]
+    same = [(n.get("rank"), n["confirmed"]) == (t.get("rank"), t["confirmed"]) for n, t in zip(now, trial)]
+    return {
+        "median_ratio": float(np.median(ratios)) if ratios else None,
+        "answers_changed": int(len(same) - sum(same)),
+    }
 
 
 TRIALS: dict[str, dict[str, Any]] = {
@@ -865,17 +910,19 @@ def by_variant(
 ) -> dict[str, Any]:
     """Photos outside the scenes' usual range (``scenes.VARIANTS``): for each, new scenes of every
     indexed and held-out papyrus, searched with no corners by the search as it is and with
-    ``trial``'s switches (:data:`TRIALS`; default without the tilted look), the same photos, index and cluster."""
+    ``trial``'s switches (:data:`TRIALS`; default without the tilted look), the same photos, index and
+    cluster, the two searches of each photo one right after the other (:func:`both_ways`)."""
     now = _current(trial)
     out: dict[str, Any] = {"name": NAME + "-variants", "gallery": {"images": total}, "trial": trial, "variants": []}
     for n, variant in enumerate(variants):
         seed = SEED + 500 + 10 * n
         positives, negatives = papyri.photos(seed, variant=variant)
         entry: dict[str, Any] = {"variant": variant, "queries": len(positives), "held_out_queries": len(negatives)}
-        for label, switches in (("trial", trial), ("now", now)):
-            _switch(engine, switches)
-            rows = [no_corner_search(engine, q) for q in positives]
-            held_rows = held_out_searches(engine, negatives)
+        arms = {"now": now, "trial": trial}
+        rows_by = both_ways(engine, arms, positives, lambda q: no_corner_search(engine, q))
+        held_by = both_ways(engine, arms, negatives, lambda q: held_out_searches(engine, [q])[0])
+        for label in arms:
+            rows, held_rows = rows_by[label], held_by[label]
             entry[label] = {
                 "top1": float(np.mean([r["rank"] == 1 for r in rows])),
                 "top5": float(np.mean([r["rank"] is not None and r["rank"] <= 5 for r in rows])),
@@ -891,7 +938,9 @@ def by_variant(
                 f"held-out confirmed {entry[label]['held_out_confirmed']}, p50 {entry[label]['latency']['p50']:.2f} s",
                 flush=True,
             )
-        _switch(engine, now)
+        entry["per_photo"] = per_photo_ratios(rows_by["now"], rows_by["trial"])
+        entry["held_out_per_photo"] = per_photo_ratios(held_by["now"], held_by["trial"])
+        print(f"{variant}: trial / now per photo {entry['per_photo']}, held out {entry['held_out_per_photo']}")
         now_top1 = entry["now"]["top1"]
         entry["ratio_top1_trial_vs_now"] = C.ratio(entry["trial"]["top1"], now_top1) if now_top1 else None
         out["variants"].append(entry)
