@@ -503,13 +503,11 @@ def by_fraction(
             continue
         arms = {"now": _current(trial), "trial": trial}
         print(f"  … each photo searched as it is and with {trial}, alternately first", flush=True)
-        rows_by = both_ways(engine, arms, positives, lambda q: _fraction_row(engine, q))
-        held_by = both_ways(engine, arms, negatives, lambda q: held_out_searches(engine, [q])[0])
+        rows_by, held_by, compared = _compared(engine, arms, positives, negatives, _fraction_row)
         measured = _fraction_entry(share, rows_by["now"], held_by["now"])
         measured["trial"] = _fraction_entry(share, rows_by["trial"], held_by["trial"], "trial")
-        measured["per_photo"] = per_photo_ratios(rows_by["now"], rows_by["trial"])
-        measured["held_out_per_photo"] = per_photo_ratios(held_by["now"], held_by["trial"])
-        print(f"{share:.0%}: trial / now per photo {measured['per_photo']}, held out {measured['held_out_per_photo']}")
+        measured.update(compared)
+        print(f"{share:.0%}: trial / now per photo {compared}")
         out["fractions"].append(measured)
     out["load_average"] = C.load_average()
     return out
@@ -574,9 +572,24 @@ def _fraction_entry(
     return entry
 
 
+def _compared(
+    engine: Any, arms: dict[str, dict[str, Any]], positives: list[Any], negatives: list[Any], search: Any
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]], dict[str, Any]]:
+    """The photos of indexed papyri (``search(engine, photo)``) and the held-out ones (:func:`held_out_searches`)
+    searched under both ``arms`` (:func:`both_ways`, labels "now" and "trial"): their rows by label,
+    and ``per_photo`` / ``held_out_per_photo`` (:func:`per_photo_ratios`)."""
+    rows_by = both_ways(engine, arms, positives, lambda q: search(engine, q))
+    held_by = both_ways(engine, arms, negatives, lambda q: held_out_searches(engine, [q])[0])
+    compared = {
+        "per_photo": per_photo_ratios(rows_by["now"], rows_by["trial"]),
+        "held_out_per_photo": per_photo_ratios(held_by["now"], held_by["trial"]),
+    }
+    return rows_by, held_by, compared
+
+
 def per_photo_ratios(now: list[dict[str, Any]], trial: list[dict[str, Any]]) -> dict[str, Any]:
     """The latency ratio trial / now of each photo (rows of :func:`both_ways`, in the same order):
-    their median, and whether the answers (rank, confirmed) are the same photo for photo."""
+    their median, and how many photos' answers (rank, confirmed) differ between the two."""
     ratios = [t["latency"] / n["latency"] for n, t in zip(now, trial) if n["latency"] > 0]
     same = [(n.get("rank"), n["confirmed"]) == (t.get("rank"), t["confirmed"]) for n, t in zip(now, trial)]
     return {
@@ -919,8 +932,7 @@ def by_variant(
         positives, negatives = papyri.photos(seed, variant=variant)
         entry: dict[str, Any] = {"variant": variant, "queries": len(positives), "held_out_queries": len(negatives)}
         arms = {"now": now, "trial": trial}
-        rows_by = both_ways(engine, arms, positives, lambda q: no_corner_search(engine, q))
-        held_by = both_ways(engine, arms, negatives, lambda q: held_out_searches(engine, [q])[0])
+        rows_by, held_by, compared = _compared(engine, arms, positives, negatives, no_corner_search)
         for label in arms:
             rows, held_rows = rows_by[label], held_by[label]
             entry[label] = {
@@ -938,9 +950,8 @@ def by_variant(
                 f"held-out confirmed {entry[label]['held_out_confirmed']}, p50 {entry[label]['latency']['p50']:.2f} s",
                 flush=True,
             )
-        entry["per_photo"] = per_photo_ratios(rows_by["now"], rows_by["trial"])
-        entry["held_out_per_photo"] = per_photo_ratios(held_by["now"], held_by["trial"])
-        print(f"{variant}: trial / now per photo {entry['per_photo']}, held out {entry['held_out_per_photo']}")
+        entry.update(compared)
+        print(f"{variant}: trial / now per photo {compared}")
         now_top1 = entry["now"]["top1"]
         entry["ratio_top1_trial_vs_now"] = C.ratio(entry["trial"]["top1"], now_top1) if now_top1 else None
         out["variants"].append(entry)
