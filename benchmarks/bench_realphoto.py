@@ -80,7 +80,7 @@ from a crop of a fragment's photograph), as figure 0b does for figure 0's photos
 
 Run alone: ``python benchmarks/bench_realphoto.py [--quick] [--distractors N] [--per-ref N] [--derived N]
 [--fractions F,F,...] [--variants V,V,...]
-[--trial untilted|words-alone|uncached|unenlarged|checks32|two-pass|off-centre90|control]
+[--trial untilted|words-alone|uncached|unenlarged|checks32|two-pass|off-centre90|off-centre-rounds|control]
 [--cross-capture]``.
 """
 
@@ -607,6 +607,7 @@ TRIALS: dict[str, dict[str, Any]] = {
     "checks32": {"retrieval.confirm.MATCH_CHECKS": 32},
     "two-pass": {"retrieval.features.ONE_PASS": False},
     "off-centre90": {"tasks.SECOND_LOOK_AFTER_OFF_CENTRE": 90},
+    "off-centre-rounds": {"retrieval.confirm.CONFIRM_AFTER_OFF_CENTRE": None},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
 module switches of ``papyrus_widgets`` to set (``module.NAME``). *untilted*: without the tilted
@@ -618,7 +619,9 @@ reference keypoint's search in the query's k-d forest visits 32 leaves, as befor
 (``retrieval.confirm.MATCH_CHECKS``, now 16); *two-pass*: SIFT keypoints proposed, chosen, then
 described, as before ``features.ONE_PASS`` (the same features, more slowly); *off-centre90*: the
 second look after papyri confirmed only off the photo's middle confirms all 90 of its list, as
-before 2026-12-03 (``tasks.SECOND_LOOK_AFTER_OFF_CENTRE``, now 40); *control*: no switch at
+before 2026-12-03 (``tasks.SECOND_LOOK_AFTER_OFF_CENTRE``, now 40); *off-centre-rounds*: after a
+papyrus confirmed off the photo's middle, the first look's rounds go on to 70, as before 2026-12-04
+(``retrieval.confirm.CONFIRM_AFTER_OFF_CENTRE``, now 0); *control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""
 TRIAL = TRIALS["untilted"]

@@ -61,7 +61,10 @@ photographed and the look finds nothing new (96 of 256 benchmark photos and 69 o
 photos took it on 2026-12-03, and it changed no answer; the one development photo it rescued stood
 35th of its list). 40 since 2026-12-03 (90 before): the same answers photo for photo on 192 photos
 at 3 % and 10 % of the frame and at 45-60° (``bench_realphoto.py --fractions 0.03,0.1 --variants
-steep --trial off-centre90``; benchmarks/results.md, figure 0c)."""
+steep --trial off-centre90``; benchmarks/results.md, figure 0c). Since 2026-12-04 the first look's
+rounds end with the one that confirmed such a papyrus
+(:data:`~papyrus_widgets.retrieval.confirm.CONFIRM_AFTER_OFF_CENTRE`), and the candidates of its
+list it left untried may come up again in this one."""
 PHOTO_CACHE = 2
 """Decoded query photos each process keeps (an LRU by object key and decode bounds): a search's
 stages — preparing, the first look's closer look, the second look — run one after another,
@@ -713,6 +716,9 @@ class FirstLook:
     """The first stage's candidates."""
     more: bool = False
     """Whether a second look is due (a photo without corners, nothing confirmed near its middle)."""
+    untried: set[str] = field(default_factory=set, repr=False)
+    """Candidates whose rounds a papyrus confirmed off the middle cut short, left for the second
+    look to list again (:data:`~papyrus_widgets.retrieval.confirm.CONFIRM_AFTER_OFF_CENTRE`)."""
 
 
 def first_look_task(
@@ -736,7 +742,7 @@ def first_look_task(
     here.
     """
     from .retrieval import confirm
-    from .retrieval.confirm import in_the_middle
+    from .retrieval.confirm import CONFIRM_AFTER_OFF_CENTRE, in_the_middle
 
     if not hits:
         return FirstLook(hits)
@@ -761,7 +767,9 @@ def first_look_task(
     aimed_at = any(in_the_middle(r.verification) for r in results)
     more = whole_photo and prepared is not None and SECOND_LOOK_CANDIDATES > 0 and not aimed_at
     first = [dataclasses.replace(h, matches=list(h.matches)) for h in hits] if more else []  # before _best edits them
-    return FirstLook(_best(settings, results, hits, k), results if more else [], first, more)
+    cut = more and CONFIRM_AFTER_OFF_CENTRE is not None and any(r.confirmed for r in results)
+    untried = {r.payload.image_key for r in results if r.verification is None} if cut else set()
+    return FirstLook(_best(settings, results, hits, k), results if more else [], first, more, untried)
 
 
 def second_look_task(
@@ -794,7 +802,7 @@ def second_look_task(
         if r.confirmed and (v := r.verification) and v.outline and v.query_size
     ]
     try:
-        seen = {h.image_key for h in hits if h.image_key}
+        seen = {h.image_key for h in hits if h.image_key} - look.untried
         more = _second_look(settings, photo, prepared, seen, filters, vector, found)
     except PapyrusError:
         more = []  # the first look's answer stands

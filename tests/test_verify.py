@@ -941,3 +941,43 @@ def test_a_search_decodes_its_photo_once_and_gives_each_stage_its_own_copy(tmp_p
     monkeypatch.setattr(tasks, "PHOTO_CACHE", 0)
     with pytest.raises(KeyError):
         tasks._decode_query(settings, key, QUERY_NAME, tasks.PHOTO_MAX_SIDE)
+
+
+def test_rounds_end_at_the_round_that_confirms_a_papyrus_off_the_middle(
+    warped, scan_features, other_features, monkeypatch
+) -> None:
+    """A photo searched without corners whose candidates confirm a papyrus only off its middle: the
+    rounds stop after :data:`~papyrus_widgets.retrieval.confirm.CONFIRM_AFTER_OFF_CENTRE` more
+    candidates (the second look lists the rest again, for one in the middle); with None they go
+    on to the limit, as before."""
+    import importlib
+
+    C = importlib.import_module("papyrus_widgets.retrieval.confirm")
+    photo, _ = warped
+    canvas = Image.new("RGB", (photo.width * 3, photo.height * 2), (200, 200, 190))
+    canvas.paste(photo, (0, 0))  # the papyrus in the top left corner of a larger photo
+    query = verify.extract_features(canvas)
+    seen: list[str] = []
+
+    def features(name, feats):
+        def get():
+            seen.append(name)
+            return feats
+
+        return get
+
+    candidates = [verify.Candidate(0.5, features("other0", other_features), "other0")]
+    candidates.append(verify.Candidate(0.4, features("right", scan_features), "right"))
+    candidates += [verify.Candidate(0.3, features(f"late{i}", other_features), f"late{i}") for i in range(5)]
+
+    def run(after, aimed=True):
+        monkeypatch.setattr(C, "CONFIRM_AFTER_OFF_CENTRE", after)
+        seen.clear()
+        out = verify.confirm(query, candidates, first=2, step=2, limit=7, aimed=aimed, threads=1)
+        assert out[0].payload == "right" and out[0].confirmed and not C.in_the_middle(out[0].verification)
+        return list(seen)
+
+    assert run(0) == ["other0", "right"]  # the round that confirmed it, no more
+    assert run(2) == ["other0", "right", "late0", "late1"]
+    assert run(None) == ["other0", "right"] + [f"late{i}" for i in range(5)]  # on, for one in the middle
+    assert run(None, aimed=False) == ["other0", "right"]  # a marked region: wherever it is

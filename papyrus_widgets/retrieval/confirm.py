@@ -74,10 +74,20 @@ keeps looking: the right papyrus may come later in the list with much more evide
 CONFIRM_STOP_OFF_CENTRE = 0.35
 """… and, in a photo searched without corners, lies near its middle: its outline's centre within
 this fraction of the half-diagonal from the photo's centre. A confirmed papyrus off to the side —
-a thumbnail, a sheet at the edge of the desk, perhaps in the collection too — is not the one the
-photo was taken of, most of the time: the rounds go on looking for the one in the middle, and
-when they end without one, the search takes its second look at the rest of the photo
+a thumbnail, a sheet at the edge of the desk, perhaps in the collection too — may not be the one
+the photo was taken of: it does not end the search. The rounds end soon after it
+(:data:`CONFIRM_AFTER_OFF_CENTRE`), and the search takes its second look at the rest of the photo
 (:func:`in_the_middle`, :func:`papyrus_widgets.tasks.verify_task`)."""
+CONFIRM_AFTER_OFF_CENTRE: int | None = 0
+"""How many more candidates the rounds of an aimed :func:`confirm` verify after the round that
+confirmed a papyrus strongly (:data:`CONFIRM_STOP_INLIERS`) but only off the photo's middle; None:
+on to the limit, looking for one in the middle (the rule before 2026-12-04). 0 since then: the
+rounds end with that round, and the search's second look at the rest of the photo lists the
+candidates left untried among its own (``tasks.FirstLook.untried``). The same photos both ways
+(``bench_realphoto.py --fractions 0.03,0.05 --variants steep --trial off-centre-rounds``, 192
+photos of indexed papyri and 48 held-out, and 128 development photos at 4 and 7 %): no answer
+lost, two ranked higher at 3 and 5 %; searches that find their papyrus 0.85x, 0.93x, 0.99x, 0.90x
+and 0.86x per photo (median); benchmarks/results.md, figure 0c."""
 CONFIRM_FIRST = 10
 """Candidates verified in the first round of :func:`confirm` …"""
 CONFIRM_STEP = 20
@@ -456,6 +466,8 @@ def confirm(
         size = step
         if any(_stops(v, aimed) for _, _, v in checked):
             break
+        if aimed and CONFIRM_AFTER_OFF_CENTRE is not None and any(_stops(v, False) for _, _, v in checked):
+            limit = min(limit, len(checked) + CONFIRM_AFTER_OFF_CENTRE)
     checked += [(i, c, None) for i, c in todo]
     checked.sort(key=lambda t: t[0])
     return ranked(
