@@ -717,8 +717,10 @@ class FirstLook:
     more: bool = False
     """Whether a second look is due (a photo without corners, nothing confirmed near its middle)."""
     untried: set[str] = field(default_factory=set, repr=False)
-    """Candidates whose rounds a papyrus confirmed off the middle cut short, left for the second
-    look to list again (:data:`~papyrus_widgets.retrieval.confirm.CONFIRM_AFTER_OFF_CENTRE`)."""
+    """The first stage's candidates the first look left untried when it confirmed papyri only off
+    the photo's middle (its rounds end soon after such a papyrus,
+    :data:`~papyrus_widgets.retrieval.confirm.CONFIRM_AFTER_OFF_CENTRE`): the second look may list
+    them again."""
 
 
 def first_look_task(
