@@ -716,11 +716,6 @@ class FirstLook:
     """The first stage's candidates."""
     more: bool = False
     """Whether a second look is due (a photo without corners, nothing confirmed near its middle)."""
-    untried: set[str] = field(default_factory=set, repr=False)
-    """The first stage's candidates the first look left untried when it confirmed papyri only off
-    the photo's middle (its rounds end soon after such a papyrus,
-    :data:`~papyrus_widgets.retrieval.confirm.CONFIRM_AFTER_OFF_CENTRE`): the second look may list
-    them again."""
 
 
 def first_look_task(
@@ -744,7 +739,7 @@ def first_look_task(
     here.
     """
     from .retrieval import confirm
-    from .retrieval.confirm import CONFIRM_AFTER_OFF_CENTRE, in_the_middle
+    from .retrieval.confirm import in_the_middle
 
     if not hits:
         return FirstLook(hits)
@@ -769,9 +764,7 @@ def first_look_task(
     aimed_at = any(in_the_middle(r.verification) for r in results)
     more = whole_photo and prepared is not None and SECOND_LOOK_CANDIDATES > 0 and not aimed_at
     first = [dataclasses.replace(h, matches=list(h.matches)) for h in hits] if more else []  # before _best edits them
-    cut = more and CONFIRM_AFTER_OFF_CENTRE is not None and any(r.confirmed for r in results)
-    untried = {r.payload.image_key for r in results if r.verification is None} if cut else set()
-    return FirstLook(_best(settings, results, hits, k), results if more else [], first, more, untried)
+    return FirstLook(_best(settings, results, hits, k), results if more else [], first, more)
 
 
 def second_look_task(
@@ -791,6 +784,7 @@ def second_look_task(
     best ``k``: confirmed hits first (the one nearest the middle of the photo first), each with its
     region in the photo."""
     from .retrieval import clip, ranked
+    from .retrieval.confirm import CONFIRM_AFTER_OFF_CENTRE
 
     if not look.more or prepared is None:
         return look.hits
@@ -804,7 +798,9 @@ def second_look_task(
         if r.confirmed and (v := r.verification) and v.outline and v.query_size
     ]
     try:
-        seen = {h.image_key for h in hits if h.image_key} - look.untried
+        seen = {h.image_key for h in hits if h.image_key}
+        if found and CONFIRM_AFTER_OFF_CENTRE is not None:  # the first look's rounds ended early
+            seen -= {r.payload.image_key for r in results if r.verification is None}  # may come again
         more = _second_look(settings, photo, prepared, seen, filters, vector, found)
     except PapyrusError:
         more = []  # the first look's answer stands

@@ -83,7 +83,7 @@ CONFIRM_AFTER_OFF_CENTRE: int | None = 0
 confirmed a papyrus strongly (:data:`CONFIRM_STOP_INLIERS`) but only off the photo's middle; None:
 on to the limit, looking for one in the middle (the rule before 2026-12-04). 0 since then: the
 rounds end with that round, and the search's second look at the rest of the photo lists the
-candidates left untried among its own (``tasks.FirstLook.untried``). The same photos both ways
+candidates left untried among its own (``tasks.second_look_task``). The same photos both ways
 (``bench_realphoto.py --fractions 0.03,0.05 --variants steep --trial off-centre-rounds``, 192
 photos of indexed papyri and 48 held-out, and 128 development photos at 4 and 7 %): no answer
 lost, two ranked higher at 3 and 5 %; searches that find their papyrus 0.85x, 0.93x, 0.99x, 0.90x
