@@ -1106,6 +1106,7 @@ VARIANT_WORDS = {
     "relit": "another photo of the papyrus: low side light, other colour, 1 in 3 infrared",
     "wavy": "a sheet not lying flat: waves and a bend, moving 0.6-3.7 % of its side",
     "resent": "sent on by a messenger: shrunk to 480-1,024 px, JPEG 55-80",
+    "lcd": "a laptop panel as a phone sees it: off-axis tone curve, colour stripes, flicker, reflection",
 }
 
 

@@ -384,6 +384,57 @@ def _moire(frame: np.ndarray, screen: np.ndarray, mask: np.ndarray, x0: int, y0:
     frame[y0 : y0 + h, x0 : x0 + w] *= (1 + amp * wave)[..., None] * rng.uniform(0.95, 1.05, 3).astype(np.float32)
 
 
+def _off_axis(screen: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What a laptop's LCD panel shows when it is seen off its axis: its tone curve changes with the
+    vertical angle, so the top and the bottom of the panel get different gammas (0.55-1.8), the
+    black level rises (the image washes out) and the colours take a tint."""
+    h = screen.shape[0]
+    top, bottom = rng.uniform(0.55, 1.8, 2)
+    gamma = np.linspace(top, bottom, h, dtype=np.float32)[:, None, None]
+    lift = np.float32(rng.uniform(0.0, 0.25))
+    tint = rng.uniform(0.88, 1.12, 3).astype(np.float32)
+    out: np.ndarray = (lift + (1 - lift) * np.clip(screen, 0, 1) ** gamma) * tint
+    return out
+
+
+def _lcd_capture(
+    frame: np.ndarray, screen: np.ndarray, mask: np.ndarray, x0: int, y0: int, rng: np.random.Generator
+) -> None:
+    """What a phone's camera adds to a photo of an LCD panel (``screen``: its pixels → frame;
+    ``mask``: where it lies in the frame from ``x0, y0``): the red, green and blue stripes of its
+    pixels, sampled by the sensor (coloured moiré, 8-25 %); the dark bands of its backlight's
+    flicker across the rolling shutter's rows (5-30 %, every 30-160 rows); a reflection of the
+    room in its glossy surface (a bright window with its bars and the photographer's dark head
+    and shoulders, out of focus, 10-40 %); over-exposure of the bright panel (x1.0-1.4)."""
+    h, w = mask.shape
+    inv = _s(2 * math.pi) @ np.linalg.inv(_t(-x0, -y0) @ screen)  # one period per panel pixel
+    y, x = np.mgrid[0 : h + 8 : 8, 0 : w + 8 : 8].astype(np.float64) + 0.5
+    coarse = _apply(inv, np.c_[x.ravel(), y.ravel()]).reshape(*x.shape, 2).astype(np.float32)
+    u = cv2.resize(coarse, (x.shape[1] * 8, x.shape[0] * 8), interpolation=cv2.INTER_LINEAR)[:h, :w, 0]
+    amp = np.float32(rng.uniform(0.08, 0.25))
+    stripes = np.stack([np.cos(u - np.float32(2 * math.pi * c / 3)) for c in range(3)], axis=-1)
+    stripes = cv2.GaussianBlur(stripes, (0, 0), rng.uniform(0.8, 1.4))  # the lens
+    light = 1 + amp * stripes
+    rows = np.arange(y0, y0 + h, dtype=np.float32)[:, None, None]
+    depth, period = np.float32(rng.uniform(0.05, 0.3)), np.float32(rng.uniform(30, 160))
+    phase = np.float32(rng.uniform(0, 2 * math.pi))
+    light *= 1 - depth * (0.5 + 0.5 * np.sin(rows * np.float32(2 * math.pi) / period + phase))
+    room = np.full((h, w), rng.uniform(0.03, 0.12), np.float32)
+    wx, wy = int(rng.uniform(0, 0.7) * w), int(rng.uniform(0, 0.5) * h)
+    ww, wh = int(rng.uniform(0.2, 0.5) * w), int(rng.uniform(0.25, 0.6) * h)
+    room[wy : wy + wh, wx : wx + ww] = rng.uniform(0.3, 0.7)
+    bar = max(2, w // 80)
+    room[wy : wy + wh, wx + (ww - bar) // 2 : wx + (ww + bar) // 2] *= 0.3  # the window's bars
+    room[wy + (wh - bar) // 2 : wy + (wh + bar) // 2, wx : wx + ww] *= 0.3
+    cx, cy, r = rng.uniform(0.35, 0.65) * w, rng.uniform(0.3, 0.6) * h, rng.uniform(0.06, 0.12) * min(w, h) + 1
+    cv2.ellipse(room, (int(cx), int(cy)), (int(r), int(1.3 * r)), 0, 0, 360, 0.0, -1)  # the head
+    cv2.ellipse(room, (int(cx), int(cy + 3.2 * r)), (int(3 * r), int(2 * r)), 0, 180, 360, 0.0, -1)  # shoulders
+    room = cv2.GaussianBlur(room, (0, 0), rng.uniform(6, 25)) * np.float32(rng.uniform(0.25, 0.6))
+    roi = frame[y0 : y0 + h, x0 : x0 + w]
+    lit = roi * light * np.float32(rng.uniform(1.0, 1.4)) + room[..., None]
+    roi[:] = roi + mask[..., None] * (lit - roi)
+
+
 def _photo(photo: np.ndarray, rng: np.random.Generator, blur: float, noise: float) -> Image.Image:
     """Defocus or motion blur, white balance, gamma, sensor noise and a JPEG re-encode (quality 60-90)."""
     frame: np.ndarray = photo
@@ -433,9 +484,12 @@ def screen_scene(
     size: tuple[int, int] = (1600, 1200),
     fraction: float | None = None,
     tilt: tuple[float, float] | None = None,
+    lcd: np.random.Generator | None = None,
 ) -> Scene:
     """A monitor photographed at an angle: an image viewer shows ``target``, a filmstrip shows
-    ``others``; bezel, room, moiré, glare, vignetting, blur, noise, colour cast, gamma, JPEG."""
+    ``others``; bezel, room, moiré, glare, vignetting, blur, noise, colour cast, gamma, JPEG.
+    ``lcd``: a generator for what a phone sees of a real LCD panel besides (:func:`_off_axis`,
+    :func:`_lcd_capture`); its draws leave ``rng``'s alone, so the photo is the same scene."""
     w, h = size
     frac = _fraction(rng, fraction)
     sw = int(rng.integers(1366, 1921))
@@ -443,6 +497,8 @@ def screen_scene(
     screen, (dx, dy, dw, dh) = _screen_content(
         _pixels(target, TARGET_MAX_SIDE), _pick(others, rng, 12, 160), rng, sw, sh
     )
+    if lcd is not None:
+        screen = _off_axis(screen, lcd)
     quad = _rect(dw, dh) + [dx, dy]
     cam = _camera(rng, math.sqrt(dw * dh), math.sqrt(frac * w * h), w, tilt or (0, 35), 12)
     cam = cam @ _t(-dx - dw / 2, -dy - dh / 2)
@@ -463,6 +519,8 @@ def screen_scene(
     pasted = _paste(frame, screen, cam)
     if pasted is not None:
         _moire(frame, cam, *pasted, rng)
+        if lcd is not None:
+            _lcd_capture(frame, cam, *pasted, lcd)
     frame *= _vignette(rng, size, 0.5)[..., None]
     glare = _glare(rng, size, _apply(cam, quad).mean(0), rng.uniform(0.2, 0.7))[..., None]
     frame += (1 - np.clip(frame, 0, 1)) * glare
@@ -618,7 +676,7 @@ RESENT_SIDE = (480, 1024)
 """Long side (pixels) of a *resent* photo: what messengers and mail clients shrink a photo to
 (640-1,280 px are common settings; 480 is a thumbnail's)."""
 
-VARIANTS = ("closeup", "steep", "phone", "turned", "dim", "print", "relit", "wavy", "resent")
+VARIANTS = ("closeup", "steep", "phone", "turned", "dim", "print", "relit", "wavy", "resent", "lcd")
 """Photos outside the range the scenes are drawn from (``make_scene(..., variant=...)``), to see how
 the search holds up beyond it rather than to tune on: *closeup*, only 35-60 % of the papyrus in the
 frame, which it fills; *steep*, the camera tilted by :data:`STEEP_TILT` degrees from square-on
@@ -633,7 +691,11 @@ balance and tone curves, sometimes an infrared image); *wavy*, a sheet that does
 (:func:`_wavy`: gentle waves and a bend, seen from an angle, so that no homography maps it
 exactly). *relit* and *wavy* are drawn in any scene kind (the photo on a screen, or the sheet on
 a desk or a lightbox). *resent*, the photo as a colleague's messenger or mail delivers it:
-shrunk to a long side of :data:`RESENT_SIDE` and compressed again (JPEG quality 55-80)."""
+shrunk to a long side of :data:`RESENT_SIDE` and compressed again (JPEG quality 55-80). *lcd*, a
+screen only (added 2026-12-04, after the search was settled): the same screen scene with what a
+phone sees of a real laptop panel besides — its tone curve seen off its axis, washed out and
+tinted (:func:`_off_axis`), its pixels' colour stripes, its backlight's flicker bands, a
+reflection of the room and the photographer, over-exposure (:func:`_lcd_capture`)."""
 
 
 def make_scene(
@@ -650,7 +712,7 @@ def make_scene(
     :data:`VARIANTS`, a photo outside the usual range (``size`` is then the size of the photo as it
     is shown; ``fraction`` is ignored by *closeup*)."""
     if kind is None:
-        kind = KINDS[int(rng.integers(0, len(KINDS)))]
+        kind = "screen" if variant == "lcd" else KINDS[int(rng.integers(0, len(KINDS)))]
     if kind not in SCENES:
         raise ValueError(f"unknown scene kind {kind!r}: one of {', '.join(KINDS)}")
     if variant is None:
@@ -658,6 +720,10 @@ def make_scene(
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}: one of {', '.join(VARIANTS)}")
     w, h = size
+    if variant == "lcd":
+        if kind != "screen":
+            raise ValueError(f"the variant 'lcd' is a photo of a screen, not of a {kind}")
+        return screen_scene(target, others, rng, size=size, fraction=fraction, lcd=rng.spawn(1)[0])
     if variant == "closeup":
         return _closeup(SCENES[kind](target, others, rng, size=(2 * w, 2 * h), fraction=0.5), rng, size)
     if variant == "phone":

@@ -141,6 +141,10 @@ without moving anything). Their own tests check that they keep the corners; the 
 them as any target."""
 
 
+SCREEN_ONLY = ("lcd",)
+"""Variants of a photo of a screen only."""
+
+
 @pytest.mark.parametrize("variant", [v for v in scenes.VARIANTS if v not in RESHAPED])
 def test_variants_keep_the_corners_exact(variant, others):
     """Each photo outside the usual range, decoded as a user's upload would be (EXIF orientation applied),
@@ -150,7 +154,7 @@ def test_variants_keep_the_corners_exact(variant, others):
 
     pattern = _pattern(block=4)
     ref = np.asarray(pattern.convert("L"), np.float32)
-    for seed, kind in enumerate(scenes.KINDS):
+    for seed, kind in enumerate(("screen",) * 3 if variant in SCREEN_ONLY else scenes.KINDS):
         rng = np.random.default_rng(seed)
         scene = scenes.make_scene(pattern, others, rng, kind=kind, fraction=0.3, variant=variant)
         shown = decode_image(scenes.encode(scene))
@@ -198,6 +202,23 @@ def test_variants_are_what_they_say(target, others):
     assert all(abs(r.image.width / r.image.height - 4 / 3) < 0.01 for r in resent)
     with pytest.raises(ValueError, match="variant"):
         scenes.make_scene(target, others, rng(0), variant="underwater")
+    with pytest.raises(ValueError, match="screen"):
+        scenes.make_scene(target, others, rng(0), kind="desk", variant="lcd")
+
+
+def test_an_lcd_photo_is_the_same_screen_scene_seen_as_a_phone_sees_a_panel(target, others):
+    """*lcd*: the screen scene of the same seed — the same frame size, the target at the same
+    corners — with the panel's light changed: the papyrus on it looks different."""
+    rng = np.random.default_rng
+    for seed in range(4):
+        plain = scenes.make_scene(target, others, rng([5, seed]), kind="screen")
+        lcd = scenes.make_scene(target, others, rng([5, seed]), variant="lcd")
+        assert lcd.kind == "screen" and lcd.image.size == plain.image.size
+        assert np.array_equal(lcd.corners, plain.corners) and lcd.target_fraction == plain.target_fraction
+        a, b = (np.asarray(s.image, np.float32).mean(-1) for s in (plain, lcd))
+        inside = np.zeros(a.shape, np.uint8)
+        cv2.fillConvexPoly(inside, np.round(lcd.corners).astype(np.int32), 1)
+        assert np.abs(a - b)[inside > 0].mean() > 4, seed  # the papyrus on the panel looks different
 
 
 def test_a_print_is_a_halftone_of_the_target(target, others):
