@@ -225,6 +225,7 @@ def _query_features(img: Any, region: Sequence[Sequence[float]] | None) -> Any:
         region=region,
         lift_dark=True,
         min_side=F.QUERY_MIN_SIDE,
+        deband=F.DEBAND,
     )
 
 

@@ -841,6 +841,48 @@ def test_a_dark_photo_is_lifted_before_its_keypoints_are_found(scan, scan_featur
     assert np.array_equal(same.points, again.points) and np.array_equal(same.descriptors, again.descriptors)
 
 
+def _banded(photo: Image.Image, period: float, depth: float) -> Image.Image:
+    """``photo`` with the dark bands a flickering backlight leaves across a rolling shutter's rows."""
+    rows = np.arange(photo.height, dtype=np.float32)[:, None, None]
+    gain = 1 - depth * (0.5 + 0.5 * np.sin(rows * 2 * np.pi / period))
+    return Image.fromarray(np.clip(np.asarray(photo, np.float32) * gain, 0, 255).astype(np.uint8))
+
+
+def test_flicker_bands_are_taken_out_of_a_photo_before_its_keypoints_are_found(scan, scan_features) -> None:
+    """A photo of a screen whose backlight flickers has dark bands across its rows (every 60 rows,
+    30 % deep here): ``deband`` finds them, across rows or, in a photo turned upright, across
+    columns, divides them out and the photo matches its scan with more inliers than with them. A
+    photo without bands is looked at exactly as without it, and so is a region of a banded one."""
+    from papyrus_widgets.retrieval.confirm import QueryIndex
+    from papyrus_widgets.retrieval.features import QUERY_MAX_KEYPOINTS, QUERY_MAX_SIDE, _without_bands
+
+    lit, box = _on_a_desk(scan, (1600, 1200), 450)
+    banded = _banded(lit, 60.0, 0.3)
+    grey = np.asarray(banded.convert("L"))
+    clean = np.asarray(lit.convert("L"))
+    assert _without_bands(clean) is clean  # no bands: the same array
+    out = _without_bands(grey)
+
+    def wobble(img: np.ndarray) -> float:  # how much the rows' brightness against the clean photo's varies
+        return float(np.std(np.median(img.astype(float) / (clean + 1.0), axis=1)))
+
+    assert out is not grey and wobble(out) < 0.2 * wobble(grey), (wobble(out), wobble(grey))
+    turned = np.ascontiguousarray(grey.T)
+    assert np.array_equal(_without_bands(turned), out.T)  # bands across columns: the same, turned
+
+    def look(img: Image.Image, deband: bool, region=None) -> verify.Features:
+        return verify.extract_features(
+            img, max_side=QUERY_MAX_SIDE, max_keypoints=QUERY_MAX_KEYPOINTS, deband=deband, region=region
+        )
+
+    before = verify.match(QueryIndex(look(banded, False)), scan_features)
+    after = verify.match(QueryIndex(look(banded, True)), scan_features)
+    assert after.confirmed and after.inliers > before.inliers, (before.inliers, after.inliers)
+    for img, region in ((lit, None), (banded, _outline(box, scan_features.size))):
+        a, b = look(img, False, region), look(img, True, region)
+        assert np.array_equal(a.points, b.points) and np.array_equal(a.descriptors, b.descriptors)
+
+
 def test_a_small_photo_is_enlarged_before_its_keypoints_are_found(scan, scan_features) -> None:
     """A photo sent on by a messenger (400 x 300 px, JPEG 70) shows the papyrus in about 120 px:
     looked at as it is, SIFT finds too few keypoints on it to confirm its scan; enlarged to

@@ -45,6 +45,36 @@ on figure 0's 64 photos shrunk to 400 / 300 px through the engine on its 10,035-
 A photo of this size or more is looked at as before, whatever the size of the region looked at.
 0: never enlarge."""
 
+DEBAND = True
+"""Whether the bands that a screen's flickering backlight leaves across a phone's rolling-shutter
+rows are taken out of a whole query photo before its keypoints are found (:func:`_without_bands`;
+``lift_dark`` photos too; not a region's closer look). Bands 5-30 % deep, every 30-160 rows, cut
+the inliers of a photographed laptop panel with its own scan from 209 to 0 on one benchmark photo
+(results.md, figure 0d, variant *lcd*). Chosen on development photos (seed 77900, 32 photos of the
+indexed papyri per set, each matched against its own scan): bands found in 15 of 32 *lcd* photos
+and in none of 32 ordinary scenes, 32 12-megapixel portrait photos or 32 turned frames (these
+returned as they were); 14 of the 15 gained inliers (42 -> 59, 59 -> 101, 88 -> 177), one lost
+some (242 -> 181); the median of all 32 169 -> 200. Then measured through the engine among 10,035
+images (``bench_realphoto.py --fractions 0.25 --variants lcd --trial banded``, the search without
+it, each photo searched both ways; results.md figure 0d): *lcd* photos 62 of 64 found and
+confirmed against 58, four found that were not, none lost; ordinary scenes at 25 % of the frame
+the same answers (64 of 64), 0.97x per photo (finding no bands costs about 0.05 s); held-out 0 of
+32 confirmed either way."""
+BAND_PEAK = 15.0
+"""Bands are taken out when the profile's spectrum (:func:`_without_bands`) peaks at a period of
+:data:`BAND_PERIODS` with at least this many times its median there. Development photos (seed
+77900): 3-143 for *lcd* photos, at most 11.1 for ordinary scenes (screens, desks, light boxes,
+whose rows hold windows, text lines and rulers)."""
+BAND_AMPLITUDE = 0.01
+"""… and when that peak's wave is at least this deep (in log grey: 1 % of the brightness either
+way); shallower bands do SIFT no harm, and a photo with flat rows (a plain ground) has a spectrum
+of rounding errors whose peak may stand high above its median."""
+BAND_PERIODS = (20, 180)
+"""The periods (work pixels) looked at for bands."""
+BAND_SMOOTH = 40.0
+"""The profile of rows is taken less its Gaussian smooth of this sigma (rows): what stays is the
+bands, not the photo's slow changes of light."""
+
 DARK_LEVEL = 160
 """A photo whose brightest 1 % lies below this grey level (of 255) is looked at as a dark photo
 (``lift_dark`` of :func:`extract_features`): stretched to the full grey range, at half the work
@@ -233,6 +263,7 @@ def extract_features(
     region: Sequence[Sequence[float]] | None = None,
     lift_dark: bool = False,
     min_side: int = 0,
+    deband: bool = False,
 ) -> Features:
     """Keypoints and descriptors of ``img``, computed at a long side of at most ``max_side`` px.
 
@@ -252,6 +283,9 @@ def extract_features(
 
     ``min_side``: an ``img`` whose long side is shorter is enlarged to it first, and a region of it
     by the same factor (no further than ``max_side``; :data:`QUERY_MIN_SIDE` for queries; 0: never).
+
+    ``deband``: a whole image's flicker bands are taken out first (:func:`_without_bands`; queries,
+    :data:`DEBAND`); a region is looked at as it is.
     """
     import cv2
 
@@ -289,6 +323,8 @@ def extract_features(
     if stretch is not None:
         lo, hi = stretch
         arr = np.clip((arr.astype(np.float32) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+    if deband and region is None:
+        arr = _without_bands(arr)
     if region is not None:
         mask = np.zeros(arr.shape, dtype=np.uint8)
         cv2.fillPoly(mask, [np.round((poly - [x0, y0]) * r).astype(np.int32)], 255)
@@ -312,6 +348,34 @@ def extract_features(
     pts[:, 1] = ((pts[:, 1] + 0.5) / r + y0) / fy - 0.5
     desc = np.clip(np.rint(descriptors), 0, 255).astype(np.uint8) if method == "sift" else descriptors.astype(np.uint8)
     return Features(pts.astype(np.float32), desc, size, method, max(grey.size), params, work_scale)  # type: ignore[arg-type]
+
+
+def _without_bands(arr: np.ndarray) -> np.ndarray:
+    """``arr`` (a whole photo, grey, work pixels) without the bands of a flickering backlight, when it
+    has them. Along each axis (rows, and columns for a photo turned upright), the profile is the
+    median log-grey of each row less its smooth (:data:`BAND_SMOOTH`): when its spectrum peaks at a
+    period of :data:`BAND_PERIODS` at :data:`BAND_PEAK` times its median there or more, and the
+    peak's wave is :data:`BAND_AMPLITUDE` deep or more, the photo is divided by it. A photo without
+    such a peak is returned as it is (the same array)."""
+    import cv2
+
+    logs = np.log(arr.astype(np.float32) + 8.0)
+    out = logs
+    for axis in (1, 0):
+        profile = np.median(logs, axis=axis).astype(np.float32)
+        if len(profile) < 2 * BAND_PERIODS[1]:
+            continue
+        bands = profile - cv2.GaussianBlur(profile.reshape(-1, 1), (0, 0), BAND_SMOOTH).ravel()
+        window = np.hanning(len(bands)).astype(np.float32)
+        spectrum = np.abs(np.fft.rfft(bands * window))
+        freq = np.fft.rfftfreq(len(bands))
+        looked = spectrum[(freq >= 1 / BAND_PERIODS[1]) & (freq <= 1 / BAND_PERIODS[0])]
+        peak = looked.max()
+        if peak >= BAND_PEAK * np.median(looked) and 2 * peak / window.sum() >= BAND_AMPLITUDE:
+            out = out - (bands[:, None] if axis == 1 else bands[None, :])
+    if out is logs:
+        return arr
+    return np.clip(np.exp(out) - 8.0, 0, 255).astype(np.uint8)
 
 
 def _dark_range(grey: Image.Image) -> tuple[float, float] | None:
