@@ -48,9 +48,10 @@ A photo of this size or more is looked at as before, whatever the size of the re
 DEBAND = True
 """Whether the bands that a screen's flickering backlight leaves across a phone's rolling-shutter
 rows are taken out of a whole query photo before its keypoints are found (:func:`_without_bands`;
-``lift_dark`` photos too; not a region's closer look). Bands 5-30 % deep, every 30-160 rows, cut
-the inliers of a photographed laptop panel with its own scan from 209 to 0 on one benchmark photo
-(results.md, figure 0d, variant *lcd*). Chosen on development photos (seed 77900, 32 photos of the
+``lift_dark`` photos too; not a region's closer look). One benchmark photo of a laptop panel
+(results.md, figure 0d, variant *lcd*: bands 5-30 % deep every 30-160 rows among its effects)
+matched its own scan with 0 inliers, 209 without the panel's effects and 149 without its bands
+alone. Chosen on development photos (seed 77900, 32 photos of the
 indexed papyri per set, each matched against its own scan): bands found in 15 of 32 *lcd* photos
 and in none of 32 ordinary scenes, 32 12-megapixel portrait photos or 32 turned frames (these
 returned as they were); 14 of the 15 gained inliers (42 -> 59, 59 -> 101, 88 -> 177), one lost
