@@ -369,15 +369,23 @@ def _vignette(rng: np.random.Generator, size: tuple[int, int], amount: float) ->
                   * (1 + gx * (x / w - 0.5) + gy * (y / h - 0.5)))  # fmt: skip
 
 
+def _panel_phase(screen: np.ndarray, x0: int, y0: int, shape: tuple[int, ...], per_pixel: float) -> np.ndarray:
+    """For each frame pixel of a ``shape`` (h, w) window from ``x0, y0``, the panel's pixel
+    coordinates (``screen``: panel pixels → frame) times ``per_pixel``: (h, w, 2) float32. Exact on
+    a grid of every 8th pixel, linear between."""
+    h, w = shape[:2]
+    inv = _s(per_pixel) @ np.linalg.inv(_t(-x0, -y0) @ screen)
+    y, x = np.mgrid[0 : h + 8 : 8, 0 : w + 8 : 8].astype(np.float64) + 0.5
+    coarse = _apply(inv, np.c_[x.ravel(), y.ravel()]).reshape(*x.shape, 2).astype(np.float32)
+    phase: np.ndarray = cv2.resize(coarse, (x.shape[1] * 8, x.shape[0] * 8), interpolation=cv2.INTER_LINEAR)[:h, :w]
+    return phase
+
+
 def _moire(frame: np.ndarray, screen: np.ndarray, mask: np.ndarray, x0: int, y0: int, rng: np.random.Generator) -> None:
     """Beat of the screen's pixel grid (a fine sinusoid in screen coordinates, through the
     perspective ``screen`` → frame) sampled by the sensor's pixels: curved coloured bands."""
     h, w = mask.shape
-    pitch = rng.uniform(0.9, 2.2)
-    inv = _s(2 * math.pi / pitch) @ np.linalg.inv(_t(-x0, -y0) @ screen)
-    y, x = np.mgrid[0 : h + 8 : 8, 0 : w + 8 : 8].astype(np.float64) + 0.5  # exact on a coarse grid,
-    coarse = _apply(inv, np.c_[x.ravel(), y.ravel()]).reshape(*x.shape, 2).astype(np.float32)
-    uv = cv2.resize(coarse, (x.shape[1] * 8, x.shape[0] * 8), interpolation=cv2.INTER_LINEAR)[:h, :w]  # then linear
+    uv = _panel_phase(screen, x0, y0, mask.shape, 2 * math.pi / rng.uniform(0.9, 2.2))
     wave: np.ndarray = np.cos(uv[..., 0]) + np.cos(uv[..., 1])
     wave = cv2.GaussianBlur(wave, (0, 0), 1.2)  # the lens: only the low-frequency beat stays
     amp = rng.uniform(0.04, 0.14) * mask
@@ -407,10 +415,7 @@ def _lcd_capture(
     room in its glossy surface (a bright window with its bars and the photographer's dark head
     and shoulders, out of focus, 10-40 %); over-exposure of the bright panel (x1.0-1.4)."""
     h, w = mask.shape
-    inv = _s(2 * math.pi) @ np.linalg.inv(_t(-x0, -y0) @ screen)  # one period per panel pixel
-    y, x = np.mgrid[0 : h + 8 : 8, 0 : w + 8 : 8].astype(np.float64) + 0.5
-    coarse = _apply(inv, np.c_[x.ravel(), y.ravel()]).reshape(*x.shape, 2).astype(np.float32)
-    u = cv2.resize(coarse, (x.shape[1] * 8, x.shape[0] * 8), interpolation=cv2.INTER_LINEAR)[:h, :w, 0]
+    u = _panel_phase(screen, x0, y0, mask.shape, 2 * math.pi)[..., 0]  # one period per panel pixel
     amp = np.float32(rng.uniform(0.08, 0.25))
     stripes = np.stack([np.cos(u - np.float32(2 * math.pi * c / 3)) for c in range(3)], axis=-1)
     stripes = cv2.GaussianBlur(stripes, (0, 0), rng.uniform(0.8, 1.4))  # the lens
