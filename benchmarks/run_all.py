@@ -1107,6 +1107,7 @@ VARIANT_WORDS = {
     "wavy": "a sheet not lying flat: waves and a bend, moving 0.6-3.7 % of its side",
     "resent": "sent on by a messenger: shrunk to 480-1,024 px, JPEG 55-80",
     "lcd": "a laptop panel as a phone sees it: off-axis tone curve, colour stripes, flicker, reflection",
+    "shaky": "a shaken hand-held camera: blurred along its path, 0.3-1.0 % of the frame (5-16 px), noise",
 }
 
 

@@ -677,11 +677,16 @@ SCENES = {"screen": screen_scene, "desk": desk_scene, "lightbox": lightbox_scene
 STEEP_TILT = (45.0, 60.0)
 """Camera tilt (degrees) of the *steep* variant."""
 
+SHAKE_LENGTH = (0.003, 0.010)
+"""How far a *shaky* photo's camera moves while the shutter is open, as a fraction of the frame's
+long side (5-16 px at 1,600): a phone held in the hand at 1/15-1/30 s in a dim room or before a
+dimmed screen, its stabiliser not keeping up."""
+
 RESENT_SIDE = (480, 1024)
 """Long side (pixels) of a *resent* photo: what messengers and mail clients shrink a photo to
 (640-1,280 px are common settings; 480 is a thumbnail's)."""
 
-VARIANTS = ("closeup", "steep", "phone", "turned", "dim", "print", "relit", "wavy", "resent", "lcd")
+VARIANTS = ("closeup", "steep", "phone", "turned", "dim", "print", "relit", "wavy", "resent", "lcd", "shaky")
 """Photos outside the range the scenes are drawn from (``make_scene(..., variant=...)``), to see how
 the search holds up beyond it rather than to tune on: *closeup*, only 35-60 % of the papyrus in the
 frame, which it fills; *steep*, the camera tilted by :data:`STEEP_TILT` degrees from square-on
@@ -700,7 +705,10 @@ shrunk to a long side of :data:`RESENT_SIDE` and compressed again (JPEG quality 
 screen only (added 2026-12-04, after the search was settled): the same screen scene with what a
 phone sees of a real laptop panel besides — its tone curve seen off its axis, washed out and
 tinted (:func:`_off_axis`), its pixels' colour stripes, its backlight's flicker bands, a
-reflection of the room and the photographer, over-exposure (:func:`_lcd_capture`)."""
+reflection of the room and the photographer, over-exposure (:func:`_lcd_capture`). *shaky*, any
+kind (added 2026-12-04, after the search was settled): the scene of the same seed smeared along
+the path a hand-held camera moved during the exposure (:data:`SHAKE_LENGTH`, :func:`_shaken`), with
+the sensor noise of a long exposure, saved again as JPEG."""
 
 
 def make_scene(
@@ -744,6 +752,8 @@ def make_scene(
         return _turned(scene, int(rng.choice([90, 180, 270])))
     if variant == "resent":
         return _resent(scene, rng)
+    if variant == "shaky":
+        return _shaken(scene, rng)
     return _dim(scene, rng)
 
 
@@ -911,6 +921,41 @@ def _dim(scene: Scene, rng: np.random.Generator) -> Scene:
     frame: np.ndarray = cv2.GaussianBlur(dark, (0, 0), rng.uniform(1.2, 2.2))
     frame = frame + rng.standard_normal(frame.shape[:2], dtype=np.float32)[..., None] * np.float32(rng.uniform(5, 9))
     out = _jpeg(Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8), "RGB"), int(rng.integers(30, 46)))
+    return Scene(out, scene.corners, scene.kind, scene.target_fraction, scene.orientation)
+
+
+def _shake_kernel(rng: np.random.Generator, length: float) -> np.ndarray:
+    """The blur of a hand-held camera's shake: the image of a point moved along a random path
+    (velocity a random walk with a drift, so the path wanders and bends; the whole path spans
+    ``length`` pixels), sampled evenly in time — where the camera moved slowly the point stays longer
+    and the trace is brighter. The path's mean is the kernel's centre, so the blur moves nothing
+    on average: its centroid is the kernel's centre."""
+    velocity = np.cumsum(rng.standard_normal((48, 2)), axis=0) + rng.standard_normal(2) * 4.0
+    path = np.cumsum(velocity, axis=0)
+    steps = np.linspace(0, len(path) - 1, max(64, int(40 * length)))
+    path = np.stack([np.interp(steps, np.arange(len(path)), path[:, i]) for i in (0, 1)], axis=1)
+    path -= path.mean(0)
+    path *= length / max(float(np.linalg.norm(np.ptp(path, axis=0))), 1e-6)
+    r = int(np.ceil(np.abs(path).max())) + 1
+    kern = np.zeros((2 * r + 1, 2 * r + 1), np.float64)
+    x, y = path[:, 0] + r, path[:, 1] + r
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = x - x0, y - y0
+    for dy, dx, wgt in ((0, 0, (1 - fx) * (1 - fy)), (0, 1, fx * (1 - fy)), (1, 0, (1 - fx) * fy), (1, 1, fx * fy)):
+        np.add.at(kern, (y0 + dy, x0 + dx), wgt)  # bilinear: the centroid stays the path's mean
+    return (kern / kern.sum()).astype(np.float32)
+
+
+def _shaken(scene: Scene, rng: np.random.Generator) -> Scene:
+    """``scene`` as a camera shaken during the exposure gives it (:func:`_shake_kernel`, a path
+    of :data:`SHAKE_LENGTH` of the frame's long side), with a long exposure's sensor noise, saved as
+    JPEG of quality 70-90; nothing moves on average, so the corners stay."""
+    length = rng.uniform(*SHAKE_LENGTH) * max(scene.image.size)
+    kern = _shake_kernel(rng, length)
+    frame: np.ndarray = cv2.filter2D(np.asarray(scene.image, np.float32), -1, kern[::-1, ::-1].copy(),
+                                     borderType=cv2.BORDER_REFLECT)  # fmt: skip
+    frame = frame + rng.standard_normal(frame.shape[:2], dtype=np.float32)[..., None] * np.float32(rng.uniform(2, 5))
+    out = _jpeg(Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8), "RGB"), int(rng.integers(70, 91)))
     return Scene(out, scene.corners, scene.kind, scene.target_fraction, scene.orientation)
 
 

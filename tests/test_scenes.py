@@ -144,8 +144,12 @@ them as any target."""
 SCREEN_ONLY = ("lcd",)
 """Variants of a photo of a screen only."""
 
+SMEARED = ("shaky",)
+"""Variants whose blur spans more than the random-block target's blocks (a correlation has no sharp
+peak to find): their own test checks that the blur moves nothing on average."""
 
-@pytest.mark.parametrize("variant", [v for v in scenes.VARIANTS if v not in RESHAPED])
+
+@pytest.mark.parametrize("variant", [v for v in scenes.VARIANTS if v not in RESHAPED + SMEARED])
 def test_variants_keep_the_corners_exact(variant, others):
     """Each photo outside the usual range, decoded as a user's upload would be (EXIF orientation applied),
     still has the target exactly at its corners: warped back, the visible part of a random-block target
@@ -219,6 +223,36 @@ def test_an_lcd_photo_is_the_same_screen_scene_seen_as_a_phone_sees_a_panel(targ
         inside = np.zeros(a.shape, np.uint8)
         cv2.fillConvexPoly(inside, np.round(lcd.corners).astype(np.int32), 1)
         assert np.abs(a - b)[inside > 0].mean() > 4, seed  # the papyrus on the panel looks different
+
+
+def _detail(img: Image.Image) -> float:
+    """The energy of an image's edges a few pixels across (what SIFT sees; a pixel's noise left out)."""
+    grey = cv2.GaussianBlur(np.asarray(img.convert("L"), np.float32), (0, 0), 2.0)
+    return float(cv2.Laplacian(grey, cv2.CV_32F).var())
+
+
+def test_a_shaky_photo_is_the_same_scene_smeared_along_the_camera_s_path(target, others):
+    """*shaky*: the scene of the same seed, the target at the same corners, blurred by a shake whose
+    trace is a path of :data:`scenes.SHAKE_LENGTH` of the frame (not a disc: it is long and thin)
+    whose centroid is the kernel's centre, so that nothing moves on average."""
+    rng = np.random.default_rng
+    for seed in range(3):
+        plain = scenes.make_scene(target, others, rng([6, seed]))
+        shaky = scenes.make_scene(target, others, rng([6, seed]), variant="shaky")
+        assert shaky.kind == plain.kind and shaky.image.size == plain.image.size
+        assert np.array_equal(shaky.corners, plain.corners) and shaky.target_fraction == plain.target_fraction
+        a, b = (_detail(s.image) for s in (plain, shaky))
+        assert b < 0.6 * a, (seed, a, b)  # smeared
+    for seed in range(6):
+        length = 8.0 + 2 * seed
+        kern = scenes._shake_kernel(rng(seed), length)
+        r = kern.shape[0] // 2
+        yy, xx = np.mgrid[: kern.shape[0], : kern.shape[1]]
+        assert abs(kern.sum() - 1) < 1e-5
+        assert abs((kern * xx).sum() - r) < 1e-3 and abs((kern * yy).sum() - r) < 1e-3, seed
+        ys, xs = np.nonzero(kern > 0)
+        assert length - 1 <= np.hypot(np.ptp(xs), np.ptp(ys)) <= length + 3, seed  # the path spans its length
+        assert (kern > 0).sum() < 0.5 * kern.size, seed  # a trace, not a disc
 
 
 def test_a_print_is_a_halftone_of_the_target(target, others):
