@@ -883,6 +883,24 @@ def test_flicker_bands_are_taken_out_of_a_photo_before_its_keypoints_are_found(s
         assert np.array_equal(a.points, b.points) and np.array_equal(a.descriptors, b.descriptors)
 
 
+def test_the_band_check_s_row_medians_are_numpy_s_medians_of_the_log_grey() -> None:
+    """The band check takes each row's median log-grey from the row's histogram of levels
+    (``_median_logs``): the value NumPy's median of the row's log-grey gives, for an odd and an even
+    number of pixels, for photos of one level, of two, of every level."""
+    from papyrus_widgets.retrieval.features import _LOG_LEVELS, _median_logs
+
+    rng = np.random.default_rng(3)
+    for shape in ((7, 9), (8, 10), (300, 1600), (1601, 3)):
+        for arr in (
+            rng.integers(0, 256, shape, dtype=np.uint8),
+            np.where(rng.random(shape) < 0.5, 12, 250).astype(np.uint8),
+            np.full(shape, 255, np.uint8),
+        ):
+            want = np.median(_LOG_LEVELS[arr], axis=1)
+            got = _median_logs(arr)
+            assert got.dtype == np.float32 and np.array_equal(got, want), shape
+
+
 def test_a_small_photo_is_enlarged_before_its_keypoints_are_found(scan, scan_features) -> None:
     """A photo sent on by a messenger (400 x 300 px, JPEG 70) shows the papyrus in about 120 px:
     looked at as it is, SIFT finds too few keypoints on it to confirm its scan; enlarged to
