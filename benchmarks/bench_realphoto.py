@@ -603,6 +603,7 @@ def per_photo_ratios(now: list[dict[str, Any]], trial: list[dict[str, Any]]) -> 
 TRIALS: dict[str, dict[str, Any]] = {
     "untilted": {"tasks.TILTED_LOOK": False},
     "banded": {"retrieval.features.DEBAND": False},
+    "region-banded": {"retrieval.features.DEBAND_REGIONS": False},
     "words-alone": {"retrieval.vocabulary.HAMMING_THRESHOLD": 64},
     "uncached": {"tasks.PHOTO_CACHE": 0},
     "unenlarged": {"retrieval.features.QUERY_MIN_SIDE": 0},
@@ -625,7 +626,9 @@ second look after papyri confirmed only off the photo's middle confirms all 90 o
 before 2026-12-03 (``tasks.SECOND_LOOK_AFTER_OFF_CENTRE``, now 40); *off-centre-rounds*: after a
 papyrus confirmed off the photo's middle, the first look's rounds go on to 70, as before 2026-12-04
 (``retrieval.confirm.CONFIRM_AFTER_OFF_CENTRE``, now 0); *banded*: a photo's flicker bands are
-left in it, as before 2026-12-04 (``retrieval.features.DEBAND``); *control*: no switch at
+left in it, as before 2026-12-04 (``retrieval.features.DEBAND``); *region-banded*: a region of
+the photo (its closer look) keeps its bands, as before the evening of 2026-12-04
+(``retrieval.features.DEBAND_REGIONS``); *control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""
 TRIAL = TRIALS["untilted"]
