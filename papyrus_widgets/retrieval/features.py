@@ -69,8 +69,8 @@ DEBAND_REGIONS = True
 small) has its flicker bands taken out too (:data:`DEBAND`; they run across the photo's rows, so
 across a region's as well); False: a region is looked at as it is, as before 2026-12-04 18:30.
 Development photos (seed 77900, 32 per set, each photo's true corners, matched against its own
-scan): bands found in 14 of 32 *lcd* regions (median inliers 177 -> 193; 9 gained, 5 lost a
-little, 212 -> 402 the most) and in none of 96 others (the same arrays). Then the benchmark's 64
+scan): bands found in 14 of 32 *lcd* regions (median inliers 177 -> 193; 9 gained, up to
+212 -> 402; 5 lost some, at most 273 -> 207) and in none of 96 others (the same arrays). Then the benchmark's 64
 *lcd* photos searched with their true corners among 10,035 images, both ways alternated (results.md
 figure 0d): 63 of 64 found and confirmed against 59, four found, none lost; held-out 0 of 16
 confirmed either way; 1.02x per photo; searched with no corners the same answers (1.00x)."""
