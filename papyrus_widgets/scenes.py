@@ -918,10 +918,18 @@ def _turned(scene: Scene, deg: int) -> Scene:
 def _dim(scene: Scene, rng: np.random.Generator) -> Scene:
     """``scene`` as a dark room would give it: under-exposed, noisy, soft, heavily compressed."""
     dark = np.asarray(scene.image, np.float32) * np.float32(rng.uniform(0.3, 0.5))
-    frame: np.ndarray = cv2.GaussianBlur(dark, (0, 0), rng.uniform(1.2, 2.2))
-    frame = frame + rng.standard_normal(frame.shape[:2], dtype=np.float32)[..., None] * np.float32(rng.uniform(5, 9))
-    out = _jpeg(Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8), "RGB"), int(rng.integers(30, 46)))
+    out = _noisy_jpeg(cv2.GaussianBlur(dark, (0, 0), rng.uniform(1.2, 2.2)), rng, (5, 9), (30, 46))
     return Scene(out, scene.corners, scene.kind, scene.target_fraction, scene.orientation)
+
+
+def _noisy_jpeg(
+    frame: np.ndarray, rng: np.random.Generator, noise: tuple[float, float], quality: tuple[int, int]
+) -> Image.Image:
+    """``frame`` (float RGB, 0-255) with sensor noise of a standard deviation drawn from ``noise``
+    (grey levels, the same in each channel), saved as JPEG of a quality drawn from ``quality``
+    (upper bound excluded): what a dim room's long exposure leaves."""
+    frame = frame + rng.standard_normal(frame.shape[:2], dtype=np.float32)[..., None] * np.float32(rng.uniform(*noise))
+    return _jpeg(Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8), "RGB"), int(rng.integers(*quality)))
 
 
 def _shake_kernel(rng: np.random.Generator, length: float) -> np.ndarray:
@@ -954,8 +962,7 @@ def _shaken(scene: Scene, rng: np.random.Generator) -> Scene:
     kern = _shake_kernel(rng, length)
     frame: np.ndarray = cv2.filter2D(np.asarray(scene.image, np.float32), -1, kern[::-1, ::-1].copy(),
                                      borderType=cv2.BORDER_REFLECT)  # fmt: skip
-    frame = frame + rng.standard_normal(frame.shape[:2], dtype=np.float32)[..., None] * np.float32(rng.uniform(2, 5))
-    out = _jpeg(Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8), "RGB"), int(rng.integers(70, 91)))
+    out = _noisy_jpeg(frame, rng, (2, 5), (70, 91))
     return Scene(out, scene.corners, scene.kind, scene.target_fraction, scene.orientation)
 
 

@@ -298,8 +298,8 @@ def extract_features(
     ``min_side``: an ``img`` whose long side is shorter is enlarged to it first, and a region of it
     by the same factor (no further than ``max_side``; :data:`QUERY_MIN_SIDE` for queries; 0: never).
 
-    ``deband``: a whole image's flicker bands are taken out first (:func:`_without_bands`; queries,
-    :data:`DEBAND`); a region is looked at as it is.
+    ``deband``: the image's flicker bands are taken out first (:func:`_without_bands`; queries,
+    :data:`DEBAND`), a region's too unless :data:`DEBAND_REGIONS` is off.
     """
     import cv2
 
@@ -365,7 +365,7 @@ def extract_features(
 
 
 def _without_bands(arr: np.ndarray) -> np.ndarray:
-    """``arr`` (a whole photo, grey, work pixels) without the bands of a flickering backlight, when it
+    """``arr`` (a photo or a region of it, grey, work pixels) without the bands of a flickering backlight, when it
     has them. Along each axis (rows, and columns for a photo turned upright), the profile is the
     median log-grey of each row less its smooth (:data:`BAND_SMOOTH`): when its spectrum peaks at a
     period of :data:`BAND_PERIODS` at :data:`BAND_PEAK` times its median there or more, and the
