@@ -114,7 +114,7 @@ def main() -> None:
         return lambda: F.tilted_features(p, base)
 
     def scan(img: Any) -> Callable[[], Any]:
-        return lambda: F.extract_features(img, size=img.info.get("original_size"))
+        return lambda: F.describe_reference(img, size=img.info.get("original_size"))
 
     jobs = {
         "photo": [query(p) for p in photos],

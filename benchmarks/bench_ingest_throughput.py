@@ -139,10 +139,10 @@ def decode_task(paths: list[str]) -> int:
 
 def features_task(images: list[Any]) -> int:
     """The floor's local features on a worker: SIFT of each pre-decoded scan, as the ingest calls it."""
-    from papyrus_widgets.retrieval.features import extract_features
+    from papyrus_widgets.retrieval.features import describe_reference
 
     for img, size in images:
-        extract_features(img, size=size)
+        describe_reference(img, size=size)
     return len(images)
 
 

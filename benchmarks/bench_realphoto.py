@@ -128,7 +128,7 @@ def _distractor_rows(
 
     from papyrus_widgets import imaging
     from papyrus_widgets.evaluation import distractor_crop
-    from papyrus_widgets.retrieval.features import extract_features
+    from papyrus_widgets.retrieval.features import describe_reference
     from papyrus_widgets.retrieval.shortlist import document_weights
     from papyrus_widgets.retrieval.vocabulary import load_vocabulary
 
@@ -141,7 +141,7 @@ def _distractor_rows(
         crop = distractor_crop(_SOURCES, i, SEED)
         data = imaging.jpeg_bytes(crop, 90)
         sha = hashlib.sha256(data).hexdigest()
-        feats = extract_features(crop)
+        feats = describe_reference(crop)
         # kept in the cache for its format; the rows are made from the postings (``write``)
         words, weights = document_weights(vocab.words(feats.descriptors))
         out.append((i, sha, feats.to_bytes(), words, weights, imaging.model_input(crop).tobytes(), crop.size))
@@ -172,6 +172,7 @@ def _save_chunk(path: Path, batch: list[Any], vectors: np.ndarray) -> None:
         feature_counts=np.array([len(f) for f in feats]),
         feature_sizes=np.array([f.size for f in feats]),
         work_sides=np.array([f.work_side for f in feats]),
+        coarse=np.array([f.coarse for f in feats]),
         params=np.array(feats[0].params),
     )
 
@@ -191,6 +192,7 @@ def _load_chunk(path: Path) -> tuple[list[Any], np.ndarray]:
             "sift",
             int(z["work_sides"][j]),
             str(z["params"]),
+            coarse=int(z["coarse"][j]),
         )
         words = z["words"][w_off[j] : w_off[j + 1]]
         weights = z["weights"][w_off[j] : w_off[j + 1]]
@@ -200,9 +202,9 @@ def _load_chunk(path: Path) -> tuple[list[Any], np.ndarray]:
 
 def _cache_dir(vocabulary: str, model: str) -> Path:
     """The cache of distractor rows made with this seed, vocabulary, feature params and model."""
-    from papyrus_widgets.retrieval.features import feature_params
+    from papyrus_widgets.retrieval.features import reference_params
 
-    return CACHE / f"{SEED}-{vocabulary}-{feature_params().replace('/', '_')}-{model}"
+    return CACHE / f"{SEED}-{vocabulary}-{reference_params().replace('/', '_').replace('+', '_')}-{model}"
 
 
 def add_distractors(engine: Any, settings: Any, n: int, keep: Any = None) -> tuple[float, int]:
@@ -397,7 +399,7 @@ def rank_of(hits: list[Any], truth: str) -> int | None:
 
 def baseline_today(engine: Any, settings: Any, data: bytes, field: str = "inventory_key") -> list[str | None]:
     """The default search before this change: embedding kNN of the whole photo ``data`` (top 10), each
-    verified against the photo's features at 768 px / 1000 keypoints, scores blended
+    verified against the photo's features at 768 px / 1000 keypoints (the references' first look alone), scores blended
     (``embedding + (1 - embedding) * support``); returns the hits' ``field`` (the inventory keys),
     best first."""
     from papyrus_widgets import imaging, index, tasks
@@ -415,7 +417,7 @@ def baseline_today(engine: Any, settings: Any, data: bytes, field: str = "invent
     for r in rows:
         emb = 1.0 - float(r["distance"])
         try:
-            v = match(qf, tasks.reference_features(settings, r["object_key"]))
+            v = match(qf, tasks.reference_features(settings, r["object_key"]).fine())
             s = blend(emb, v.support)
         except Exception:  # noqa: BLE001
             s = emb
@@ -612,6 +614,7 @@ TRIALS: dict[str, dict[str, Any]] = {
     "two-pass": {"retrieval.features.ONE_PASS": False},
     "off-centre90": {"tasks.SECOND_LOOK_AFTER_OFF_CENTRE": 90},
     "off-centre-rounds": {"retrieval.confirm.CONFIRM_AFTER_OFF_CENTRE": None},
+    "fine-only": {"retrieval.confirm.MATCH_COARSE": False},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
 module switches of ``papyrus_widgets`` to set (``module.NAME``). *untilted*: without the tilted
@@ -628,7 +631,9 @@ papyrus confirmed off the photo's middle, the first look's rounds go on to 70, a
 (``retrieval.confirm.CONFIRM_AFTER_OFF_CENTRE``, now 0); *banded*: a photo's flicker bands are
 left in it, as before 2026-12-04 (``retrieval.features.DEBAND``); *region-banded*: a region of
 the photo (its closer look) keeps its bands, as before the evening of 2026-12-04
-(``retrieval.features.DEBAND_REGIONS``); *control*: no switch at
+(``retrieval.features.DEBAND_REGIONS``); *fine-only*: a reference's keypoints from its look at
+half resolution are not matched, as before the night of 2026-12-04 (``retrieval.confirm.MATCH_COARSE``;
+its visual words, made at ingest, stay in the index either way); *control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""
 TRIAL = TRIALS["untilted"]

@@ -329,7 +329,7 @@ class MemoryIndex:
 
     def reference_features(self, i: int) -> verification.Features:
         if i not in self._features:
-            self._features[i] = verification.extract_features(self._images[i])
+            self._features[i] = verification.describe_reference(self._images[i])
         return self._features[i]
 
     def embed(self, images: Sequence[Any]) -> np.ndarray:

@@ -468,7 +468,7 @@ def reference_features(settings: Settings, image_key: str) -> Any:
     the object store where ingest put them (``features/…npz``), else computed from the original and
     stored for next time (collections ingested before features were stored, or made with other
     bounds). Keys are content-addressed, so an entry never goes stale."""
-    from .retrieval.features import MAX_SIDE, Features, extract_features, feature_params
+    from .retrieval.features import MAX_SIDE, Features, describe_reference, reference_params
 
     store = worker_store(settings)
     fkey = storage.features_key(image_key)
@@ -476,12 +476,12 @@ def reference_features(settings: Settings, image_key: str) -> Any:
     def compute() -> Any:
         try:
             stored = Features.from_bytes(store.get(fkey))
-            if stored.params == feature_params():
+            if stored.params == reference_params():
                 return stored
         except Exception:  # noqa: BLE001 - not stored (yet), the store failing, an unreadable .npz: recompute
             pass
         img = _decode_stored(settings, image_key, image_key, MAX_SIDE)
-        features = extract_features(img, size=img.info.get("original_size"))
+        features = describe_reference(img, size=img.info.get("original_size"))
         try:
             store.put(fkey, features.to_bytes())
         except PapyrusError:
@@ -1150,7 +1150,7 @@ def ingest_batch_task(
     ``stage``: called with each step's name (:data:`INGEST_STAGES`) around that step, as a context
     manager; the ingest benchmark passes a stopwatch to time the real steps."""
     from .model import embed_arrays
-    from .retrieval.features import extract_features
+    from .retrieval.features import describe_reference
     from .retrieval.shortlist import document_postings
 
     step = stage or _no_stage
@@ -1201,7 +1201,7 @@ def ingest_batch_task(
             # the words index the scan for the first stage; the confirming stage reads the stored
             # features instead of decoding the scan
             with step(describing):
-                features = extract_features(img, size=(int(width), int(height)))
+                features = describe_reference(img, size=(int(width), int(height)))
             with step(writing):
                 store.put(storage.features_key(key), features.to_bytes())
             with step(quantising):

@@ -4,6 +4,7 @@ search chain on the test session's services."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import io
 import json
 import threading
@@ -481,9 +482,9 @@ def test_ingest_stores_the_features_of_every_reference(indexed_engine) -> None:
     assert keys and store.count(storage.FEATURES) == len(keys)
     for key in keys[:5]:
         stored = verify.Features.from_bytes(store.get(storage.features_key(key)))
-        assert stored.params == verify.feature_params()
+        assert stored.params == verify.reference_params()
         assert stored.size == Image.open(io.BytesIO(store.get(key))).size  # points in the original's pixels
-        assert 0 < len(stored) <= verify.MAX_KEYPOINTS
+        assert 0 < len(stored.fine()) <= verify.MAX_KEYPOINTS and 0 < stored.coarse <= verify.COARSE_KEYPOINTS
 
 
 def test_verification_reads_stored_features_and_backfills_missing_or_stale_ones(indexed_engine) -> None:
@@ -512,8 +513,13 @@ def test_verification_reads_stored_features_and_backfills_missing_or_stale_ones(
         store.put(fkey, bad)
         tasks._reference_features_cache().clear()
         again = tasks.reference_features(settings, second)
-        assert again.params == verify.feature_params() and len(again) == len(made)
-        assert verify.Features.from_bytes(store.get(fkey)).params == verify.feature_params()
+        assert again.params == verify.reference_params() and len(again) == len(made)
+        assert verify.Features.from_bytes(store.get(fkey)).params == verify.reference_params()
+    # made before the look at half resolution (the first look's keypoints alone): made again with it
+    store.put(fkey, dataclasses.replace(made.fine(), params=verify.feature_params()).to_bytes())
+    tasks._reference_features_cache().clear()
+    again = tasks.reference_features(settings, second)
+    assert again.coarse == made.coarse > 0 and np.array_equal(again.points, made.points)
 
 
 def test_verification_can_be_switched_off_by_setting(indexed_engine) -> None:
@@ -665,6 +671,51 @@ def test_keypoints_are_kept_balanced_over_scales() -> None:
     assert sorted(_balanced(coarse, 100)) == list(range(50))
     f = verify.feature_params()
     assert f.endswith("/scales") and f.startswith("sift/")
+
+
+def test_a_reference_is_described_at_its_resolution_and_again_at_half_of_it(scan, scan_features) -> None:
+    """``describe_reference``: the first look's keypoints as ``extract_features`` finds them, then up
+    to ``COARSE_KEYPOINTS`` from the scan at half that resolution, appended and counted; they
+    survive the store's format, and ``fine()`` gives the first look's back."""
+    ref = verify.describe_reference(scan, size=scan.info["original_size"])
+    assert ref.params == verify.reference_params() == verify.feature_params() + f"+half/{verify.COARSE_KEYPOINTS}"
+    assert 100 < ref.coarse <= verify.COARSE_KEYPOINTS and len(ref) == len(scan_features) + ref.coarse
+    fine = ref.fine()
+    assert np.array_equal(fine.points, scan_features.points)
+    assert np.array_equal(fine.descriptors, scan_features.descriptors)
+    assert fine.coarse == 0 and fine.fine() is fine
+    size = scan.info["original_size"]
+    half = verify.extract_features(
+        scan, size=size, max_side=verify.MAX_SIDE // 2, max_keypoints=verify.COARSE_KEYPOINTS
+    )
+    assert np.array_equal(ref.points[len(fine) :], half.points)  # in the stored pixels, as the first look's
+    assert np.ptp(half.points[:, 0]) > 0.5 * scan.info["original_size"][0]
+    again = verify.Features.from_bytes(ref.to_bytes())
+    assert again.coarse == ref.coarse and np.array_equal(again.descriptors, ref.descriptors)
+    # old stored features (no count): all the first look's
+    assert verify.Features.from_bytes(scan_features.to_bytes()).coarse == 0
+
+
+def test_a_reference_s_half_resolution_keypoints_add_evidence_and_can_be_left_out(scan, warped, monkeypatch) -> None:
+    """A photo of the scan at an angle, smeared over 9 px as a shaken camera smears it, matches the
+    reference (each reference keypoint looked up in the photo's forest, as the search does) with
+    more inliers when the reference's half-resolution keypoints are matched too; with
+    ``confirm.MATCH_COARSE`` off they are left out, as before."""
+    import cv2
+
+    confirm_module = importlib.import_module("papyrus_widgets.retrieval.confirm")
+    photo, _ = warped
+    kernel = np.zeros((9, 9), np.float32)
+    kernel[4, :] = 1 / 9
+    smeared = Image.fromarray(cv2.filter2D(np.asarray(photo), -1, kernel))
+    query = confirm_module.QueryIndex(
+        verify.extract_features(smeared, max_side=verify.QUERY_MAX_SIDE, max_keypoints=verify.QUERY_MAX_KEYPOINTS)
+    )
+    ref = verify.describe_reference(scan, size=scan.info["original_size"])
+    both, fine = verify.match(query, ref), verify.match(query, ref.fine())
+    assert both.confirmed and both.inliers > 1.2 * fine.inliers
+    monkeypatch.setattr(confirm_module, "MATCH_COARSE", False)
+    assert verify.match(query, ref).inliers == fine.inliers
 
 
 def test_keypoints_described_in_one_pass_are_those_detected_then_described(scan, monkeypatch) -> None:

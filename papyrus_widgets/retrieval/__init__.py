@@ -30,15 +30,18 @@ from .confirm import (
     support,
 )
 from .features import (
+    COARSE_KEYPOINTS,
     MAX_KEYPOINTS,
     MAX_SIDE,
     QUERY_MAX_KEYPOINTS,
     QUERY_MAX_SIDE,
     FeatureCache,
     Features,
+    describe_reference,
     extract_features,
     feature_method,
     feature_params,
+    reference_params,
     root_sift,
 )
 from .locate import area_fraction, clip, needs_closer_look, outline
@@ -49,6 +52,7 @@ __all__ = [
     "FULL_INLIERS",
     "MAX_EVIDENCE",
     "MIN_INLIERS",
+    "COARSE_KEYPOINTS",
     "MAX_KEYPOINTS",
     "MAX_SIDE",
     "QUERY_MAX_KEYPOINTS",
@@ -62,6 +66,7 @@ __all__ = [
     "confirm",
     "confirmed_score",
     "draw_matches",
+    "describe_reference",
     "extract_features",
     "feature_method",
     "feature_params",
@@ -72,6 +77,7 @@ __all__ = [
     "clip",
     "needs_closer_look",
     "ranked",
+    "reference_params",
     "rerank",
     "root_sift",
     "support",

@@ -107,6 +107,10 @@ same 64 photos of indexed papyri and 16 of held-out ones at 3, 10 and 25 % of th
 (``bench_realphoto.py --fractions 0.03,0.1,0.25 --trial checks32``, results.md figure 0c): the
 same answers but one more photo at 3 % found and confirmed with 16, nothing held out confirmed
 either way, "no confirmed match" 0.75-0.88x the time (p50)."""
+MATCH_COARSE = True
+"""Whether a reference's keypoints from its look at half resolution
+(:data:`~.features.COARSE_KEYPOINTS`) are matched too; False: its first look's alone, as before
+2026-12-04 (``bench_realphoto.py --trial fine-only``; its visual words are stored either way)."""
 VERIFY_THREADS = 2
 """The candidates of a round are matched this many at a time (at most one per CPU): OpenCV's
 matching and fitting let go of the GIL, so a search on a worker uses the machine's idle cores
@@ -211,12 +215,18 @@ class QueryIndex:
     def pairs(self, reference: Features, ratio: float) -> list[tuple[int, int, float]]:
         """``(query index, reference index, distance)`` of ratio-tested nearest neighbours, each
         reference keypoint looking for its nearest query keypoint."""
-        found = self._matcher.knnMatch(root_sift(reference.descriptors), k=2)
-        return [
-            (m.trainIdx, m.queryIdx, m.distance)
-            for m, *rest in (p for p in found if p)
-            if not rest or m.distance < ratio * rest[0].distance
-        ]
+        return _reference_pairs(self._matcher.knnMatch(root_sift(reference.descriptors), k=2), ratio)
+
+
+def _reference_pairs(found: Sequence[Sequence[Any]], ratio: float) -> list[tuple[int, int, float]]:
+    """``(query index, reference index, distance)`` of the ratio-tested two nearest ``found`` for
+    each reference keypoint among the query's (OpenCV's ``knnMatch`` with the reference's
+    descriptors as its queries)."""
+    return [
+        (m.trainIdx, m.queryIdx, m.distance)
+        for m, *rest in (p for p in found if p)
+        if not rest or m.distance < ratio * rest[0].distance
+    ]
 
 
 def match(
@@ -228,13 +238,20 @@ def match(
 ) -> Verification:
     """Match ``query`` against ``reference``: ratio-tested nearest neighbours, then a RANSAC
     homography (reference → query). Returns the inliers as evidence. ``query`` may be a
-    :class:`QueryIndex` (SIFT: built once, then matched against many references)."""
+    :class:`QueryIndex` (SIFT: built once, then matched against many references).
+
+    SIFT: each reference keypoint looks for its two nearest query keypoints (in the forest, or
+    exactly when ``query`` is plain :class:`Features`), so that a reference's keypoints of one
+    structure at two resolutions (:func:`~.features.describe_reference`) do not fail each other's
+    ratio test; ORB: each query keypoint for its two nearest reference keypoints."""
     import cv2
 
     index = query if isinstance(query, QueryIndex) else None
     q_feats: Features = index.features if index is not None else query  # type: ignore[assignment]
 
     t0 = time.perf_counter()
+    if not MATCH_COARSE:
+        reference = reference.fine()
     q_size, r_size = [int(v) for v in q_feats.size], [int(v) for v in reference.size]
     empty = Verification(0, [], None, 0.0, query_size=q_size, reference_size=r_size)
     if q_feats.method != reference.method:
@@ -245,13 +262,14 @@ def match(
     if index is not None and q_feats.method == "sift":
         good = index.pairs(reference, ratio)
         key = 0  # each query keypoint may serve one reference keypoint only (keep the closest)
+    elif q_feats.method == "sift":  # the same direction as the forest's, searched exactly
+        matcher = cv2.BFMatcher(cv2.NORM_L2)
+        found = matcher.knnMatch(root_sift(reference.descriptors), root_sift(q_feats.descriptors), k=2)
+        good = _reference_pairs(found, ratio)
+        key = 0
     else:
-        if q_feats.method == "sift":
-            matcher = cv2.BFMatcher(cv2.NORM_L2)
-            q, r = root_sift(q_feats.descriptors), root_sift(reference.descriptors)
-        else:
-            matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
-            q, r = q_feats.descriptors, reference.descriptors
+        matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+        q, r = q_feats.descriptors, reference.descriptors
         good = [
             (m.queryIdx, m.trainIdx, m.distance)
             for m, *rest in (p for p in matcher.knnMatch(q, r, k=2) if p)

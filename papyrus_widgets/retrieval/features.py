@@ -27,8 +27,32 @@ MAX_SIDE = 768
 where 1024 missed 2.5 % (fine detail of the scan that a small, blurred photo does not hold)."""
 MAX_KEYPOINTS = 1000
 """At most this many keypoints per image (the strongest)."""
+COARSE_KEYPOINTS = 500
+"""A reference is also looked at with half the resolution of its first look, and this many more
+keypoints, balanced over scales, are kept from that second look (:func:`describe_reference`; 0:
+none, the reference's features as before 2026-12-04). A photo that is shaken, soft, or shot off a
+screen keeps a papyrus's coarse structure and loses its fine one; the half-resolution look
+describes that structure with keypoints the first look's 1,000 leave out. Chosen on development
+photos (seed 77900, 16 indexed papyri, 2 photos each per set, each photo's own keypoints as the
+search finds them, matched against its own scan and against 3 held-out scans), median inliers
+with the own scan:
+
+- *shaky* photos 107.5 as the references were, 157.5 with these 500 (all 32 gained), against
+  122.5 with 1,500 keypoints at the first look's resolution (2 lost some);
+- ordinary scenes 334 → 467.5 (all gained; 1,500 at full resolution: 442);
+- *lcd* photos 195.5 → 270 (all gained; 1,500: 237);
+- the most inliers with a wrong scan 0 → 8, 11 → 15 and 0 → 7 (1,500 at full resolution: 11,
+  22 and 18).
+
+Keeping the budget at 1,000 (700 at full resolution and 300 at half) gained as many photos as it
+lost, so the 500 come on top: a reference's stored features and visual words are 1.5 times as
+many. Then the benchmark's photos among 10,035 images (results.md, figure 0d): *shaky* 63 of 64
+found against 61, *lcd* 64 of 64 against 62, held-out 0 of 32 confirmed; figure 0 the same
+answers, its first stage's recall@10 1.000 against 0.984. Matching them costs a found photo
+nothing measurable and "no confirmed match" 5-10 % (same run, ``confirm.MATCH_COARSE`` off); the
+features step of ingest 1.26x."""
 CACHE_SIZE = 512
-"""Reference features kept per process (about 130 KB each for SIFT)."""
+"""Reference features kept per process (about 200 KB each for SIFT)."""
 
 QUERY_MAX_SIDE = 1600
 """Long side (px) at which a query photo's features are computed: a papyrus that fills a third of
@@ -123,6 +147,9 @@ class Features:
     params: str = ""
     work_scale: float = 0.0
     """Work pixels per stored pixel (0: ``work_side / max(size)``, features of the whole image)."""
+    coarse: int = 0
+    """How many of the keypoints, the last ones, come from a reference's look at half resolution
+    (:func:`describe_reference`)."""
 
     @property
     def scale(self) -> float:
@@ -131,6 +158,13 @@ class Features:
 
     def __len__(self) -> int:
         return int(len(self.points))
+
+    def fine(self) -> "Features":
+        """These features without the :attr:`coarse` ones (the first look's alone)."""
+        if not self.coarse:
+            return self
+        n = len(self) - self.coarse
+        return dataclasses.replace(self, points=self.points[:n], descriptors=self.descriptors[:n], coarse=0)
 
     def to_bytes(self) -> bytes:
         """A compact ``.npz`` (for an object store or a disk cache)."""
@@ -144,6 +178,7 @@ class Features:
             work_side=np.asarray(self.work_side, dtype=np.int64),
             params=np.asarray(self.params),
             work_scale=np.asarray(self.work_scale, dtype=np.float64),
+            coarse=np.asarray(self.coarse, dtype=np.int64),
         )
         return buf.getvalue()
 
@@ -158,6 +193,7 @@ class Features:
                 work_side=int(z["work_side"]),
                 params=str(z["params"]) if "params" in z.files else "",
                 work_scale=float(z["work_scale"]) if "work_scale" in z.files else 0.0,
+                coarse=int(z["coarse"]) if "coarse" in z.files else 0,
             )
 
 
@@ -195,6 +231,33 @@ def feature_params(method: str | None = None, max_side: int = MAX_SIDE, max_keyp
     method = method or feature_method()
     choice = "/scales" if method == "sift" and SCALE_BALANCED else ""
     return f"{method}/{max_side}/{max_keypoints}{choice}"
+
+
+def reference_params(method: str | None = None) -> str:
+    """:func:`feature_params` of a reference as :func:`describe_reference` makes it
+    (``"sift/768/1000/scales+half/500"``): stored features made otherwise are made again."""
+    method = method or feature_method()
+    base = feature_params(method)
+    return f"{base}+half/{COARSE_KEYPOINTS}" if method == "sift" and COARSE_KEYPOINTS else base
+
+
+def describe_reference(img: Image.Image, *, size: tuple[int, int] | None = None, method: str | None = None) -> Features:
+    """A reference's features, as ingest stores them and the confirming stage matches them:
+    :func:`extract_features` at :data:`MAX_SIDE` with :data:`MAX_KEYPOINTS`, then (SIFT) up to
+    :data:`COARSE_KEYPOINTS` more from a look at half that resolution, appended
+    (:attr:`Features.coarse` counts them). ``size``: as for :func:`extract_features`."""
+    fine = extract_features(img, size=size, method=method)
+    if fine.method != "sift" or not COARSE_KEYPOINTS:
+        return fine
+    half = max(1, fine.work_side // 2)
+    coarse = extract_features(img, size=size, method=method, max_side=half, max_keypoints=COARSE_KEYPOINTS)
+    return dataclasses.replace(
+        fine,
+        points=np.concatenate([fine.points, coarse.points]),
+        descriptors=np.concatenate([fine.descriptors, coarse.descriptors]),
+        params=reference_params(fine.method),
+        coarse=len(coarse),
+    )
 
 
 def _balanced(keypoints: Sequence[Any], n: int) -> list[int]:
