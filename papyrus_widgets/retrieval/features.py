@@ -47,7 +47,7 @@ with the own scan:
 Keeping the budget at 1,000 (700 at full resolution and 300 at half) gained as many photos as it
 lost, so the 500 come on top: a reference's stored features and visual words are 1.5 times as
 many. Then the benchmark's photos among 10,035 images (results.md, figure 0d): *shaky* 63 of 64
-found against 61, *lcd* 64 of 64 against 62, held-out 0 of 32 confirmed; figure 0 the same
+found against 61, *lcd* 64 of 64 against 62, *steep* 63 of 64 against 61, held-out 0 of 48 confirmed; figure 0 the same
 answers, its first stage's recall@10 1.000 against 0.984. Matching them costs a found photo
 nothing measurable and "no confirmed match" 5-10 % (same run, ``confirm.MATCH_COARSE`` off); the
 features step of ingest 1.26x."""
