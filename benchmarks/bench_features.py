@@ -3,8 +3,9 @@
 Every search spends most of its own CPU time before the database on the photo's SIFT keypoints
 (4,000 at a long side of 1,600 px, chosen balanced over scales from four times as many
 proposed), a search that confirms nothing also on its tilted views' (four views of 1,000), and
-every ingested scan on its own (1,000 at 768 px). Each proposes keypoints, keeps some, and
-describes those kept.
+every ingested scan on its own (1,000 at 768 px and, since 2026-12-04, 500 more at half that:
+``features.describe_reference``; figure 7's scan figures in results.md were measured before, on
+the first look alone). Each proposes keypoints, keeps some, and describes those kept.
 
 - **now**: the package as it is (``features._sift_balanced`` with ``features.ONE_PASS``:
   ``detectAndCompute`` once, then the descriptors of the keypoints kept);
@@ -14,7 +15,8 @@ describes those kept.
 Inputs: scene photos of the Heidelberg references made by ``papyrus_widgets.scenes`` (1,600 x
 1,200, the papyrus at 10-40 % of the frame), the query's features through the search's own
 function (``tasks._query_features``) and its tilted views (``features.tilted_features``); the
-reference scans decoded at the ingest's size and described as ``tasks.ingest_batch_task`` does.
+reference scans decoded at the features' size (768 px) and described as ``tasks.ingest_batch_task``
+describes them (``features.describe_reference``).
 Both arms run on the same images in this process, alternated (the order flips each repeat),
 each timed on one thread of the caller with OpenCV's own threads as a worker has them; the
 outputs are compared keypoint for keypoint and byte for byte.
@@ -105,7 +107,7 @@ def main() -> None:
         imaging.decode_image(imaging.jpeg_bytes(scene.image, 90), max_side=tasks.PHOTO_MAX_SIDE) for _, scene in made
     ]
     bases = [tasks._query_features(p, None) for p in photos]
-    stored = [imaging.decode_image(d, max_side=F.MAX_SIDE) for d in data]  # as the ingest decodes a scan
+    stored = [imaging.decode_image(d, max_side=F.MAX_SIDE) for d in data]  # the features' size (ingest: 1,024)
 
     def query(p: Any) -> Callable[[], Any]:
         return lambda: tasks._query_features(p, None)
