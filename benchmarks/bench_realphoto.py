@@ -436,6 +436,7 @@ def held_out_searches(engine: Any, negatives: list[Any]) -> list[dict[str, Any]]
         t = time.perf_counter()
         res = engine.search(q.data, k=5)
         row = {"name": q.name, "kind": q.kind, "confirmed": bool(res.confirmed), "latency": time.perf_counter() - t}
+        row["near_miss_first"] = bool(res.hits and res.hits[0].near_miss)  # the verdict names a papyrus "nearly"
         row["most_inliers"] = max((h.inliers or 0 for h in res.hits), default=0)
         wrong = [
             {"image_key": h.image_key, "inventory": h.inventory_key, "inliers": h.inliers, "region": h.region}
@@ -461,6 +462,7 @@ def no_corner_search(engine: Any, q: Any) -> dict[str, Any]:
         "fraction": round(q.fraction, 3),
         "rank": rank_of(res.hits, q.truth),
         "confirmed": bool(res.hits and res.hits[0].confirmed),
+        "near_miss_first": bool(res.hits and res.hits[0].near_miss),
         "latency": time.perf_counter() - t,
     }
 
@@ -615,6 +617,7 @@ TRIALS: dict[str, dict[str, Any]] = {
     "off-centre90": {"tasks.SECOND_LOOK_AFTER_OFF_CENTRE": 90},
     "off-centre-rounds": {"retrieval.confirm.CONFIRM_AFTER_OFF_CENTRE": None},
     "fine-only": {"retrieval.confirm.MATCH_COARSE": False},
+    "first-stage-order": {"retrieval.confirm.NEAR_MISS_INLIERS": None},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
 module switches of ``papyrus_widgets`` to set (``module.NAME``). *untilted*: without the tilted
@@ -633,7 +636,9 @@ left in it, as before 2026-12-04 (``retrieval.features.DEBAND``); *region-banded
 the photo (its closer look) keeps its bands, as before the evening of 2026-12-04
 (``retrieval.features.DEBAND_REGIONS``); *fine-only*: a reference's keypoints from its look at
 half resolution are not matched, as before the night of 2026-12-04 (``retrieval.confirm.MATCH_COARSE``;
-its visual words, made at ingest, stay in the index either way); *control*: no switch at
+its visual words, made at ingest, stay in the index either way); *first-stage-order*: the hits not
+confirmed in their first-stage order, a near miss among them too, as before 2026-12-05
+(``retrieval.confirm.NEAR_MISS_INLIERS``); *control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""
 TRIAL = TRIALS["untilted"]

@@ -52,6 +52,10 @@ class Hit:
     confirmed: bool = False
     """The geometry agrees: the same papyrus is in the photo (:func:`~papyrus_widgets.retrieval.is_confirmed`).
     ``score`` ≥ 0.5 exactly for confirmed hits."""
+    near_miss: bool = False
+    """Not confirmed, but nearly: enough inliers spread over enough of the reference that the photo
+    may well show this papyrus (:func:`~papyrus_widgets.retrieval.is_near_miss`); such hits come
+    right after the confirmed ones."""
     inliers: int | None = None
     """Local-feature matches that agree on one homography (RANSAC inliers)."""
     region: list[list[float]] | None = None
@@ -121,6 +125,13 @@ class Results:
             return "not verified: the hits are ranked by similarity only (search with verify=True to confirm)."
         best = self.confirmed
         if not best:
+            top = self.hits[0]
+            if top.near_miss:
+                return (
+                    "no confirmed match in this collection; nearly: "
+                    f"{top.inventory or top.key}, {top.inliers} keypoints agree on one geometry, "
+                    "too few to confirm it (compare it with the photo)."
+                )
             return (
                 "no confirmed match in this collection: the hits below are only similar "
                 "(no reference's keypoints agree with the photo on one geometry)."

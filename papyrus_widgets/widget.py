@@ -122,10 +122,10 @@ class PapyrusSearch(anywidget.AnyWidget):
     the view, or :meth:`restore`, shows an earlier result set again without searching.
 
     ``verdict`` says in one line whether the same papyrus was confirmed in the photo or that the
-    collection holds no confirmed match (the hits are then only similar); each card says
-    "Confirmed" or "Similar". A search without corners finds where the papyrus is: :attr:`region`
-    (the top confirmed hit's outline in the photo), which the view offers as corners to adjust
-    before searching again.
+    collection holds no confirmed match (the hits are then only similar, or nearly: a near miss);
+    each card says "Confirmed", "Nearly" or "Similar". A search without corners finds where the
+    papyrus is: :attr:`region` (the top confirmed hit's outline in the photo), which the view
+    offers as corners to adjust before searching again.
 
     Clicking a result compares it with the query; when the search verified it by local features
     (``inliers``, ``matches``, ``query_size``, ``reference_size`` of the hit) the view draws the

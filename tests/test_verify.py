@@ -637,6 +637,56 @@ def test_several_papyri_confirmed_in_one_photo_the_middle_one_comes_first() -> N
     assert locate.outside(points, []).all() and locate.outside(np.zeros((0, 2)), [edge]).shape == (0,)
 
 
+def test_a_near_miss_comes_before_hits_with_no_evidence_and_the_verdict_names_it(monkeypatch) -> None:
+    """A match short of confirming but with many inliers spread over the reference (a small or
+    smeared papyrus) ranks above references the first stage liked better but the geometry did not;
+    inliers on a strip (the footer every scan shares) or too few do not count; the verdict says so."""
+    from papyrus_widgets.cli import print_hits
+    from papyrus_widgets.results import Hit, Results
+    from papyrus_widgets.retrieval import Reranked, Verification, is_near_miss, ranked
+    from papyrus_widgets.tasks import _apply
+
+    confirm = importlib.import_module("papyrus_widgets.retrieval.confirm")
+
+    def result(name, first, inliers=None, spread=0.5):
+        v = None if inliers is None else Verification(inliers, [], None, 0.5, spread=spread)
+        return Reranked(0.0, first, v, payload=name)
+
+    near = confirm.NEAR_MISS_INLIERS
+    results = [
+        result("liked", 0.9),
+        result("strip", 0.8, near + 5, spread=confirm.NEAR_MISS_SPREAD / 3),
+        result("few", 0.7, near - 1),
+        result("nearly", 0.2, near + 4),
+        result("nearly too", 0.1, near),
+        result("papyrus", 0.05, confirm.CONFIRM_INLIERS + 10),
+    ]
+    assert [is_near_miss(r.verification) for r in results] == [False, False, False, True, True, False]
+    out = ranked(results)
+    assert [r.payload for r in out] == ["papyrus", "nearly", "nearly too", "liked", "strip", "few"]
+    scores = [r.score for r in out]
+    assert scores == sorted(scores, reverse=True) and scores[0] >= 0.5 > scores[1]
+    assert scores[1] == scores[3] == pytest.approx(0.5 * 0.9 * 0.999)  # raised to the hit after it, no higher
+    # without a confirmed one, the near miss leads, and the verdict names it
+    out = ranked([r for r in results if r.payload != "papyrus"])
+    hits = []
+    for rank, r in enumerate(out, start=1):
+        hit = Hit(rank, 0.0, str(r.payload), None, None, f"P. {r.payload}", *[None] * 8)
+        hits.append(_apply(hit, r))
+    assert [h.near_miss for h in hits] == [True, True, False, False, False]
+    said = Results("photo.jpg", hits, 0.1).verdict
+    assert said.startswith(f"no confirmed match in this collection; nearly: P. nearly, {near + 4} keypoints"), said
+    printed = io.StringIO()
+    print_hits(Results("photo.jpg", hits, 0.1), out=printed)
+    assert [line.split()[2:4] for line in printed.getvalue().splitlines()[3:5]] == [["near", "miss"], ["near", "miss"]]
+    assert printed.getvalue().splitlines()[5].split()[2] == "similar"
+    hits[0].near_miss = False  # a search whose best has no such evidence
+    assert Results("photo.jpg", hits, 0.1).verdict.startswith("no confirmed match in this collection: the hits below")
+    # switched off: the unconfirmed in first-stage order, as before
+    monkeypatch.setattr(confirm, "NEAR_MISS_INLIERS", None)
+    assert [r.payload for r in ranked(results)] == ["papyrus", "liked", "strip", "few", "nearly", "nearly too"]
+
+
 def test_rounds_stop_at_a_confirmed_papyrus_in_the_middle_not_at_one_off_to_the_side() -> None:
     from papyrus_widgets.retrieval.confirm import CONFIRM_STOP_INLIERS, Verification, _stops
 

@@ -87,9 +87,11 @@ export function evidenceOf(hit) {
     return { kind: "confirmed", inliers, drawable, caption: `Confirmed: ${agree}${drawn}: the same papyrus is in the photo.` };
   }
   const why =
-    inliers <= EVIDENCE_MIN_INLIERS
-      ? "no more than chance gives"
-      : "too few, or on too small a part of the papyrus, to show it is the same one";
+    h.near_miss === true
+      ? "nearly enough to show it is the same one (a near miss: compare the two)"
+      : inliers <= EVIDENCE_MIN_INLIERS
+        ? "no more than chance gives"
+        : "too few, or on too small a part of the papyrus, to show it is the same one";
   return { kind: "weak", inliers, drawable, caption: `Not confirmed: ${agree}${drawn}: ${why}.` };
 }
 

@@ -17,8 +17,10 @@ export function searchVerified(results) {
 
 /**
  * The badge of a hit: {text: "Confirmed", kind: "confirmed", title} when the kernel confirmed it
- * (the same papyrus is in the photo); {text: "Similar", kind: "similar", title} for the others of
- * a verified search; null when the search was not verified (nothing was confirmed or ruled out).
+ * (the same papyrus is in the photo); {text: "Nearly", kind: "near", title} for a near miss (not
+ * confirmed, but many keypoints agree: the kernel's `near_miss`); {text: "Similar", kind:
+ * "similar", title} for the others of a verified search; null when the search was not verified
+ * (nothing was confirmed or ruled out).
  */
 export function hitBadge(hit, verified) {
   const h = hit && typeof hit === "object" ? hit : {};
@@ -26,6 +28,10 @@ export function hitBadge(hit, verified) {
     return { text: "Confirmed", kind: "confirmed", title: "Confirmed: its keypoints agree with the photo on one geometry (the same papyrus)" };
   }
   if (!verified) return null;
+  if (h.near_miss === true) {
+    const n = Number.isFinite(Number(h.inliers)) ? `${Number(h.inliers)} keypoints agree` : "many keypoints agree";
+    return { text: "Nearly", kind: "near", title: `Not confirmed, but nearly: ${n} on one geometry, too few to confirm it (compare it with the photo)` };
+  }
   return { text: "Similar", kind: "similar", title: "Only similar: not confirmed as the papyrus in the photo" };
 }
 

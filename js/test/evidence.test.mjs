@@ -119,6 +119,9 @@ test("evidenceOf: the caption follows the kernel's confirmed decision", () => {
   assert.ok(bunched.drawable, "unconfirmed evidence is still drawn, with a caption that says what it is worth");
   assert.match(bunched.caption, /^Not confirmed: 40 matching keypoints agree on one geometry: too few, or on too small a part/);
 
+  const near = evidenceOf({ confirmed: false, near_miss: true, inliers: 34, matches: matches.slice(0, 34), ...sizes });
+  assert.equal(near.kind, "weak");
+  assert.match(near.caption, /^Not confirmed: 34 matching keypoints agree on one geometry: nearly enough .*\(a near miss: compare the two\)\.$/);
   const weak = evidenceOf({ confirmed: false, inliers: EVIDENCE_MIN_INLIERS, matches: matches.slice(0, 12), ...sizes });
   assert.equal(weak.kind, "weak");
   assert.match(weak.caption, /^Not confirmed: 12 matching keypoints agree on one geometry: no more than chance/);

@@ -116,6 +116,10 @@ test("the card badge: Confirmed for the kernel's confirmed hits, Similar for the
   assert.deepEqual(badges.map((b) => b.text), ["Confirmed", "Similar", "Similar"]);
   assert.deepEqual(badges.map((b) => b.kind), ["confirmed", "similar", "similar"]);
   assert.match(badges[0].title, /same papyrus/);
+  // A near miss: not confirmed, but many keypoints agree.
+  const near = cardModel({ rank: 2, score: 0.4, confirmed: false, near_miss: true, inliers: 34 }, 1, { verified: true }).badge;
+  assert.deepEqual([near.text, near.kind], ["Nearly", "near"]);
+  assert.match(near.title, /Not confirmed, but nearly: 34 keypoints agree/);
   // Not verified: nothing was confirmed or ruled out, so no badge.
   const unverified = [{ score: 0.9, confirmed: false, inliers: null }];
   assert.equal(searchVerified(unverified), false);

@@ -68,6 +68,24 @@ lines. Wrong references reached 32 inliers at most (64 held-out photos against 3
 the same photo matched four times) and shared strips spread 0.02-0.06."""
 CONFIRM_BAND_SPREAD = 0.08
 """The spread a match of :data:`CONFIRM_BAND_INLIERS` needs (above every shared strip measured)."""
+NEAR_MISS_INLIERS: int | None = 30
+"""A hit not confirmed whose match has at least this many inliers spread over at least
+:data:`NEAR_MISS_SPREAD` of the reference is a *near miss*: it comes before the other hits that are
+not confirmed (most inliers first; :func:`ranked`), and when it leads a search that confirmed
+nothing the verdict names it (``Results.verdict``). None: every hit not confirmed in first-stage
+order, as before 2026-12-05. Chosen on development photos (seed 77900; 256 photos of indexed
+papyri and 64 of held-out ones among 1,035 images: ordinary scenes, 3 % of the frame, *shaky*,
+*steep*): of the photos whose own papyrus was not confirmed, 5 of 9 had it at 30-39 inliers spread
+over 0.43-0.65, no wrong reference there reaching 12, and ranked it nowhere in the first 5; of the
+127 matches of 12 or more inliers that the held-out photos made with wrong references (chance,
+the Heidelberg footer, a shared colour chart), one reached this line (39 over 0.40), the rest
+stayed under 30 inliers or under the spread (up to 36 inliers over 0.04). On the benchmark's own
+photos among 10,035 images (``bench_realphoto.py --fractions 0.03 --variants shaky --trial
+first-stage-order``, results.md figure 0c): at 3 % of the frame top-1 0.891 -> 0.922 and top-5
+0.938 -> 0.984, *shaky* top-5 0.984 -> 1.000, no photo ranked lower, none of 32 held-out photos
+confirmed or led by a near miss."""
+NEAR_MISS_SPREAD = 0.3
+"""The spread (:data:`CONFIRM_SPREAD`'s measure) a near miss needs (:data:`NEAR_MISS_INLIERS`)."""
 CONFIRM_STOP_INLIERS = 60
 """The rounds stop once a confirmed match has at least this many inliers (a weaker confirmation
 keeps looking: the right papyrus may come later in the list with much more evidence)."""
@@ -154,6 +172,15 @@ def is_confirmed(v: Verification | None) -> bool:
     if v is None or v.inliers < CONFIRM_INLIERS:
         return False
     return v.spread >= CONFIRM_SPREAD or (v.inliers >= CONFIRM_BAND_INLIERS and v.spread >= CONFIRM_BAND_SPREAD)
+
+
+def is_near_miss(v: Verification | None) -> bool:
+    """Whether ``v`` is not confirmed but nearly (:data:`NEAR_MISS_INLIERS` over
+    :data:`NEAR_MISS_SPREAD`): a papyrus the photo may well show, short of the evidence that
+    confirms it."""
+    if NEAR_MISS_INLIERS is None or v is None or is_confirmed(v):
+        return False
+    return v.inliers >= NEAR_MISS_INLIERS and v.spread >= NEAR_MISS_SPREAD
 
 
 def confirmed_score(shortlist_score: float, v: Verification | None) -> float:
@@ -496,19 +523,23 @@ def confirm(
 def ranked(results: Sequence[Reranked]) -> list[Reranked]:
     """Score (:func:`confirmed_score`) and order results given in first-stage order: confirmed
     first — most inliers first, and when they show several papyri, the one in the middle of the
-    photo first (:func:`~.locate.aim_order`) —; then the rest by their first-stage score. Scores never
-    rise down the list (a confirmed hit shown after a stronger one takes the lower score of the
-    two). Call it again after a verification changed (a second, closer look)."""
+    photo first (:func:`~.locate.aim_order`) —; then the near misses (:func:`is_near_miss`), most
+    inliers first; then the rest by their first-stage score. Scores never rise down the list (a
+    confirmed hit shown after a stronger one takes the lower score of the two; a near miss takes
+    the higher score of the two when a hit after it scores more, all under 0.5). Call it again
+    after a verification changed (a second, closer look)."""
     for r in results:
         r.score = confirmed_score(r.embedding_score, r.verification)
-    order = sorted(
-        range(len(results)),
-        key=lambda i: (
-            (0, -results[i].verification.inliers, i)  # type: ignore[union-attr]
-            if results[i].confirmed
-            else (1, -results[i].embedding_score, i)
-        ),
-    )
+
+    def key(i: int) -> tuple[int, float, int]:
+        v = results[i].verification
+        if results[i].confirmed:
+            return (0, -v.inliers, i)  # type: ignore[union-attr]  # confirmed: not None
+        if is_near_miss(v):
+            return (1, -v.inliers, i)  # type: ignore[union-attr]  # a near miss: not None
+        return (2, -results[i].embedding_score, i)
+
+    order = sorted(range(len(results)), key=key)
     confirmed = [i for i in order if results[i].confirmed]
     found = [(i, v) for i in confirmed if (v := results[i].verification) and v.outline and v.query_size]
     if len(found) > 1 and len(found) == len(confirmed):
@@ -519,6 +550,9 @@ def ranked(results: Sequence[Reranked]) -> list[Reranked]:
     for before, r in zip(out, out[1:]):
         if r.confirmed:
             r.score = min(r.score, before.score)
+    for r, after in reversed(list(zip(out, out[1:]))):
+        if not r.confirmed and is_near_miss(r.verification):
+            r.score = max(r.score, after.score)
     return out
 
 
