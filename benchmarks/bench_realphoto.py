@@ -300,15 +300,18 @@ def add_derived(settings: Any, n: int, parent_ok: Any = None) -> float:
     rng = np.random.default_rng([SEED, 100_000])
     parents: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]] = []
     for path in paths:  # each crop's keypoints with their words, quantised once
-        z = np.load(path)
-        f_off = np.concatenate([[0], np.cumsum(z["feature_counts"])])
-        words, signatures = vocab.words_and_signatures(z["descriptors"])
-        for j in range(len(z["ids"])):
-            if parent_ok is not None and not parent_ok(int(z["ids"][j])):
+        # each array read once per chunk: ``z[name]`` decompresses the whole array on every access,
+        # and a slice of it keeps all of it alive (one copy per parent ran a 100k build out of memory)
+        with np.load(path) as z:
+            ids, points, vectors, sizes = z["ids"], z["points"], z["vectors"], z["feature_sizes"]
+            f_off = np.concatenate([[0], np.cumsum(z["feature_counts"])])
+            words, signatures = vocab.words_and_signatures(z["descriptors"])
+        for j in range(len(ids)):
+            if parent_ok is not None and not parent_ok(int(ids[j])):
                 continue
             a, b = f_off[j], f_off[j + 1]
-            size = tuple(int(v) for v in z["feature_sizes"][j])
-            parents.append((z["points"][a:b], words[a:b], signatures[a:b], z["vectors"][j], size))  # type: ignore[arg-type]
+            size = tuple(int(v) for v in sizes[j])
+            parents.append((points[a:b], words[a:b], signatures[a:b], vectors[j], size))  # type: ignore[arg-type]
     print(f"  derived: {len(parents)} parents quantised in {time.perf_counter() - t0:.0f} s", flush=True)
     url = settings.database_url
     with index.hnsw_deferred(url):  # one HNSW build at the end, then VACUUM (ANALYZE) as an ingest does
