@@ -85,9 +85,9 @@ def print_hits(results, out=sys.stdout) -> None:  # type: ignore[no-untyped-def]
     print(results.verdict, file=out)
     head = f"{'rank':>4}  {'score':>6}  {'match':<9} {'inventory':<28} {'HGV':<8} {'date':<18} {'place':<22} title"
     print(head, file=out)
+    unconfirmed = "similar" if results.was_verified else "-"
     for h in results:
-        match = "similar" if results.was_verified else "-"
-        match = "confirmed" if h.confirmed else ("near miss" if h.near_miss else match)
+        match = "confirmed" if h.confirmed else "near miss" if h.near_miss else unconfirmed
         print(
             f"{h.rank:>4}  {h.score:>6.3f}  {match:<9} {(h.inventory or h.key)[:28]:<28} {(h.hgv_id or '')[:8]:<8} "
             f"{(h.date_text or '')[:18]:<18} {(h.place or '')[:22]:<22} {(h.title or '')[:40]}",

@@ -493,12 +493,12 @@ def reference_features(settings: Settings, image_key: str) -> Any:
 
 def _apply(hit: Hit, r: Any) -> Hit:
     """Copy one confirming result (a :class:`~papyrus_widgets.retrieval.Reranked`) onto its hit."""
-    from .retrieval import clip, is_near_miss
+    from .retrieval import clip
 
     hit.score = round(r.score, 6)
     v = r.verification
     hit.confirmed = bool(r.confirmed)
-    hit.near_miss = is_near_miss(v)
+    hit.near_miss = bool(r.near_miss)
     if v is not None:
         hit.inliers = v.inliers
         hit.matches = v.matches

@@ -430,6 +430,10 @@ class Reranked:
     def confirmed(self) -> bool:
         return is_confirmed(self.verification)
 
+    @property
+    def near_miss(self) -> bool:
+        return is_near_miss(self.verification)
+
 
 def _verify(query: Features | QueryIndex, c: Candidate) -> Verification | None:
     try:
@@ -535,7 +539,7 @@ def ranked(results: Sequence[Reranked]) -> list[Reranked]:
         v = results[i].verification
         if results[i].confirmed:
             return (0, -v.inliers, i)  # type: ignore[union-attr]  # confirmed: not None
-        if is_near_miss(v):
+        if results[i].near_miss:
             return (1, -v.inliers, i)  # type: ignore[union-attr]  # a near miss: not None
         return (2, -results[i].embedding_score, i)
 
@@ -551,7 +555,7 @@ def ranked(results: Sequence[Reranked]) -> list[Reranked]:
         if r.confirmed:
             r.score = min(r.score, before.score)
     for r, after in reversed(list(zip(out, out[1:]))):
-        if not r.confirmed and is_near_miss(r.verification):
+        if r.near_miss:
             r.score = max(r.score, after.score)
     return out
 
