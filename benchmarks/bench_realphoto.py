@@ -82,7 +82,7 @@ from a crop of a fragment's photograph), as figure 0b does for figure 0's photos
 
 Run alone: ``python benchmarks/bench_realphoto.py [--quick] [--distractors N] [--per-ref N] [--derived N]
 [--fractions F,F,...] [--variants V,V,...]
-[--trial untilted|words-alone|uncached|unenlarged|checks32|two-pass|off-centre90|off-centre-rounds|control]
+[--trial NAME (TRIALS)]
 [--cross-capture]``.
 """
 
@@ -361,29 +361,52 @@ def _add_derived_rows(url: str, parents: list[Any], n: int, fingerprint: str, rn
             print(f"  derived: {done}/{n} in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def first_stage_only(engine: Any, positives: list[Any], total: int, n_derived: int, build_s: float) -> dict[str, Any]:
-    """recall@10/50/100 and latency of the first stage (``verify=False``, k=100) at this size."""
-    rows = []
-    engine.search(positives[0].data, k=100, verify=False)  # warm
-    for q in positives:
+def first_stage_only(
+    engine: Any, positives: list[Any], total: int, n_derived: int, build_s: float, trial: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """recall@10/50/100 and latency of the first stage (``verify=False``, k=100) at this size; with
+    ``trial`` (:data:`TRIALS`), each photo searched with its switches too, right after or before
+    (:func:`both_ways`), and the trial's own figures beside (``"trial"``)."""
+
+    def row(q: Any) -> dict[str, Any]:
         t = time.perf_counter()
         first = engine.search(q.data, k=100, verify=False)
         seconds = time.perf_counter() - t
-        rows.append({"name": q.name, "kind": q.kind, "first_rank": rank_of(first.hits, q.truth), "latency": seconds})
-        print(f"  {q.kind:<8} {q.name:<26} first={rows[-1]['first_rank']} {seconds:.2f}s", flush=True)
-    return {
+        out = {"name": q.name, "kind": q.kind, "first_rank": rank_of(first.hits, q.truth), "latency": seconds}
+        print(f"  {q.kind:<8} {q.name:<26} first={out['first_rank']} {seconds:.2f}s", flush=True)
+        return out
+
+    def figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "first_stage": {
+                f"recall@{k}": float(np.mean([r["first_rank"] is not None and r["first_rank"] <= k for r in rows]))
+                for k in (10, 50, 100)
+            },
+            "first_stage_latency": C.summary([r["latency"] for r in rows]),
+            "rows": rows,
+        }
+
+    engine.search(positives[0].data, k=100, verify=False)  # warm
+    out: dict[str, Any] = {
         "name": NAME + "-100k",
         "gallery": {"images": total, "derived": n_derived},
         "queries": {"positives": len(positives)},
-        "first_stage": {
-            f"recall@{k}": float(np.mean([r["first_rank"] is not None and r["first_rank"] <= k for r in rows]))
-            for k in (10, 50, 100)
-        },
-        "first_stage_latency": C.summary([r["latency"] for r in rows]),
         "build_seconds": {"derived": build_s},
-        "rows": rows,
-        "load_average": C.load_average(),
     }
+    if trial is None:
+        out.update(figures([row(q) for q in positives]))
+    else:
+        print(f"  … each photo searched as it is and with {trial}, alternately first", flush=True)
+        rows_by = both_ways(engine, {"now": _current(trial), "trial": trial}, positives, row)
+        out.update(figures(rows_by["now"]))
+        out["trial"] = {"switches": trial, **figures(rows_by["trial"])}
+        out["trial"]["per_photo"] = per_photo_ratios(
+            [{**r, "rank": r["first_rank"], "confirmed": None} for r in rows_by["now"]],
+            [{**r, "rank": r["first_rank"], "confirmed": None} for r in rows_by["trial"]],
+        )
+        print(f"trial / now per photo {out['trial']['per_photo']}", flush=True)
+    out["load_average"] = C.load_average()
+    return out
 
 
 def split_references() -> tuple[list[Path], list[Path]]:
@@ -621,6 +644,7 @@ TRIALS: dict[str, dict[str, Any]] = {
     "off-centre-rounds": {"retrieval.confirm.CONFIRM_AFTER_OFF_CENTRE": None},
     "fine-only": {"retrieval.confirm.MATCH_COARSE": False},
     "first-stage-order": {"retrieval.confirm.NEAR_MISS_INLIERS": None},
+    "one-connection": {"tasks.PAIR_CONNECTIONS": 1},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
 module switches of ``papyrus_widgets`` to set (``module.NAME``). *untilted*: without the tilted
@@ -641,7 +665,9 @@ the photo (its closer look) keeps its bands, as before the evening of 2026-12-04
 half resolution are not matched, as before the night of 2026-12-04 (``retrieval.confirm.MATCH_COARSE``;
 its visual words, made at ingest, stay in the index either way); *first-stage-order*: the hits not
 confirmed in their first-stage order, a near miss among them too, as before 2026-12-05
-(``retrieval.confirm.NEAR_MISS_INLIERS``); *control*: no switch at
+(``retrieval.confirm.NEAR_MISS_INLIERS``); *one-connection*: a photo's postings read by one
+statement, as before 2026-12-05 (``tasks.PAIR_CONNECTIONS``, now 2; with ``--derived`` too, the
+first stage alone); *control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""
 TRIAL = TRIALS["untilted"]
@@ -1062,7 +1088,8 @@ def main() -> None:
             derived_s = add_derived(rs, args.derived)
             with index.connect(rs.database_url) as conn:
                 total = index.image_count(conn)
-            result = first_stage_only(engine, positives, total, args.derived, derived_s)
+            trial = TRIALS[args.trial] if args.trial else None
+            result = first_stage_only(engine, positives, total, args.derived, derived_s, trial)
             print(C.table([[k, f"{v:.3f}"] for k, v in result["first_stage"].items()], ["figure", f"{total} images"]))
             print(f"first stage latency p50 {result['first_stage_latency']['p50']:.2f} s", flush=True)
             C.write_result(args.out, NAME + "-100k", result)

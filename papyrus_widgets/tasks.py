@@ -78,6 +78,12 @@ look scores the same keypoints over its smaller windows from them (:func:`second
 instead of reading their postings again, when it runs in the process that ran the first pass
 (mostly: it follows the first look's data). About 24 bytes a pair (some 50,000 pairs for a photo
 of 4,000 keypoints among 10,000 images). 0: read them again."""
+PAIR_CONNECTIONS = 2
+"""Connections that read one photo's postings at the same time (:func:`index.word_pairs`, its
+keypoints cut into as many runs): PostgreSQL runs a statement on one core, and while a search
+waits for its postings the worker's other core is idle. The connections beyond the task's own come
+from the process's pool when it has them free (:func:`index.spare_connections`), else the
+statement runs alone. 1: one statement, as before 2026-12-05."""
 
 
 # --- per-process caches on workers (and in the client process when it runs tasks itself) -------
@@ -313,7 +319,7 @@ def first_pass_list(
     for the photo's second look (:data:`PAIRS_CACHE`); None, or a region given: not kept."""
     from .retrieval import shortlist
 
-    pairs = index.word_pairs(conn, words, signatures, filters)
+    pairs = _word_pairs(conn, url, words, signatures, filters)
     if url is not None and points is not None:  # a region given is one window: it gets no second look
         _remember_pairs(url, words, signatures, filters, pairs)
     n = max(n, shortlist.WORD_CANDIDATES)
@@ -331,23 +337,32 @@ def _windowed_list(
     filters: Mapping[str, Any] | None,
     vector: np.ndarray | None,
     pairs: index.WordPairs | None = None,
+    url: str | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`index.word_candidates` of the keypoints' ``words`` scored per window of ``windows``
     (:func:`~papyrus_widgets.retrieval.shortlist.query_windows`), ``n`` long; ``pairs``: these
-    keypoints' matching pairs found before (:class:`index.WordPairs`), else the postings are read."""
+    keypoints' matching pairs found before (:class:`index.WordPairs`), else the postings are read
+    (on :data:`PAIR_CONNECTIONS` connections when ``url``, the database of ``conn``, is given)."""
     from .retrieval import shortlist
 
     kept, weights = shortlist.query_windows(words, points, size, windows=windows)
-    return index.word_candidates(
-        conn,
-        words[kept],
-        weights,
-        n,
-        filters,
-        vector,
-        None if signatures is None else signatures[kept],
-        None if pairs is None else pairs.subset(kept),
-    )
+    words, signatures = words[kept], None if signatures is None else signatures[kept]
+    found = pairs.subset(kept) if pairs is not None else _word_pairs(conn, url, words, signatures, filters)
+    return index.word_candidates(conn, words, weights, n, filters, vector, signatures, found)
+
+
+def _word_pairs(
+    conn: Any,
+    url: str | None,
+    words: np.ndarray,
+    signatures: np.ndarray | None,
+    filters: Mapping[str, Any] | None,
+) -> index.WordPairs:
+    """:func:`index.word_pairs` on ``conn`` and, when ``url`` (its database) is given, as many more
+    of the pool's connections as :data:`PAIR_CONNECTIONS` asks for and are free."""
+    spare = PAIR_CONNECTIONS - 1 if url is not None else 0
+    with index.spare_connections(url or "", spare) as more:
+        return index.word_pairs(conn, words, signatures, filters, more)
 
 
 _PAIRS: dict[str, index.WordPairs] = {}
@@ -569,7 +584,7 @@ def second_look_list(
     n = len(seen) + SECOND_LOOK_CANDIDATES
     with index.pooled_connection(url) as conn:
         rows = _windowed_list(
-            conn, words, points, size, signatures, n, shortlist.SECOND_LOOK_WINDOWS, filters, vector, pairs
+            conn, words, points, size, signatures, n, shortlist.SECOND_LOOK_WINDOWS, filters, vector, pairs, url
         )
     return [c for c in shortlist.fuse(rows, []) if c.row["object_key"] not in seen][:SECOND_LOOK_CANDIDATES]
 
@@ -677,6 +692,7 @@ def _tilted_look(
             shortlist.SECOND_LOOK_WINDOWS,
             filters,
             vector,
+            url=url,
         )
     again = [h for h in first if h.image_key][:TILTED_RETRIES]
     tried = {h.image_key for h in again}

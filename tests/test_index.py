@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import psycopg
 import pytest
@@ -604,15 +606,11 @@ def test_word_candidates_of_many_windows_are_the_full_rankings_interleaved(conn)
     assert any(ranks[max(range(7), key=lambda j: per_window[j].get(i, 0.0))][i] > 3 for i in full[:3])
 
 
-def test_the_pairs_read_once_give_the_lists_of_the_postings_read_again(conn, url):
-    """The second look scores the first pass's matching pairs over its own windows instead of
-    reading the postings again (``index.WordPairs.subset``, ``tasks.PAIRS_CACHE``): for any subset of
-    the keypoints, any windows and filters, the list is the one the postings read again give; the
-    process keeps a photo's pairs under its database, words, signatures and filters only."""
-    from papyrus_widgets import tasks
+def _signed_collection(conn, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """40 images (odd ones in collection "odd") of 10 of 30 words, with signatures near each word's
+    own; returns a query's 120 keypoints (words 30-33: none of the images has them) and signatures."""
     from papyrus_widgets.retrieval.vocabulary import HAMMING_THRESHOLD
 
-    rng = np.random.default_rng(21)
     base = {w: int(rng.integers(0, 2**62)) for w in range(30)}
 
     def near(sig: int, bits: int) -> int:
@@ -627,8 +625,20 @@ def test_the_pairs_read_once_give_the_lists_of_the_postings_read_again(conn, url
     }  # fmt: skip
     index.add_images(conn, [_signed(i, d, collection="odd" if i % 2 else "even") for i, d in docs.items()])
     conn.commit()
-    words = rng.integers(0, 34, 120).astype(np.int32)  # words 30-33: none of the images has them
+    words = rng.integers(0, 34, 120).astype(np.int32)
     sigs = np.array([near(base.get(int(w), 0), int(rng.integers(0, 2 * HAMMING_THRESHOLD))) for w in words], np.int64)
+    return words, sigs
+
+
+def test_the_pairs_read_once_give_the_lists_of_the_postings_read_again(conn, url):
+    """The second look scores the first pass's matching pairs over its own windows instead of
+    reading the postings again (``index.WordPairs.subset``, ``tasks.PAIRS_CACHE``): for any subset of
+    the keypoints, any windows and filters, the list is the one the postings read again give; the
+    process keeps a photo's pairs under its database, words, signatures and filters only."""
+    from papyrus_widgets import tasks
+
+    rng = np.random.default_rng(21)
+    words, sigs = _signed_collection(conn, rng)
     weights = (rng.uniform(0, 1, (120, 5)) < 0.5).astype(np.float32)
     kept = np.flatnonzero(weights.any(axis=1))
     for filters in (None, {"collection": "odd"}):
@@ -663,6 +673,49 @@ def test_the_pairs_read_once_give_the_lists_of_the_postings_read_again(conn, url
     # a region the user gave is one window and gets no second look: its pairs are not kept
     region = tasks.first_pass_list(conn, words, None, size, sigs, 10, url=url)
     assert region and tasks._remembered_pairs(url, words, sigs, None) is None
+
+
+def test_the_postings_read_on_several_connections_give_the_pairs_of_one_statement(conn, url, monkeypatch):
+    """A photo's keypoints cut into runs whose postings are read side by side, a connection each
+    (``index.spare_connections``, ``tasks.PAIR_CONNECTIONS``), give the very pairs one statement
+    gives, with and without filters, and the same lists; with the pool's connections all taken
+    the spares are none and the one statement reads them all."""
+    from papyrus_widgets import tasks
+
+    words, sigs = _signed_collection(conn, np.random.default_rng(22))
+
+    def triples(p: index.WordPairs) -> np.ndarray:
+        t = np.stack([p.rows, p.image_ids, (p.weights * 1e6).round()], axis=1)
+        return t[np.lexsort(t.T[::-1])]
+
+    for filters in (None, {"collection": "odd"}):
+        one = index.word_pairs(conn, words, sigs, filters)
+        assert len(one.image_ids) > 0
+        for spare in (1, 2, 3):
+            with index.spare_connections(url, spare) as more:
+                assert len(more) == spare and all(c is not conn for c in more)
+                split = index.word_pairs(conn, words, sigs, filters, more)
+            assert split.keypoints == one.keypoints == len(words)
+            assert np.array_equal(triples(split), triples(one))
+            assert np.array_equal(split.words, one.words) and np.allclose(split.idf, one.idf)
+        weights = np.ones((len(words), 1), np.float32)
+        monkeypatch.setattr(tasks, "PAIR_CONNECTIONS", 3)
+        listed = tasks._windowed_list(conn, words, None, (400, 300), sigs, 12, [], filters, None, url=url)
+        monkeypatch.setattr(tasks, "PAIR_CONNECTIONS", 1)
+        assert listed == index.word_candidates(conn, words, weights, 12, filters, None, sigs)
+
+    pool = index.get_pool(url)
+    taken = [pool.getconn(timeout=5) for _ in range(pool.max_size)]
+    try:
+        started = time.perf_counter()
+        with index.spare_connections(url, 2) as more:
+            assert more == []
+            alone = index.word_pairs(conn, words, sigs, None, more)
+        assert time.perf_counter() - started < 5 * index.SPARE_WAIT + 2
+    finally:
+        for c in taken:
+            pool.putconn(c)
+    assert np.array_equal(triples(alone), triples(index.word_pairs(conn, words, sigs)))
 
 
 def test_the_ingest_task_names_each_step_to_its_timer(url, conn, tmp_path, model_dir):

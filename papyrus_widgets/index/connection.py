@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Iterator, Sequence
 
 import psycopg
@@ -19,8 +19,10 @@ from ..errors import ServiceError
 __all__ = [
     "POOL_TIMEOUT",
     "POOL_WAIT",
+    "SPARE_WAIT",
     "get_pool",
     "pooled_connection",
+    "spare_connections",
     "close_pools",
     "connect",
     "scalar",
@@ -97,6 +99,35 @@ def pooled_connection(url: str) -> Iterator[psycopg.Connection]:
         raise ServiceError(_db_message(url, exc)) from None
     finally:
         pool.putconn(conn)
+
+
+SPARE_WAIT = 0.2
+"""Seconds :func:`spare_connections` waits for each further connection of the pool (a new one is
+made in the background the first time) before it makes do with those it has."""
+
+
+@contextmanager
+def spare_connections(url: str, n: int) -> Iterator[list[psycopg.Connection]]:
+    """Up to ``n`` more connections from this process's pool for ``url`` besides the one a task
+    holds, to read parts of one query side by side (:func:`~papyrus_widgets.index.queries.word_pairs`):
+    as many as the pool gives within :data:`SPARE_WAIT` each, perhaps none (a busy pool, or one
+    reconnecting), never a direct connection and never an error for want of one. Each is committed
+    (or rolled back) and returned at the end; a server gone mid-query is a :class:`ServiceError`."""
+    pool = get_pool(url) if n > 0 else None
+    got: list[psycopg.Connection] = []
+    with ExitStack() as stack:
+        while pool is not None and len(got) < n:
+            try:
+                conn = pool.getconn(timeout=SPARE_WAIT)
+            except PoolTimeout:
+                break
+            stack.callback(pool.putconn, conn)
+            stack.enter_context(conn)  # commit, or roll back on an error (before it goes back)
+            got.append(conn)
+        try:
+            yield got
+        except psycopg.OperationalError as exc:  # the server went away mid-query
+            raise ServiceError(_db_message(url, exc)) from None
 
 
 def close_pools() -> None:

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import psycopg
@@ -250,11 +251,18 @@ def word_pairs(
     words: np.ndarray,
     signatures: np.ndarray | None = None,
     filters: Mapping[str, Any] | None = None,
+    more: Sequence[psycopg.Connection] = (),
 ) -> WordPairs:
     """The pairs of the query keypoints ``words`` (a row per keypoint, with their 64-bit
     ``signatures`` or None) and the postings of the images ``filters`` allow that *match* them
-    (:func:`word_candidates`), with the idf of the query's words: one statement that reads the
-    words' postings (index-only scans of the postings' B-tree) and returns the pairs as three arrays."""
+    (:func:`word_candidates`), with the idf of the query's words: a statement that reads the
+    words' postings (index-only scans of the postings' B-tree) and returns the pairs as three arrays.
+
+    ``more``: further connections to the same database (:func:`~.connection.spare_connections`);
+    the keypoints are then cut into as many runs as there are connections, each run's postings
+    read on its own connection at the same time (a statement runs on one core of the server: this
+    puts the others to work for one search). The pairs are the same either way, in the same order
+    when the server returns each run's in the order of the keypoints."""
     from ..retrieval.vocabulary import HAMMING_THRESHOLD, SIGNATURE_BITS
 
     words = np.asarray(words, dtype=np.int32).reshape(-1)
@@ -273,20 +281,36 @@ def word_pairs(
         " FROM unnest(%s::int4[], %s::int8[]) WITH ORDINALITY AS qk(word, sig, row)"
         f" JOIN image_words w ON w.word = qk.word{allowed}" + (f"{where} AND {match}" if where else f" WHERE {match}")
     )
-    distinct = np.unique(words)
-    with conn.cursor(binary=True) as cur:
-        got = cur.execute(sql, [words.tolist(), sigs.tolist(), *params, hamming]).fetchone()
+
+    def read(c: psycopg.Connection, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with c.cursor(binary=True) as cur:
+            got = cur.execute(sql, [words[start:stop].tolist(), sigs[start:stop].tolist(), *params, hamming]).fetchone()
         images, rows, weights = got if got is not None else (None, None, None)
-        known = cur.execute(
-            "SELECT d.word, ln((n.n + 1.0) / (d.df + 1.0)) FROM word_df d"
-            " CROSS JOIN (SELECT count(*)::float8 AS n FROM images) n WHERE d.word = ANY(%s::int4[]) ORDER BY d.word",
-            [distinct.tolist()],
-        ).fetchall()
+        return (
+            np.asarray(images or [], np.int64),
+            np.asarray(rows or [], np.int64) - 1 + start,
+            np.asarray(weights or [], np.float64),
+        )
+
+    cuts = np.linspace(0, len(words), min(len(more) + 1, len(words)) + 1).round().astype(int).tolist()
+    runs = list(zip(cuts, cuts[1:]))
+    if len(runs) > 1:
+        with ThreadPoolExecutor(len(runs) - 1, thread_name_prefix="papyrus-pairs") as pool:
+            others = [pool.submit(read, c, a, b) for c, (a, b) in zip(more, runs[1:])]
+            parts = [read(conn, *runs[0])] + [f.result() for f in others]
+    else:
+        parts = [read(conn, 0, len(words))]
+    distinct = np.unique(words)
+    known = conn.execute(
+        "SELECT d.word, ln((n.n + 1.0) / (d.df + 1.0)) FROM word_df d"
+        " CROSS JOIN (SELECT count(*)::float8 AS n FROM images) n WHERE d.word = ANY(%s::int4[]) ORDER BY d.word",
+        [distinct.tolist()],
+    ).fetchall()
     return WordPairs(
         len(words),
-        np.asarray(images or [], np.int64),
-        np.asarray(rows or [], np.int64) - 1,
-        np.asarray(weights or [], np.float64),
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        np.concatenate([p[2] for p in parts]),
         np.asarray([w for w, _ in known], np.int64),
         np.asarray([v for _, v in known], np.float64),
     )
