@@ -479,17 +479,24 @@ def held_out_searches(engine: Any, negatives: list[Any]) -> list[dict[str, Any]]
 
 def no_corner_search(engine: Any, q: Any) -> dict[str, Any]:
     """The default search (``k=5``, no corners) of a photo of an indexed papyrus: the right
-    papyrus's rank, whether the top hit is confirmed, and how long it took."""
+    papyrus's rank, whether the top hit is confirmed, how long it took, and the evidence: the top
+    hit's file and inliers, and the right papyrus's inliers where it is among the 5 (so that a miss
+    says whether another papyrus was confirmed before it, or nothing was)."""
     t = time.perf_counter()
     res = engine.search(q.data, k=5)
+    latency = time.perf_counter() - t
+    top = res.hits[0] if res.hits else None
     return {
         "name": q.name,
         "kind": q.kind,
         "fraction": round(q.fraction, 3),
         "rank": rank_of(res.hits, q.truth),
-        "confirmed": bool(res.hits and res.hits[0].confirmed),
-        "near_miss_first": bool(res.hits and res.hits[0].near_miss),
-        "latency": time.perf_counter() - t,
+        "confirmed": bool(top and top.confirmed),
+        "near_miss_first": bool(top and top.near_miss),
+        "top": top.source_name if top else None,
+        "top_inliers": top.inliers if top else None,
+        "truth_inliers": next((h.inliers for h in res.hits if h.inventory_key == q.truth), None),
+        "latency": latency,
     }
 
 
@@ -1027,7 +1034,8 @@ def main() -> None:
             p.add_argument(
                 "--variants",
                 default="",
-                help="comma-separated scenes.VARIANTS (e.g. closeup,steep,dim,print): as it is and with --trial",
+                help="comma-separated scenes.VARIANTS, or several joined by + (e.g. closeup,steep,lcd+shaky): "
+                "as it is and with --trial",
             ),
             p.add_argument(
                 "--cross-capture",

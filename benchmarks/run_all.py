@@ -1111,6 +1111,12 @@ VARIANT_WORDS = {
 }
 
 
+def _variant_words(variant: str) -> str:
+    """A ``--variants`` entry in words: one variant's (:data:`VARIANT_WORDS`), or a combination's
+    parts' joined, all in one photo."""
+    return " **and** ".join(VARIANT_WORDS.get(p, p) for p in variant.split("+"))
+
+
 def _trial_words(trial: dict[str, Any] | None) -> str:
     """What a ``bench_realphoto.py`` trial's switches (``TRIALS``) change, in words."""
     words = {
@@ -1120,6 +1126,17 @@ def _trial_words(trial: dict[str, Any] | None) -> str:
     }
     said = [words.get((k, v), f"with `{k} = {v!r}`") for k, v in (trial or {}).items()]
     return " and ".join(said) or "again"
+
+
+def _miss_words(row: dict[str, Any]) -> str:
+    """A photo whose papyrus was not first, in words: where it was, and what led (what the rows of
+    runs since 2026-12-05 record: the top hit's file, confirmed or not, with its inliers)."""
+    said = f"{row['name']} ({row['kind']}, rank {row['rank']}"
+    if row.get("top") is not None:
+        said += f"; first {row['top']}, {'confirmed' if row['confirmed'] else 'not confirmed'}, {row['top_inliers']} inliers"
+        if row["rank"] is not None:
+            said += f"; the right one {row['truth_inliers']} inliers"
+    return said + ")"
 
 
 def render_realphoto_variants(r: dict[str, Any] | None, st: dict[str, Any] | None) -> list[str]:
@@ -1151,17 +1168,12 @@ def render_realphoto_variants(r: dict[str, Any] | None, st: dict[str, Any] | Non
             f"{a['held_out_latency']['p50']:.2f} ({b['held_out_latency']['p50']:.2f})" if a.get("held_out_latency") else "–"
         )
         out.append(
-            f"| {VARIANT_WORDS.get(v['variant'], v['variant'])} | {v['queries']} | {pair('top1')} | {ratio} | "
+            f"| {_variant_words(v['variant'])} | {v['queries']} | {pair('top1')} | {ratio} | "
             f"{pair('top5')} | {pair('true_match_confirmed')} | {pair('held_out_confirmed')} | "
             f"{a['latency']['p50']:.2f} / {a['latency']['p95']:.2f} ({b['latency']['p50']:.2f} / {b['latency']['p95']:.2f}) "
             f"| {held_lat} |"
         )
-    misses = [
-        f"{v['variant']}: {row['name']} ({row['kind']}, rank {row['rank']})"
-        for v in r["variants"]
-        for row in v["now"]["rows"]
-        if row["rank"] != 1
-    ]
+    misses = [f"{v['variant']}: {_miss_words(row)}" for v in r["variants"] for row in v["now"]["rows"] if row["rank"] != 1]
     out += ["", "Not first now: " + ("; ".join(misses) if misses else "none") + "."]
     out += ["", VARIANTS_NOTE]
     return out

@@ -150,7 +150,8 @@ def scene_queries(
     ``others`` given as a mapping of file name → image leaves out the target's own file.
     ``fraction``: the papyrus's share of the frame (default: drawn from ``scenes.FRACTION_RANGE``);
     ``variant``: one of ``scenes.VARIANTS``, photos outside that range (close-ups, steep angles,
-    12-megapixel portrait photos with EXIF orientation, turned frames, dim photos).
+    12-megapixel portrait photos with EXIF orientation, turned frames, dim photos), or several
+    joined by ``+`` (``scenes.COMBINED``).
     Independent of the training generator :func:`papyrus_widgets.training.recapture`."""
     from .scenes import encode, make_scene
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -708,7 +708,39 @@ tinted (:func:`_off_axis`), its pixels' colour stripes, its backlight's flicker 
 reflection of the room and the photographer, over-exposure (:func:`_lcd_capture`). *shaky*, any
 kind (added 2026-12-04, after the search was settled): the scene of the same seed smeared along
 the path a hand-held camera moved during the exposure (:data:`SHAKE_LENGTH`, :func:`_shaken`), with
-the sensor noise of a long exposure, saved again as JPEG."""
+the sensor noise of a long exposure, saved again as JPEG. Several join into one photo with
+:data:`COMBINED` (``"lcd+steep+shaky"``: a laptop panel photographed steeply with a shaking
+hand), as real photos bring several of these at once."""
+
+
+COMBINED = "+"
+"""What joins variants into one photo (``variant="lcd+shaky"``): :func:`make_scene` draws the
+changes to the papyrus first (*print*, *relit*, *wavy*, in the order given), then the scene (*lcd*,
+*steep*, and the framing of *closeup* or *phone*), then what happens to the photo afterwards
+(*turned*, *resent*, *shaky*, *dim*, in the order given). A single variant is drawn exactly as on
+its own, so a combination is the photo of one of its parts' seeds with the others added."""
+
+_CHANGES = ("print", "relit", "wavy")
+"""Variants that change the papyrus itself, before the scene is drawn around it."""
+_AFTER = ("turned", "resent", "shaky", "dim")
+"""Variants that change the photo once taken."""
+
+
+def variant_parts(variant: str | None) -> tuple[str, ...]:
+    """``variant`` (None, one of :data:`VARIANTS` or several joined by :data:`COMBINED`) as its
+    parts; ``ValueError`` for an unknown part, a part given twice, or *closeup* with *phone*
+    (each sets the photo's framing)."""
+    if not variant:
+        return ()
+    parts = tuple(p.strip() for p in variant.split(COMBINED))
+    unknown = [p for p in parts if p not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant {unknown[0]!r}: one of {', '.join(VARIANTS)}, or several joined by '+'")
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"variant {variant!r} names a part twice")
+    if {"closeup", "phone"} <= set(parts):
+        raise ValueError("the variants 'closeup' and 'phone' each set the photo's framing: not both")
+    return parts
 
 
 def make_scene(
@@ -722,39 +754,43 @@ def make_scene(
     variant: str | None = None,
 ) -> Scene:
     """One scene of ``kind`` (None: one of :data:`KINDS` drawn from ``rng``); ``variant``: one of
-    :data:`VARIANTS`, a photo outside the usual range (``size`` is then the size of the photo as it
-    is shown; ``fraction`` is ignored by *closeup*)."""
+    :data:`VARIANTS`, a photo outside the usual range, or several of them joined by
+    :data:`COMBINED` (``size`` is then the size of the photo as it is shown; ``fraction`` is
+    ignored by *closeup*)."""
+    parts = variant_parts(variant)
     if kind is None:
-        kind = "screen" if variant == "lcd" else KINDS[int(rng.integers(0, len(KINDS)))]
+        kind = "screen" if "lcd" in parts else KINDS[int(rng.integers(0, len(KINDS)))]
     if kind not in SCENES:
         raise ValueError(f"unknown scene kind {kind!r}: one of {', '.join(KINDS)}")
-    if variant is None:
-        return SCENES[kind](target, others, rng, size=size, fraction=fraction)
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}: one of {', '.join(VARIANTS)}")
+    if "lcd" in parts and kind != "screen":
+        raise ValueError(f"the variant 'lcd' is a photo of a screen, not of a {kind}")
+    changes = {"print": _printed, "relit": _relit, "wavy": _wavy}
+    for part in parts:
+        if part in _CHANGES:
+            target = changes[part](target, rng)
+    extra: dict[str, Any] = {}
+    if "lcd" in parts:
+        extra["lcd"] = rng.spawn(1)[0]
+    if "steep" in parts:
+        extra["tilt"] = STEEP_TILT
     w, h = size
-    if variant == "lcd":
-        if kind != "screen":
-            raise ValueError(f"the variant 'lcd' is a photo of a screen, not of a {kind}")
-        return screen_scene(target, others, rng, size=size, fraction=fraction, lcd=rng.spawn(1)[0])
-    if variant == "closeup":
-        return _closeup(SCENES[kind](target, others, rng, size=(2 * w, 2 * h), fraction=0.5), rng, size)
-    if variant == "phone":
-        scene = SCENES[kind](target, others, rng, size=(3024, 4032), fraction=fraction)
-        return Scene(scene.image, scene.corners, kind, scene.target_fraction, orientation=6)
-    if variant == "steep":
-        return SCENES[kind](target, others, rng, size=size, fraction=fraction, tilt=STEEP_TILT)
-    if variant in ("print", "relit", "wavy"):
-        changed = {"print": _printed, "relit": _relit, "wavy": _wavy}[variant](target, rng)
-        return SCENES[kind](changed, others, rng, size=size, fraction=fraction)
-    scene = SCENES[kind](target, others, rng, size=size, fraction=fraction)
-    if variant == "turned":
-        return _turned(scene, int(rng.choice([90, 180, 270])))
-    if variant == "resent":
-        return _resent(scene, rng)
-    if variant == "shaky":
-        return _shaken(scene, rng)
-    return _dim(scene, rng)
+    if "closeup" in parts:
+        scene = _closeup(SCENES[kind](target, others, rng, size=(2 * w, 2 * h), fraction=0.5, **extra), rng, size)
+    elif "phone" in parts:
+        scene = SCENES[kind](target, others, rng, size=(3024, 4032), fraction=fraction, **extra)
+        scene = Scene(scene.image, scene.corners, kind, scene.target_fraction, orientation=6)
+    else:
+        scene = SCENES[kind](target, others, rng, size=size, fraction=fraction, **extra)
+    for part in parts:
+        if part == "turned":
+            scene = _turned(scene, int(rng.choice([90, 180, 270])))
+        elif part == "resent":
+            scene = _resent(scene, rng)
+        elif part == "shaky":
+            scene = _shaken(scene, rng)
+        elif part == "dim":
+            scene = _dim(scene, rng)
+    return scene
 
 
 HALFTONE_PITCH = (3.0, 6.0)

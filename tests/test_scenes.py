@@ -255,6 +255,36 @@ def test_a_shaky_photo_is_the_same_scene_smeared_along_the_camera_s_path(target,
         assert (kern > 0).sum() < 0.5 * kern.size, seed  # a trace, not a disc
 
 
+def test_variants_combine_into_one_photo(target, others):
+    """Variants joined by ``+`` make one photo with each part's change: *lcd+steep* is the steep
+    screen scene of the same seed (the same corners: the panel's draws leave the scene's alone) in
+    the panel's light, and *lcd+steep+shaky* is that very photo smeared; a single variant is drawn
+    as on its own. Nonsense is refused with the reason."""
+    rng = np.random.default_rng
+    steep = scenes.make_scene(target, others, rng(8), kind="screen", variant="steep")
+    panel = scenes.make_scene(target, others, rng(8), variant="lcd+steep")
+    shaken = scenes.make_scene(target, others, rng(8), variant="lcd+steep+shaky")
+    assert panel.kind == shaken.kind == "screen"
+    assert np.array_equal(panel.corners, steep.corners) and np.array_equal(shaken.corners, steep.corners)
+    a, b = (np.asarray(s.image, np.float32).mean(-1) for s in (steep, panel))
+    inside = np.zeros(a.shape, np.uint8)
+    cv2.fillConvexPoly(inside, np.round(steep.corners).astype(np.int32), 1)
+    assert np.abs(a - b)[inside > 0].mean() > 4  # the panel's light
+    assert _detail(shaken.image) < 0.8 * _detail(panel.image)  # smeared (0.61 for this seed) ...
+    soft = [cv2.GaussianBlur(np.asarray(s.image.convert("L"), np.float32), (0, 0), 6.0) for s in (panel, shaken)]
+    assert _corr(soft[0], soft[1]) > 0.95  # ... the same photo
+    close = scenes.make_scene(target, others, rng(9), kind="desk", variant="closeup")
+    dark = scenes.make_scene(target, others, rng(9), kind="desk", variant="closeup+dim")
+    assert np.array_equal(dark.corners, close.corners)
+    assert np.asarray(dark.image).mean() < 0.6 * np.asarray(close.image).mean()
+    assert scenes.variant_parts("relit+wavy+shaky") == ("relit", "wavy", "shaky") and scenes.variant_parts(None) == ()
+    for bad, reason in (("lcd+lcd", "twice"), ("closeup+phone", "framing"), ("lcd+underwater", "unknown")):
+        with pytest.raises(ValueError, match=reason):
+            scenes.make_scene(target, others, rng(0), variant=bad)
+    with pytest.raises(ValueError, match="screen"):
+        scenes.make_scene(target, others, rng(0), kind="desk", variant="shaky+lcd")
+
+
 def test_a_print_is_a_halftone_of_the_target(target, others):
     """A *print*: the target the same size, its tones made of dots of ink (a flat grey becomes a
     pattern of dots, not a flat tone), no ink where the scan is white, darker where it is dark;
