@@ -423,6 +423,28 @@ def rank_of(hits: list[Any], truth: str) -> int | None:
     return None
 
 
+def timed_search(engine: Any, data: bytes, **kw: Any) -> tuple[Any, float, dict[str, float]]:
+    """``engine.search(data, **kw)``: its results, its latency (s) and the seconds each of its
+    stages computed on the workers, from the scheduler's task stream (``prepare``, ``embed``,
+    ``search``, ``verify``: the first look, ``look-again``: the second and the tilted looks; the
+    rest of the latency is waiting, transfers and the client), so that a slow search says where
+    its time went."""
+    from distributed import get_task_stream
+
+    with get_task_stream(client=engine.client) as stream:
+        t = time.perf_counter()
+        res = engine.search(data, **kw)
+        latency = time.perf_counter() - t
+    stages: dict[str, float] = {}
+    for record in stream.data:
+        key = record["key"] if isinstance(record["key"], str) else str(record["key"][0])
+        if key.startswith("papyrus-"):
+            stage = key[len("papyrus-") :].rsplit("-", 1)[0]
+            busy = sum(s["stop"] - s["start"] for s in record["startstops"] if s["action"] == "compute")
+            stages[stage] = round(stages.get(stage, 0.0) + busy, 3)
+    return res, latency, stages
+
+
 def baseline_today(engine: Any, settings: Any, data: bytes, field: str = "inventory_key") -> list[str | None]:
     """The default search before this change: embedding kNN of the whole photo ``data`` (top 10), each
     verified against the photo's features at 768 px / 1000 keypoints (the references' first look alone), scores blended
@@ -459,9 +481,8 @@ def held_out_searches(engine: Any, negatives: list[Any]) -> list[dict[str, Any]]
     wrong reference mostly has none: 0) and how long the search took."""
     out = []
     for q in negatives:
-        t = time.perf_counter()
-        res = engine.search(q.data, k=5)
-        row = {"name": q.name, "kind": q.kind, "confirmed": bool(res.confirmed), "latency": time.perf_counter() - t}
+        res, latency, stages = timed_search(engine, q.data, k=5)
+        row = {"name": q.name, "kind": q.kind, "confirmed": bool(res.confirmed), "latency": latency, "stages": stages}
         row["near_miss_first"] = bool(res.hits and res.hits[0].near_miss)  # the verdict names a papyrus "nearly"
         row["most_inliers"] = max((h.inliers or 0 for h in res.hits), default=0)
         wrong = [
@@ -482,9 +503,7 @@ def no_corner_search(engine: Any, q: Any) -> dict[str, Any]:
     papyrus's rank, whether the top hit is confirmed, how long it took, and the evidence: the top
     hit's file and inliers, and the right papyrus's inliers where it is among the 5 (so that a miss
     says whether another papyrus was confirmed before it, or nothing was)."""
-    t = time.perf_counter()
-    res = engine.search(q.data, k=5)
-    latency = time.perf_counter() - t
+    res, latency, stages = timed_search(engine, q.data, k=5)
     top = res.hits[0] if res.hits else None
     return {
         "name": q.name,
@@ -497,6 +516,7 @@ def no_corner_search(engine: Any, q: Any) -> dict[str, Any]:
         "top_inliers": top.inliers if top else None,
         "truth_inliers": next((h.inliers for h in res.hits if h.inventory_key == q.truth), None),
         "latency": latency,
+        "stages": stages,
     }
 
 
@@ -1124,9 +1144,7 @@ def main() -> None:
             row: dict[str, Any] = {"name": q.name, "kind": q.kind, "fraction": round(q.fraction, 3)}
             first = engine.search(q.data, k=100, verify=False)
             row["first_rank"] = rank_of(first.hits, q.truth)
-            t = time.perf_counter()
-            res = engine.search(q.data, k=5)
-            row["latency"] = time.perf_counter() - t
+            res, row["latency"], row["stages"] = timed_search(engine, q.data, k=5)
             row["rank"] = rank_of(res.hits, q.truth)
             row["top_confirmed"] = bool(res.hits and res.hits[0].confirmed)
             region = res.region
@@ -1148,7 +1166,7 @@ def main() -> None:
             print(
                 f"  {q.kind:<8} {q.fraction:.2f} {q.name:<26} first={row['first_rank']} rank={row['rank']} "
                 f"conf={row['top_confirmed']} iou={row['iou']:.2f} region={row['region_rank']} "
-                f"corners={row['corners_rank']} baseline={row['baseline_rank']} {row['latency']:.2f}s",
+                f"corners={row['corners_rank']} baseline={row['baseline_rank']} {row['latency']:.2f}s {row['stages']}",
                 flush=True,
             )
         negative_rows = held_out_searches(engine, negatives)

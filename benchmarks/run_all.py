@@ -937,6 +937,7 @@ def render_realphoto(r: dict[str, Any] | None, st: dict[str, Any] | None) -> lis
             f"({q['negatives']} queries)."
         ),
         held_latency(r.get("negatives") or []),
+        slowest_searches(r["rows"]),
         "- By scene: "
         + "; ".join(
             f"{kind} ({v['n']}): top-1 {v['top1']:.3f}, first-stage recall@50 {v['first_recall@50']:.3f}"
@@ -994,6 +995,24 @@ def render_realphoto_100k(r: dict[str, Any] | None, st: dict[str, Any] | None) -
         + (", ".join(f"{m['name']} ({m['kind']}, {m['first_rank']})" for m in misses) or "none")
         + ".",
     ]
+
+
+def slowest_searches(rows: list[dict[str, Any]], n: int = 5) -> str:
+    """The bullet on the ``n`` slowest searches with no corners and where their time went, stage by
+    stage on the workers (runs since 2026-12-05 record it: ``bench_realphoto.timed_search``)."""
+    timed = sorted((r for r in rows if r.get("stages")), key=lambda r: -r["latency"])[:n]
+    if not timed:
+        return "- Where the slowest searches' time went: not recorded by this run."
+
+    def said(r: dict[str, Any]) -> str:
+        parts = ", ".join(f"{stage} {sec:.2f}" for stage, sec in r["stages"].items())
+        return f"{r['name']} ({r['kind']}, {r['fraction']:.0%}) {r['latency']:.2f} s: {parts}"
+
+    return (
+        f"- The {len(timed)} slowest searches with no corners, and the seconds each stage computed on the workers "
+        "(*verify* is the first look, *look-again* the second and tilted looks; the rest of a latency is waiting "
+        "and transfers): " + "; ".join(said(r) for r in timed) + "."
+    )
 
 
 def held_latency(negatives: list[dict[str, Any]]) -> str:
