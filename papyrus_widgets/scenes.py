@@ -720,12 +720,6 @@ changes to the papyrus first (*print*, *relit*, *wavy*, in the order given), the
 (*turned*, *resent*, *shaky*, *dim*, in the order given). A single variant is drawn exactly as on
 its own, so a combination is the photo of one of its parts' seeds with the others added."""
 
-_CHANGES = ("print", "relit", "wavy")
-"""Variants that change the papyrus itself, before the scene is drawn around it."""
-_AFTER = ("turned", "resent", "shaky", "dim")
-"""Variants that change the photo once taken."""
-
-
 def variant_parts(variant: str | None) -> tuple[str, ...]:
     """``variant`` (None, one of :data:`VARIANTS` or several joined by :data:`COMBINED`) as its
     parts; ``ValueError`` for an unknown part, a part given twice, or *closeup* with *phone*
@@ -764,9 +758,15 @@ def make_scene(
         raise ValueError(f"unknown scene kind {kind!r}: one of {', '.join(KINDS)}")
     if "lcd" in parts and kind != "screen":
         raise ValueError(f"the variant 'lcd' is a photo of a screen, not of a {kind}")
-    changes = {"print": _printed, "relit": _relit, "wavy": _wavy}
+    changes = {"print": _printed, "relit": _relit, "wavy": _wavy}  # the papyrus itself, before the scene
+    after: dict[str, Callable[[Scene], Scene]] = {  # the photo once taken
+        "turned": lambda s: _turned(s, int(rng.choice([90, 180, 270]))),
+        "resent": lambda s: _resent(s, rng),
+        "shaky": lambda s: _shaken(s, rng),
+        "dim": lambda s: _dim(s, rng),
+    }
     for part in parts:
-        if part in _CHANGES:
+        if part in changes:
             target = changes[part](target, rng)
     extra: dict[str, Any] = {}
     if "lcd" in parts:
@@ -782,14 +782,8 @@ def make_scene(
     else:
         scene = SCENES[kind](target, others, rng, size=size, fraction=fraction, **extra)
     for part in parts:
-        if part == "turned":
-            scene = _turned(scene, int(rng.choice([90, 180, 270])))
-        elif part == "resent":
-            scene = _resent(scene, rng)
-        elif part == "shaky":
-            scene = _shaken(scene, rng)
-        elif part == "dim":
-            scene = _dim(scene, rng)
+        if part in after:
+            scene = after[part](scene)
     return scene
 
 
