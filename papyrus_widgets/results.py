@@ -57,7 +57,9 @@ class Hit:
     may well show this papyrus (:func:`~papyrus_widgets.retrieval.is_near_miss`); such hits come
     right after the confirmed ones."""
     inliers: int | None = None
-    """Local-feature matches that agree on one homography (RANSAC inliers)."""
+    """Local-feature matches that agree on one homography: its RANSAC inliers, or, when more, the
+    reference keypoints that agree with it beyond chance (``Verification.evidence``; ``matches``
+    holds inlier pairs either way)."""
     region: list[list[float]] | None = None
     """Where this reference is in the photo: its corners (TL, TR, BR, BL) mapped by the
     homography, in the pixels of the photo as stored, clipped to the photo so that it can be passed

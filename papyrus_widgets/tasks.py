@@ -515,7 +515,7 @@ def _apply(hit: Hit, r: Any) -> Hit:
     hit.confirmed = bool(r.confirmed)
     hit.near_miss = bool(r.near_miss)
     if v is not None:
-        hit.inliers = v.inliers
+        hit.inliers = v.evidence  # its inliers, or the keypoints agreeing beyond chance when more
         hit.matches = v.matches
         hit.query_size = v.query_size
         hit.reference_size = v.reference_size
@@ -558,7 +558,7 @@ def _look_closer(settings: Settings, photo: Callable[[], Any], results: list[Any
             again = match(closer, reference_features(settings, r.payload.image_key))
         except Exception:  # noqa: BLE001 - evidence is a bonus
             continue
-        if r.verification is None or again.inliers > r.verification.inliers:
+        if r.verification is None or again.evidence > r.verification.evidence:
             r.verification = again
     return ranked(results)
 
@@ -703,10 +703,10 @@ def _tilted_look(
 
 def _merged(first: list[Any], second: list[Any]) -> list[Any]:
     """The results of two looks, one per reference: where both tried one (a retry with the tilted
-    views, :func:`_tilted_look`), the one with more inliers."""
+    views, :func:`_tilted_look`), the one with more evidence (``Verification.evidence``)."""
 
     def inliers(r: Any) -> int:
-        return r.verification.inliers if r.verification is not None else -1
+        return r.verification.evidence if r.verification is not None else -1
 
     again = {r.payload.image_key: r for r in second}
     out = []

@@ -241,6 +241,7 @@ def test_feature_cache_is_an_lru() -> None:
         def compute():
             made.append(name)
             return name
+
         return compute
 
     assert cache.get("a", make("a")) == "a"
@@ -792,11 +793,62 @@ def test_keypoints_described_in_one_pass_are_those_detected_then_described(scan,
     assert F._sift_balanced(blank, None, 100) == ((), None)
 
 
-def test_tilted_views_confirm_a_photo_taken_at_a_steep_angle(scan, scan_features) -> None:
-    """The scan shortened 2.4 times across a slanting direction (a camera tilted by about 65
-    degrees): the photo's own keypoints hardly match it; with the tilted views'
-    (:func:`tilted_features`) it is confirmed, and the outline lands where the scan lies."""
+def test_keypoints_agreeing_with_a_weak_match_beyond_chance_confirm_a_smeared_photo(scan) -> None:
+    """A laptop panel photographed by a shaking hand (``scenes`` variant *lcd+shaky*): too few of
+    the photo's keypoints pass the ratio test to confirm its papyrus by inliers, but counted with
+    their homography as the guide (``confirm.AGREEING``), beyond what chance gives there, they do,
+    and the outline lands where the scan lies. A wrong reference put where the papyrus lies gains
+    nothing beyond chance, and is not confirmed."""
+    from papyrus_widgets import scenes, tasks
+    from papyrus_widgets.retrieval.features import describe_reference
+
+    C = importlib.import_module("papyrus_widgets.retrieval.confirm")
+    own = describe_reference(scan, size=scan.info["original_size"])
+    other_img = decode_image(reference(OTHER_NAME).read_bytes(), max_side=1024, name=OTHER_NAME)
+    other = describe_reference(other_img, size=other_img.info["original_size"])
+    scene = scenes.make_scene(scan, [other_img], np.random.default_rng([7, 5]), variant="lcd+shaky")
+    photo = tasks._query_features(decode_image(scenes.encode(scene, 90)), None)
+    query = C.QueryIndex(photo)
+    found = C.match(query, own)
+    assert C.MIN_INLIERS < found.inliers < C.CONFIRM_INLIERS, found  # not confirmed by its inliers
+    assert found.agreeing >= C.CONFIRM_INLIERS and found.confirmed and found.evidence == found.agreeing, found
+    truth = np.asarray(scene.corners) * (photo.size[0] / scene.image.width)
+    assert np.abs(np.asarray(found.outline) - truth).max() < 20, (found.outline, truth)
+    assert not C.match(query, other).confirmed
+    # the other scan where this one lies (its outline onto the papyrus's): its keypoints land on
+    # the papyrus, among the photo's keypoints, and agree no more than chance
     import cv2
+
+    q_scale = photo.scale
+    at = np.asarray(found.outline, dtype=np.float32) * q_scale
+    ow, oh = other.size
+    corners = np.float32([[0, 0], [ow, 0], [ow, oh], [0, oh]]) * other.scale
+    H = cv2.getPerspectiveTransform(corners, at)
+    threshold = max(1.0, C.RANSAC_THRESHOLD * photo.work_side)
+    beyond, _ = C._agreeing(query, other, H, threshold)
+    own_beyond, kept = C._agreeing(query, own, np.asarray(_work_homography(found, photo, own)), threshold)
+    assert beyond < 10 <= C.CONFIRM_INLIERS <= own_beyond, (beyond, own_beyond)
+    assert len(kept) >= own_beyond
+
+
+def _work_homography(v, query, reference) -> np.ndarray:
+    """``v``'s homography (stored pixels) in the work pixels of ``query`` and ``reference``."""
+    return (
+        np.diag([query.scale, query.scale, 1.0])
+        @ np.asarray(v.homography)
+        @ np.diag([1 / reference.scale, 1 / reference.scale, 1.0])
+    )
+
+
+def test_tilted_views_confirm_a_photo_taken_at_a_steep_angle(scan, scan_features, monkeypatch) -> None:
+    """The scan shortened 2.4 times across a slanting direction (a camera tilted by about 65
+    degrees): the photo's own keypoints hardly match it by their inliers; with the tilted views'
+    (:func:`tilted_features`) it is confirmed, and the outline lands where the scan lies. (Its few
+    inliers' homography is near enough that the keypoints agreeing with it confirm it too:
+    ``AGREEING``, off here to see the tilted views alone.)"""
+    import cv2
+
+    monkeypatch.setattr(importlib.import_module("papyrus_widgets.retrieval.confirm"), "AGREEING", False)
 
     from papyrus_widgets.retrieval.confirm import QueryIndex
     from papyrus_widgets.retrieval.features import QUERY_MAX_KEYPOINTS, QUERY_MAX_SIDE, tilted_features
@@ -830,7 +882,9 @@ def test_a_later_looks_results_replace_the_earlier_ones_for_the_same_reference()
     from papyrus_widgets import tasks
 
     def result(key: str, inliers: int | None) -> NS:
-        return NS(payload=NS(image_key=key), verification=None if inliers is None else NS(inliers=inliers))
+        return NS(
+            payload=NS(image_key=key), verification=None if inliers is None else NS(inliers=inliers, evidence=inliers)
+        )
 
     first = [result("a", 12), result("b", 40), result("c", None)]
     second = [result("a", 150), result("b", 9), result("d", 30)]

@@ -8,7 +8,9 @@ same fibre, hole or letter seen in both images. A hit is **confirmed** (:func:`i
 least :data:`CONFIRM_INLIERS` inliers agree *and* they spread over at least :data:`CONFIRM_SPREAD`
 of the reference (matches on a strip that every scan of a collection shares — a library's footer,
 a colour chart — do not confirm), or when :data:`CONFIRM_BAND_INLIERS` agree over at least
-:data:`CONFIRM_BAND_SPREAD` (a match on a fragment's few lines of text). Its homography maps
+:data:`CONFIRM_BAND_SPREAD` (a match on a fragment's few lines of text), or when as many of the
+reference's keypoints agree with a weaker match's homography beyond chance (:data:`AGREEING`: the
+ratio test drops most true pairs of a smeared photo). Its homography maps
 the reference's outline into the photo: the region where the papyrus is
 (:attr:`Verification.outline`), offered to the user as corners.
 
@@ -129,6 +131,30 @@ MATCH_COARSE = True
 """Whether a reference's keypoints from its look at half resolution
 (:data:`~.features.COARSE_KEYPOINTS`) are matched too; False: its first look's alone, as before
 2026-12-04 (``bench_realphoto.py --trial fine-only``; its visual words are stored either way)."""
+AGREEING = True
+"""Whether a match that is not confirmed by its inliers, but holds more than :data:`MIN_INLIERS`
+spread over :data:`CONFIRM_SPREAD` of the reference, is counted again with its homography as the
+guide (:func:`_agreeing`): every reference keypoint one of whose :data:`AGREEING_NEIGHBOURS`
+nearest query keypoints lies where the homography puts it (within the fit's threshold), less as
+many as the same count finds with the homography's projections moved aside
+(:data:`AGREEING_SHIFT`), which is what chance gives there. Lowe's ratio test, which the inliers
+pass, throws away a true pair whose second neighbour is nearly as close: in a smeared or
+washed-out photo, and on a papyrus's repetitive fibres, most of them. False: inliers alone, as
+before 2026-12-05 (``bench_realphoto.py --trial unguided``). Chosen on development photos (seed
+79300; 32 photos of indexed papyri and 16 of held-out ones per set, each matched against all 43
+scans and 250 distractor crops): the own scan confirmable in 39 of 48 *lcd+shaky* photos by its
+inliers, 47 counted so; at 3 % of the frame 45 -> 46; ordinary scenes 48 and 48. The most that a
+scan which cannot be in the photo reached so was 31.5 beyond chance (ordinary scenes), 27.5
+(3 %), 20 (*lcd+shaky*), against 40 to confirm; without the chance subtracted such scans reached
+41-49 (57-65 after a new fit on the guided pairs). Through the engine among 10,035 images
+(benchmarks/results.md, figure 0d): three more photos confirmed at 3 % of the frame, one more
+*lcd+shaky*, held-out 0 of 64 confirmed, 0.98-1.01x the time per photo."""
+AGREEING_NEIGHBOURS = 3
+"""How many nearest query keypoints (in RootSIFT) of each reference keypoint are looked at."""
+AGREEING_SHIFT = 3.0
+"""The chance count moves the homography's projections this many fit thresholds right, left, up
+and down (their mean): near enough to fall on the same papyrus and clutter, far enough to miss
+the true pairs."""
 VERIFY_THREADS = 2
 """The candidates of a round are matched this many at a time (at most one per CPU): OpenCV's
 matching and fitting let go of the GIL, so a search on a worker uses the machine's idle cores
@@ -159,17 +185,32 @@ class Verification:
     outline: list[list[float]] | None = None
     """The reference's corners (TL, TR, BR, BL) mapped into the query's pixels by the homography:
     where the papyrus is in the photo."""
+    agreeing: int = 0
+    """Reference keypoints that agree with the homography beyond chance (:data:`AGREEING`;
+    0: not counted, the match being confirmed by its inliers or too weak to count again)."""
+    agreeing_spread: float = 0.0
+    """How far those spread over the reference (:attr:`spread`'s measure)."""
 
     @property
     def confirmed(self) -> bool:
         return is_confirmed(self)
 
+    @property
+    def evidence(self) -> int:
+        """The keypoints that confirm it: its inliers, or those agreeing beyond chance when more."""
+        return max(self.inliers, self.agreeing)
+
 
 def is_confirmed(v: Verification | None) -> bool:
     """Whether ``v`` shows the same papyrus: enough inliers, spread over enough of the reference
     (:data:`CONFIRM_INLIERS` over :data:`CONFIRM_SPREAD`, or :data:`CONFIRM_BAND_INLIERS` over
-    :data:`CONFIRM_BAND_SPREAD`)."""
-    if v is None or v.inliers < CONFIRM_INLIERS:
+    :data:`CONFIRM_BAND_SPREAD`), or as many keypoints agreeing beyond chance
+    (:attr:`Verification.agreeing`) over :data:`CONFIRM_SPREAD`."""
+    if v is None:
+        return False
+    if v.agreeing >= CONFIRM_INLIERS and v.agreeing_spread >= CONFIRM_SPREAD and v.spread >= CONFIRM_SPREAD:
+        return True
+    if v.inliers < CONFIRM_INLIERS:
         return False
     return v.spread >= CONFIRM_SPREAD or (v.inliers >= CONFIRM_BAND_INLIERS and v.spread >= CONFIRM_BAND_SPREAD)
 
@@ -186,7 +227,7 @@ def is_near_miss(v: Verification | None) -> bool:
 def confirmed_score(shortlist_score: float, v: Verification | None) -> float:
     """0.5 … 1 for a confirmed hit (by its support), else half the first-stage similarity (< 0.5)."""
     if is_confirmed(v):
-        return 0.5 + 0.5 * support(v.inliers)  # type: ignore[union-attr]  # is_confirmed: not None
+        return 0.5 + 0.5 * support(v.evidence)  # type: ignore[union-attr]  # is_confirmed: not None
     return 0.5 * min(1.0, max(0.0, float(shortlist_score))) * 0.999
 
 
@@ -243,6 +284,11 @@ class QueryIndex:
         """``(query index, reference index, distance)`` of ratio-tested nearest neighbours, each
         reference keypoint looking for its nearest query keypoint."""
         return _reference_pairs(self._matcher.knnMatch(root_sift(reference.descriptors), k=2), ratio)
+
+    def neighbours(self, reference: Features, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(reference indices, query indices): each reference keypoint's ``k`` nearest query
+        keypoints in the forest, nearest first."""
+        return _pairs_of(self._matcher.knnMatch(root_sift(reference.descriptors), k=k))
 
 
 def _reference_pairs(found: Sequence[Sequence[Any]], ratio: float) -> list[tuple[int, int, float]]:
@@ -337,17 +383,77 @@ def match(
     if not plausible_outline(region):
         empty.seconds = time.perf_counter() - t0
         return empty
-    return Verification(
+    result = Verification(
         inliers=n,
         matches=evidence,
         homography=homography,
         support=support(n),
-        seconds=time.perf_counter() - t0,
         query_size=q_size,
         reference_size=r_size,
         spread=_spread(reference.points[r_idx[inlier]], reference.size),
         outline=region,
     )
+    if (
+        AGREEING
+        and q_feats.method == "sift"
+        and n > MIN_INLIERS
+        and result.spread >= CONFIRM_SPREAD
+        and not is_confirmed(result)
+    ):
+        agreeing, kept = _agreeing(query, reference, H, threshold)
+        result.agreeing, result.agreeing_spread = agreeing, _spread(reference.points[kept], reference.size)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _agreeing(
+    query: Features | QueryIndex, reference: Features, H: np.ndarray, threshold: float
+) -> tuple[int, np.ndarray]:
+    """(count, reference indices): the reference keypoints one of whose :data:`AGREEING_NEIGHBOURS`
+    nearest query keypoints lies within ``threshold`` of where ``H`` (reference → query work pixels)
+    puts it, each query keypoint serving one, less the mean count with the projections moved
+    :data:`AGREEING_SHIFT` thresholds right, left, up and down (what chance gives there; rounded,
+    at least 0); the indices are those of the count with ``H`` itself."""
+    import cv2
+
+    q_feats = query.features if isinstance(query, QueryIndex) else query
+    pairs = (
+        query.neighbours(reference, AGREEING_NEIGHBOURS)
+        if isinstance(query, QueryIndex)
+        else _neighbours(q_feats, reference, AGREEING_NEIGHBOURS)
+    )
+    r_idx, q_idx = pairs
+    projected = cv2.perspectiveTransform((reference.points.astype(np.float64) * reference.scale).reshape(-1, 1, 2), H)
+    at = projected.reshape(-1, 2)[r_idx]
+    q_pts = q_feats.points[q_idx].astype(np.float64) * q_feats.scale
+
+    def agreeing(offset: np.ndarray) -> np.ndarray:
+        near = np.hypot(*(at + offset - q_pts).T) <= threshold
+        r, q = r_idx[near], q_idx[near]
+        _, first = np.unique(r, return_index=True)  # each reference keypoint once (its nearest)
+        r, q = r[first], q[first]
+        _, first = np.unique(q, return_index=True)  # each query keypoint once
+        return r[first]
+
+    kept = agreeing(np.zeros(2))
+    step = AGREEING_SHIFT * threshold
+    chance = np.mean([len(agreeing(np.array(o) * step)) for o in ((1, 0), (-1, 0), (0, 1), (0, -1))])
+    return max(0, int(round(len(kept) - chance))), kept
+
+
+def _neighbours(query: Features, reference: Features, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(reference indices, query indices): each reference keypoint's ``k`` nearest query keypoints
+    in RootSIFT (exactly), nearest first."""
+    import cv2
+
+    found = cv2.BFMatcher(cv2.NORM_L2).knnMatch(root_sift(reference.descriptors), root_sift(query.descriptors), k=k)
+    return _pairs_of(found)
+
+
+def _pairs_of(found: Sequence[Sequence[Any]]) -> tuple[np.ndarray, np.ndarray]:
+    r = np.array([m.queryIdx for ms in found for m in ms], dtype=np.int64)
+    q = np.array([m.trainIdx for ms in found for m in ms], dtype=np.int64)
+    return r, q
 
 
 def _plausible(H: np.ndarray) -> bool:
@@ -538,7 +644,7 @@ def ranked(results: Sequence[Reranked]) -> list[Reranked]:
     def key(i: int) -> tuple[int, float, int]:
         v = results[i].verification
         if results[i].confirmed:
-            return (0, -v.inliers, i)  # type: ignore[union-attr]  # confirmed: not None
+            return (0, -v.evidence, i)  # type: ignore[union-attr]  # confirmed: not None
         if results[i].near_miss:
             return (1, -v.inliers, i)  # type: ignore[union-attr]  # a near miss: not None
         return (2, -results[i].embedding_score, i)
