@@ -672,7 +672,7 @@ TRIALS: dict[str, dict[str, Any]] = {
     "fine-only": {"retrieval.confirm.MATCH_COARSE": False},
     "first-stage-order": {"retrieval.confirm.NEAR_MISS_INLIERS": None},
     "one-connection": {"tasks.PAIR_CONNECTIONS": 1},
-    "unguided": {"retrieval.confirm.AGREEING": False},
+    "agreeing": {"retrieval.confirm.AGREEING": True},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
 module switches of ``papyrus_widgets`` to set (``module.NAME``). *untilted*: without the tilted
@@ -695,9 +695,9 @@ its visual words, made at ingest, stay in the index either way); *first-stage-or
 confirmed in their first-stage order, a near miss among them too, as before 2026-12-05
 (``retrieval.confirm.NEAR_MISS_INLIERS``); *one-connection*: a photo's postings read by one
 statement, as before 2026-12-05 (``tasks.PAIR_CONNECTIONS``, now 2; with ``--derived`` too, the
-first stage alone); *unguided*: a match is confirmed by its inliers alone, as before the
-afternoon of 2026-12-05 (``retrieval.confirm.AGREEING``: the keypoints agreeing with a weak match's
-homography beyond chance not counted); *control*: no switch at
+first stage alone); *agreeing*: the keypoints agreeing with a weak match's homography
+beyond chance confirm it too (``retrieval.confirm.AGREEING``, off by default: measured on
+2026-12-05 as *unguided*, the other way round, while it was on); *control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""
 TRIAL = TRIALS["untilted"]

@@ -793,16 +793,17 @@ def test_keypoints_described_in_one_pass_are_those_detected_then_described(scan,
     assert F._sift_balanced(blank, None, 100) == ((), None)
 
 
-def test_keypoints_agreeing_with_a_weak_match_beyond_chance_confirm_a_smeared_photo(scan) -> None:
+def test_keypoints_agreeing_with_a_weak_match_beyond_chance_confirm_a_smeared_photo(scan, monkeypatch) -> None:
     """A laptop panel photographed by a shaking hand (``scenes`` variant *lcd+shaky*): too few of
     the photo's keypoints pass the ratio test to confirm its papyrus by inliers, but counted with
     their homography as the guide (``confirm.AGREEING``), beyond what chance gives there, they do,
     and the outline lands where the scan lies. A wrong reference put where the papyrus lies gains
-    nothing beyond chance, and is not confirmed."""
+    nothing beyond chance, and is not confirmed. Off (the default), the hit is not confirmed."""
     from papyrus_widgets import scenes, tasks
     from papyrus_widgets.retrieval.features import describe_reference
 
     C = importlib.import_module("papyrus_widgets.retrieval.confirm")
+    monkeypatch.setattr(C, "AGREEING", True)  # off by default (a held-out papyrus in the quality gate)
     own = describe_reference(scan, size=scan.info["original_size"])
     other_img = decode_image(reference(OTHER_NAME).read_bytes(), max_side=1024, name=OTHER_NAME)
     other = describe_reference(other_img, size=other_img.info["original_size"])
@@ -815,6 +816,9 @@ def test_keypoints_agreeing_with_a_weak_match_beyond_chance_confirm_a_smeared_ph
     truth = np.asarray(scene.corners) * (photo.size[0] / scene.image.width)
     assert np.abs(np.asarray(found.outline) - truth).max() < 20, (found.outline, truth)
     assert not C.match(query, other).confirmed
+    monkeypatch.setattr(C, "AGREEING", False)
+    off = C.match(query, own)
+    assert off.inliers == found.inliers and off.agreeing == 0 and not off.confirmed, off
     # the other scan where this one lies (its outline onto the papyrus's): its keypoints land on
     # the papyrus, among the photo's keypoints, and agree no more than chance
     import cv2
