@@ -705,14 +705,14 @@ def _merged(first: list[Any], second: list[Any]) -> list[Any]:
     """The results of two looks, one per reference: where both tried one (a retry with the tilted
     views, :func:`_tilted_look`), the one with more evidence (``Verification.evidence``)."""
 
-    def inliers(r: Any) -> int:
+    def evidence(r: Any) -> int:
         return r.verification.evidence if r.verification is not None else -1
 
     again = {r.payload.image_key: r for r in second}
     out = []
     for r in first:
         other = again.get(r.payload.image_key)
-        if other is not None and inliers(other) < inliers(r):
+        if other is not None and evidence(other) < evidence(r):
             again.pop(r.payload.image_key)
             out.append(r)
         elif other is None:

@@ -422,13 +422,10 @@ def _agreeing(
     at least 0); the indices are those of the count with ``H`` itself."""
     import cv2
 
-    q_feats = query.features if isinstance(query, QueryIndex) else query
-    pairs = (
-        query.neighbours(reference, AGREEING_NEIGHBOURS)
-        if isinstance(query, QueryIndex)
-        else _neighbours(q_feats, reference, AGREEING_NEIGHBOURS)
-    )
-    r_idx, q_idx = pairs
+    if isinstance(query, QueryIndex):
+        q_feats, (r_idx, q_idx) = query.features, query.neighbours(reference, AGREEING_NEIGHBOURS)
+    else:
+        q_feats, (r_idx, q_idx) = query, _neighbours(query, reference, AGREEING_NEIGHBOURS)
     projected = cv2.perspectiveTransform((reference.points.astype(np.float64) * reference.scale).reshape(-1, 1, 2), H)
     at = projected.reshape(-1, 2)[r_idx]
     q_pts = q_feats.points[q_idx].astype(np.float64) * q_feats.scale
