@@ -673,6 +673,7 @@ TRIALS: dict[str, dict[str, Any]] = {
     "first-stage-order": {"retrieval.confirm.NEAR_MISS_INLIERS": None},
     "one-connection": {"tasks.PAIR_CONNECTIONS": 1},
     "agreeing": {"retrieval.confirm.AGREEING": True},
+    "one-word": {"retrieval.vocabulary.MORE_WORDS": 0},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
 module switches of ``papyrus_widgets`` to set (``module.NAME``). *untilted*: without the tilted
@@ -697,7 +698,9 @@ confirmed in their first-stage order, a near miss among them too, as before 2026
 statement, as before 2026-12-05 (``tasks.PAIR_CONNECTIONS``, now 2; with ``--derived`` too, the
 first stage alone); *agreeing*: the keypoints agreeing with a weak match's homography
 beyond chance confirm it too (``retrieval.confirm.AGREEING``, off by default: measured on
-2026-12-05 as *unguided*, the other way round, while it was on); *control*: no switch at
+2026-12-05 as *unguided*, the other way round, while it was on); *one-word*: each keypoint of
+the photo looked up under its own visual word alone, as before 2026-12-05 afternoon
+(``retrieval.vocabulary.MORE_WORDS``, now 4: multiple assignment); *control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""
 TRIAL = TRIALS["untilted"]
@@ -867,29 +870,37 @@ def cross_capture(engine: Any, settings: Any, root: Path, around: list[Any], per
 
 
 def second_look_rank(settings: Any, data: bytes, seen: set[str], right: Any) -> tuple[int | None, dict[str, float]]:
-    """Where the second look's list (``tasks.second_look_list``: the photo's words over
-    ``shortlist.SECOND_LOOK_WINDOWS``, the images the first look tried, ``seen`` by object key, left
+    """Where the second look's list (``tasks.second_look_list``: the photo's words and more words,
+    ``tasks.second_look_rows``, over ``shortlist.SECOND_LOOK_WINDOWS``, the images the first look tried, ``seen`` by object key, left
     out) puts the first reference ``right(key)`` accepts; None when not among them. All the photo's
     keypoints (the search leaves out those of papyri it confirmed: when it confirmed none, the same).
 
     Also the seconds of the two word lists alone, warm (each made twice, alternated, the second
     timed): the first pass's (``tasks.first_pass_list``, 100 long, as ``tasks.search_task`` asks for
     it without an embedding: the postings read, the pairs kept), the second look's scored from the
-    first pass's pairs (as a search does when both run in one process, ``tasks.PAIRS_CACHE``) and
+    first pass's pairs and the more words' postings (as a search does when both run in one
+    process, ``tasks.PAIRS_CACHE``) and
     the second look's with its postings read again (when it runs in another worker process)."""
     from papyrus_widgets import imaging, index, tasks
+    from papyrus_widgets.retrieval.features import QUERY_MAX_KEYPOINTS
 
     img = imaging.decode_image(data, max_side=tasks.PHOTO_MAX_SIDE)
     features = tasks._query_features(img, None)
     words, signatures = tasks.worker_vocabulary(settings).words_and_signatures(features.descriptors)
+    prepared = tasks.PreparedQuery(np.zeros(0), features, words, features.size, False, signatures)
     url = settings.database_url
+    first_rows = tasks.query_rows(settings, prepared, QUERY_MAX_KEYPOINTS)  # as search_task asks
 
     def first_pass() -> None:
         with index.pooled_connection(url) as conn:
-            tasks.first_pass_list(conn, words, features.points, features.size, signatures, 0, url=url)
+            tasks.first_pass_list(conn, first_rows[0], first_rows[2], features.size, first_rows[1], 0, url=url)
 
-    def second_pass(pairs: Any) -> list[Any]:
-        return tasks.second_look_list(url, words, features.points, features.size, signatures, seen, pairs=pairs)
+    def second_pass(kept: bool) -> list[Any]:  # the first pass's pairs and the rest's read, or all read again
+        words, signatures, points, pairs = tasks.second_look_rows(settings, url, prepared, None)
+        assert pairs is not None or not kept, "first_pass_list keeps its pairs under the database's url"
+        return tasks.second_look_list(
+            url, words, points, features.size, signatures, seen, pairs=pairs if kept else None
+        )
 
     seconds: dict[str, float] = {}
     fresh: list[Any] = []
@@ -897,13 +908,11 @@ def second_look_rank(settings: Any, data: bytes, seen: set[str], right: Any) -> 
         t = time.perf_counter()
         first_pass()
         seconds["first_statement"] = time.perf_counter() - t
-        pairs = tasks._remembered_pairs(url, words, signatures, None)
-        assert pairs is not None, "first_pass_list keeps its pairs under the database's url"
         t = time.perf_counter()
-        fresh = second_pass(pairs)
+        fresh = second_pass(True)
         seconds["second_statement"] = time.perf_counter() - t
         t = time.perf_counter()
-        again = second_pass(None)
+        again = second_pass(False)
         seconds["second_statement_reread"] = time.perf_counter() - t
         seconds["reread_same_images"] = float({c.row["key"] for c in again} == {c.row["key"] for c in fresh})
     return next((k + 1 for k, c in enumerate(fresh) if right(c.row["key"])), None), seconds

@@ -235,6 +235,30 @@ def _query_features(img: Any, region: Sequence[Sequence[float]] | None) -> Any:
     )
 
 
+def query_rows(
+    settings: Settings, prepared: PreparedQuery, budget: int | None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """A photo's rows for its word lists, ``(words, signatures, points)``: each keypoint's own word
+    (``prepared.words``, at its point), then more words of its keypoints, the nearest first
+    (multiple assignment, :meth:`~papyrus_widgets.retrieval.vocabulary.Vocabulary.more_words`), as
+    many as keep the rows within ``budget`` (the first pass:
+    :data:`~papyrus_widgets.retrieval.features.QUERY_MAX_KEYPOINTS`, so that a photo with a full
+    budget of keypoints reads no more postings than with one word each), or all of them (``budget``
+    None: the second look, which so scores the first pass's rows and more)."""
+    features, words, signatures = prepared.features, prepared.words, prepared.signatures
+    room = None if budget is None else budget - len(words)
+    if signatures is None or features.method != "sift" or not len(words) or (room is not None and room <= 0):
+        return words, signatures, features.points
+    rows, more, more_signatures = worker_vocabulary(settings).more_words(features.descriptors, words)
+    if room is not None:
+        rows, more, more_signatures = rows[:room], more[:room], more_signatures[:room]
+    return (
+        np.concatenate([words, more]),
+        np.concatenate([signatures, more_signatures]),
+        np.concatenate([features.points, features.points[rows]]),
+    )
+
+
 def prepare_task(
     settings: Settings, query_key: str, name: str, corners: Sequence[Sequence[float]] | None
 ) -> PreparedQuery:
@@ -438,13 +462,15 @@ def search_task(
                     f"the index's visual words were made with another vocabulary ({recorded}) than this search's "
                     f"({fingerprint_words}): set PAPYRUS_VOCABULARY to the one that built the index, or unset it."
                 )
-            features = prepared.features
+            from .retrieval.features import QUERY_MAX_KEYPOINTS
+
+            words, signatures, points = query_rows(settings, prepared, QUERY_MAX_KEYPOINTS)
             word_rows = first_pass_list(
                 conn,
-                prepared.words,
-                None if prepared.region_given else features.points,  # the region is the one window
-                features.size,
-                prepared.signatures,
+                words,
+                None if prepared.region_given else points,  # the region is the one window
+                prepared.features.size,
+                signatures,
                 n,
                 filters,
                 vector,
@@ -589,6 +615,25 @@ def second_look_list(
     return [c for c in shortlist.fuse(rows, []) if c.row["object_key"] not in seen][:SECOND_LOOK_CANDIDATES]
 
 
+def second_look_rows(
+    settings: Settings, url: str, prepared: PreparedQuery, filters: Mapping[str, Any] | None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, index.WordPairs | None]:
+    """The second look's rows, ``(words, signatures, points, pairs)``: every keypoint's own word and
+    all its more words (:func:`query_rows`), and their matching pairs when the first pass ran in this
+    process (its rows are the start of these; their pairs are kept, :data:`PAIRS_CACHE`, and only the
+    rest's postings are read now), else None (:func:`second_look_list` reads them all)."""
+    from .retrieval.features import QUERY_MAX_KEYPOINTS
+
+    words, signatures, points = query_rows(settings, prepared, None)
+    first = max(len(prepared.words), min(len(words), QUERY_MAX_KEYPOINTS))  # the first pass's rows
+    pairs = _remembered_pairs(url, words[:first], None if signatures is None else signatures[:first], filters)
+    if pairs is not None and first < len(words):
+        with index.pooled_connection(url) as conn:
+            later = _word_pairs(conn, url, words[first:], None if signatures is None else signatures[first:], filters)
+        pairs = pairs.joined(later)
+    return words, signatures, points, pairs
+
+
 def _second_look(
     settings: Settings,
     photo: Callable[[], Any],
@@ -611,11 +656,10 @@ def _second_look(
     from .retrieval.locate import outside
 
     url, _ = _require_resolved(settings)
-    features, words = prepared.features, prepared.words
-    if features.method != "sift" or not len(words):
+    features = prepared.features
+    if features.method != "sift" or not len(prepared.words):
         return []
-    points, signatures = features.points, prepared.signatures
-    pairs = _remembered_pairs(url, words, signatures, filters)  # the first pass's, when it ran here
+    words, signatures, points, pairs = second_look_rows(settings, url, prepared, filters)
     if found:  # the papyri found already explain their keypoints: look at the rest
         rest = outside(points, found)
         if rest.sum() < shortlist.MIN_WINDOW_KEYPOINTS:

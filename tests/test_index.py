@@ -654,6 +654,17 @@ def test_the_pairs_read_once_give_the_lists_of_the_postings_read_again(conn, url
                 assert all(int(r["hgv_id"]) % 2 for r in reused)
     with pytest.raises(QueryError):
         index.word_candidates(conn, words[kept], weights[kept], 12, signatures=sigs[kept], pairs=pairs)
+    # the pairs of two runs of keypoints, joined, are those of the runs read as one (the second
+    # look reads only the rows the first pass did not ask for)
+    whole = index.word_pairs(conn, words, sigs)
+    joined = index.word_pairs(conn, words[:70], sigs[:70]).joined(index.word_pairs(conn, words[70:], sigs[70:]))
+    assert joined.keypoints == whole.keypoints == 120
+    for a, b in ((joined, whole),):
+        assert sorted(zip(a.rows.tolist(), a.image_ids.tolist())) == sorted(zip(b.rows.tolist(), b.image_ids.tolist()))
+        assert a.words.tolist() == b.words.tolist() and a.idf.tolist() == pytest.approx(b.idf.tolist())
+    assert index.word_candidates(conn, words, weights, 12, None, _vec(1), sigs, joined) == index.word_candidates(
+        conn, words, weights, 12, None, _vec(1), sigs, whole
+    )
 
     # the process keeps the first pass's pairs of a photo for its second look, and only for the same question
     size = (400, 300)

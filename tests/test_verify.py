@@ -612,6 +612,40 @@ def test_signatures_tell_near_descriptors_of_a_word_from_chance_neighbours() -> 
         shortlist.document_postings(np.array([1, 2]), np.array([1]))
 
 
+def test_more_words_catch_the_word_a_smeared_descriptor_moves_to() -> None:
+    """Multiple assignment (``Vocabulary.more_words``): each descriptor's up to k more words, none
+    its own, each no further than the ratio times its own word, the nearest first, with their
+    signatures in those words; and a descriptor seen again with more noise, whose own word has
+    moved, is found among the first one's words and more words far more often than by its own."""
+    from papyrus_widgets.retrieval.features import root_sift
+    from papyrus_widgets.retrieval.vocabulary import load_vocabulary
+
+    vocab = load_vocabulary()
+    rng = np.random.default_rng(5)
+    base = rng.integers(0, 90, (600, 128)).astype(np.float64)
+    words = vocab.words(base.astype(np.uint8))
+    rows, more, sigs = vocab.more_words(base.astype(np.uint8), words, k=4, ratio=1.3)
+    assert len(rows) == len(more) == len(sigs) and len(rows) > len(base)  # most get some
+    assert np.bincount(rows, minlength=len(base)).max() <= 4
+    assert not np.any(more == words[rows])
+    assert len(set(zip(rows.tolist(), more.tolist()))) == len(rows)  # no word twice for a row
+    x = root_sift(base.astype(np.uint8))
+    centroids = vocab.fine_centroids.reshape(-1, 128)
+    own = np.linalg.norm(x - centroids[words], axis=1)
+    rel = np.linalg.norm(x[rows] - centroids[more], axis=1) / own[rows]
+    assert rel.max() <= 1.3 + 1e-4 and np.all(np.diff(rel) >= -1e-4)  # within the ratio, the nearest first
+    assert sigs.tolist() == vocab.signatures(base[rows].astype(np.uint8), more).tolist()
+    # a smeared version of each descriptor: its word is the original's, or one of its more words
+    smeared = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+    moved = vocab.words(smeared)
+    alone = moved == words
+    caught = alone | np.array([m in set(more[rows == i].tolist()) for i, m in enumerate(moved.tolist())])
+    assert caught.mean() >= alone.mean() + 0.15, (alone.mean(), caught.mean())
+    # off, or nothing to assign: none
+    assert all(len(a) == 0 for a in vocab.more_words(base.astype(np.uint8), words, k=0))
+    assert all(len(a) == 0 for a in vocab.more_words(np.zeros((0, 128), np.uint8), words[:0]))
+
+
 def test_several_papyri_confirmed_in_one_photo_the_middle_one_comes_first() -> None:
     from papyrus_widgets.retrieval import Reranked, Verification, locate, ranked
 

@@ -245,6 +245,19 @@ class WordPairs:
             self, keypoints=len(rows), image_ids=self.image_ids[keep], rows=new[keep], weights=self.weights[keep]
         )
 
+    def joined(self, after: WordPairs) -> WordPairs:
+        """These pairs and ``after``'s, the pairs of keypoints asked for after these (its rows follow
+        theirs): the pairs of the two runs of words asked for as one."""
+        words, at = np.unique(np.concatenate([self.words, after.words]), return_index=True)
+        return WordPairs(
+            self.keypoints + after.keypoints,
+            np.concatenate([self.image_ids, after.image_ids]),
+            np.concatenate([self.rows, after.rows + self.keypoints]),
+            np.concatenate([self.weights, after.weights]),
+            words,
+            np.concatenate([self.idf, after.idf])[at],
+        )
+
 
 def word_pairs(
     conn: psycopg.Connection,

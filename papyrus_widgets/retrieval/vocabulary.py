@@ -84,6 +84,28 @@ words alone put it first-10 for 0.84 and first-50 for 0.91 of the photos, within
 0.63 / 0.75 → 0.88 / 0.94 (20 bits: 0.84 / 0.84; 26: 0.84 / 0.91)."""
 
 
+MORE_WORDS = 4
+"""Multiple assignment (:meth:`Vocabulary.more_words`): up to this many more words per query
+keypoint, where they are nearly as near as its own (:data:`MORE_WORDS_RATIO`). A photo shaken or
+shot off a laptop panel smears a papyrus's descriptors, and a smeared descriptor often falls into a
+word next to the one its scan's keypoint fell into: with one word per keypoint, even the keypoints
+on the papyrus alone did not bring its scan into the first 100 of 10,032 images for 7 of 32
+development photos (*lcd+shaky*, seed 79500; with 4 more words, 4). The references keep one word
+each (the index does not grow); a query's first pass takes as many of its more words as keep it
+within :data:`papyrus_widgets.retrieval.features.QUERY_MAX_KEYPOINTS` rows (a photo with fewer
+keypoints, a smeared one, gets them; one with a full budget reads no more postings than before),
+its second look all of them (:func:`papyrus_widgets.tasks.query_rows`). Chosen on development
+photos (seeds 79500-79530, 32 photos per set, the benchmark's 10,032-image index replayed in
+memory, not the benchmark's photos): the scan in the first pass's 100 or the second look's 90 for
+*lcd+shaky* 26 → 28 of 32, *lcd+steep* 23 → 27, ordinary scenes 32 → 32, papyri at 3 % of the
+frame 32 → 32 (in the first 10: 26 → 28)."""
+MORE_WORDS_RATIO = 1.3
+"""… a word counts as nearly as near when the descriptor is at most this many times as far from
+its centroid as from its own word's."""
+MORE_WORDS_CELLS = 3
+"""… looked for among the words of the descriptor's this many nearest coarse cells."""
+
+
 @functools.lru_cache(maxsize=1)
 def _projection() -> np.ndarray:
     """(SIGNATURE_BITS, 128) float32 of ±1, the same on every machine (integers of a seeded PCG64)."""
@@ -117,6 +139,11 @@ class Vocabulary:
     def _norms(self) -> tuple[np.ndarray, np.ndarray]:
         c, f = self.coarse_centroids, self.fine_centroids
         return (c * c).sum(1), (f * f).sum(2)
+
+    @functools.cached_property
+    def _fine_t(self) -> np.ndarray:
+        """(coarse, 128, fanout) float32, contiguous: each cell's fine centroids as columns."""
+        return np.ascontiguousarray(self.fine_centroids.transpose(0, 2, 1))
 
     def words(self, descriptors: np.ndarray) -> np.ndarray:
         """The word (int64) of each SIFT descriptor row (raw SIFT values; RootSIFT is applied here)."""
@@ -158,6 +185,64 @@ class Vocabulary:
         bits = ((x - centroids[np.asarray(words, dtype=np.int64)]) @ _projection().T) > 0
         packed = np.packbits(bits, axis=1, bitorder="little")  # (N, 8) bytes, bit i of the signature = projection i
         return packed.view("<u8").reshape(-1).view(np.int64)
+
+    def more_words(
+        self,
+        descriptors: np.ndarray,
+        words: np.ndarray,
+        k: int | None = None,
+        ratio: float | None = None,
+        cells: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Multiple assignment of SIFT descriptor rows (a query's; Jégou, Douze and Schmid 2010):
+        ``(rows, words, signatures)`` of up to ``k`` more words per row besides its own ``words``
+        (:meth:`words`), each of them among the nearest of the fine words of the row's ``cells``
+        nearest coarse cells and no further from the descriptor than ``ratio`` times its own word.
+        Ordered by that ratio (the nearest seconds first, then by row), so that a prefix of them is
+        the best that many; each with its signature in that word (:meth:`signatures`). Defaults:
+        :data:`MORE_WORDS`, :data:`MORE_WORDS_RATIO`, :data:`MORE_WORDS_CELLS` (read at call time)."""
+        k = MORE_WORDS if k is None else k
+        ratio = MORE_WORDS_RATIO if ratio is None else ratio
+        cells = MORE_WORDS_CELLS if cells is None else cells
+        words = np.asarray(words, dtype=np.int64).reshape(-1)
+        empty = np.zeros(0, dtype=np.int64)
+        if len(descriptors) == 0 or k <= 0:
+            return empty, empty, empty
+        x = root_sift(descriptors).astype(np.float32)
+        coarse_norms, fine_norms = self._norms
+        fanout = self.fine_centroids.shape[1]
+        cells = min(cells, len(self.coarse_centroids))
+        keep = min(k + 1, fanout)  # per cell: the own word may be among them
+        near = np.argsort(coarse_norms[None, :] - 2.0 * (x @ self.coarse_centroids.T), axis=1)[:, :cells]
+        # every (row, cell) pair, grouped by cell: one product per cell for all the rows that need it
+        pair_row = np.repeat(np.arange(len(x)), cells)
+        pair_cell = near.reshape(-1)
+        cand_words = np.empty((len(pair_row), keep), dtype=np.int64)
+        cand_dist = np.empty((len(pair_row), keep), dtype=np.float32)
+        order = np.argsort(pair_cell, kind="stable")
+        bounds = np.flatnonzero(np.diff(pair_cell[order])) + 1
+        for group in np.split(order, bounds):
+            c = int(pair_cell[group[0]])
+            d = fine_norms[c][None, :] - 2.0 * (x[pair_row[group]] @ self._fine_t[c])
+            best = np.argpartition(d, keep - 1, axis=1)[:, :keep] if keep < fanout else np.argsort(d, axis=1)
+            cand_words[group] = c * fanout + best
+            cand_dist[group] = np.take_along_axis(d, best, axis=1)
+        cand_words = cand_words.reshape(len(x), cells * keep)
+        cand_dist = cand_dist.reshape(len(x), cells * keep)
+        squared = (x * x).sum(axis=1)
+        centroids = self.fine_centroids.reshape(-1, self.fine_centroids.shape[-1])
+        own = np.sqrt(np.maximum(((x - centroids[words]) ** 2).sum(axis=1), 1e-12))
+        dist = np.sqrt(np.maximum(cand_dist + squared[:, None], 0.0))
+        dist[cand_words == words[:, None]] = np.inf  # its own word is not a "more"
+        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+        chosen = np.take_along_axis(cand_words, order, axis=1)
+        rel = np.take_along_axis(dist, order, axis=1) / own[:, None]
+        rows = np.repeat(np.arange(len(x))[:, None], k, axis=1)
+        ok = rel <= ratio
+        rows, chosen, rel = rows[ok], chosen[ok], rel[ok]
+        by = np.lexsort((rows, rel))
+        rows, chosen = rows[by], chosen[by]
+        return rows.astype(np.int64), chosen, self._signatures(x[rows], chosen)
 
     def to_bytes(self) -> bytes:
         """A compact ``.npz``: centroids as bytes (RootSIFT values lie in [0, 1]; 1/255 steps)."""
