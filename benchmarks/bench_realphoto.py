@@ -672,8 +672,9 @@ TRIALS: dict[str, dict[str, Any]] = {
     "fine-only": {"retrieval.confirm.MATCH_COARSE": False},
     "first-stage-order": {"retrieval.confirm.NEAR_MISS_INLIERS": None},
     "one-connection": {"tasks.PAIR_CONNECTIONS": 1},
-    "agreeing": {"retrieval.confirm.AGREEING": True},
+    "inliers-alone": {"retrieval.confirm.AGREEING": False},
     "one-word": {"retrieval.vocabulary.MORE_WORDS": 0},
+    "before-panels": {"retrieval.vocabulary.MORE_WORDS": 0, "retrieval.confirm.AGREEING": False},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
 module switches of ``papyrus_widgets`` to set (``module.NAME``). *untilted*: without the tilted
@@ -696,11 +697,13 @@ its visual words, made at ingest, stay in the index either way); *first-stage-or
 confirmed in their first-stage order, a near miss among them too, as before 2026-12-05
 (``retrieval.confirm.NEAR_MISS_INLIERS``); *one-connection*: a photo's postings read by one
 statement, as before 2026-12-05 (``tasks.PAIR_CONNECTIONS``, now 2; with ``--derived`` too, the
-first stage alone); *agreeing*: the keypoints agreeing with a weak match's homography
-beyond chance confirm it too (``retrieval.confirm.AGREEING``, off by default: measured on
-2026-12-05 as *unguided*, the other way round, while it was on); *one-word*: each keypoint of
-the photo looked up under its own visual word alone, as before 2026-12-05 afternoon
-(``retrieval.vocabulary.MORE_WORDS``, now 4: multiple assignment); *control*: no switch at
+first stage alone); *inliers-alone*: a match is confirmed by its inliers alone, as before
+2026-12-05 afternoon (``retrieval.confirm.AGREEING``: the keypoints agreeing with a weak match's
+homography beyond chance confirm it too; a first version of it was measured on 2026-12-05 morning
+as *unguided* while on, then turned off); *one-word*: each keypoint of the photo looked up under
+its own visual word alone, as before 2026-12-05 afternoon (``retrieval.vocabulary.MORE_WORDS``,
+now 4: multiple assignment); *before-panels*: both, the search as it was before those two;
+*control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""
 TRIAL = TRIALS["untilted"]
@@ -871,9 +874,10 @@ def cross_capture(engine: Any, settings: Any, root: Path, around: list[Any], per
 
 def second_look_rank(settings: Any, data: bytes, seen: set[str], right: Any) -> tuple[int | None, dict[str, float]]:
     """Where the second look's list (``tasks.second_look_list``: the photo's words and more words,
-    ``tasks.second_look_rows``, over ``shortlist.SECOND_LOOK_WINDOWS``, the images the first look tried, ``seen`` by object key, left
-    out) puts the first reference ``right(key)`` accepts; None when not among them. All the photo's
-    keypoints (the search leaves out those of papyri it confirmed: when it confirmed none, the same).
+    ``tasks.second_look_rows``, over ``shortlist.SECOND_LOOK_WINDOWS``, the images the first look
+    tried, ``seen`` by object key, left out) puts the first reference ``right(key)`` accepts; None
+    when not among them. All the photo's keypoints (the search leaves out those of papyri it
+    confirmed: when it confirmed none, the same).
 
     Also the seconds of the two word lists alone, warm (each made twice, alternated, the second
     timed): the first pass's (``tasks.first_pass_list``, 100 long, as ``tasks.search_task`` asks for

@@ -742,7 +742,8 @@ def _tilted_look(
     tried = {h.image_key for h in again}
     listed = [h for h in _first_stage_hits(shortlist.fuse(rows, []), None) if h.image_key not in tried]
     candidates = _candidates(settings, again + listed[:TILTED_LOOK_CANDIDATES])
-    return confirm(tilted, candidates, limit=len(candidates), aimed=False)
+    # its views repeat the photo's structures: inliers alone confirm here (confirm.AGREEING)
+    return confirm(tilted, candidates, limit=len(candidates), aimed=False, agreeing=False)
 
 
 def _merged(first: list[Any], second: list[Any]) -> list[Any]:

@@ -832,12 +832,14 @@ def test_keypoints_agreeing_with_a_weak_match_beyond_chance_confirm_a_smeared_ph
     the photo's keypoints pass the ratio test to confirm its papyrus by inliers, but counted with
     their homography as the guide (``confirm.AGREEING``), beyond what chance gives there, they do,
     and the outline lands where the scan lies. A wrong reference put where the papyrus lies gains
-    nothing beyond chance, and is not confirmed. Off (the default), the hit is not confirmed."""
+    nothing beyond chance, and is not confirmed. Not counted: with the switch off, in a look that
+    asks for inliers alone (the tilted look, ``agreeing=False``), or when the first fit's inliers
+    spread over less than ``AGREEING_FIT_SPREAD`` of the reference (a strip every scan shows)."""
     from papyrus_widgets import scenes, tasks
     from papyrus_widgets.retrieval.features import describe_reference
 
     C = importlib.import_module("papyrus_widgets.retrieval.confirm")
-    monkeypatch.setattr(C, "AGREEING", True)  # off by default (a held-out papyrus in the quality gate)
+    assert C.AGREEING  # on by default
     own = describe_reference(scan, size=scan.info["original_size"])
     other_img = decode_image(reference(OTHER_NAME).read_bytes(), max_side=1024, name=OTHER_NAME)
     other = describe_reference(other_img, size=other_img.info["original_size"])
@@ -850,6 +852,17 @@ def test_keypoints_agreeing_with_a_weak_match_beyond_chance_confirm_a_smeared_ph
     truth = np.asarray(scene.corners) * (photo.size[0] / scene.image.width)
     assert np.abs(np.asarray(found.outline) - truth).max() < 20, (found.outline, truth)
     assert not C.match(query, other).confirmed
+    assert found.spread >= C.AGREEING_FIT_SPREAD
+    inliers_alone = C.match(query, own, agreeing=False)
+    assert inliers_alone.inliers == found.inliers and inliers_alone.agreeing == 0 and not inliers_alone.confirmed
+    [looked] = C.confirm(photo, [C.Candidate(1.0, own)], agreeing=False)
+    assert looked.verification.agreeing == 0 and not looked.confirmed
+    [counted] = C.confirm(photo, [C.Candidate(1.0, own)])
+    assert counted.confirmed and counted.verification.agreeing == found.agreeing
+    monkeypatch.setattr(C, "AGREEING_FIT_SPREAD", found.spread + 0.01)  # a first fit narrower than the gate
+    assert C.match(query, own).agreeing == 0
+    monkeypatch.setattr(C, "AGREEING_FIT_SPREAD", found.spread)
+    assert C.match(query, own).agreeing == found.agreeing
     monkeypatch.setattr(C, "AGREEING", False)
     off = C.match(query, own)
     assert off.inliers == found.inliers and off.agreeing == 0 and not off.confirmed, off
