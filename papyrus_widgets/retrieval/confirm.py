@@ -420,8 +420,8 @@ def match(
         and result.spread >= AGREEING_FIT_SPREAD
         and not is_confirmed(result)
     ):
-        agreeing, kept = _agreeing(query, reference, H, threshold)
-        result.agreeing, result.agreeing_spread = agreeing, _spread(reference.points[kept], reference.size)
+        beyond, kept = _agreeing(query, reference, H, threshold)
+        result.agreeing, result.agreeing_spread = beyond, _spread(reference.points[kept], reference.size)
     result.seconds = time.perf_counter() - t0
     return result
 
