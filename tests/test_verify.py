@@ -646,6 +646,36 @@ def test_more_words_catch_the_word_a_smeared_descriptor_moves_to() -> None:
     assert all(len(a) == 0 for a in vocab.more_words(np.zeros((0, 128), np.uint8), words[:0]))
 
 
+def test_a_photos_more_words_fill_the_first_pass_up_to_its_budget_and_the_second_look_takes_all(tmp_path) -> None:
+    """``tasks.query_rows``: a photo's own words first, then its more words, the nearest first; the
+    first pass stops at the budget (a photo with a full budget gets none), the second look takes all,
+    and the first pass's rows are the start of the second look's (whose pairs it reuses)."""
+    from papyrus_widgets import tasks
+    from papyrus_widgets.config import Settings
+    from papyrus_widgets.retrieval import Features
+
+    settings = Settings(data_dir=tmp_path)
+    vocab = tasks.worker_vocabulary(settings)
+    rng = np.random.default_rng(8)
+    desc = rng.integers(0, 90, (300, 128)).astype(np.uint8)
+    points = rng.uniform(0, 800, (300, 2)).astype(np.float32)
+    feats = Features(points, desc, (800, 800), "sift", 800)
+    words, sigs = vocab.words_and_signatures(desc)
+    prepared = tasks.PreparedQuery(np.zeros(0), feats, words, (800, 800), False, sigs)
+    rows, more, more_sigs = vocab.more_words(desc, words)
+    w, s, p = tasks.query_rows(settings, prepared, 500)
+    assert len(w) == len(s) == len(p) == 500
+    assert w[:300].tolist() == words.tolist() and w[300:].tolist() == more[:200].tolist()
+    assert s[300:].tolist() == more_sigs[:200].tolist() and p[300:].tolist() == points[rows[:200]].tolist()
+    every, every_sigs, every_points = tasks.query_rows(settings, prepared, None)
+    assert len(every) == 300 + len(more) > 500 and every[:500].tolist() == w.tolist()
+    assert every_sigs is not None and every_sigs[:500].tolist() == s.tolist()
+    full = tasks.query_rows(settings, prepared, 300)  # a full budget: its own words alone
+    assert full[0].tolist() == words.tolist() and len(full[2]) == 300
+    orb = tasks.PreparedQuery(np.zeros(0), feats, words, (800, 800), False, None)  # no signatures: words alone
+    assert tasks.query_rows(settings, orb, None)[0].tolist() == words.tolist()
+
+
 def test_several_papyri_confirmed_in_one_photo_the_middle_one_comes_first() -> None:
     from papyrus_widgets.retrieval import Reranked, Verification, locate, ranked
 
