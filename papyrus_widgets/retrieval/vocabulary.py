@@ -98,7 +98,11 @@ its second look all of them (:func:`papyrus_widgets.tasks.query_rows`). Chosen o
 photos (seeds 79500-79530, 32 photos per set, the benchmark's 10,032-image index replayed in
 memory, not the benchmark's photos): the scan in the first pass's 100 or the second look's 90 for
 *lcd+shaky* 26 → 28 of 32, *lcd+steep* 23 → 27, ordinary scenes 32 → 32, papyri at 3 % of the
-frame 32 → 32 (in the first 10: 26 → 28)."""
+frame 32 → 32 (in the first 10: 26 → 28). Then the benchmark's photos through the engine among
+10,035 images (benchmarks/results.md, figure 0d, "Panels: more words …"; ``bench_realphoto.py
+--trial one-word`` is the search without them): *lcd+shaky* top-1 0.906 against 0.859, *lcd+steep*
+0.891 against 0.828, 3 % and 25 % of the frame the same answers, nothing held out confirmed; 1.05-1.27x
+the time per photo, 1.14-1.49x for a search that confirms nothing (its second look's postings)."""
 MORE_WORDS_RATIO = 1.3
 """… a word counts as nearly as near when the descriptor is at most this many times as far from
 its centroid as from its own word's."""
