@@ -246,17 +246,25 @@ def query_rows(
     budget of keypoints reads no more postings than with one word each), or all of them (``budget``
     None: the second look, which so scores the first pass's rows and more)."""
     features, words, signatures = prepared.features, prepared.words, prepared.signatures
-    room = None if budget is None else budget - len(words)
-    if signatures is None or features.method != "sift" or not len(words) or (room is not None and room <= 0):
+    full = budget is not None and len(words) >= budget  # no room for more words in this list
+    if signatures is None or features.method != "sift" or not len(words) or full:
         return words, signatures, features.points
     rows, more, more_signatures = worker_vocabulary(settings).more_words(features.descriptors, words)
-    if room is not None:
-        rows, more, more_signatures = rows[:room], more[:room], more_signatures[:room]
-    return (
+    out = (
         np.concatenate([words, more]),
         np.concatenate([signatures, more_signatures]),
         np.concatenate([features.points, features.points[rows]]),
     )
+    if budget is None:
+        return out
+    n = _within_budget(len(words), len(out[0]), budget)
+    return out[0][:n], out[1][:n], out[2][:n]
+
+
+def _within_budget(own: int, rows: int, budget: int) -> int:
+    """How many of a photo's ``rows`` (its ``own`` keypoints' words first, then their more words)
+    a list with this ``budget`` takes (:func:`query_rows`): all its own, then more while within it."""
+    return max(own, min(rows, budget))
 
 
 def prepare_task(
@@ -625,7 +633,7 @@ def second_look_rows(
     from .retrieval.features import QUERY_MAX_KEYPOINTS
 
     words, signatures, points = query_rows(settings, prepared, None)
-    first = max(len(prepared.words), min(len(words), QUERY_MAX_KEYPOINTS))  # the first pass's rows
+    first = _within_budget(len(prepared.words), len(words), QUERY_MAX_KEYPOINTS)  # the first pass's rows
     pairs = _remembered_pairs(url, words[:first], None if signatures is None else signatures[:first], filters)
     if pairs is not None and first < len(words):
         with index.pooled_connection(url) as conn:

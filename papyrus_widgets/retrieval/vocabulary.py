@@ -29,7 +29,7 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -52,6 +52,14 @@ def _nearest(x: np.ndarray, centroids: np.ndarray, norms: np.ndarray, batch: int
     for s in range(0, len(x), batch):
         out[s : s + batch] = np.argmin(norms[None, :] - 2.0 * (x[s : s + batch] @ centroids.T), axis=1)
     return out
+
+
+def _by_cell(cell: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``(cell, rows)`` for each distinct value of ``cell`` (an int array), the rows that hold it in order."""
+    order = np.argsort(cell, kind="stable")
+    for group in np.split(order, np.flatnonzero(np.diff(cell[order])) + 1):
+        if len(group):
+            yield int(cell[group[0]]), group
 
 
 def kmeans(x: np.ndarray, k: int, *, iterations: int = 12, seed: int = 0) -> np.ndarray:
@@ -145,6 +153,11 @@ class Vocabulary:
         return (c * c).sum(1), (f * f).sum(2)
 
     @functools.cached_property
+    def _flat_fine(self) -> np.ndarray:
+        """(coarse * fanout, 128) float32: word ``w``'s centroid is row ``w``."""
+        return self.fine_centroids.reshape(-1, self.fine_centroids.shape[-1])
+
+    @functools.cached_property
     def _fine_t(self) -> np.ndarray:
         """(coarse, 128, fanout) float32, contiguous: each cell's fine centroids as columns."""
         return np.ascontiguousarray(self.fine_centroids.transpose(0, 2, 1))
@@ -168,10 +181,7 @@ class Vocabulary:
         cell = _nearest(x, self.coarse_centroids, coarse_norms)
         fanout = self.fine_centroids.shape[1]
         out = np.empty(len(x), dtype=np.int64)
-        order = np.argsort(cell, kind="stable")
-        bounds = np.flatnonzero(np.diff(cell[order])) + 1
-        for group in np.split(order, bounds):
-            c = int(cell[group[0]])
+        for c, group in _by_cell(cell):
             out[group] = c * fanout + _nearest(x[group], self.fine_centroids[c], fine_norms[c])
         return out
 
@@ -185,8 +195,7 @@ class Vocabulary:
 
     def _signatures(self, x: np.ndarray, words: np.ndarray) -> np.ndarray:
         x = x.astype(np.float32)
-        centroids = self.fine_centroids.reshape(-1, self.fine_centroids.shape[-1])
-        bits = ((x - centroids[np.asarray(words, dtype=np.int64)]) @ _projection().T) > 0
+        bits = ((x - self._flat_fine[np.asarray(words, dtype=np.int64)]) @ _projection().T) > 0
         packed = np.packbits(bits, axis=1, bitorder="little")  # (N, 8) bytes, bit i of the signature = projection i
         return packed.view("<u8").reshape(-1).view(np.int64)
 
@@ -223,10 +232,7 @@ class Vocabulary:
         pair_cell = near.reshape(-1)
         cand_words = np.empty((len(pair_row), keep), dtype=np.int64)
         cand_dist = np.empty((len(pair_row), keep), dtype=np.float32)
-        order = np.argsort(pair_cell, kind="stable")
-        bounds = np.flatnonzero(np.diff(pair_cell[order])) + 1
-        for group in np.split(order, bounds):
-            c = int(pair_cell[group[0]])
+        for c, group in _by_cell(pair_cell):
             d = fine_norms[c][None, :] - 2.0 * (x[pair_row[group]] @ self._fine_t[c])
             best = np.argpartition(d, keep - 1, axis=1)[:, :keep] if keep < fanout else np.argsort(d, axis=1)
             cand_words[group] = c * fanout + best
@@ -234,8 +240,7 @@ class Vocabulary:
         cand_words = cand_words.reshape(len(x), cells * keep)
         cand_dist = cand_dist.reshape(len(x), cells * keep)
         squared = (x * x).sum(axis=1)
-        centroids = self.fine_centroids.reshape(-1, self.fine_centroids.shape[-1])
-        own = np.sqrt(np.maximum(((x - centroids[words]) ** 2).sum(axis=1), 1e-12))
+        own = np.sqrt(np.maximum(((x - self._flat_fine[words]) ** 2).sum(axis=1), 1e-12))
         dist = np.sqrt(np.maximum(cand_dist + squared[:, None], 0.0))
         dist[cand_words == words[:, None]] = np.inf  # its own word is not a "more"
         order = np.argsort(dist, axis=1, kind="stable")[:, :k]
