@@ -675,6 +675,7 @@ TRIALS: dict[str, dict[str, Any]] = {
     "inliers-alone": {"retrieval.confirm.AGREEING": False},
     "one-word": {"retrieval.vocabulary.MORE_WORDS": 0},
     "before-panels": {"retrieval.vocabulary.MORE_WORDS": 0, "retrieval.confirm.AGREEING": False},
+    "tilted-cut": {"tasks.TILTED_LIST_PAST_RETRIES": False},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
 module switches of ``papyrus_widgets`` to set (``module.NAME``). *untilted*: without the tilted
@@ -703,7 +704,9 @@ homography beyond chance confirm it too; a first version of it was measured on 2
 as *unguided* while on, then turned off); *one-word*: each keypoint of the photo looked up under
 its own visual word alone, as before 2026-12-05 afternoon (``retrieval.vocabulary.MORE_WORDS``,
 now 4: multiple assignment); *before-panels*: both, the search as it was before those two;
-*control*: no switch at
+*tilted-cut*: the tilted look's own list cut at ``tasks.TILTED_LOOK_CANDIDATES`` before the first
+look's candidates it retries are set aside, as before 2026-12-05 evening
+(``tasks.TILTED_LIST_PAST_RETRIES``); *control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""
 TRIAL = TRIALS["untilted"]

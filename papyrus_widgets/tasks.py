@@ -698,7 +698,12 @@ angles its visual words do not find it even in a window drawn around it by hand,
 keypoints match it: the words, not the confirming, are the limit there. Set it to False for the
 search without it (``bench_realphoto.py --variants steep`` compares both)."""
 TILTED_LOOK_CANDIDATES = 60
-"""The tilted look confirms the first this many references of its own word list."""
+"""The tilted look confirms the first this many references of its own word list that are not among
+its retries (:data:`TILTED_RETRIES`)."""
+TILTED_LIST_PAST_RETRIES = True
+"""Whether the tilted look's word list runs :data:`TILTED_LOOK_CANDIDATES` past the retries it sets
+aside. Until 2026-12-05 it was cut at that many before they were set aside, so each retry in it
+cost a fresh candidate (``bench_realphoto.py --trial tilted-cut`` runs it so)."""
 TILTED_RETRIES = 10
 """… and the first look's first this many again (the photo's keypoints did not confirm them; its
 tilted views' may)."""
@@ -733,6 +738,8 @@ def _tilted_look(
     if len(tilted) == n:
         return []
     words, signatures = worker_vocabulary(settings).words_and_signatures(tilted.descriptors[n:])
+    again = [h for h in first if h.image_key][:TILTED_RETRIES]
+    tried = {h.image_key for h in again}
     with index.pooled_connection(url) as conn:
         rows = _windowed_list(
             conn,
@@ -740,14 +747,12 @@ def _tilted_look(
             tilted.points[n:],
             tilted.size,
             signatures,
-            TILTED_LOOK_CANDIDATES,
+            TILTED_LOOK_CANDIDATES + (len(tried) if TILTED_LIST_PAST_RETRIES else 0),
             shortlist.SECOND_LOOK_WINDOWS,
             filters,
             vector,
             url=url,
         )
-    again = [h for h in first if h.image_key][:TILTED_RETRIES]
-    tried = {h.image_key for h in again}
     listed = [h for h in _first_stage_hits(shortlist.fuse(rows, []), None) if h.image_key not in tried]
     candidates = _candidates(settings, again + listed[:TILTED_LOOK_CANDIDATES])
     # its views repeat the photo's structures: inliers alone confirm here (confirm.AGREEING)

@@ -1018,6 +1018,32 @@ def test_the_tilted_look_confirms_a_steep_photo(indexed_engine, monkeypatch) -> 
     assert len({h.image_key for h in out}) == len(out)  # one hit per reference after the retry
 
 
+def test_the_tilted_look_lists_as_many_new_references_whatever_it_retries(indexed_engine, monkeypatch) -> None:
+    """The tilted look confirms the first look's first ``TILTED_RETRIES`` again and the first
+    ``TILTED_LOOK_CANDIDATES`` of its own list besides them: retries that head its list too do not
+    shorten it (``tasks.TILTED_LIST_PAST_RETRIES``; before, they took fresh candidates' places)."""
+    from papyrus_widgets import tasks
+
+    settings = indexed_engine.resolved_settings()
+    _, key = indexed_engine._store_query(_steep_photo(QUERY_NAME), "steep.jpg")
+    prep = tasks.prepare_task(settings, key, "steep.jpg", None)
+    vec = tasks.embed_task(settings, prep)
+
+    def photo():
+        return tasks._decode_query(settings, key, "steep.jpg", tasks.PHOTO_MAX_SIDE)
+
+    monkeypatch.setattr(tasks, "TILTED_LOOK_CANDIDATES", 2)
+    monkeypatch.setattr(tasks, "TILTED_RETRIES", 0)
+    heads = [r.payload for r in tasks._tilted_look(settings, photo, prep, [], None, vec)]
+    assert len(heads) == 2
+    monkeypatch.setattr(tasks, "TILTED_RETRIES", 2)
+    tried = {r.payload.image_key for r in tasks._tilted_look(settings, photo, prep, heads, None, vec)}
+    assert len(tried) == 4 and {h.image_key for h in heads} < tried
+    monkeypatch.setattr(tasks, "TILTED_LIST_PAST_RETRIES", False)
+    before = {r.payload.image_key for r in tasks._tilted_look(settings, photo, prep, heads, None, vec)}
+    assert before == {h.image_key for h in heads}  # the old cut: the retries took the list's places
+
+
 def _dark(photo: Image.Image, seed: int) -> Image.Image:
     """``photo`` as a dim room gives it: exposed at a third, soft, noisy, saved as JPEG quality 35."""
     import cv2
