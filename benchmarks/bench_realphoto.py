@@ -1019,13 +1019,21 @@ def by_variant(
     """Photos outside the scenes' usual range (``scenes.VARIANTS``): for each, new scenes of every
     indexed and held-out papyrus, searched with no corners by the search as it is and with
     ``trial``'s switches (:data:`TRIALS`; default without the tilted look), the same photos, index and
-    cluster, the two searches of each photo one right after the other (:func:`both_ways`)."""
+    cluster, the two searches of each photo one right after the other (:func:`both_ways`). The
+    ``n``-th variant of the list (from 0) gets the photos of seed ``SEED + 500 + 10 n``: a variant's
+    photos depend on its place in the list (``--variants lcd+shaky,lcd+steep`` and
+    ``--variants lcd+steep,lcd+shaky`` search different photos); each entry records its seed."""
     now = _current(trial)
     out: dict[str, Any] = {"name": NAME + "-variants", "gallery": {"images": total}, "trial": trial, "variants": []}
     for n, variant in enumerate(variants):
         seed = SEED + 500 + 10 * n
         positives, negatives = papyri.photos(seed, variant=variant)
-        entry: dict[str, Any] = {"variant": variant, "queries": len(positives), "held_out_queries": len(negatives)}
+        entry: dict[str, Any] = {
+            "variant": variant,
+            "seed": seed,
+            "queries": len(positives),
+            "held_out_queries": len(negatives),
+        }
         arms = {"now": now, "trial": trial}
         rows_by, held_by, compared = _compared(engine, arms, positives, negatives, no_corner_search)
         for label in arms:
@@ -1074,7 +1082,7 @@ def main() -> None:
                 "--variants",
                 default="",
                 help="comma-separated scenes.VARIANTS, or several joined by + (e.g. closeup,steep,lcd+shaky): "
-                "as it is and with --trial",
+                "as it is and with --trial; the n-th of the list gets the photos of seed SEED+500+10n",
             ),
             p.add_argument(
                 "--cross-capture",
