@@ -760,22 +760,36 @@ def _tilted_look(
 
 
 def _merged(first: list[Any], second: list[Any]) -> list[Any]:
-    """The results of two looks, one per reference: where both tried one (a retry with the tilted
-    views, :func:`_tilted_look`), the one with more evidence (``Verification.evidence``)."""
+    """The results of two looks, one per reference image of a record: where both tried one (a
+    retry with the tilted views, :func:`_tilted_look`), the one with more evidence
+    (``Verification.evidence``). A reference image is its object key and its record's key
+    (:func:`_reference`): one scan may be indexed for two records (two texts on one papyrus, the
+    same bytes), and a look may then try it twice, the second time unverified after the first
+    confirmed. Until 2026-12-05 results were told apart by object key alone, so the later one
+    replaced the confirmed one."""
 
     def evidence(r: Any) -> int:
         return r.verification.evidence if r.verification is not None else -1
 
-    again = {r.payload.image_key: r for r in second}
+    again: dict[tuple[str | None, str | None], Any] = {}
+    for r in second:
+        other = again.get(_reference(r))
+        if other is None or evidence(r) > evidence(other):
+            again[_reference(r)] = r
     out = []
     for r in first:
-        other = again.get(r.payload.image_key)
+        other = again.get(_reference(r))
         if other is not None and evidence(other) < evidence(r):
-            again.pop(r.payload.image_key)
+            again.pop(_reference(r))
             out.append(r)
         elif other is None:
             out.append(r)
-    return out + [r for r in second if again.get(r.payload.image_key) is r]
+    return out + [r for r in second if again.get(_reference(r)) is r]
+
+
+def _reference(result: Any) -> tuple[str | None, str | None]:
+    """Which reference image of which record a confirming result is about: (object key, record key)."""
+    return result.payload.image_key, result.payload.key
 
 
 @dataclass

@@ -964,7 +964,8 @@ def test_a_later_looks_results_replace_the_earlier_ones_for_the_same_reference()
 
     def result(key: str, inliers: int | None) -> NS:
         return NS(
-            payload=NS(image_key=key), verification=None if inliers is None else NS(inliers=inliers, evidence=inliers)
+            payload=NS(image_key=key, key="record-" + key),
+            verification=None if inliers is None else NS(inliers=inliers, evidence=inliers),
         )
 
     first = [result("a", 12), result("b", 40), result("c", None)]
@@ -977,6 +978,35 @@ def test_a_later_looks_results_replace_the_earlier_ones_for_the_same_reference()
         ("d", 30),
     ]
     assert tasks._merged(first, []) == first and tasks._merged([], second) == second
+
+
+def test_one_scan_of_two_records_keeps_the_confirmed_result_of_a_look() -> None:
+    """One scan indexed for two records (two texts on one papyrus: the same bytes, one object key)
+    can be tried twice by one look, the second time unverified after the first confirmed: both
+    results stay, each its record's; and a reference image tried twice for one record keeps its
+    better result. Before, the later result replaced the confirmed one (the tilted look's match of
+    *lcd+steep* 21662_p_g_316, 124 inliers, was thrown away so: benchmarks/results.md, figure 0d)."""
+    from types import SimpleNamespace as NS
+
+    from papyrus_widgets import tasks
+
+    def result(image_key: str, record: str, inliers: int | None) -> NS:
+        return NS(
+            payload=NS(image_key=image_key, key=record),
+            verification=None if inliers is None else NS(inliers=inliers, evidence=inliers),
+        )
+
+    tilted = [result("scan.jpg", "21662", 124), result("scan.jpg", "21663", None), result("x.jpg", "x", 3)]
+    merged = tasks._merged([result("y.jpg", "y", 0)], tilted)
+    assert [(r.payload.key, r.verification and r.verification.inliers) for r in merged] == [
+        ("y", 0),
+        ("21662", 124),
+        ("21663", None),
+        ("x", 3),
+    ]
+    twice = [result("scan.jpg", "21662", 124), result("scan.jpg", "21662", None)]
+    assert [r.verification and r.verification.inliers for r in tasks._merged([], twice)] == [124]
+    assert [r.verification and r.verification.inliers for r in tasks._merged([], twice[::-1])] == [124]
 
 
 def _steep_photo(name: str) -> bytes:
