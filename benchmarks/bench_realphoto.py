@@ -676,6 +676,7 @@ TRIALS: dict[str, dict[str, Any]] = {
     "one-word": {"retrieval.vocabulary.MORE_WORDS": 0},
     "before-panels": {"retrieval.vocabulary.MORE_WORDS": 0, "retrieval.confirm.AGREEING": False},
     "tilted-cut": {"tasks.TILTED_LIST_PAST_RETRIES": False},
+    "one-key": {"tasks.MERGE_BY_RECORD": False},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
 module switches of ``papyrus_widgets`` to set (``module.NAME``). *untilted*: without the tilted
@@ -706,7 +707,9 @@ its own visual word alone, as before 2026-12-05 afternoon (``retrieval.vocabular
 now 4: multiple assignment); *before-panels*: both, the search as it was before those two;
 *tilted-cut*: the tilted look's own list cut at ``tasks.TILTED_LOOK_CANDIDATES`` before the first
 look's candidates it retries are set aside, as before 2026-12-05 evening
-(``tasks.TILTED_LIST_PAST_RETRIES``); *control*: no switch at
+(``tasks.TILTED_LIST_PAST_RETRIES``); *one-key*: a later look's results merged with the earlier
+ones by object key alone, as before 2026-12-05 evening (``tasks.MERGE_BY_RECORD``: one scan
+indexed for two records could lose the tilted look's confirmed result); *control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""
 TRIAL = TRIALS["untilted"]

@@ -787,9 +787,14 @@ def _merged(first: list[Any], second: list[Any]) -> list[Any]:
     return out + [r for r in second if again.get(_reference(r)) is r]
 
 
+MERGE_BY_RECORD = True
+"""Whether :func:`_merged` tells results apart by record as well as by object key (False: by object
+key alone, as before 2026-12-05 evening; ``bench_realphoto.py --trial one-key`` runs it so)."""
+
+
 def _reference(result: Any) -> tuple[str | None, str | None]:
     """Which reference image of which record a confirming result is about: (object key, record key)."""
-    return result.payload.image_key, result.payload.key
+    return result.payload.image_key, result.payload.key if MERGE_BY_RECORD else None
 
 
 @dataclass
