@@ -9,6 +9,7 @@ import io
 import json
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -955,18 +956,23 @@ def test_tilted_views_confirm_a_photo_taken_at_a_steep_angle(scan, scan_features
         tilted_features(photo, verify.extract_features(photo, region=[[0, 0], [800, 0], [800, 600], [0, 600]]))
 
 
+def _look_result(image_key: str, inliers: int | None, record: str | None = None) -> Any:
+    """A look's confirming result as :func:`tasks._merged` reads it: the reference image's object
+    key and record key (default ``record-<image_key>``), and its evidence (None: not verified)."""
+    from types import SimpleNamespace as NS
+
+    return NS(
+        payload=NS(image_key=image_key, key=record or "record-" + image_key),
+        verification=None if inliers is None else NS(inliers=inliers, evidence=inliers),
+    )
+
+
 def test_a_later_looks_results_replace_the_earlier_ones_for_the_same_reference() -> None:
     """A reference the tilted look tried again appears once: with the evidence of the look that
     found more inliers; the others keep their places."""
-    from types import SimpleNamespace as NS
-
     from papyrus_widgets import tasks
 
-    def result(key: str, inliers: int | None) -> NS:
-        return NS(
-            payload=NS(image_key=key, key="record-" + key),
-            verification=None if inliers is None else NS(inliers=inliers, evidence=inliers),
-        )
+    result = _look_result
 
     first = [result("a", 12), result("b", 40), result("c", None)]
     second = [result("a", 150), result("b", 9), result("d", 30)]
@@ -986,15 +992,10 @@ def test_one_scan_of_two_records_keeps_the_confirmed_result_of_a_look() -> None:
     results stay, each its record's; and a reference image tried twice for one record keeps its
     better result. Before, the later result replaced the confirmed one (the tilted look's match of
     *lcd+steep* 21662_p_g_316, 124 inliers, was thrown away so: benchmarks/results.md, figure 0d)."""
-    from types import SimpleNamespace as NS
-
     from papyrus_widgets import tasks
 
-    def result(image_key: str, record: str, inliers: int | None) -> NS:
-        return NS(
-            payload=NS(image_key=image_key, key=record),
-            verification=None if inliers is None else NS(inliers=inliers, evidence=inliers),
-        )
+    def result(image_key: str, record: str, inliers: int | None) -> Any:
+        return _look_result(image_key, inliers, record)
 
     tilted = [result("scan.jpg", "21662", 124), result("scan.jpg", "21663", None), result("x.jpg", "x", 3)]
     merged = tasks._merged([result("y.jpg", "y", 0)], tilted)
