@@ -563,7 +563,9 @@ def _candidates(settings: Settings, hits: Sequence[Hit]) -> list[Any]:
     from .retrieval import Candidate
 
     return [
-        Candidate(h.score, functools.partial(reference_features, settings, h.image_key), h) for h in hits if h.image_key
+        Candidate(h.score, functools.partial(reference_features, settings, h.image_key), h, h.image_key)
+        for h in hits
+        if h.image_key
     ]
 
 
@@ -587,13 +589,14 @@ def _look_closer(settings: Settings, photo: Callable[[], Any], results: list[Any
         return results
     closer = QueryIndex(detail) if detail.method == "sift" else detail
     again_for = results[:REFINE_CANDIDATES] + [r for r in results if r.verification is best]
-    for r in {id(r): r for r in again_for}.values():
+    for image in dict.fromkeys(r.payload.image_key for r in again_for):  # each scan once, for all its records
         try:
-            again = match(closer, reference_features(settings, r.payload.image_key))
+            again = match(closer, reference_features(settings, image))
         except Exception:  # noqa: BLE001 - evidence is a bonus
             continue
-        if r.verification is None or again.evidence > r.verification.evidence:
-            r.verification = again
+        for r in results:
+            if r.payload.image_key == image and (r.verification is None or again.evidence > r.verification.evidence):
+                r.verification = dataclasses.replace(again)
     return ranked(results)
 
 
@@ -764,9 +767,10 @@ def _merged(first: list[Any], second: list[Any]) -> list[Any]:
     retry with the tilted views, :func:`_tilted_look`), the one with more evidence
     (``Verification.evidence``). A reference image is its object key and its record's key
     (:func:`_reference`): one scan may be indexed for two records (two texts on one papyrus, the
-    same bytes), and a look may then try it twice, the second time unverified after the first
-    confirmed. Until 2026-12-05 results were told apart by object key alone, so the later one
-    replaced the confirmed one."""
+    same bytes), and both records come from each look. Until 2026-12-05 results were told apart by
+    object key alone and a look matched such a scan once per record, stopping after the first
+    confirmed, so the second stayed unverified and replaced the confirmed one; a look now matches
+    the scan once and both records share its verification (:attr:`retrieval.Candidate.image`)."""
 
     def evidence(r: Any) -> int:
         return r.verification.evidence if r.verification is not None else -1

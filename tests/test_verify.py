@@ -205,6 +205,55 @@ def test_confirm_stops_at_the_round_that_confirms(scan, warped, scan_features, o
     assert [r.payload for r in alone] == [r.payload for r in out] and alone[0].confirmed
 
 
+def test_one_scan_of_two_records_is_matched_once_and_both_share_its_verification(
+    warped, scan_features, other_features
+) -> None:
+    """A scan indexed for two records (two texts on one papyrus, the same bytes: one image) is
+    matched once, at its first candidate; the other record gets a copy of that verification, so
+    both are confirmed, even when the rounds stopped before reaching it, and it takes no place in
+    the rounds or the limit."""
+    photo, _ = warped
+    query = verify.extract_features(photo)
+    seen: list[str] = []
+
+    def features(name, feats):
+        def get():
+            seen.append(name)
+            return feats
+
+        return get
+
+    def candidate(name, feats, image):
+        return verify.Candidate(0.5, features(name, feats), name, image)
+
+    candidates = [
+        candidate("other0", other_features, "other0.jpg"),
+        candidate("21662", scan_features, "scan.jpg"),
+        candidate("other1", other_features, "other1.jpg"),
+        candidate("other2", other_features, "other2.jpg"),
+        candidate("21663", scan_features, "scan.jpg"),
+        candidate("other0-again", other_features, "other0.jpg"),
+        candidate("late", other_features, None),
+    ]
+    out = verify.confirm(query, candidates, first=2, step=2, limit=8, threads=1)
+    assert seen == ["other0", "21662"]  # stopped after the round that confirmed the scan
+    by = {r.payload: r for r in out}
+    assert by["21662"].confirmed and by["21663"].confirmed
+    assert by["21663"].verification is not by["21662"].verification  # a copy: a later look may edit one
+    assert by["21663"].verification.inliers == by["21662"].verification.inliers
+    assert by["other0-again"].verification is not None and not by["other0-again"].confirmed
+    assert by["other1"].verification is None and by["late"].verification is None
+
+    # the other record takes no place in the limit: 3 images matched, all the candidates answered
+    seen.clear()
+    order = ["other0", "other0-again", "other1", "other2", "21663"]
+    by_name = {c.payload: c for c in candidates}
+    alone = verify.confirm(query, [by_name[n] for n in order], first=1, step=1, limit=3, threads=1)
+    assert seen == ["other0", "other1", "other2"]
+    assert [r.payload for r in alone if r.verification is not None] == order[:4]
+    assert alone[-1].payload == "21663" and alone[-1].verification is None
+
+
 def test_confirmed_needs_spread_as_well_as_inliers() -> None:
     """Matches on a thin strip every scan shares (a library footer) do not confirm."""
     v = verify.Verification(inliers=80, matches=[], homography=None, support=1.0, spread=0.01)

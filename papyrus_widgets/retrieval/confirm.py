@@ -26,11 +26,12 @@ the cost does not grow with the collection.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -541,6 +542,10 @@ class Candidate:
     score: float
     features: Callable[[], Features] | Features
     payload: Any = None
+    image: Hashable | None = None
+    """Which reference image it is (its object key), or None: candidates of one image — a scan
+    indexed for several records, two texts on one papyrus, the same bytes — are matched once and
+    share the verification (:func:`confirm`)."""
 
 
 @dataclass
@@ -634,24 +639,46 @@ def confirm(
     confirms one with :data:`CONFIRM_STOP_INLIERS` (near the photo's middle when ``aimed``: a whole
     photo; pass False for a region the user marked) or ``limit`` were verified; return them all,
     confirmed first (:func:`ranked`), then the rest. A candidate whose features fail keeps its place.
-    The candidates of a round are matched ``threads`` at a time; ``agreeing``: as for :func:`match`."""
+    The candidates of a round are matched ``threads`` at a time; ``agreeing``: as for :func:`match`.
+    Candidates of one image (:attr:`Candidate.image`) are matched once, at the first of them, and
+    the others get a copy of its verification (so both records of one scan are confirmed, or
+    neither); they take no place in the rounds or the ``limit``."""
     verify = _Verifier(query, threads, agreeing)
     checked: list[tuple[int, Candidate, Verification | None]] = []
-    todo = list(enumerate(candidates))
+    matched: dict[Hashable, Verification | None] = {}  # by Candidate.image
+    todo = _one_per_image(candidates)
     size = first
     while todo and len(checked) < limit:
         batch, todo = todo[: min(size, limit - len(checked))], todo[min(size, limit - len(checked)) :]
         checked += [(i, c, v) for (i, c), v in zip(batch, verify([c for _, c in batch]))]
+        matched.update((c.image, v) for _, c, v in checked if c.image is not None)
         size = step
         if any(_stops(v, aimed) for _, _, v in checked):
             break
         if aimed and CONFIRM_AFTER_OFF_CENTRE is not None and any(_stops(v, False) for _, _, v in checked):
             limit = min(limit, len(checked) + CONFIRM_AFTER_OFF_CENTRE)
     checked += [(i, c, None) for i, c in todo]
+    done = {i for i, _, _ in checked}
+    checked += [  # the other records of an image matched: its verification
+        (i, c, dataclasses.replace(v) if (v := matched.get(c.image)) is not None else None)
+        for i, c in enumerate(candidates)
+        if i not in done
+    ]
     checked.sort(key=lambda t: t[0])
     return ranked(
         [Reranked(score=0.0, embedding_score=float(c.score), verification=v, payload=c.payload) for _, c, v in checked]
     )
+
+
+def _one_per_image(candidates: Sequence[Candidate]) -> list[tuple[int, Candidate]]:
+    """``candidates`` numbered, each image (:attr:`Candidate.image`) once: at its first candidate."""
+    images: set[Hashable] = set()
+    out = []
+    for i, c in enumerate(candidates):
+        if c.image is None or c.image not in images:
+            out.append((i, c))
+        images.add(c.image)
+    return out
 
 
 def ranked(results: Sequence[Reranked]) -> list[Reranked]:
