@@ -175,6 +175,11 @@ AGREEING_SHIFT = 3.0
 """The chance count moves the homography's projections this many fit thresholds right, left, up
 and down (their mean): near enough to fall on the same papyrus and clutter, far enough to miss
 the true pairs."""
+ONE_MATCH_PER_IMAGE = True
+"""Whether candidates of one image (:attr:`Candidate.image`: a scan indexed for several records)
+are matched once and share the verification (:func:`confirm`; ``tasks._look_closer`` likewise).
+False: each record matched on its own, as before 2026-12-05 night (``bench_realphoto.py --trial
+per-record`` runs it so, with ``tasks.MERGE_BY_RECORD`` off too: the search before both)."""
 VERIFY_THREADS = 2
 """The candidates of a round are matched this many at a time (at most one per CPU): OpenCV's
 matching and fitting let go of the GIL, so a search on a worker uses the machine's idle cores
@@ -675,7 +680,7 @@ def _one_per_image(candidates: Sequence[Candidate]) -> list[tuple[int, Candidate
     images: set[Hashable] = set()
     out = []
     for i, c in enumerate(candidates):
-        if c.image is None or c.image not in images:
+        if c.image is None or c.image not in images or not ONE_MATCH_PER_IMAGE:
             out.append((i, c))
         images.add(c.image)
     return out
