@@ -1026,7 +1026,9 @@ def by_variant(
     """Photos outside the scenes' usual range (``scenes.VARIANTS``): for each, new scenes of every
     indexed and held-out papyrus, searched with no corners by the search as it is and with
     ``trial``'s switches (:data:`TRIALS`; default without the tilted look), the same photos, index and
-    cluster, the two searches of each photo one right after the other (:func:`both_ways`). The
+    cluster, the two searches of each photo one right after the other (:func:`both_ways`); before
+    them, each photo's first stage as it is (``verify=False``, k=100: recall@10/50/100, and each
+    row's ``first_rank``), so that a miss says whether the first look's list held the papyrus. The
     ``n``-th variant of the list (from 0) gets the photos of seed ``SEED + 500 + 10 n``: a variant's
     photos depend on its place in the list (``--variants lcd+shaky,lcd+steep`` and
     ``--variants lcd+steep,lcd+shaky`` search different photos); each entry records its seed."""
@@ -1042,7 +1044,16 @@ def by_variant(
             "held_out_queries": len(negatives),
         }
         arms = {"now": now, "trial": trial}
+        # where the first stage (as it is) puts each photo's papyrus: a miss says whether a look could list it
+        first_ranks = [rank_of(engine.search(q.data, k=100, verify=False).hits, q.truth) for q in positives]
+        entry["first_stage"] = {
+            f"recall@{k}": float(np.mean([r is not None and r <= k for r in first_ranks])) for k in (10, 50, 100)
+        }
+        print(f"{variant}: first stage {entry['first_stage']}", flush=True)
         rows_by, held_by, compared = _compared(engine, arms, positives, negatives, no_corner_search)
+        for rows in rows_by.values():
+            for row, first_rank in zip(rows, first_ranks):
+                row["first_rank"] = first_rank
         for label in arms:
             rows, held_rows = rows_by[label], held_by[label]
             entry[label] = {
