@@ -232,6 +232,7 @@ def _query_features(img: Any, region: Sequence[Sequence[float]] | None) -> Any:
         lift_dark=True,
         min_side=F.QUERY_MIN_SIDE,
         deband=F.DEBAND,
+        contrast=F.QUERY_CONTRAST,
     )
 
 

@@ -59,6 +59,15 @@ QUERY_MAX_SIDE = 1600
 the frame is then looked at with a long side of about 550-900 px, like the references."""
 QUERY_MAX_KEYPOINTS = 4000
 """At most this many keypoints per query photo (clutter around the papyrus takes its share)."""
+QUERY_CONTRAST: float | None = 0.02
+"""SIFT's contrast threshold for a query photo's keypoints (OpenCV's ``contrastThreshold``; None:
+its default, 0.04, which the references keep). A photo shaken, soft, over-exposed or shot off a
+laptop panel has little contrast left on the papyrus, and at 0.04 SIFT finds a few hundred
+keypoints there where the budget (:data:`QUERY_MAX_KEYPOINTS`) allows thousands: too few for its
+visual words to bring the scan into the first stage's list, or for the geometry. At 0.02 such a
+photo keeps more of the papyrus's weaker structure; a photo rich in keypoints keeps the same ones
+(the detector proposes the strongest first). Measured on the benchmark's *lcd+shaky* photos
+(results.md, figure 0d; ``bench_realphoto.py --trial contrast04`` runs the search without it)."""
 QUERY_MIN_SIDE = 800
 """A query photo whose long side is shorter is enlarged to this (bicubic) before SIFT, and a
 region of it by the same factor, about a reference's :data:`MAX_SIDE`: a photo sent on by a messenger at
@@ -284,7 +293,9 @@ image pyramid twice; the same features, more slowly): ``benchmarks/bench_feature
 ``bench_realphoto.py --trial two-pass`` compare the two."""
 
 
-def _sift_balanced(arr: np.ndarray, mask: np.ndarray | None, max_keypoints: int) -> tuple[Sequence[Any], Any]:
+def _sift_balanced(
+    arr: np.ndarray, mask: np.ndarray | None, max_keypoints: int, contrast: float | None = None
+) -> tuple[Sequence[Any], Any]:
     """SIFT keypoints of ``arr`` (inside ``mask``) with their descriptors: :data:`CANDIDATES_PER_KEYPOINT`
     times ``max_keypoints`` proposed, ``max_keypoints`` of them kept balanced over scales
     (:func:`_balanced`). With :data:`ONE_PASS`, ``detectAndCompute`` describes every keypoint
@@ -293,8 +304,9 @@ def _sift_balanced(arr: np.ndarray, mask: np.ndarray | None, max_keypoints: int)
     descriptors, bit for bit; a photo's 4,000 keypoints at 1,600 px in 0.71-0.72x the time, its
     tilted views' in 0.72-0.75x, a scan's 1,000 at 768 px (where describing all 4,000 proposed
     costs about what the second pyramid did) in 0.98-1.01x (three runs of
-    ``benchmarks/bench_features.py``, results.md figure 7)."""
-    detector = _detector("sift", max_keypoints * CANDIDATES_PER_KEYPOINT)
+    ``benchmarks/bench_features.py``, results.md figure 7). ``contrast``: SIFT's contrast
+    threshold (None: OpenCV's default)."""
+    detector = _detector("sift", max_keypoints * CANDIDATES_PER_KEYPOINT, contrast)
     if not ONE_PASS:
         found = detector.detect(arr, mask)
         if len(found) > max_keypoints:
@@ -313,16 +325,17 @@ def _sift_balanced(arr: np.ndarray, mask: np.ndarray | None, max_keypoints: int)
 _detector_local = threading.local()
 
 
-def _detector(method: str, max_keypoints: int) -> Any:
+def _detector(method: str, max_keypoints: int, contrast: float | None = None) -> Any:
     import cv2
 
-    key = (method, max_keypoints)
+    key = (method, max_keypoints, contrast)
     cache = getattr(_detector_local, "cache", None)
     if cache is None:
         cache = _detector_local.cache = {}
     if key not in cache:
         if method == "sift":
-            cache[key] = getattr(cv2, "SIFT_create")(nfeatures=max_keypoints)  # not in every build's stubs
+            more = {} if contrast is None else {"contrastThreshold": contrast}
+            cache[key] = getattr(cv2, "SIFT_create")(nfeatures=max_keypoints, **more)  # not in every build's stubs
         elif method == "orb":
             cache[key] = getattr(cv2, "ORB_create")(nfeatures=max_keypoints)
         else:
@@ -341,6 +354,7 @@ def extract_features(
     lift_dark: bool = False,
     min_side: int = 0,
     deband: bool = False,
+    contrast: float | None = None,
 ) -> Features:
     """Keypoints and descriptors of ``img``, computed at a long side of at most ``max_side`` px.
 
@@ -363,6 +377,9 @@ def extract_features(
 
     ``deband``: the image's flicker bands are taken out first (:func:`_without_bands`; queries,
     :data:`DEBAND`), a region's too unless :data:`DEBAND_REGIONS` is off.
+
+    ``contrast``: SIFT's contrast threshold (queries: :data:`QUERY_CONTRAST`; None: OpenCV's
+    default, as for references).
     """
     import cv2
 
@@ -406,9 +423,10 @@ def extract_features(
         mask = np.zeros(arr.shape, dtype=np.uint8)
         cv2.fillPoly(mask, [np.round((poly - [x0, y0]) * r).astype(np.int32)], 255)
     if method == "sift" and SCALE_BALANCED:
-        keypoints, descriptors = _sift_balanced(arr, mask, max_keypoints)
+        keypoints, descriptors = _sift_balanced(arr, mask, max_keypoints, contrast)
     else:
-        keypoints, descriptors = _detector(method, max_keypoints).detectAndCompute(arr, mask)
+        detector = _detector(method, max_keypoints, contrast if method == "sift" else None)
+        keypoints, descriptors = detector.detectAndCompute(arr, mask)
     work_scale = r * fx if region is not None else 0.0
     if descriptors is None or not keypoints:
         width = 128 if method == "sift" else 32
