@@ -1085,15 +1085,20 @@ def test_the_tilted_look_confirms_a_steep_photo(indexed_engine, monkeypatch) -> 
     """A papyrus photographed at a steep angle is among the candidates but its keypoints do not
     confirm it, nor does the second look; the tilted look (``tasks.TILTED_LOOK``) tries it again
     through the photo's tilted views and confirms it, with its region. Without it the search ends
-    in "no confirmed match"."""
+    in "no confirmed match". The photo's keypoints found at OpenCV's default contrast threshold (as
+    before ``features.QUERY_CONTRAST``): at the query's lower one they confirm it themselves."""
     from papyrus_widgets import tasks
 
+    F = importlib.import_module("papyrus_widgets.retrieval.features")
+    lower = F.QUERY_CONTRAST
+    monkeypatch.setattr(F, "QUERY_CONTRAST", None)
     settings = indexed_engine.resolved_settings()
     _, key = indexed_engine._store_query(_steep_photo(QUERY_NAME), "steep.jpg")
     prep = tasks.prepare_task(settings, key, "steep.jpg", None)
     vec = tasks.embed_task(settings, prep)
     hits = tasks.search_task(settings, vec, 5, None, None, prep, 20)
     assert any(h.inventory_key == "p_g_107" for h in hits)
+    prep_before = prep
     monkeypatch.setattr(tasks, "TILTED_LOOK", False)
     without = tasks.verify_task(settings, key, "steep.jpg", hits, 5, prep, None, vec)
     assert not any(h.confirmed for h in without), [(h.inventory_key, h.inliers) for h in without]
@@ -1102,6 +1107,13 @@ def test_the_tilted_look_confirms_a_steep_photo(indexed_engine, monkeypatch) -> 
     top = out[0]
     assert top.inventory_key == "p_g_107" and top.confirmed and top.region and len(top.region) == 4
     assert len({h.image_key for h in out}) == len(out)  # one hit per reference after the retry
+
+    monkeypatch.setattr(F, "QUERY_CONTRAST", lower)
+    monkeypatch.setattr(tasks, "TILTED_LOOK", False)
+    prep = tasks.prepare_task(settings, key, "steep.jpg", None)
+    assert len(prep.features) > len(prep_before.features)
+    alone = tasks.verify_task(settings, key, "steep.jpg", hits, 5, prep, None, vec)
+    assert alone[0].inventory_key == "p_g_107" and alone[0].confirmed
 
 
 def test_the_tilted_look_lists_as_many_new_references_whatever_it_retries(indexed_engine, monkeypatch) -> None:
