@@ -677,7 +677,7 @@ TRIALS: dict[str, dict[str, Any]] = {
     "before-panels": {"retrieval.vocabulary.MORE_WORDS": 0, "retrieval.confirm.AGREEING": False},
     "tilted-cut": {"tasks.TILTED_LIST_PAST_RETRIES": False},
     "one-key": {"tasks.MERGE_BY_RECORD": False},
-    "contrast04": {"retrieval.features.QUERY_CONTRAST": None},
+    "contrast02": {"retrieval.features.QUERY_CONTRAST": 0.02},
     "per-record": {"retrieval.confirm.ONE_MATCH_PER_IMAGE": False, "tasks.MERGE_BY_RECORD": False},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
@@ -714,8 +714,8 @@ ones by object key alone, as before 2026-12-05 evening (``tasks.MERGE_BY_RECORD`
 indexed for two records could lose the tilted look's confirmed result); *per-record*: that merge,
 and each record of one scan matched on its own, as before 2026-12-05 night
 (``retrieval.confirm.ONE_MATCH_PER_IMAGE``: the scan matched once, its records sharing the
-verification); *contrast04*: a photo's SIFT keypoints found with OpenCV's default contrast
-threshold (0.04), as before 2026-12-05 night (``retrieval.features.QUERY_CONTRAST``, now 0.02);
+verification); *contrast02*: a photo's SIFT keypoints found with half OpenCV's default contrast
+threshold (``retrieval.features.QUERY_CONTRAST``: tried, not adopted);
 *control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""

@@ -1085,13 +1085,12 @@ def test_the_tilted_look_confirms_a_steep_photo(indexed_engine, monkeypatch) -> 
     """A papyrus photographed at a steep angle is among the candidates but its keypoints do not
     confirm it, nor does the second look; the tilted look (``tasks.TILTED_LOOK``) tries it again
     through the photo's tilted views and confirms it, with its region. Without it the search ends
-    in "no confirmed match". The photo's keypoints found at OpenCV's default contrast threshold (as
-    before ``features.QUERY_CONTRAST``): at the query's lower one they confirm it themselves."""
+    in "no confirmed match". Its keypoints found with half SIFT's default contrast threshold
+    (``features.QUERY_CONTRAST`` = 0.02, tried and not adopted) confirm it without the tilted look."""
     from papyrus_widgets import tasks
 
     F = importlib.import_module("papyrus_widgets.retrieval.features")
-    lower = F.QUERY_CONTRAST
-    monkeypatch.setattr(F, "QUERY_CONTRAST", None)
+    assert F.QUERY_CONTRAST is None  # the photo's keypoints as the search finds them: OpenCV's default
     settings = indexed_engine.resolved_settings()
     _, key = indexed_engine._store_query(_steep_photo(QUERY_NAME), "steep.jpg")
     prep = tasks.prepare_task(settings, key, "steep.jpg", None)
@@ -1108,7 +1107,7 @@ def test_the_tilted_look_confirms_a_steep_photo(indexed_engine, monkeypatch) -> 
     assert top.inventory_key == "p_g_107" and top.confirmed and top.region and len(top.region) == 4
     assert len({h.image_key for h in out}) == len(out)  # one hit per reference after the retry
 
-    monkeypatch.setattr(F, "QUERY_CONTRAST", lower)
+    monkeypatch.setattr(F, "QUERY_CONTRAST", 0.02)
     monkeypatch.setattr(tasks, "TILTED_LOOK", False)
     prep = tasks.prepare_task(settings, key, "steep.jpg", None)
     assert len(prep.features) > len(prep_before.features)

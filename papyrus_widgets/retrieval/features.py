@@ -59,15 +59,16 @@ QUERY_MAX_SIDE = 1600
 the frame is then looked at with a long side of about 550-900 px, like the references."""
 QUERY_MAX_KEYPOINTS = 4000
 """At most this many keypoints per query photo (clutter around the papyrus takes its share)."""
-QUERY_CONTRAST: float | None = 0.02
+QUERY_CONTRAST: float | None = None
 """SIFT's contrast threshold for a query photo's keypoints (OpenCV's ``contrastThreshold``; None:
-its default, 0.04, which the references keep). A photo shaken, soft, over-exposed or shot off a
-laptop panel has little contrast left on the papyrus, and at 0.04 SIFT finds a few hundred
-keypoints there where the budget (:data:`QUERY_MAX_KEYPOINTS`) allows thousands: too few for its
-visual words to bring the scan into the first stage's list, or for the geometry. At 0.02 such a
-photo keeps more of the papyrus's weaker structure; a photo rich in keypoints keeps the same ones
-(the detector proposes the strongest first). Measured on the benchmark's *lcd+shaky* photos
-(results.md, figure 0d; ``bench_realphoto.py --trial contrast04`` runs the search without it)."""
+its default, 0.04, as for references). Tried at 0.02 and not adopted (2026-12-05 night,
+``bench_realphoto.py --variants lcd+shaky --trial contrast02``, 64 photos of indexed papyri and 16
+held-out ones among 10,035 images, each searched both ways; results.md figure 0d): a shaken
+panel photo does keep more of its papyrus (in an experiment on 64 such photos, the scan's word
+matches and inliers rose for most), but the clutter around it gains as many, the first stage's
+list got worse, and top-1 fell from 0.906 to 0.859 (2 photos gained, 5 lost), at 1.13x the time
+per photo and 1.26x per "no confirmed match" search. A rule that lowers it only for a photo with
+few keypoints, or only inside a region, is not measured."""
 QUERY_MIN_SIDE = 800
 """A query photo whose long side is shorter is enlarged to this (bicubic) before SIFT, and a
 region of it by the same factor, about a reference's :data:`MAX_SIDE`: a photo sent on by a messenger at
