@@ -205,6 +205,20 @@ def test_confirm_stops_at_the_round_that_confirms(scan, warped, scan_features, o
     assert [r.payload for r in alone] == [r.payload for r in out] and alone[0].confirmed
 
 
+def _recorded(seen: list[str]) -> Any:
+    """``features(name, feats)``: a candidate's features that append ``name`` to ``seen`` when read
+    (which references the confirming stage matched, in order)."""
+
+    def features(name: str, feats: Any) -> Any:
+        def get() -> Any:
+            seen.append(name)
+            return feats
+
+        return get
+
+    return features
+
+
 def test_one_scan_of_two_records_is_matched_once_and_both_share_its_verification(
     warped, scan_features, other_features, monkeypatch
 ) -> None:
@@ -215,13 +229,7 @@ def test_one_scan_of_two_records_is_matched_once_and_both_share_its_verification
     photo, _ = warped
     query = verify.extract_features(photo)
     seen: list[str] = []
-
-    def features(name, feats):
-        def get():
-            seen.append(name)
-            return feats
-
-        return get
+    features = _recorded(seen)
 
     def candidate(name, feats, image):
         return verify.Candidate(0.5, features(name, feats), name, image)
@@ -1387,13 +1395,7 @@ def test_rounds_end_at_the_round_that_confirms_a_papyrus_off_the_middle(
     canvas.paste(photo, (0, 0))  # the papyrus in the top left corner of a larger photo
     query = verify.extract_features(canvas)
     seen: list[str] = []
-
-    def features(name, feats):
-        def get():
-            seen.append(name)
-            return feats
-
-        return get
+    features = _recorded(seen)
 
     candidates = [verify.Candidate(0.5, features("other0", other_features), "other0")]
     candidates.append(verify.Candidate(0.4, features("right", scan_features), "right"))
