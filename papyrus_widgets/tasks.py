@@ -591,18 +591,17 @@ def _look_closer(settings: Settings, photo: Callable[[], Any], results: list[Any
     closer = QueryIndex(detail) if detail.method == "sift" else detail
     from .retrieval.confirm import ONE_MATCH_PER_IMAGE
 
+    def scan(r: Any) -> Any:  # each scan once, for all its records (or each result on its own)
+        return r.payload.image_key if ONE_MATCH_PER_IMAGE else id(r)
+
     again_for = results[:REFINE_CANDIDATES] + [r for r in results if r.verification is best]
-    # each scan once, for all its records (or each result on its own)
-    scans = {(r.payload.image_key if ONE_MATCH_PER_IMAGE else id(r)): r.payload.image_key for r in again_for}
-    for scan, image in scans.items():
+    for key, image in {scan(r): r.payload.image_key for r in again_for}.items():
         try:
             again = match(closer, reference_features(settings, image))
         except Exception:  # noqa: BLE001 - evidence is a bonus
             continue
         for r in results:
-            if (r.payload.image_key if ONE_MATCH_PER_IMAGE else id(r)) != scan:
-                continue
-            if r.verification is None or again.evidence > r.verification.evidence:
+            if scan(r) == key and (r.verification is None or again.evidence > r.verification.evidence):
                 r.verification = dataclasses.replace(again)
     return ranked(results)
 
