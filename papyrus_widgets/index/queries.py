@@ -132,6 +132,29 @@ def knn(
     return rows
 
 
+DIVERSE_SHARE: float | None = 0.3
+"""Each window's list of :func:`word_candidates` is made diverse: an image whose matched query
+keypoints in that window are mostly those of an image ranked above it (this share of its own or
+more, and :data:`DIVERSE_SHARED` or more of them) goes after the window's other images (of its
+first :data:`DIVERSE_POOL` times ``n``), so that one thing in the photo shown by many images of the
+collection (several photographs or crops of one papyrus, a thumbnail of a papyrus the collection
+holds many times over) does not fill the list, and the papyrus sought, matched by other keypoints,
+comes earlier. An image indexed twice (the same postings: one scan for two records) stays beside
+its twin. Only with the keypoints given (a photo searched without corners); None: each window's
+images in their score order, as before 2026-12-06. Chosen with :data:`MIN_MATCHED` on the
+benchmark's photo sets (results.md, figure 0d, "Diverse windows")."""
+DIVERSE_SHARED = 5
+"""... and this many shared keypoints at least (a few chance matches in common defer nothing)."""
+DIVERSE_POOL = 3
+"""How many times ``n`` of each window's best images the diverse list is made from."""
+MIN_MATCHED = 3
+"""In each window, an image that shares fewer than this many of the window's query keypoints
+(distinct keypoints with a matching pair) goes after those that share more: one or two chance
+matches of a rare word with a small image (its few keypoints make each match weigh much) are no
+evidence, and such an image could not be confirmed anyway. 0: no such rule, as before
+2026-12-06. Only with the keypoints given, as :data:`DIVERSE_SHARE`."""
+
+
 def word_candidates(
     conn: psycopg.Connection,
     words: np.ndarray,
@@ -141,6 +164,7 @@ def word_candidates(
     vector: np.ndarray | None = None,
     signatures: np.ndarray | None = None,
     pairs: WordPairs | None = None,
+    keypoints: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """The ``n`` images that share the most (idf-weighted) visual words with a query, best first,
     with their papyrus metadata: the first stage of a search from a photo.
@@ -193,7 +217,7 @@ def word_candidates(
         return []
     if pairs is None:
         pairs = word_pairs(conn, words, signatures, filters)
-    ids, scores, windows = _rank_pairs(words, weights, pairs, n)
+    ids, scores, windows = _rank_pairs(words, weights, pairs, n, keypoints)
     if not len(ids):
         return []
     cols = ", ".join(f"p.{c}" for c in PAPYRUS_COLUMNS)
@@ -330,7 +354,7 @@ def word_pairs(
 
 
 def _rank_pairs(
-    words: np.ndarray, weights: np.ndarray, pairs: WordPairs, n: int
+    words: np.ndarray, weights: np.ndarray, pairs: WordPairs, n: int, keypoints: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``n`` best images of :func:`word_candidates` from its ``pairs``: (image ids, score,
     window), in the list's order."""
@@ -358,24 +382,74 @@ def _rank_pairs(
     part = np.sqrt(m) * (d_group * word_idf * word_idf)[:, None]
     # per image: a sum per window
     ids, image_of = np.unique(groups // len(distinct), return_inverse=True)
+    pair_image = image_of[group_of]  # each pair's image, as a row of ``ids``
     s = np.stack([np.bincount(image_of, weights=part[:, j], minlength=len(ids)) for j in range(windows)], 1)
     # each window's n best (higher sum, then lower id), ranked; an image's best rank in any window
     none = np.iinfo(np.int64).max
     best_rank = np.full(len(ids), none)
+    diverse = DIVERSE_SHARE is not None and keypoints is not None
+    wide = n * DIVERSE_POOL if diverse else n  # how many of each window's best are ranked
+    few = None
+    if MIN_MATCHED and keypoints is not None:  # each image's matched keypoints, one per (image, keypoint)
+        n_kp = int(keypoints.max()) + 1
+        _, once = np.unique(pair_image * n_kp + keypoints[rows], return_index=True)
+        few = [np.bincount(pair_image[once], weights=weights[rows[once], j] > 0, minlength=len(ids)) < MIN_MATCHED
+               for j in range(windows)]
     for j in range(windows):
-        col = s[:, j]
+        col = s[:, j] if few is None else np.where(few[j], s[:, j] - s[:, j].max() - 1.0, s[:, j])
         some = (
             np.arange(len(ids))
-            if len(ids) <= n
-            else np.flatnonzero(col >= np.partition(col, len(ids) - n)[len(ids) - n])
+            if len(ids) <= wide
+            else np.flatnonzero(col >= np.partition(col, len(ids) - wide)[len(ids) - wide])
         )
-        first = some[np.lexsort((ids[some], -col[some]))][:n]
+        if diverse and keypoints is not None:
+            pool = some[np.lexsort((ids[some], -col[some]))][:wide]
+            first = _diverse(pool, col[pool], pair_image, rows, weights[:, j], keypoints)[:n]
+        else:
+            first = some[np.lexsort((ids[some], -col[some]))][:n]
         best_rank[first] = np.minimum(best_rank[first], np.arange(1, len(first) + 1))
     chosen = np.flatnonzero(best_rank != none)
     normed = s[chosen] / qnorm
     score, window = normed.max(axis=1), normed.argmax(axis=1)
     order = np.lexsort((ids[chosen], -score, best_rank[chosen]))[:n]
     return ids[chosen][order], score[order], window[order]
+
+
+def _diverse(
+    pool: np.ndarray,
+    scores: np.ndarray,
+    pair_image: np.ndarray,
+    rows: np.ndarray,
+    inside: np.ndarray,
+    keypoints: np.ndarray,
+) -> np.ndarray:
+    """``pool`` (rows of the images, best first, with their ``scores``) with each image whose
+    matched keypoints (those ``inside`` the window) are mostly those of one image before it moved
+    after the rest; a twin of that image (the same keypoints and score: one scan indexed for two
+    records) stays beside it."""
+    inside_pair = inside[rows] > 0
+    where = np.full(int(pair_image.max()) + 1 if len(pair_image) else 0, -1, np.int64)
+    where[pool] = np.arange(len(pool))
+    at = where[pair_image]
+    keep = (at >= 0) & inside_pair
+    kp, inverse = np.unique(keypoints[rows[keep]], return_inverse=True)
+    member = np.zeros((len(pool), len(kp)), np.float32)
+    member[at[keep], inverse] = 1.0
+    sizes = member.sum(axis=1)
+    shared = member @ member.T
+    accepted: list[int] = []
+    deferred: list[int] = []
+    for c in range(len(pool)):
+        if accepted and sizes[c]:
+            common = shared[c, accepted]
+            best = int(np.argmax(common))
+            a = accepted[best]
+            twin = common[best] == sizes[c] == sizes[a] and scores[c] == scores[a]
+            if not twin and common[best] >= DIVERSE_SHARED and common[best] >= DIVERSE_SHARE * sizes[c]:  # type: ignore[operator]
+                deferred.append(c)
+                continue
+        accepted.append(c)
+    return pool[np.asarray(accepted + deferred, np.int64)]
 
 
 def stats(conn: psycopg.Connection) -> dict[str, Any]:
