@@ -754,3 +754,43 @@ def test_the_ingest_task_names_each_step_to_its_timer(url, conn, tmp_path, model
     assert set(seen) == set(tasks.INGEST_STAGES)
     assert seen.count("decode (max_side 1024)") == 2 and seen.count("forward (batch)") == 1
     assert index.image_count(conn) == 2 and index.has_words(conn)
+
+
+def test_word_candidates_diverse_window_lists(conn, monkeypatch):
+    """Each window's list (a photo searched without corners: its keypoints given) defers an image
+    whose matched keypoints are mostly those of an image ranked above it (here B and C, two more
+    crops of what A shows), keeps a twin (A2: the same scan indexed again) beside its image, and
+    puts an image with fewer than MIN_MATCHED matched keypoints (X: one rare word, a tiny image)
+    after the rest; so the papyrus sought (S, matched by other keypoints) comes second, where in
+    score order it comes last. Without the keypoints (corners given) the list is in score order."""
+    from papyrus_widgets.index import queries
+
+    assert queries.DIVERSE_SHARE is not None and queries.MIN_MATCHED == 3
+
+    def image(i: int, shared: range, extra: int, weight: float) -> index.ImageRow:
+        words = list(shared) + list(range(100 + 200 * i, 100 + 200 * i + extra))
+        return _worded(i, {w: weight for w in words})
+
+    index.add_images(
+        conn,
+        [
+            image(0, range(20), 5, 0.2),  # A
+            image(1, range(20), 5, 0.2),  # A2: A's twin (other words of its own, the same weights)
+            image(2, range(20), 5, 0.19),  # B
+            image(3, range(20), 5, 0.18),  # C
+            image(4, range(20, 28), 98, 0.09),  # S
+            image(5, range(28, 29), 0, 0.8),  # X
+            *[image(i, range(0), 5, 0.4) for i in range(6, 11)],  # the rest of the collection
+        ],
+    )
+    words = np.arange(29, dtype=np.int32)
+    ones = np.ones(29, np.float32)
+
+    def listed(keypoints):
+        return [r["hgv_id"] for r in index.word_candidates(conn, words, ones, 6, keypoints=keypoints)]
+
+    assert listed(None) == ["0", "1", "2", "3", "5", "4"]  # score order
+    assert listed(np.arange(29)) == ["0", "1", "4", "2", "3", "5"]
+    monkeypatch.setattr(queries, "DIVERSE_SHARE", None)
+    monkeypatch.setattr(queries, "MIN_MATCHED", 0)
+    assert listed(np.arange(29)) == ["0", "1", "2", "3", "5", "4"]  # as before 2026-12-06

@@ -404,7 +404,9 @@ def _rank_pairs(
         )
         if diverse and keypoints is not None:
             pool = some[np.lexsort((ids[some], -col[some]))][:wide]
-            first = _diverse(pool, col[pool], pair_image, rows, weights[:, j], keypoints)[:n]
+            weak = np.zeros(len(pool), bool) if few is None else few[j][pool]  # after the rest either way
+            strong = _diverse(pool[~weak], col[pool[~weak]], pair_image, rows, weights[:, j], keypoints)
+            first = np.concatenate([strong, pool[weak]])[:n]
         else:
             first = some[np.lexsort((ids[some], -col[some]))][:n]
         best_rank[first] = np.minimum(best_rank[first], np.arange(1, len(first) + 1))
