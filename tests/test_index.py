@@ -757,7 +757,7 @@ def test_the_ingest_task_names_each_step_to_its_timer(url, conn, tmp_path, model
 
 
 def test_word_candidates_diverse_window_lists(conn, monkeypatch):
-    """Each window's list (a photo searched without corners: its keypoints given) defers an image
+    """With the option on, each window's list (a photo searched without corners: its keypoints given) defers an image
     whose matched keypoints are mostly those of an image ranked above it (here B and C, two more
     crops of what A shows), keeps a twin (A2: the same scan indexed again) beside its image, and
     puts an image with fewer than MIN_MATCHED matched keypoints (X: one rare word, a tiny image)
@@ -765,7 +765,7 @@ def test_word_candidates_diverse_window_lists(conn, monkeypatch):
     score order it comes last. Without the keypoints (corners given) the list is in score order."""
     from papyrus_widgets.index import queries
 
-    assert queries.DIVERSE_SHARE is not None and queries.MIN_MATCHED == 3
+    assert queries.DIVERSE_SHARE is None and queries.MIN_MATCHED == 0  # an option, off by default
 
     def image(i: int, shared: range, extra: int, weight: float) -> index.ImageRow:
         words = list(shared) + list(range(100 + 200 * i, 100 + 200 * i + extra))
@@ -789,8 +789,10 @@ def test_word_candidates_diverse_window_lists(conn, monkeypatch):
     def listed(keypoints):
         return [r["hgv_id"] for r in index.word_candidates(conn, words, ones, 6, keypoints=keypoints)]
 
-    assert listed(None) == ["0", "1", "2", "3", "5", "4"]  # score order
+    assert listed(np.arange(29)) == ["0", "1", "2", "3", "5", "4"]  # off: score order
+    monkeypatch.setattr(queries, "DIVERSE_SHARE", 0.3)
+    monkeypatch.setattr(queries, "MIN_MATCHED", 3)
+    assert listed(None) == ["0", "1", "2", "3", "5", "4"]  # no keypoints: score order still
     assert listed(np.arange(29)) == ["0", "1", "4", "2", "3", "5"]
     monkeypatch.setattr(queries, "DIVERSE_SHARE", None)
-    monkeypatch.setattr(queries, "MIN_MATCHED", 0)
-    assert listed(np.arange(29)) == ["0", "1", "2", "3", "5", "4"]  # as before 2026-12-06
+    assert listed(np.arange(29)) == ["0", "1", "2", "3", "4", "5"]  # the weak image alone put last

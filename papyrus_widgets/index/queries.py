@@ -132,27 +132,30 @@ def knn(
     return rows
 
 
-DIVERSE_SHARE: float | None = 0.3
-"""Each window's list of :func:`word_candidates` is made diverse: an image whose matched query
-keypoints in that window are mostly those of an image ranked above it (this share of its own or
-more, and :data:`DIVERSE_SHARED` or more of them) goes after the window's other images (of its
-first :data:`DIVERSE_POOL` times ``n``), so that one thing in the photo shown by many images of the
-collection (several photographs or crops of one papyrus, a thumbnail of a papyrus the collection
-holds many times over) does not fill the list, and the papyrus sought, matched by other keypoints,
-comes earlier. An image indexed twice (the same postings: one scan for two records) stays beside
-its twin. Only with the keypoints given (a photo searched without corners); None: each window's
-images in their score order, as before 2026-12-06. Chosen with :data:`MIN_MATCHED` on the
-benchmark's photo sets (results.md, figure 0d, "Diverse windows")."""
+DIVERSE_SHARE: float | None = None
+"""Whether each window's list of :func:`word_candidates` is made diverse (None: not, each window's
+images in their score order): an image whose matched query keypoints in that window are mostly
+those of an image ranked above it (this share of its own or more, and :data:`DIVERSE_SHARED` or
+more of them) goes after the window's other images (of its first :data:`DIVERSE_POOL` times
+``n``), so that one thing in the photo that the collection shows many times (several photographs
+or crops of a papyrus shown as a thumbnail beside the one sought) does not fill the list. An image
+indexed twice (the same postings: one scan for two records) stays beside its twin. Only with the
+keypoints given (a photo searched without corners). Measured with :data:`MIN_MATCHED` = 3 and
+0.3 (results.md, figure 0d, "Diverse windows", 2026-12-06; ``bench_realphoto.py --trial
+diverse``): the first stage's lists got better (*lcd+steep* photos' recall@10 / @50 / @100 0.469
+/ 0.797 / 0.953 → 0.563 / 0.859 / 0.984), but no answer changed on 208 photos searched both ways,
+while a photo took 1.06-1.07x as long and a "no confirmed match" search 1.18x (the second look
+ranks 36 windows). So off, an option."""
 DIVERSE_SHARED = 5
 """... and this many shared keypoints at least (a few chance matches in common defer nothing)."""
 DIVERSE_POOL = 3
 """How many times ``n`` of each window's best images the diverse list is made from."""
-MIN_MATCHED = 3
+MIN_MATCHED = 0
 """In each window, an image that shares fewer than this many of the window's query keypoints
-(distinct keypoints with a matching pair) goes after those that share more: one or two chance
-matches of a rare word with a small image (its few keypoints make each match weigh much) are no
-evidence, and such an image could not be confirmed anyway. 0: no such rule, as before
-2026-12-06. Only with the keypoints given, as :data:`DIVERSE_SHARE`."""
+(distinct keypoints with a matching pair) goes after those that share more (0: no such rule): one
+or two chance matches of a rare word with a small image (its few keypoints make each match weigh
+much) are no evidence, and such an image could not be confirmed. Only with the keypoints given,
+as :data:`DIVERSE_SHARE`, and measured with it (3): off, an option."""
 
 
 def word_candidates(
