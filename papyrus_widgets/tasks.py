@@ -379,8 +379,8 @@ def _windowed_list(
     from .retrieval import shortlist
 
     kept, weights = shortlist.query_windows(words, points, size, windows=windows)
-    keypoints = None  # each row's keypoint (its more words' rows share their keypoint's point)
-    if points is not None:
+    keypoints = None  # each row's keypoint (its more words' rows share its point), for the diverse lists' option
+    if points is not None and (index.queries.DIVERSE_SHARE is not None or index.queries.MIN_MATCHED):
         keypoints = np.unique(np.asarray(points), axis=0, return_inverse=True)[1].reshape(-1)[kept]
     words, signatures = words[kept], None if signatures is None else signatures[kept]
     found = pairs.subset(kept) if pairs is not None else _word_pairs(conn, url, words, signatures, filters)

@@ -198,6 +198,8 @@ def word_candidates(
     The database finds the matching pairs (:func:`word_pairs`, the postings read once) and the
     scores and ranks are summed here; ``pairs``: those of these very ``words``, ``signatures`` and
     ``filters`` found before (e.g. :meth:`WordPairs.subset` of a larger set), not read again.
+    ``keypoints``: each row's query keypoint (rows of one keypoint's several words share it), which
+    the diverse lists need (:data:`DIVERSE_SHARE`, :data:`MIN_MATCHED`; without it they are off).
     """
     n = check_k(n)
     words = np.asarray(words, dtype=np.int32).reshape(-1)
