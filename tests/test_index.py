@@ -794,5 +794,11 @@ def test_word_candidates_diverse_window_lists(conn, monkeypatch):
     monkeypatch.setattr(queries, "MIN_MATCHED", 3)
     assert listed(None) == ["0", "1", "2", "3", "5", "4"]  # no keypoints: score order still
     assert listed(np.arange(29)) == ["0", "1", "4", "2", "3", "5"]
+    # through the search's first pass: a photo's 29 keypoints, each row's keypoint found from its point
+    from papyrus_widgets import tasks
+
+    points = np.c_[np.arange(29) + 150.0, np.full(29, 150.0)]
+    first = tasks.first_pass_list(conn, words, points, (400, 300), None, 6)
+    assert [r["hgv_id"] for r in first] == ["0", "1", "4", "2", "3", "5"]
     monkeypatch.setattr(queries, "DIVERSE_SHARE", None)
     assert listed(np.arange(29)) == ["0", "1", "2", "3", "4", "5"]  # the weak image alone put last
