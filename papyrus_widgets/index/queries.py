@@ -392,34 +392,57 @@ def _rank_pairs(
     # each window's n best (higher sum, then lower id), ranked; an image's best rank in any window
     none = np.iinfo(np.int64).max
     best_rank = np.full(len(ids), none)
-    diverse = DIVERSE_SHARE is not None and keypoints is not None
-    wide = n * DIVERSE_POOL if diverse else n  # how many of each window's best are ranked
     few = None
-    if MIN_MATCHED and keypoints is not None:  # each image's matched keypoints, one per (image, keypoint)
-        n_kp = int(keypoints.max()) + 1
-        _, once = np.unique(pair_image * n_kp + keypoints[rows], return_index=True)
-        few = [np.bincount(pair_image[once], weights=weights[rows[once], j] > 0, minlength=len(ids)) < MIN_MATCHED
-               for j in range(windows)]
+    if MIN_MATCHED and keypoints is not None:
+        few = _few_matched(pair_image, rows, weights, keypoints, len(ids))
+    spread = (pair_image, rows, keypoints) if DIVERSE_SHARE is not None and keypoints is not None else None
     for j in range(windows):
-        col = s[:, j] if few is None else np.where(few[j], s[:, j] - s[:, j].max() - 1.0, s[:, j])
-        some = (
-            np.arange(len(ids))
-            if len(ids) <= wide
-            else np.flatnonzero(col >= np.partition(col, len(ids) - wide)[len(ids) - wide])
-        )
-        if diverse and keypoints is not None:
-            pool = some[np.lexsort((ids[some], -col[some]))][:wide]
-            weak = np.zeros(len(pool), bool) if few is None else few[j][pool]  # after the rest either way
-            strong = _diverse(pool[~weak], col[pool[~weak]], pair_image, rows, weights[:, j], keypoints)
-            first = np.concatenate([strong, pool[weak]])[:n]
-        else:
-            first = some[np.lexsort((ids[some], -col[some]))][:n]
+        inside = None if spread is None else (*spread[:2], weights[:, j], spread[2])
+        first = _window_first(s[:, j], ids, n, None if few is None else few[:, j], inside)
         best_rank[first] = np.minimum(best_rank[first], np.arange(1, len(first) + 1))
     chosen = np.flatnonzero(best_rank != none)
     normed = s[chosen] / qnorm
     score, window = normed.max(axis=1), normed.argmax(axis=1)
     order = np.lexsort((ids[chosen], -score, best_rank[chosen]))[:n]
     return ids[chosen][order], score[order], window[order]
+
+
+def _few_matched(
+    pair_image: np.ndarray, rows: np.ndarray, weights: np.ndarray, keypoints: np.ndarray, images: int
+) -> np.ndarray:
+    """(images, windows) bool: whether an image matches fewer than :data:`MIN_MATCHED` of the
+    photo's keypoints inside each window (each (image, keypoint) once, its more words' rows with it)."""
+    n_kp = int(keypoints.max()) + 1
+    _, once = np.unique(pair_image * n_kp + keypoints[rows], return_index=True)
+    inside = weights[rows[once]] > 0
+    counts = [np.bincount(pair_image[once], weights=inside[:, j], minlength=images) for j in range(weights.shape[1])]
+    return np.stack(counts, 1) < MIN_MATCHED
+
+
+def _window_first(
+    col: np.ndarray,
+    ids: np.ndarray,
+    n: int,
+    few: np.ndarray | None,
+    inside: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None,
+) -> np.ndarray:
+    """One window's list: the ``n`` best of its images (rows of ``ids``) by their sums ``col``, then
+    the lower id; an image that matches too ``few`` keypoints after all the others; with
+    ``inside`` (each pair's image, its row, the window's row weights, each row's keypoint), the
+    others in :func:`_diverse`'s order, from the best ``n`` x :data:`DIVERSE_POOL`."""
+    wide = n * DIVERSE_POOL if inside is not None else n
+    key = col if few is None else np.where(few, col - col.max() - 1.0, col)
+    some = (
+        np.arange(len(ids))
+        if len(ids) <= wide
+        else np.flatnonzero(key >= np.partition(key, len(ids) - wide)[len(ids) - wide])
+    )
+    pool = some[np.lexsort((ids[some], -key[some]))][:wide]
+    if inside is None:
+        return pool[:n]
+    weak = np.zeros(len(pool), bool) if few is None else few[pool]  # after the rest either way
+    strong = _diverse(pool[~weak], col[pool[~weak]], *inside)
+    return np.concatenate([strong, pool[weak]])[:n]
 
 
 def _diverse(
