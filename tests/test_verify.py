@@ -549,7 +549,8 @@ def test_ingest_stores_the_features_of_every_reference(indexed_engine) -> None:
         stored = verify.Features.from_bytes(store.get(storage.features_key(key)))
         assert stored.params == verify.reference_params()
         assert stored.size == Image.open(io.BytesIO(store.get(key))).size  # points in the original's pixels
-        assert 0 < len(stored.fine()) <= verify.MAX_KEYPOINTS and 0 < stored.coarse <= verify.COARSE_KEYPOINTS
+        most_coarse = verify.COARSE_KEYPOINTS + sum(n for _, n in verify.COARSER_LOOKS)
+        assert 0 < len(stored.fine()) <= verify.MAX_KEYPOINTS and 0 < stored.coarse <= most_coarse
 
 
 def test_verification_reads_stored_features_and_backfills_missing_or_stale_ones(indexed_engine) -> None:
@@ -852,27 +853,43 @@ def test_keypoints_are_kept_balanced_over_scales() -> None:
     assert f.endswith("/scales") and f.startswith("sift/")
 
 
-def test_a_reference_is_described_at_its_resolution_and_again_at_half_of_it(scan, scan_features) -> None:
+def test_a_reference_is_described_at_its_resolution_and_again_at_half_a_third_and_a_quarter_of_it(
+    scan, scan_features, monkeypatch
+) -> None:
     """``describe_reference``: the first look's keypoints as ``extract_features`` finds them, then up
-    to ``COARSE_KEYPOINTS`` from the scan at half that resolution, appended and counted; they
-    survive the store's format, and ``fine()`` gives the first look's back."""
+    to ``COARSE_KEYPOINTS`` from the scan at half that resolution and those of ``COARSER_LOOKS``
+    (a third and a quarter of it), appended in that order and counted; they survive the store's
+    format, and ``fine()`` gives the first look's back."""
+    assert [d for d, _ in verify.COARSER_LOOKS] == [3, 4]
     ref = verify.describe_reference(scan, size=scan.info["original_size"])
-    assert ref.params == verify.reference_params() == verify.feature_params() + f"+half/{verify.COARSE_KEYPOINTS}"
-    assert 100 < ref.coarse <= verify.COARSE_KEYPOINTS and len(ref) == len(scan_features) + ref.coarse
+    looks = "".join(f"+1/{d}/{n}" for d, n in verify.COARSER_LOOKS)
+    half = f"+half/{verify.COARSE_KEYPOINTS}"
+    assert ref.params == verify.reference_params() == verify.feature_params() + half + looks
     fine = ref.fine()
     assert np.array_equal(fine.points, scan_features.points)
     assert np.array_equal(fine.descriptors, scan_features.descriptors)
     assert fine.coarse == 0 and fine.fine() is fine
     size = scan.info["original_size"]
-    half = verify.extract_features(
-        scan, size=size, max_side=verify.MAX_SIDE // 2, max_keypoints=verify.COARSE_KEYPOINTS
-    )
-    assert np.array_equal(ref.points[len(fine) :], half.points)  # in the stored pixels, as the first look's
-    assert np.ptp(half.points[:, 0]) > 0.5 * scan.info["original_size"][0]
+    at = len(fine)
+    for d, n in ((2, verify.COARSE_KEYPOINTS), *verify.COARSER_LOOKS):
+        look = verify.extract_features(scan, size=size, max_side=verify.MAX_SIDE // d, max_keypoints=n)
+        assert 50 < len(look) <= n
+        assert np.array_equal(ref.points[at : at + len(look)], look.points)  # in the stored pixels, as the first look's
+        assert np.array_equal(ref.descriptors[at : at + len(look)], look.descriptors)
+        assert np.ptp(look.points[:, 0]) > 0.5 * size[0]
+        at += len(look)
+    assert at == len(ref) == len(scan_features) + ref.coarse
     again = verify.Features.from_bytes(ref.to_bytes())
     assert again.coarse == ref.coarse and np.array_equal(again.descriptors, ref.descriptors)
     # old stored features (no count): all the first look's
     assert verify.Features.from_bytes(scan_features.to_bytes()).coarse == 0
+    # without the coarser looks: the references and their params as from 2026-12-04
+    features = importlib.import_module("papyrus_widgets.retrieval.features")
+    monkeypatch.setattr(features, "COARSER_LOOKS", ())
+    assert verify.reference_params() == verify.feature_params() + f"+half/{verify.COARSE_KEYPOINTS}"
+    half_only = verify.describe_reference(scan, size=size)
+    assert half_only.params == verify.reference_params()
+    assert np.array_equal(half_only.points, ref.points[: len(half_only)]) and half_only.coarse < ref.coarse
 
 
 def test_a_reference_s_half_resolution_keypoints_add_evidence_and_can_be_left_out(scan, warped, monkeypatch) -> None:

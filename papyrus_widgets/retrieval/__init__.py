@@ -32,6 +32,7 @@ from .confirm import (
 )
 from .features import (
     COARSE_KEYPOINTS,
+    COARSER_LOOKS,
     MAX_KEYPOINTS,
     MAX_SIDE,
     QUERY_MAX_KEYPOINTS,
@@ -54,6 +55,7 @@ __all__ = [
     "MAX_EVIDENCE",
     "MIN_INLIERS",
     "COARSE_KEYPOINTS",
+    "COARSER_LOOKS",
     "MAX_KEYPOINTS",
     "MAX_SIDE",
     "QUERY_MAX_KEYPOINTS",

@@ -51,6 +51,21 @@ found against 61, *lcd* 64 of 64 against 62, *steep* 63 of 64 against 61, held-o
 answers, its first stage's recall@10 1.000 against 0.984. Matching them costs a found photo
 nothing measurable and "no confirmed match" 5-10 % (same run, ``confirm.MATCH_COARSE`` off); the
 features step of ingest 1.26x."""
+COARSER_LOOKS: tuple[tuple[int, int], ...] = ((3, 300), (4, 250))
+"""More looks at a reference after the half-resolution one: ``(d, n)`` looks at it with ``1/d`` of
+its first look's long side (256 and 192 px) and keeps up to ``n`` keypoints, balanced over scales
+(:func:`describe_reference`; appended after :data:`COARSE_KEYPOINTS`' and counted with them in
+:attr:`Features.coarse`; ``()``: none, the references as from 2026-12-04 to 2026-12-06). A panel
+photographed with a shaking hand keeps only a papyrus's coarsest structure, and its descriptors
+there are smeared: a reference described from a smaller image looks more like it. Chosen on
+development photos (2026-12-06, an experiment script, not kept: seed 79500, 64 *lcd+shaky* photos
+of the indexed papyri, each photo's keypoints and visual words as the search makes them, matched
+against its own scan and against 10 other indexed scans), as the references were against with
+these 550 more: median inliers with the own scan 92 → 118, photos under the 40 inliers that
+confirm 7 → 4, the own scan's word matches (own word, signature within the Hamming threshold)
+69 → 93 against the most of any other scan 34 → 40, photos whose own scan had no more word
+matches than another scan 8 → 4. A third or a quarter alone gave about half of that each. Measured
+through the engine in ``benchmarks/results.md`` (figure 0d)."""
 CACHE_SIZE = 512
 """Reference features kept per process (about 200 KB each for SIFT)."""
 
@@ -158,8 +173,8 @@ class Features:
     work_scale: float = 0.0
     """Work pixels per stored pixel (0: ``work_side / max(size)``, features of the whole image)."""
     coarse: int = 0
-    """How many of the keypoints, the last ones, come from a reference's look at half resolution
-    (:func:`describe_reference`)."""
+    """How many of the keypoints, the last ones, come from a reference's looks at half resolution
+    and less (:func:`describe_reference`)."""
 
     @property
     def scale(self) -> float:
@@ -245,28 +260,33 @@ def feature_params(method: str | None = None, max_side: int = MAX_SIDE, max_keyp
 
 def reference_params(method: str | None = None) -> str:
     """:func:`feature_params` of a reference as :func:`describe_reference` makes it
-    (``"sift/768/1000/scales+half/500"``): stored features made otherwise are made again."""
+    (``"sift/768/1000/scales+half/500+1/3/300+1/4/250"``): stored features made otherwise are made
+    again."""
     method = method or feature_method()
     base = feature_params(method)
-    return f"{base}+half/{COARSE_KEYPOINTS}" if method == "sift" and COARSE_KEYPOINTS else base
+    if method != "sift" or not COARSE_KEYPOINTS:
+        return base
+    return f"{base}+half/{COARSE_KEYPOINTS}" + "".join(f"+1/{d}/{n}" for d, n in COARSER_LOOKS)
 
 
 def describe_reference(img: Image.Image, *, size: tuple[int, int] | None = None, method: str | None = None) -> Features:
     """A reference's features, as ingest stores them and the confirming stage matches them:
     :func:`extract_features` at :data:`MAX_SIDE` with :data:`MAX_KEYPOINTS`, then (SIFT) up to
-    :data:`COARSE_KEYPOINTS` more from a look at half that resolution, appended
-    (:attr:`Features.coarse` counts them). ``size``: as for :func:`extract_features`."""
+    :data:`COARSE_KEYPOINTS` more from a look at half that resolution and those of
+    :data:`COARSER_LOOKS`, appended (:attr:`Features.coarse` counts them). ``size``: as for :func:`extract_features`."""
     fine = extract_features(img, size=size, method=method)
     if fine.method != "sift" or not COARSE_KEYPOINTS:
         return fine
-    half = max(1, fine.work_side // 2)
-    coarse = extract_features(img, size=size, method=method, max_side=half, max_keypoints=COARSE_KEYPOINTS)
+    looks = [
+        extract_features(img, size=size, method=method, max_side=max(1, fine.work_side // d), max_keypoints=n)
+        for d, n in ((2, COARSE_KEYPOINTS), *COARSER_LOOKS)
+    ]
     return dataclasses.replace(
         fine,
-        points=np.concatenate([fine.points, coarse.points]),
-        descriptors=np.concatenate([fine.descriptors, coarse.descriptors]),
+        points=np.concatenate([fine.points, *(f.points for f in looks)]),
+        descriptors=np.concatenate([fine.descriptors, *(f.descriptors for f in looks)]),
         params=reference_params(fine.method),
-        coarse=len(coarse),
+        coarse=sum(len(f) for f in looks),
     )
 
 
