@@ -3,9 +3,10 @@
 Every search spends most of its own CPU time before the database on the photo's SIFT keypoints
 (4,000 at a long side of 1,600 px, chosen balanced over scales from four times as many
 proposed), a search that confirms nothing also on its tilted views' (four views of 1,000), and
-every ingested scan on its own (1,000 at 768 px and, since 2026-12-04, 500 more at half that:
-``features.describe_reference``; figure 7's scan figures in results.md were measured before, on
-the first look alone). Each proposes keypoints, keeps some, and describes those kept.
+every ingested scan on its own (1,000 at 768 px and, since 2026-12-04, 500 more at half that,
+since 2026-12-06 300 and 250 more at a third and a quarter: ``features.describe_reference``;
+figure 7's scan figures in results.md were measured before, on the first look alone). Each
+proposes keypoints, keeps some, and describes those kept.
 
 - **now**: the package as it is (``features._sift_balanced`` with ``features.ONE_PASS``:
   ``detectAndCompute`` once, then the descriptors of the keypoints kept);

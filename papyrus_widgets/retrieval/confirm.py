@@ -129,9 +129,10 @@ same 64 photos of indexed papyri and 16 of held-out ones at 3, 10 and 25 % of th
 same answers but one more photo at 3 % found and confirmed with 16, nothing held out confirmed
 either way, "no confirmed match" 0.75-0.88x the time (p50)."""
 MATCH_COARSE = True
-"""Whether a reference's keypoints from its look at half resolution
-(:data:`~.features.COARSE_KEYPOINTS`) are matched too; False: its first look's alone, as before
-2026-12-04 (``bench_realphoto.py --trial fine-only``; its visual words are stored either way)."""
+"""Whether a reference's keypoints from its looks at half resolution and less
+(:data:`~.features.COARSE_KEYPOINTS`, :data:`~.features.COARSER_LOOKS`) are matched too; False:
+its first look's alone, as before 2026-12-04 (``bench_realphoto.py --trial fine-only``; its visual
+words are stored either way)."""
 AGREEING = True
 """Whether a match that is not confirmed by its inliers, but holds more than :data:`MIN_INLIERS`
 spread over :data:`AGREEING_FIT_SPREAD` of the reference, is counted again with its homography as
