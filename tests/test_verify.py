@@ -954,7 +954,9 @@ def test_keypoints_agreeing_with_a_weak_match_beyond_chance_confirm_a_smeared_ph
     own = describe_reference(scan, size=scan.info["original_size"])
     other_img = decode_image(reference(OTHER_NAME).read_bytes(), max_side=1024, name=OTHER_NAME)
     other = describe_reference(other_img, size=other_img.info["original_size"])
-    scene = scenes.make_scene(scan, [other_img], np.random.default_rng([7, 5]), variant="lcd+shaky")
+    # a scene whose papyrus the references' coarser looks do not confirm by inliers alone ([7, 5],
+    # this test's scene until 2026-12-06, now is: 41 inliers)
+    scene = scenes.make_scene(scan, [other_img], np.random.default_rng([7, 7]), variant="lcd+shaky")
     photo = tasks._query_features(decode_image(scenes.encode(scene, 90)), None)
     query = C.QueryIndex(photo)
     found = C.match(query, own)
@@ -1091,14 +1093,16 @@ def test_one_scan_of_two_records_keeps_the_confirmed_result_of_a_look() -> None:
 
 
 def _steep_photo(name: str) -> bytes:
-    """The scan shortened 2.4 times across a slanting direction on a 1600 x 1200 frame: a camera
-    tilted by about 65 degrees."""
+    """The scan shortened 3 times across a slanting direction on a 1600 x 1200 frame: a camera
+    tilted by about 70 degrees. (2.4 times, about 65 degrees, until the references were also
+    looked at with a third and a quarter of their resolution: that photo is now confirmed by the
+    first look's agreeing count.)"""
     import cv2
 
     scan = decode_image(reference(name).read_bytes(), max_side=1400, name=name)
     a = np.deg2rad(120)
     turn = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
-    squash = turn @ np.diag([1 / 2.4, 1.0]) @ turn.T * 0.8
+    squash = turn @ np.diag([1 / 3.0, 1.0]) @ turn.T * 0.8
     to_photo = np.c_[squash, [800, 600] - squash @ [scan.width / 2, scan.height / 2]]
     pixels = cv2.warpAffine(np.asarray(scan), to_photo, (1600, 1200), flags=cv2.INTER_AREA, borderValue=(90, 90, 100))
     buf = io.BytesIO()
@@ -1110,8 +1114,10 @@ def test_the_tilted_look_confirms_a_steep_photo(indexed_engine, monkeypatch) -> 
     """A papyrus photographed at a steep angle is among the candidates but its keypoints do not
     confirm it, nor does the second look; the tilted look (``tasks.TILTED_LOOK``) tries it again
     through the photo's tilted views and confirms it, with its region. Without it the search ends
-    in "no confirmed match". Its keypoints found with half SIFT's default contrast threshold
-    (``features.QUERY_CONTRAST`` = 0.02, tried and not adopted) confirm it without the tilted look."""
+    in "no confirmed match". Half SIFT's default contrast threshold (``features.QUERY_CONTRAST`` =
+    0.02, tried and not adopted) finds more of the photo's keypoints; at the 65 degrees of this
+    test's photo before 2026-12-06 they confirmed it without the tilted look, at these 70 they do
+    not (not asserted either way)."""
     from papyrus_widgets import tasks
 
     F = importlib.import_module("papyrus_widgets.retrieval.features")
@@ -1136,8 +1142,6 @@ def test_the_tilted_look_confirms_a_steep_photo(indexed_engine, monkeypatch) -> 
     monkeypatch.setattr(tasks, "TILTED_LOOK", False)
     prep = tasks.prepare_task(settings, key, "steep.jpg", None)
     assert len(prep.features) > len(prep_before.features)
-    alone = tasks.verify_task(settings, key, "steep.jpg", hits, 5, prep, None, vec)
-    assert alone[0].inventory_key == "p_g_107" and alone[0].confirmed
 
 
 def test_the_tilted_look_lists_as_many_new_references_whatever_it_retries(indexed_engine, monkeypatch) -> None:
