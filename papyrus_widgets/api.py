@@ -13,7 +13,7 @@ import os
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from .config import DEFAULT_MODEL, Settings
 from .errors import ImageError, JobError, PapyrusError
 from .metadata import load_metadata, records_for_images
 from .request import SearchRequest
-from .results import IngestReport, Results
+from .results import IngestReport, Results, RewordReport
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Any  # Any: PIL image or numpy array
 
@@ -328,7 +328,6 @@ class Engine:
     ) -> IngestReport:
         import uuid
 
-        from distributed import as_completed
         from tqdm.auto import tqdm
 
         client = self.client
@@ -352,30 +351,21 @@ class Engine:
                 fut = client.submit(tasks.ingest_batch_task, settings, batch, pure=False, retries=1)
                 futures.append(fut)
                 sizes[fut.key] = len(batch)
-            for fut in as_completed(futures, loop=client.loop):
-                try:
-                    result: tasks.BatchReport = fut.result()
-                except PapyrusError as exc:  # the same for every batch (a service, the model): stop
-                    client.cancel(futures)
-                    error = tasks.detach_error(exc)
-                    rest = len(items) - report.added - report.skipped - len(report.failed)
-                    said = str(error).rstrip()
-                    error.args = (
-                        f"{said}{'' if said.endswith('.') else '.'} The ingest stopped: {report.added} "
-                        f"image{'' if report.added == 1 else 's'} added, "
-                        f"{report.skipped} already indexed, {rest} not done; run it again once this is fixed "
-                        "(images already indexed are skipped).",
-                    )
-                    raise error from None
-                except Exception as exc:  # noqa: BLE001 - a lost batch is reported, the rest goes on
-                    tasks.detach_error(exc)  # else the failed future is never released
-                    report.failed.append((f"batch {fut.key}", tasks.error_message(exc)))
-                    bar.update(sizes[fut.key])
-                    continue
+
+            def took(result: tasks.BatchReport) -> None:
                 report.added += result.added
                 report.skipped += result.skipped
                 report.failed.extend(result.failed)
-                bar.update(sizes[fut.key])
+
+            def stopped() -> str:
+                rest = len(items) - report.added - report.skipped - len(report.failed)
+                return (
+                    f"The ingest stopped: {report.added} image{'' if report.added == 1 else 's'} added, "
+                    f"{report.skipped} already indexed, {rest} not done; run it again once this is fixed "
+                    "(images already indexed are skipped)."
+                )
+
+            _gather(client, futures, sizes, bar, took, report.failed, stopped)
         except BaseException:
             client.cancel(futures)  # e.g. Ctrl-C: stop the batches before the index is built
             raise
@@ -386,9 +376,107 @@ class Engine:
                     self.store.delete(key)
         return report
 
+    # upkeep ------------------------------------------------------------------------------
+    def reword(self, *, batch_size: int = 32, progress: bool = True, compact: bool = True) -> RewordReport:
+        """Make every indexed image's visual words (the first stage's inverted file) again from its
+        features as this version makes them (``papyrus db rewords``): after an upgrade that changed
+        how references are described (:func:`index.words_params` differs from
+        :func:`~papyrus_widgets.retrieval.features.reference_params`), or to give an older index the
+        keypoints' signatures. Runs as batches on the workers; each batch's images get their new
+        words in one transaction, so searches go on meanwhile (a search sees each image's old words
+        or its new ones). Features stored as this version makes them are read, others are made from
+        the original and stored. An image that fails keeps its old words and is reported; only when
+        none failed is the index marked as holding words of the current features, and (``compact``)
+        the postings' index rebuilt with its pages full (:func:`index.compact_postings`)."""
+        import time
+
+        from tqdm.auto import tqdm
+
+        from .retrieval.features import reference_params
+
+        t0 = time.perf_counter()
+        settings = self.resolved_settings()
+        url = settings.database_url or self.database_url
+        with index.connect(url) as conn:
+            images = index.image_keys(conn)
+        report = RewordReport(images=len(images), params=reference_params())
+        client = self.client
+        futures: list[Any] = []
+        sizes: dict[str, int] = {}
+        bar = tqdm(total=len(images), unit="img", desc="rewords", disable=not progress)
+
+        def took(result: tasks.RewordBatch) -> None:
+            report.rewritten += result.rewritten
+            report.failed.extend(result.failed)
+
+        def stopped() -> str:
+            return (
+                f"The rewording stopped: {report.rewritten} image{'' if report.rewritten == 1 else 's'} "
+                "given new words, the others keep theirs; run it again once this is fixed."
+            )
+
+        try:
+            slots = sum(client.nthreads().values())
+            for batch in tasks.plan_batches(images, batch_size, slots):
+                fut = client.submit(tasks.reword_batch_task, settings, batch, pure=False, retries=1)
+                futures.append(fut)
+                sizes[fut.key] = len(batch)
+            _gather(client, futures, sizes, bar, took, report.failed, stopped)
+        except BaseException:
+            client.cancel(futures)
+            raise
+        finally:
+            bar.close()
+        if not report.failed:
+            with index.connect(url) as conn:
+                index.set_meta(conn, index.WORDS_PARAMS, report.params)
+                index.recheck_signed_words(conn)
+        if compact and report.rewritten:
+            with index.connect(url) as conn:
+                conn.autocommit = True  # REINDEX CONCURRENTLY runs outside a transaction
+                try:
+                    report.compacted = index.compact_postings(conn)
+                except PapyrusError as exc:
+                    report.note = str(exc)
+        report.seconds = time.perf_counter() - t0
+        return report
+
     def stats(self) -> dict[str, Any]:
         with index.connect(self.database_url) as conn:
             return index.stats(conn)
+
+
+def _gather(
+    client: Any,
+    futures: Sequence[Any],
+    sizes: Mapping[str, int],
+    bar: Any,
+    took: Callable[[Any], None],
+    failed: list[tuple[str, str]],
+    stopped: Callable[[], str],
+) -> None:
+    """Wait for the batch ``futures`` as they finish: ``took`` each result, advance ``bar`` by each
+    batch's size (``sizes`` by key). A lost batch (its worker died twice, an unexpected error) goes
+    into ``failed`` and the rest goes on; a :class:`PapyrusError` (the same for every batch: a
+    service, the model) cancels them all and is raised with ``stopped()`` after its message."""
+    from distributed import as_completed
+
+    for fut in as_completed(futures, loop=client.loop):
+        try:
+            result = fut.result()
+        except PapyrusError as exc:  # the same for every batch: stop
+            client.cancel(futures)
+            error = tasks.detach_error(exc)
+            said = str(error).rstrip()
+            error.args = (f"{said}{'' if said.endswith('.') else '.'} {stopped()}",)
+            raise error from None
+        except Exception as exc:  # noqa: BLE001 - a lost batch is reported, the rest goes on
+            tasks.detach_error(exc)  # else the failed future is never released
+            failed.append((f"batch {fut.key}", tasks.error_message(exc)))
+            bar.update(sizes[fut.key])
+            continue
+        took(result)
+        bar.update(sizes[fut.key])
 
 
 def iter_images(folder: str | os.PathLike) -> Iterable[Path]:

@@ -137,6 +137,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_db(args: argparse.Namespace) -> int:
     from . import index
     from .config import mask_url
+    from .retrieval.features import reference_params
     from .services import database_url
 
     url = database_url(settings_from_args(args))
@@ -144,6 +145,12 @@ def cmd_db(args: argparse.Namespace) -> int:
         print(mask_url(url) if not args.show_password else url)
         return 0
     version = index.ensure_schema(url)
+    if args.action == "rewords":
+        from .api import get_engine
+
+        report = get_engine(settings_from_args(args)).reword(batch_size=args.batch_size, progress=not args.quiet)
+        print(report)
+        return 0 if not report.failed else EXIT_ERROR
     if args.action == "reindex":
         vectors, seconds = index.rebuild_hnsw(url)
         print(f"HNSW index rebuilt over {vectors} vectors in {seconds:.1f} s")
@@ -163,7 +170,13 @@ def cmd_db(args: argparse.Namespace) -> int:
     if stats["images_with_words"] and not stats["signed_words"]:
         print(
             "  visual words stored without signatures (an index made by an older version): searches count words "
-            "alone, which finds small or tilted papyri less well; ingest into a new database to get them"
+            "alone, which finds small or tilted papyri less well; run papyrus db rewords to give them"
+        )
+    made, now = stats["words_params"], reference_params()
+    if stats["images_with_words"] and made != now:
+        print(
+            f"  visual words made from reference features {made or 'of an older version'}, not as this version "
+            f"makes them ({now}): searches find shaken, small or far papyri less well; run papyrus db rewords"
         )
     return 0
 
@@ -399,10 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser(
         "db", parents=[common],
-        help="database: migrate and show counts (status), rebuild the HNSW index (reindex), or print the URL",
+        help="database: migrate and show counts (status), rebuild the HNSW index (reindex), make the visual "
+        "words again from the references' current features (rewords), or print the URL",
     )  # fmt: skip
-    db.add_argument("action", choices=["status", "reindex", "url"], nargs="?", default="status")
+    db.add_argument("action", choices=["status", "reindex", "rewords", "url"], nargs="?", default="status")
     db.add_argument("--show-password", action="store_true")
+    db.add_argument("--batch-size", type=int, default=32, help="rewords: images per batch on a worker (default 32)")
+    db.add_argument("--quiet", action="store_true", help="rewords: no progress bar")
     db.set_defaults(func=cmd_db)
 
     t = sub.add_parser(

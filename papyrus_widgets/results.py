@@ -1,6 +1,6 @@
 """What a search and an ingest return: :class:`Hit` (one reference found, with its record and the
 evidence), :class:`Results` (the hits of one search, with the verdict and the region found) and
-:class:`IngestReport`. Plain data with their displays (table, JSON, HTML); no services."""
+:class:`IngestReport`, :class:`RewordReport`. Plain data with their displays (table, JSON, HTML); no services."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Hit", "Results", "IngestReport", "CONFIRMED_HTML"]
+__all__ = ["Hit", "Results", "IngestReport", "RewordReport", "CONFIRMED_HTML"]
 
 
 # --- one hit --------------------------------------------------------------------------------------
@@ -257,4 +257,38 @@ class IngestReport:
                 f" they are indexed under their file names with no papyri.info link: {shown}"
                 + (f" and {more} more" if more > 0 else "")
             )
+        return text
+
+
+@dataclass
+class RewordReport:
+    """What ``papyrus db rewords`` (:meth:`papyrus_widgets.Engine.reword`) did: the visual words of
+    ``rewritten`` of the ``images`` indexed made again from the features ``params``; ``failed``
+    (object key of the original, why) kept theirs."""
+
+    images: int = 0
+    rewritten: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    params: str = ""
+    seconds: float = 0.0
+    compacted: float | None = None
+    """Seconds the postings' index took to rebuild afterwards (None: not rebuilt)."""
+    note: str = ""
+    """Why it was not rebuilt, when it could not be."""
+
+    def __str__(self) -> str:
+        text = (
+            f"visual words of {self.rewritten} of {self.images} images made again from features {self.params}, "
+            f"{len(self.failed)} failed in {self.seconds:.1f} s"
+        )
+        text += "".join(f"\n  failed: {key}: {why}" for key, why in self.failed)
+        if self.failed:
+            text += (
+                "\n  the index is still marked as holding words made otherwise: run papyrus db rewords again "
+                "once these are mended"
+            )
+        if self.compacted is not None:
+            text += f"\nword postings index rebuilt in {self.compacted:.1f} s"
+        if self.note:
+            text += f"\n{self.note}"
         return text

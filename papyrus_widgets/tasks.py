@@ -26,7 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -521,7 +521,7 @@ def reference_features(settings: Settings, image_key: str) -> Any:
     the object store where ingest put them (``features/…npz``), else computed from the original and
     stored for next time (collections ingested before features were stored, or made with other
     bounds). Keys are content-addressed, so an entry never goes stale."""
-    from .retrieval.features import MAX_SIDE, Features, describe_reference, reference_params
+    from .retrieval.features import Features, describe_reference, reference_params
 
     store = worker_store(settings)
     fkey = storage.features_key(image_key)
@@ -533,8 +533,8 @@ def reference_features(settings: Settings, image_key: str) -> Any:
                 return stored
         except Exception:  # noqa: BLE001 - not stored (yet), the store failing, an unreadable .npz: recompute
             pass
-        img = _decode_stored(settings, image_key, image_key, MAX_SIDE)
-        features = describe_reference(img, size=img.info.get("original_size"))
+        img = _decode_stored(settings, image_key, image_key, INGEST_SIDE)
+        features = describe_reference(img, size=img.info.get("original_size", img.size))
         try:
             store.put(fkey, features.to_bytes())
         except PapyrusError:
@@ -1212,7 +1212,10 @@ def load_scans(
     return loaded
 
 
-def plan_batches(items: Sequence[IngestItem], batch_size: int, slots: int = 1) -> list[list[IngestItem]]:
+_Item = TypeVar("_Item")
+
+
+def plan_batches(items: Sequence[_Item], batch_size: int, slots: int = 1) -> list[list[_Item]]:
     """``items`` cut into batches of at most ``batch_size``, in order, their number a multiple of
     ``slots`` (the worker threads that run them side by side) where there are items enough, and
     their sizes differing by one at most: the workers then finish together instead of one waiting
@@ -1228,9 +1231,15 @@ def plan_batches(items: Sequence[IngestItem], batch_size: int, slots: int = 1) -
     return [list(items[a:b]) for a, b in zip(bounds, bounds[1:])]
 
 
+INGEST_SIDE = 1024
+"""Long side (px) at which ingest decodes a scan (thumbnail, model input, local features); the
+features a search makes again for a stored reference (:func:`reference_features`) decode it so
+too, so that they are the ones ingest makes (decoded at the features' own 768 px they share
+under half their visual words)."""
+
 INGEST_STAGES = (
     "read + sha256",
-    "decode (max_side 1024)",
+    f"decode (max_side {INGEST_SIDE})",
     "object store writes",
     "thumbnail (256 px JPEG)",
     "local features (SIFT at 768 px)",
@@ -1240,6 +1249,18 @@ INGEST_STAGES = (
     "binary COPY (index.add_images)",
 )
 """The steps of :func:`ingest_batch_task`, by the names its ``stage`` timer is called with."""
+
+
+def _check_vocabulary(conn: Any, settings: Settings, vocabulary: Any, instead: str) -> None:
+    """Refuse to add words of ``vocabulary`` to an index whose words another one made (the search
+    would compare words of two vocabularies); ``instead``: what the message offers to do."""
+    recorded = index.get_meta(conn, "vocabulary")
+    if recorded and recorded != vocabulary.fingerprint and index.has_words(conn):
+        raise ModelError(
+            f"the index's visual words were made with another vocabulary ({recorded}) than "
+            f"{settings.vocabulary or 'the shipped one'} ({vocabulary.fingerprint}): {instead}, "
+            "or unset PAPYRUS_VOCABULARY to use the index's."
+        )
 
 
 def _no_stage(name: str) -> contextlib.AbstractContextManager[None]:
@@ -1257,7 +1278,7 @@ def ingest_batch_task(
     ``stage``: called with each step's name (:data:`INGEST_STAGES`) around that step, as a context
     manager; the ingest benchmark passes a stopwatch to time the real steps."""
     from .model import embed_arrays
-    from .retrieval.features import describe_reference
+    from .retrieval.features import describe_reference, reference_params
     from .retrieval.shortlist import document_postings
 
     step = stage or _no_stage
@@ -1278,13 +1299,10 @@ def ingest_batch_task(
                 "ingest into a new database (PAPYRUS_DATABASE_URL / PAPYRUS_DATA_DIR) or use the index's model."
             )
         present = index.existing_images(conn, [(it.record.key, sha) for it, _, sha in loaded])
-        recorded = index.get_meta(conn, "vocabulary")
-        if recorded and recorded != vocabulary.fingerprint and index.has_words(conn):
-            raise ModelError(
-                f"the index's visual words were made with another vocabulary ({recorded}) than "
-                f"{settings.vocabulary or 'the shipped one'} ({vocabulary.fingerprint}): ingest into a new "
-                "database, or unset PAPYRUS_VOCABULARY to use the index's."
-            )
+        _check_vocabulary(conn, settings, vocabulary, "ingest into a new database")
+        # the index's words were all made from the features made now, or it has none: so will they be
+        params = reference_params()
+        same_words = not index.has_words(conn) or index.words_params(conn) == params
     rows: list[index.ImageRow] = []
     arrays: list[np.ndarray] = []
     for item, data, sha in loaded:
@@ -1294,7 +1312,9 @@ def ingest_batch_task(
         name = Path(item.path).name
         try:
             with step(decoding):
-                img = imaging.decode_image(data, max_pixels=settings.max_image_pixels, max_side=1024, name=name)
+                img = imaging.decode_image(
+                    data, max_pixels=settings.max_image_pixels, max_side=INGEST_SIDE, name=name
+                )
             width, height = img.info.get("original_size", img.size)
             ext = storage.extension_for(name, img.info.get("format"))
             key = storage.object_key(storage.ORIGINALS, sha, ext)
@@ -1348,6 +1368,51 @@ def ingest_batch_task(
             index.set_meta(conn, "model", source)
             index.set_meta(conn, "vocabulary", vocabulary.fingerprint)
             index.set_meta(conn, "vocabulary_path", settings.vocabulary or "")
+            if same_words and any(r.words is not None for r in rows):
+                index.set_meta(conn, index.WORDS_PARAMS, params)
         report.added += added
         report.skipped += skipped
+    return report
+
+
+# --- rewording: the visual words made again from the references' current features ---------------
+
+
+@dataclass
+class RewordBatch:
+    rewritten: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    """(object key, why) of images whose words stay as they were."""
+
+
+def reword_batch_task(settings: Settings, images: Sequence[tuple[int, str]]) -> RewordBatch:
+    """Make the visual words of indexed ``images`` ((image id, object key of the original)) again
+    from their current features (:func:`reference_features`: the stored ones when made as this
+    version makes them, else made from the original and stored) and put them in place of the old
+    ones, in one transaction for the batch. An image whose original cannot be read or decoded
+    keeps its words and is reported."""
+    from .retrieval.shortlist import document_postings
+
+    url, _ = _require_resolved(settings)
+    vocabulary = worker_vocabulary(settings)
+    with index.pooled_connection(url) as conn:
+        _check_vocabulary(conn, settings, vocabulary, "rewording cannot mix them")
+    report = RewordBatch()
+    worded: list[index.ImageWords] = []
+    for image_id, key in images:
+        try:
+            features = reference_features(settings, key)
+        except KeyError:
+            report.failed.append((key, "its original is gone from the object store: its words stay as they were"))
+            continue
+        except ImageError as exc:
+            report.failed.append((key, f"{exc}: its words stay as they were"))
+            continue
+        if features.method != "sift":
+            report.failed.append((key, f"its features are {features.method}, which have no visual words"))
+            continue
+        words, weights, signatures = document_postings(*vocabulary.words_and_signatures(features.descriptors))
+        worded.append(index.ImageWords(image_id, key, words, weights, signatures))
+    with index.pooled_connection(url) as conn:
+        report.rewritten = index.replace_words(conn, worded)
     return report

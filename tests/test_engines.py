@@ -410,6 +410,90 @@ def test_bulk_ingest_builds_hnsw_once_small_ingest_keeps_it_interrupted_one_is_r
     assert pg.app_password not in proc.stdout + proc.stderr + status.stdout
 
 
+def _postings(conn: psycopg.Connection, image_id: int) -> list[tuple]:
+    return conn.execute(
+        "SELECT word, signature, round(weight::numeric, 5) FROM image_words WHERE image_id = %s ORDER BY 1, 2, 3",
+        (image_id,),
+    ).fetchall()
+
+
+def test_rewords_makes_stale_words_again_from_current_features_and_keeps_what_fails(
+    pg, own_client, tmp_path, model_dir
+):
+    """An index whose visual words were made from features of an older version (`papyrus db status`
+    says so) gets them made again by `papyrus db rewords`: from the stored features where they are
+    current, from the original where they are not, exactly as an ingest makes them; an image whose
+    original is gone keeps its words, is reported, and the index stays marked until it is mended."""
+    import dataclasses
+
+    from papyrus_widgets.retrieval.features import Features, reference_params
+
+    url = pg.database("papyrus_rewords")
+    data = tmp_path / "data"
+    folder = _four_references(tmp_path / "references")
+    settings = Settings(data, database_url=url, model=str(model_dir), dask_workers=1)
+    engine = Engine(settings, client=own_client)
+    assert engine.ingest(folder, HGV_DIR, progress=False).added == 4
+    now = reference_params()
+    with pg.admin("papyrus_rewords") as conn:
+        assert index.words_params(conn) == now  # a new index records the features its words came from
+        keys = dict(conn.execute("SELECT id, object_key FROM images ORDER BY id").fetchall())
+        ingested = {i: _postings(conn, i) for i in keys}
+    status = _papyrus(["db", "status"], url, data)
+    assert status.returncode == 0 and "rewords" not in status.stdout, status.stdout + status.stderr
+
+    # as an older version left it: words of older features, one image's words without signatures,
+    # two images' stored features older too, and one of those two with its original gone
+    a, b, c, d = keys
+    store = tasks.worker_store(settings)
+    older = "sift/768/1000/scales+half/500"
+    for i in (b, c):
+        fkey = storage.features_key(keys[i])
+        stale = Features.from_bytes(store.get(fkey))
+        store.put(fkey, dataclasses.replace(stale, descriptors=stale.descriptors[::-1].copy(), params=older).to_bytes())
+    original = store.get(keys[c])
+    store.delete(keys[c])
+    with pg.admin("papyrus_rewords") as conn:
+        index.set_meta(conn, index.WORDS_PARAMS, older)
+        conn.execute("DELETE FROM image_words WHERE image_id IN (%s, %s)", (a, b))
+        conn.execute("INSERT INTO image_words (word, image_id, weight) VALUES (7, %s, 1), (7, %s, 1)", (a, b))
+        index.set_meta(conn, "unsigned_words", "true")
+    later = tmp_path / "later"
+    later.mkdir()
+    shutil.copy(REFERENCES / "21113_p_g_1064.jpg", later / "21113_p_g_1064.jpg")
+    assert engine.ingest(later, HGV_DIR, progress=False).added == 1  # its words are current, the others' not:
+    with pg.admin("papyrus_rewords") as conn:
+        assert index.words_params(conn) == older  # the index stays marked
+        keys = dict(conn.execute("SELECT id, object_key FROM images ORDER BY id").fetchall())
+        ingested.update({i: _postings(conn, i) for i in keys if i not in ingested})
+    status = _papyrus(["db", "status"], url, data)
+    assert f"visual words made from reference features {older}, not as this version makes them" in status.stdout
+    assert "without signatures" in status.stdout and status.stdout.count("run papyrus db rewords") == 2
+
+    proc = _papyrus(["db", "rewords", "--quiet"], url, data)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "visual words of 4 of 5 images made again from features " + now + ", 1 failed" in proc.stdout
+    assert f"failed: {keys[c]}: its original is gone from the object store" in proc.stdout
+    assert "run papyrus db rewords again once these are mended" in proc.stdout
+    with pg.admin("papyrus_rewords") as conn:
+        for i in (a, b, d, max(keys)):  # b's features made again from its original, as the ingest made them
+            assert _postings(conn, i) == ingested[i], i
+        assert _postings(conn, c) == ingested[c]  # kept: nothing lost
+        assert index.words_params(conn) == older and not index.signed_words(conn)  # still marked
+    assert Features.from_bytes(store.get(storage.features_key(keys[b]))).params == now
+
+    store.put(keys[c], original)  # mended: a run without failures clears the marks
+    report = engine.reword(progress=False)
+    assert (report.images, report.rewritten, report.failed, report.params) == (5, 5, [], now)
+    assert report.compacted is not None and "word postings index rebuilt in" in str(report)
+    with pg.admin("papyrus_rewords") as conn:
+        assert {i: _postings(conn, i) for i in keys} == ingested
+        assert index.words_params(conn) == now and index.signed_words(conn)
+    status = _papyrus(["db", "status"], url, data)
+    assert "rewords" not in status.stdout and "without signatures" not in status.stdout, status.stdout
+    assert engine.search(folder / FOUR[0], k=1).top.inventory_key == "p_g_107"
+
+
 # --- the scale-out notebook on all three external engines at once --------------------------------
 
 

@@ -564,12 +564,15 @@ def test_verification_reads_stored_features_and_backfills_missing_or_stale_ones(
     stored = verify.Features.from_bytes(store.get(storage.features_key(first)))
     got = tasks.reference_features(settings, first)
     assert np.array_equal(got.points, stored.points) and np.array_equal(got.descriptors, stored.descriptors)
-    # missing (a collection ingested before features were stored): computed from the original, stored
+    # missing (a collection ingested before features were stored): computed from the original, as
+    # ingest made them (its decode), and stored
     fkey = storage.features_key(second)
+    ingested = verify.Features.from_bytes(store.get(fkey))
     store.delete(fkey)
     assert not store.exists(fkey)
     made = tasks.reference_features(settings, second)
     assert store.exists(fkey) and len(made) > 0
+    assert np.array_equal(made.points, ingested.points) and np.array_equal(made.descriptors, ingested.descriptors)
     assert np.array_equal(verify.Features.from_bytes(store.get(fkey)).points, made.points)
     # made with other bounds, or unreadable: recomputed and replaced
     for bad in (

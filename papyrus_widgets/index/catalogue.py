@@ -18,6 +18,12 @@ __all__ = [
     "existing_images",
     "upsert_papyri",
     "add_images",
+    "image_keys",
+    "replace_words",
+    "WORDS_PARAMS",
+    "ImageWords",
+    "words_params",
+    "recheck_signed_words",
     "set_meta",
     "get_meta",
     "image_count",
@@ -173,7 +179,7 @@ def add_images(conn: psycopg.Connection, rows: Sequence[ImageRow]) -> tuple[int,
             inserted = {(pid, sha): iid for iid, pid, sha in cur.fetchall()}
             added = len(inserted)
             worded = [
-                (image_id, r)
+                ImageWords(image_id, r.source_name, r.words, r.word_weights, r.word_signatures)
                 for r in rows
                 if (image_id := inserted.pop((ids[r.record.key], r.sha256), None)) is not None
                 and r.words is not None
@@ -184,22 +190,78 @@ def add_images(conn: psycopg.Connection, rows: Sequence[ImageRow]) -> tuple[int,
     return added, len(rows) - added
 
 
-def _copy_words(cur: psycopg.Cursor[Any], worded: Sequence[tuple[int, ImageRow]]) -> None:
-    """COPY the postings of the new images ``worded`` ((image id, row)); a row without signatures
-    marks the index as counting words alone (:func:`signed_words`)."""
+@dataclass
+class ImageWords:
+    """The postings of one indexed image: as :class:`ImageRow`'s ``words``, ``word_weights`` and
+    ``word_signatures`` (None: words alone); ``name`` is what an error calls it."""
+
+    image_id: int
+    name: str
+    words: np.ndarray = field(repr=False)
+    weights: np.ndarray = field(repr=False)
+    signatures: Sequence[np.ndarray] | None = field(default=None, repr=False)
+
+
+def image_keys(conn: psycopg.Connection) -> list[tuple[int, str]]:
+    """``(image id, object key of its original)`` of every indexed image, in id order."""
+    return [(int(i), str(k)) for i, k in conn.execute("SELECT id, object_key FROM images ORDER BY id")]
+
+
+def replace_words(conn: psycopg.Connection, worded: Sequence[ImageWords]) -> int:
+    """Put the postings ``worded`` in place of those the images have, in one transaction (a search
+    meanwhile reads each image's old postings or its new ones; ``word_df`` follows by its
+    triggers); returns how many images got them (those no longer indexed are left out)."""
+    if not worded:
+        return 0
+    with conn.transaction(), conn.cursor() as cur:
+        ids = [w.image_id for w in worded]
+        present = {r[0] for r in cur.execute("SELECT id FROM images WHERE id = ANY(%s) FOR UPDATE", (ids,))}
+        kept = [w for w in worded if w.image_id in present]
+        cur.execute("DELETE FROM image_words WHERE image_id = ANY(%s)", (sorted(present),))
+        if kept:
+            _copy_words(cur, kept)
+    return len(kept)
+
+
+WORDS_PARAMS = "words_params"
+"""``index_meta`` key: the reference features' params (:func:`papyrus_widgets.retrieval.features.reference_params`)
+from which every image's visual words were made: set by an ingest into an index whose words all
+were made from the same (or that had none), and by ``papyrus db rewords``; otherwise left as it was."""
+
+
+def words_params(conn: psycopg.Connection) -> str | None:
+    """The params of the features the index's visual words were made from (:data:`WORDS_PARAMS`):
+    other than the current ones when some words were made before a change, None when not recorded
+    (an index made before 2026-12-06). ``papyrus db rewords`` makes them all again from the current
+    ones."""
+    return get_meta(conn, WORDS_PARAMS)
+
+
+def recheck_signed_words(conn: psycopg.Connection) -> bool:
+    """Drop the mark that some postings lack their signatures (:func:`signed_words`) when none
+    does any more (after ``papyrus db rewords``); returns :func:`signed_words`. Reads every posting."""
+    if get_meta(conn, "unsigned_words") is not None:
+        if conn.execute("SELECT 1 FROM image_words WHERE signature IS NULL LIMIT 1").fetchone() is None:
+            conn.execute("DELETE FROM index_meta WHERE key = 'unsigned_words'")
+    return signed_words(conn)
+
+
+def _copy_words(cur: psycopg.Cursor[Any], worded: Sequence[ImageWords]) -> None:
+    """COPY the postings ``worded``; an image without signatures marks the index as counting words
+    alone (:func:`signed_words`)."""
     unsigned = False
     with cur.copy("COPY image_words (word, image_id, weight, signature) FROM STDIN WITH (FORMAT BINARY)") as copy:
         copy.set_types(["int4", "int8", "float4", "int8"])
-        for image_id, r in worded:
-            assert r.words is not None and r.word_weights is not None
-            if r.word_signatures is None:  # a row per word, its weight
+        for w in worded:
+            image_id = w.image_id
+            if w.signatures is None:  # a row per word, its weight
                 unsigned = True
-                for word, weight in zip(r.words.tolist(), r.word_weights.tolist()):
+                for word, weight in zip(w.words.tolist(), w.weights.tolist()):
                     copy.write_row((word, image_id, weight, None))
                 continue
-            if len(r.word_signatures) != len(r.words):
-                raise ValueError(f"{r.source_name}: {len(r.words)} words, {len(r.word_signatures)} signature lists")
-            for word, weight, sigs in zip(r.words.tolist(), r.word_weights.tolist(), r.word_signatures):
+            if len(w.signatures) != len(w.words):
+                raise ValueError(f"{w.name}: {len(w.words)} words, {len(w.signatures)} signature lists")
+            for word, weight, sigs in zip(w.words.tolist(), w.weights.tolist(), w.signatures):
                 # a row per keypoint: weight / √count = 1 / the image's norm, the same for all its rows
                 per = weight / max(len(sigs), 1) ** 0.5
                 for sig in np.asarray(sigs, dtype=np.int64).tolist():
