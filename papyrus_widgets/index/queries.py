@@ -395,9 +395,8 @@ def _rank_pairs(
     few = None
     if MIN_MATCHED and keypoints is not None:
         few = _few_matched(pair_image, rows, weights, keypoints, len(ids))
-    spread = (pair_image, rows, keypoints) if DIVERSE_SHARE is not None and keypoints is not None else None
     for j in range(windows):
-        inside = None if spread is None else (*spread[:2], weights[:, j], spread[2])
+        inside = None if DIVERSE_SHARE is None or keypoints is None else (pair_image, rows, weights[:, j], keypoints)
         first = _window_first(s[:, j], ids, n, None if few is None else few[:, j], inside)
         best_rank[first] = np.minimum(best_rank[first], np.arange(1, len(first) + 1))
     chosen = np.flatnonzero(best_rank != none)

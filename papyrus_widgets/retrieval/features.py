@@ -261,15 +261,24 @@ def feature_params(method: str | None = None, max_side: int = MAX_SIDE, max_keyp
     return f"{method}/{max_side}/{max_keypoints}{choice}"
 
 
+def _later_looks() -> tuple[tuple[int, int], ...]:
+    """The looks at a SIFT reference after its first, ``(d, n)``: ``1/d`` of the first look's long
+    side, up to ``n`` keypoints; the half look (:data:`COARSE_KEYPOINTS`), then :data:`COARSER_LOOKS`
+    (none without the half look)."""
+    return ((2, COARSE_KEYPOINTS), *COARSER_LOOKS) if COARSE_KEYPOINTS else ()
+
+
 def reference_params(method: str | None = None) -> str:
     """:func:`feature_params` of a reference as :func:`describe_reference` makes it
-    (``"sift/768/1000/scales+half/500+1/3/300+1/4/250"``): stored features made otherwise are made
-    again."""
+    (``"sift/768/1000/scales+half/500+1/3/300+1/4/250"``: the half look is written ``half``, as
+    before the coarser ones came): stored features made otherwise are made again."""
     method = method or feature_method()
     base = feature_params(method)
-    if method != "sift" or not COARSE_KEYPOINTS:
+    looks = _later_looks()
+    if method != "sift" or not looks:
         return base
-    return f"{base}+half/{COARSE_KEYPOINTS}" + "".join(f"+1/{d}/{n}" for d, n in COARSER_LOOKS)
+    (_, half), *coarser = looks
+    return f"{base}+half/{half}" + "".join(f"+1/{d}/{n}" for d, n in coarser)
 
 
 def describe_reference(img: Image.Image, *, size: tuple[int, int] | None = None, method: str | None = None) -> Features:
@@ -278,11 +287,12 @@ def describe_reference(img: Image.Image, *, size: tuple[int, int] | None = None,
     :data:`COARSE_KEYPOINTS` more from a look at half that resolution and those of
     :data:`COARSER_LOOKS`, appended (:attr:`Features.coarse` counts them). ``size``: as for :func:`extract_features`."""
     fine = extract_features(img, size=size, method=method)
-    if fine.method != "sift" or not COARSE_KEYPOINTS:
+    later = _later_looks()
+    if fine.method != "sift" or not later:
         return fine
     looks = [
         extract_features(img, size=size, method=method, max_side=max(1, fine.work_side // d), max_keypoints=n)
-        for d, n in ((2, COARSE_KEYPOINTS), *COARSER_LOOKS)
+        for d, n in later
     ]
     return dataclasses.replace(
         fine,
