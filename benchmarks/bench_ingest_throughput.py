@@ -12,6 +12,9 @@ into a temporary folder (the shared data is never copied), with their HGV EpiDoc
 - **upload**: the same ingest with ``upload=True`` (what workers without a shared file system get:
   the client reads each scan and stages it in the object store, the worker reads it from there),
   alternated with the candidate runs; the ratio is its images/s over the candidate's;
+- **rewords**: ``Engine.reword`` (``papyrus db rewords``, without compacting the postings' index) of
+  the index each candidate run made, with the stored features current and with them gone (made
+  again from the originals); the ratios are their images/s over the candidate's;
 - **where the gap goes**: the real ingest task (``tasks.ingest_batch_task``) run in this process
   (one torch thread, as on a worker) with a stopwatch as its ``stage`` timer, so each of its steps
   (``tasks.INGEST_STAGES``: read + sha256, decode, object-store writes, thumbnail, local features,
@@ -254,6 +257,35 @@ def core_budget(runs: list[dict[str, Any]], n: int, workers: int = 2) -> dict[st
     }
 
 
+def _forget_features(engine: Any) -> None:
+    """Empty the workers' caches of reference features (a rewording then reads the store)."""
+    from papyrus_widgets import tasks
+
+    engine.client.run(lambda: tasks._reference_features_cache().clear())
+
+
+def measure_reword(engine: Any, stale: bool) -> dict[str, Any]:
+    """One ``Engine.reword`` of the index the last ingest made (``papyrus db rewords``, the postings'
+    index not compacted): with the stored features current (read, quantised, postings replaced) or,
+    ``stale``, with them gone (each made again from its original as the ingest made it, and stored)."""
+    from papyrus_widgets import index, storage
+
+    settings = engine.resolved_settings()
+    if stale:
+        with index.connect(settings.database_url) as conn:
+            keys = [k for _, k in index.image_keys(conn)]
+        for key in set(keys):
+            engine.store.delete(storage.features_key(key))
+    _forget_features(engine)
+    t0 = time.perf_counter()
+    report = engine.reword(progress=False, compact=False)
+    seconds = time.perf_counter() - t0
+    if report.failed or report.rewritten != report.images:
+        raise RuntimeError(f"rewording failed: {report}")
+    print(f"  rewords ({'features made again' if stale else 'stored features'}): {report}", flush=True)
+    return {"seconds": seconds, "images": report.images, "images_per_s": report.images / seconds, "stale": stale}
+
+
 def main() -> None:
     args = C.parse_args(__doc__.splitlines()[0])
     C.setup_environment()
@@ -293,11 +325,15 @@ def main() -> None:
         inputs_on = OnWorkers(client, inputs)
         del decoded
         runs, upload_runs, limit_runs, floor_runs, before_runs, cold_runs = [], [], [], [], [], []
+        reword_runs: list[dict[str, Any]] = []
+        reword_stale_runs: list[dict[str, Any]] = []
         for _ in range(repeats):
             with previous_ingest():
                 before_runs += measure_ingest(engine, folder, 1, cold_catalogue=True)
             cold_runs += measure_ingest(engine, folder, 1, cold_catalogue=True)
             runs += measure_ingest(engine, folder, 1)
+            reword_runs.append(measure_reword(engine, stale=False))  # of the index that run made
+            reword_stale_runs.append(measure_reword(engine, stale=True))
             upload_runs += measure_ingest(engine, folder, 1, upload=True)
             steps = dict(
                 zip(
@@ -318,6 +354,8 @@ def main() -> None:
             raise RuntimeError("the upload runs must send every distinct scan and the others none")
         ingest_rate = C.median([r["images_per_s"] for r in runs])
         upload_rate = C.median([r["images_per_s"] for r in upload_runs])
+        reword_rate = C.median([r["images_per_s"] for r in reword_runs])
+        reword_stale_rate = C.median([r["images_per_s"] for r in reword_stale_runs])
         limit = {"workers": 2, "images_per_s_runs": limit_runs, "images_per_s": C.median(limit_runs)}
         floor = {
             "runs": floor_runs,
@@ -364,6 +402,10 @@ def main() -> None:
         "ingest_images_per_s": ingest_rate,
         "upload_runs": upload_runs,
         "upload_images_per_s": upload_rate,
+        "reword_runs": reword_runs,
+        "reword_images_per_s": reword_rate,
+        "reword_stale_runs": reword_stale_runs,
+        "reword_stale_images_per_s": reword_stale_rate,
         "limit": limit,
         "floor": floor,
         "before_after": previous,
@@ -385,6 +427,8 @@ def main() -> None:
             "ingest_over_limit": C.ratio(ingest_rate, limit["images_per_s"]),
             "ingest_over_floor": C.ratio(ingest_rate, floor["images_per_s"]),
             "upload_over_shared_files": C.ratio(upload_rate, ingest_rate),
+            "reword_over_ingest": C.ratio(reword_rate, ingest_rate),
+            "reword_stale_over_ingest": C.ratio(reword_stale_rate, ingest_rate),
             "forward_share_of_stages": C.ratio(
                 task_stages.get("forward (batch)", 0.0), serial
             ),
@@ -407,11 +451,15 @@ def main() -> None:
         )
     print(f"RATIO ingest/limit = {result['ratios']['ingest_over_limit']:.3f}")
     print(f"RATIO ingest with upload/ingest = {result['ratios']['upload_over_shared_files']:.3f}")
+    print(f"RATIO rewords (stored features)/ingest = {result['ratios']['reword_over_ingest']:.3f}")
+    print(f"RATIO rewords (features made again)/ingest = {result['ratios']['reword_stale_over_ingest']:.3f}")
     print(
         C.table(
             [
                 ["Engine.ingest (warm, 2 workers x 1 thread)", ingest_rate],
                 ["Engine.ingest(upload=True): scans sent through the object store", upload_rate],
+                ["Engine.reword (papyrus db rewords), the stored features current", reword_rate],
+                ["Engine.reword, every reference's features made again from its original", reword_stale_rate],
                 ["floor: decode + local features + forward, each alone on the same 2 workers", floor["images_per_s"]],
                 *[[f"  {k}", v] for k, v in floor["steps_images_per_s"].items()],
                 ["limit: bare forward on the same 2 workers, batch 8", limit["images_per_s"]],

@@ -505,6 +505,16 @@ def render_ingest(r: dict[str, Any] | None, st: dict[str, Any] | None) -> list[s
             else []
         ),
         *(
+            [
+                f"| `Engine.reword()` (`papyrus db rewords`) of the index a run made, its stored features current | "
+                f"{r['reword_images_per_s']:.2f} ({ra['reword_over_ingest']:.2f}x) |",
+                f"| `Engine.reword()`, every scan's features made again from its original (stored ones gone) | "
+                f"{r['reword_stale_images_per_s']:.2f} ({ra['reword_stale_over_ingest']:.2f}x) |",
+            ]
+            if "reword_images_per_s" in r
+            else []
+        ),
+        *(
             [f"| floor: decode + local features + forward, each alone on the same 2 workers | {r['floor']['images_per_s']:.2f} |"]
             + [f"| &nbsp;&nbsp;{k} | {v:.2f} |" for k, v in r["floor"]["steps_images_per_s"].items()]
             if "floor" in r
