@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api import Engine, IngestReport, Results, get_engine, ingest, search
+from .api import Engine, IngestReport, Results, RewordReport, get_engine, ingest, search
 from .config import Settings
 from .errors import CornersError, ImageError, JobError, ModelError, PapyrusError, QueryError, ServiceError
 
@@ -23,6 +23,7 @@ __all__ = [
     "Engine",
     "Results",
     "IngestReport",
+    "RewordReport",
     "Settings",
     "PapyrusError",
     "ImageError",
