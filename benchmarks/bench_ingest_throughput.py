@@ -12,7 +12,8 @@ into a temporary folder (the shared data is never copied), with their HGV EpiDoc
 - **upload**: the same ingest with ``upload=True`` (what workers without a shared file system get:
   the client reads each scan and stages it in the object store, the worker reads it from there),
   alternated with the candidate runs; the ratio is its images/s over the candidate's;
-- **rewords**: ``Engine.reword`` (``papyrus db rewords``, without compacting the postings' index) of
+- **rewords**: ``Engine.reword(everything=True)`` (``papyrus db rewords --all``, without compacting
+  the postings' index) of
   the index each candidate run made, with the stored features current and with them gone (made
   again from the originals); the ratios are their images/s over the candidate's;
 - **where the gap goes**: the real ingest task (``tasks.ingest_batch_task``) run in this process
@@ -265,9 +266,10 @@ def _forget_features(engine: Any) -> None:
 
 
 def measure_reword(engine: Any, stale: bool) -> dict[str, Any]:
-    """One ``Engine.reword`` of the index the last ingest made (``papyrus db rewords``, the postings'
-    index not compacted): with the stored features current (read, quantised, postings replaced) or,
-    ``stale``, with them gone (each made again from its original as the ingest made it, and stored)."""
+    """One ``Engine.reword(everything=True)`` of the index the last ingest made (``papyrus db
+    rewords --all``, the postings' index not compacted): with the stored features current (read,
+    quantised, postings replaced) or, ``stale``, with them gone (each made again from its original
+    as the ingest made it, and stored)."""
     from papyrus_widgets import index, storage
 
     settings = engine.resolved_settings()
@@ -278,7 +280,7 @@ def measure_reword(engine: Any, stale: bool) -> dict[str, Any]:
             engine.store.delete(storage.features_key(key))
     _forget_features(engine)
     t0 = time.perf_counter()
-    report = engine.reword(progress=False, compact=False)
+    report = engine.reword(everything=True, progress=False, compact=False)
     seconds = time.perf_counter() - t0
     if report.failed or report.rewritten != report.images:
         raise RuntimeError(f"rewording failed: {report}")
@@ -458,7 +460,7 @@ def main() -> None:
             [
                 ["Engine.ingest (warm, 2 workers x 1 thread)", ingest_rate],
                 ["Engine.ingest(upload=True): scans sent through the object store", upload_rate],
-                ["Engine.reword (papyrus db rewords), the stored features current", reword_rate],
+                ["Engine.reword (papyrus db rewords --all), the stored features current", reword_rate],
                 ["Engine.reword, every reference's features made again from its original", reword_stale_rate],
                 ["floor: decode + local features + forward, each alone on the same 2 workers", floor["images_per_s"]],
                 *[[f"  {k}", v] for k, v in floor["steps_images_per_s"].items()],

@@ -506,7 +506,7 @@ def render_ingest(r: dict[str, Any] | None, st: dict[str, Any] | None) -> list[s
         ),
         *(
             [
-                f"| `Engine.reword()` (`papyrus db rewords`) of the index a run made, its stored features current | "
+                f"| `Engine.reword(everything=True)` (`papyrus db rewords --all`) of the index a run made, its stored features current | "
                 f"{r['reword_images_per_s']:.2f} ({ra['reword_over_ingest']:.2f}x) |",
                 f"| `Engine.reword()`, every scan's features made again from its original (stored ones gone) | "
                 f"{r['reword_stale_images_per_s']:.2f} ({ra['reword_stale_over_ingest']:.2f}x) |",

@@ -377,17 +377,21 @@ class Engine:
         return report
 
     # upkeep ------------------------------------------------------------------------------
-    def reword(self, *, batch_size: int = 32, progress: bool = True, compact: bool = True) -> RewordReport:
-        """Make every indexed image's visual words (the first stage's inverted file) again from its
-        features as this version makes them (``papyrus db rewords``): after an upgrade that changed
-        how references are described (:func:`index.words_params` differs from
-        :func:`~papyrus_widgets.retrieval.features.reference_params`), or to give an older index the
-        keypoints' signatures. Runs as batches on the workers; each batch's images get their new
-        words in one transaction, so searches go on meanwhile (a search sees each image's old words
-        or its new ones). Features stored as this version makes them are read, others are made from
-        the original and stored. An image that fails keeps its old words and is reported; only when
-        none failed is the index marked as holding words of the current features, and (``compact``)
-        the postings' index rebuilt with its pages full (:func:`index.compact_postings`)."""
+    def reword(
+        self, *, everything: bool = False, batch_size: int = 32, progress: bool = True, compact: bool = True
+    ) -> RewordReport:
+        """Make the indexed images' visual words (the first stage's inverted file) again from their
+        features as this version makes them (``papyrus db rewords``): those whose words were made
+        from other features (an upgrade that changed how references are described,
+        :func:`~papyrus_widgets.retrieval.features.reference_params`; an index from before
+        2026-12-06, whose words' params were not recorded, or whose words lack the keypoints'
+        signatures), or ``everything``. Runs as batches on the workers; each batch's images get
+        their new words, and the params they were made from, in one transaction, so searches go on
+        meanwhile (a search sees each image's old words or its new ones) and an interrupted run goes
+        on where it stopped. Features stored as this version makes them are read, others are made
+        from the original and stored. An image that fails keeps its old words and is reported;
+        then (``compact``) the postings' index is rebuilt with its pages full
+        (:func:`index.compact_postings`)."""
         import time
 
         from tqdm.auto import tqdm
@@ -397,9 +401,11 @@ class Engine:
         t0 = time.perf_counter()
         settings = self.resolved_settings()
         url = settings.database_url or self.database_url
+        params = reference_params()
         with index.connect(url) as conn:
-            images = index.image_keys(conn)
-        report = RewordReport(images=len(images), params=reference_params())
+            images = index.image_keys(conn, not_made_from=None if everything else params)
+            indexed = index.image_count(conn)
+        report = RewordReport(images=len(images), current=indexed - len(images), params=params)
         client = self.client
         futures: list[Any] = []
         sizes: dict[str, int] = {}
@@ -412,7 +418,8 @@ class Engine:
         def stopped() -> str:
             return (
                 f"The rewording stopped: {report.rewritten} image{'' if report.rewritten == 1 else 's'} "
-                "given new words, the others keep theirs; run it again once this is fixed."
+                "given new words, the others keep theirs; run it again once this is fixed (it goes on "
+                "with those)."
             )
 
         try:
@@ -427,17 +434,16 @@ class Engine:
             raise
         finally:
             bar.close()
-        if not report.failed:
+        if report.rewritten:
             with index.connect(url) as conn:
-                index.set_meta(conn, index.WORDS_PARAMS, report.params)
                 index.recheck_signed_words(conn)
-        if compact and report.rewritten:
-            with index.connect(url) as conn:
-                conn.autocommit = True  # REINDEX CONCURRENTLY runs outside a transaction
-                try:
-                    report.compacted = index.compact_postings(conn)
-                except PapyrusError as exc:
-                    report.note = str(exc)
+            if compact:
+                with index.connect(url) as conn:
+                    conn.autocommit = True  # REINDEX CONCURRENTLY runs outside a transaction
+                    try:
+                        report.compacted = index.compact_postings(conn)
+                    except PapyrusError as exc:
+                        report.note = str(exc)
         report.seconds = time.perf_counter() - t0
         return report
 

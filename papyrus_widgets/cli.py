@@ -148,7 +148,9 @@ def cmd_db(args: argparse.Namespace) -> int:
     if args.action == "rewords":
         from .api import get_engine
 
-        report = get_engine(settings_from_args(args)).reword(batch_size=args.batch_size, progress=not args.quiet)
+        report = get_engine(settings_from_args(args)).reword(
+            everything=args.all, batch_size=args.batch_size, progress=not args.quiet
+        )
         print(report)
         return 0 if not report.failed else EXIT_ERROR
     if args.action == "reindex":
@@ -160,8 +162,10 @@ def cmd_db(args: argparse.Namespace) -> int:
         if compacted is not None:
             print(f"word postings index rebuilt in {compacted:.1f} s")
         return 0
+    now = reference_params()
     with index.connect(url) as conn:
         stats = index.stats(conn)
+        stale = index.stale_word_images(conn, now) if stats["images_with_words"] else 0
     print(f"schema version {version}: {stats['papyri']} papyri, {stats['images']} images")
     for model, n in stats["models"].items():
         print(f"  model {model}: {n} images")
@@ -172,11 +176,10 @@ def cmd_db(args: argparse.Namespace) -> int:
             "  visual words stored without signatures (an index made by an older version): searches count words "
             "alone, which finds small or tilted papyri less well; run papyrus db rewords to give them"
         )
-    made, now = stats["words_params"], reference_params()
-    if stats["images_with_words"] and made != now:
+    if stale:
         print(
-            f"  visual words made from reference features {made or 'of an older version'}, not as this version "
-            f"makes them ({now}): searches find shaken, small or far papyri less well; run papyrus db rewords"
+            f"  visual words of {stale} of {stats['images']} images not made from the reference features this "
+            f"version makes ({now}): searches find shaken, small or far papyri less well; run papyrus db rewords"
         )
     return 0
 
@@ -419,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--show-password", action="store_true")
     db.add_argument("--batch-size", type=int, default=32, help="rewords: images per batch on a worker (default 32)")
     db.add_argument("--quiet", action="store_true", help="rewords: no progress bar")
+    db.add_argument(
+        "--all", action="store_true", help="rewords: every image, not only those whose words were made otherwise"
+    )
     db.set_defaults(func=cmd_db)
 
     t = sub.add_parser(

@@ -263,10 +263,11 @@ class IngestReport:
 @dataclass
 class RewordReport:
     """What ``papyrus db rewords`` (:meth:`papyrus_widgets.Engine.reword`) did: the visual words of
-    ``rewritten`` of the ``images`` indexed made again from the features ``params``; ``failed``
-    (object key of the original, why) kept theirs."""
+    ``rewritten`` of the ``images`` it took up made again from the features ``params`` (``current``
+    more were made from those already); ``failed`` (object key of the original, why) kept theirs."""
 
     images: int = 0
+    current: int = 0
     rewritten: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     params: str = ""
@@ -281,12 +282,11 @@ class RewordReport:
             f"visual words of {self.rewritten} of {self.images} images made again from features {self.params}, "
             f"{len(self.failed)} failed in {self.seconds:.1f} s"
         )
+        if self.current:
+            text += f" ({self.current} more already made from them)"
         text += "".join(f"\n  failed: {key}: {why}" for key, why in self.failed)
         if self.failed:
-            text += (
-                "\n  the index is still marked as holding words made otherwise: run papyrus db rewords again "
-                "once these are mended"
-            )
+            text += "\n  their words stay as they were: run papyrus db rewords again once these are mended"
         if self.compacted is not None:
             text += f"\nword postings index rebuilt in {self.compacted:.1f} s"
         if self.note:

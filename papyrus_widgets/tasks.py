@@ -1278,7 +1278,7 @@ def ingest_batch_task(
     ``stage``: called with each step's name (:data:`INGEST_STAGES`) around that step, as a context
     manager; the ingest benchmark passes a stopwatch to time the real steps."""
     from .model import embed_arrays
-    from .retrieval.features import describe_reference, reference_params
+    from .retrieval.features import describe_reference
     from .retrieval.shortlist import document_postings
 
     step = stage or _no_stage
@@ -1300,9 +1300,6 @@ def ingest_batch_task(
             )
         present = index.existing_images(conn, [(it.record.key, sha) for it, _, sha in loaded])
         _check_vocabulary(conn, settings, vocabulary, "ingest into a new database")
-        # the index's words were all made from the features made now, or it has none: so will they be
-        params = reference_params()
-        same_words = not index.has_words(conn) or index.words_params(conn) == params
     rows: list[index.ImageRow] = []
     arrays: list[np.ndarray] = []
     for item, data, sha in loaded:
@@ -1356,6 +1353,7 @@ def ingest_batch_task(
                 words=words,
                 word_weights=word_weights,
                 word_signatures=word_signatures,
+                words_params=features.params,
             )
         )
     if rows:
@@ -1368,8 +1366,6 @@ def ingest_batch_task(
             index.set_meta(conn, "model", source)
             index.set_meta(conn, "vocabulary", vocabulary.fingerprint)
             index.set_meta(conn, "vocabulary_path", settings.vocabulary or "")
-            if same_words and any(r.words is not None for r in rows):
-                index.set_meta(conn, index.WORDS_PARAMS, params)
         report.added += added
         report.skipped += skipped
     return report
@@ -1389,8 +1385,8 @@ def reword_batch_task(settings: Settings, images: Sequence[tuple[int, str]]) -> 
     """Make the visual words of indexed ``images`` ((image id, object key of the original)) again
     from their current features (:func:`reference_features`: the stored ones when made as this
     version makes them, else made from the original and stored) and put them in place of the old
-    ones, in one transaction for the batch. An image whose original cannot be read or decoded
-    keeps its words and is reported."""
+    ones with their params, in one transaction for the batch. An image whose original cannot be
+    read or decoded keeps its words and is reported."""
     from .retrieval.shortlist import document_postings
 
     url, _ = _require_resolved(settings)
@@ -1412,7 +1408,7 @@ def reword_batch_task(settings: Settings, images: Sequence[tuple[int, str]]) -> 
             report.failed.append((key, f"its features are {features.method}, which have no visual words"))
             continue
         words, weights, signatures = document_postings(*vocabulary.words_and_signatures(features.descriptors))
-        worded.append(index.ImageWords(image_id, key, words, weights, signatures))
+        worded.append(index.ImageWords(image_id, key, words, weights, signatures, features.params))
     with index.pooled_connection(url) as conn:
         report.rewritten = index.replace_words(conn, worded)
     return report

@@ -420,10 +420,11 @@ def _postings(conn: psycopg.Connection, image_id: int) -> list[tuple]:
 def test_rewords_makes_stale_words_again_from_current_features_and_keeps_what_fails(
     pg, own_client, tmp_path, model_dir
 ):
-    """An index whose visual words were made from features of an older version (`papyrus db status`
-    says so) gets them made again by `papyrus db rewords`: from the stored features where they are
-    current, from the original where they are not, exactly as an ingest makes them; an image whose
-    original is gone keeps its words, is reported, and the index stays marked until it is mended."""
+    """Images whose visual words were made from features of an older version (`papyrus db status`
+    says how many) get them made again by `papyrus db rewords`: from the stored features where they
+    are current, from the original where they are not, exactly as an ingest makes them; images
+    made from the current features are left alone; an image whose original is gone keeps its
+    words and is reported, and the next run takes up only what is left."""
     import dataclasses
 
     from papyrus_widgets.retrieval.features import Features, reference_params
@@ -436,14 +437,15 @@ def test_rewords_makes_stale_words_again_from_current_features_and_keeps_what_fa
     assert engine.ingest(folder, HGV_DIR, progress=False).added == 4
     now = reference_params()
     with pg.admin("papyrus_rewords") as conn:
-        assert index.words_params(conn) == now  # a new index records the features its words came from
         keys = dict(conn.execute("SELECT id, object_key FROM images ORDER BY id").fetchall())
         ingested = {i: _postings(conn, i) for i in keys}
+        assert index.stale_word_images(conn, now) == 0  # each image records the features its words came from
     status = _papyrus(["db", "status"], url, data)
     assert status.returncode == 0 and "rewords" not in status.stdout, status.stdout + status.stderr
 
-    # as an older version left it: words of older features, one image's words without signatures,
-    # two images' stored features older too, and one of those two with its original gone
+    # as an older version left it: words of older features (one image's recorded as unknown, as
+    # before migration 6), one image's words without signatures, two images' stored features
+    # older too, and one of those two with its original gone
     a, b, c, d = keys
     store = tasks.worker_store(settings)
     older = "sift/768/1000/scales+half/500"
@@ -454,43 +456,51 @@ def test_rewords_makes_stale_words_again_from_current_features_and_keeps_what_fa
     original = store.get(keys[c])
     store.delete(keys[c])
     with pg.admin("papyrus_rewords") as conn:
-        index.set_meta(conn, index.WORDS_PARAMS, older)
+        conn.execute("UPDATE images SET words_params = %s WHERE id IN (%s, %s, %s)", (older, b, c, d))
+        conn.execute("UPDATE images SET words_params = NULL WHERE id = %s", (a,))
         conn.execute("DELETE FROM image_words WHERE image_id IN (%s, %s)", (a, b))
         conn.execute("INSERT INTO image_words (word, image_id, weight) VALUES (7, %s, 1), (7, %s, 1)", (a, b))
         index.set_meta(conn, "unsigned_words", "true")
     later = tmp_path / "later"
     later.mkdir()
     shutil.copy(REFERENCES / "21113_p_g_1064.jpg", later / "21113_p_g_1064.jpg")
-    assert engine.ingest(later, HGV_DIR, progress=False).added == 1  # its words are current, the others' not:
+    assert engine.ingest(later, HGV_DIR, progress=False).added == 1  # its words are current
     with pg.admin("papyrus_rewords") as conn:
-        assert index.words_params(conn) == older  # the index stays marked
         keys = dict(conn.execute("SELECT id, object_key FROM images ORDER BY id").fetchall())
-        ingested.update({i: _postings(conn, i) for i in keys if i not in ingested})
+        e = max(keys)
+        ingested[e] = _postings(conn, e)
     status = _papyrus(["db", "status"], url, data)
-    assert f"visual words made from reference features {older}, not as this version makes them" in status.stdout
+    assert f"visual words of 4 of 5 images not made from the reference features this version makes ({now})" in (
+        status.stdout
+    ), status.stdout
     assert "without signatures" in status.stdout and status.stdout.count("run papyrus db rewords") == 2
 
     proc = _papyrus(["db", "rewords", "--quiet"], url, data)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "visual words of 4 of 5 images made again from features " + now + ", 1 failed" in proc.stdout
+    assert f"visual words of 3 of 4 images made again from features {now}, 1 failed" in proc.stdout
+    assert "(1 more already made from them)" in proc.stdout
     assert f"failed: {keys[c]}: its original is gone from the object store" in proc.stdout
     assert "run papyrus db rewords again once these are mended" in proc.stdout
     with pg.admin("papyrus_rewords") as conn:
-        for i in (a, b, d, max(keys)):  # b's features made again from its original, as the ingest made them
+        for i in (a, b, d, e):  # b's features made again from its original, as the ingest made them
             assert _postings(conn, i) == ingested[i], i
         assert _postings(conn, c) == ingested[c]  # kept: nothing lost
-        assert index.words_params(conn) == older and not index.signed_words(conn)  # still marked
+        assert index.stale_word_images(conn, now) == 1 and index.signed_words(conn)
     assert Features.from_bytes(store.get(storage.features_key(keys[b]))).params == now
+    status = _papyrus(["db", "status"], url, data)
+    assert "visual words of 1 of 5 images not made" in status.stdout and "without signatures" not in status.stdout
 
-    store.put(keys[c], original)  # mended: a run without failures clears the marks
+    store.put(keys[c], original)  # mended: the next run takes up what is left
     report = engine.reword(progress=False)
-    assert (report.images, report.rewritten, report.failed, report.params) == (5, 5, [], now)
+    assert (report.images, report.current, report.rewritten, report.failed) == (1, 4, 1, [])
     assert report.compacted is not None and "word postings index rebuilt in" in str(report)
+    everything = engine.reword(everything=True, progress=False, compact=False)
+    assert (everything.images, everything.current, everything.rewritten) == (5, 0, 5)
     with pg.admin("papyrus_rewords") as conn:
         assert {i: _postings(conn, i) for i in keys} == ingested
-        assert index.words_params(conn) == now and index.signed_words(conn)
+        assert index.stale_word_images(conn, now) == 0
     status = _papyrus(["db", "status"], url, data)
-    assert "rewords" not in status.stdout and "without signatures" not in status.stdout, status.stdout
+    assert "rewords" not in status.stdout, status.stdout
     assert engine.search(folder / FOUR[0], k=1).top.inventory_key == "p_g_107"
 
 

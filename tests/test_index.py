@@ -519,8 +519,18 @@ def test_schema_2_upgrades_and_posting_lists_are_read_from_the_index_alone(url):
             c.execute(sql)
             c.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
         c.commit()
-        # words as that version wrote them (no signatures)
-        index.add_images(c, [_row(i) for i in range(200)])
+        # images and words as that version wrote them (no signatures, no words' params)
+        rows = [_row(i) for i in range(200)]
+        ids = index.upsert_papyri(c, [r.record for r in rows])
+        c.cursor().executemany(
+            "INSERT INTO images (papyrus_id, sha256, source_name, object_key, thumb_key, width, height, model,"
+            " embedding) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [
+                (ids[r.record.key], r.sha256, r.source_name, r.object_key, r.thumb_key, r.width, r.height, r.model,
+                 r.embedding)
+                for r in rows
+            ],
+        )  # fmt: skip
         c.execute(
             "INSERT INTO image_words (word, image_id, weight) SELECT w, i.id, CASE WHEN w = 1000 THEN 0.5 ELSE 1.0 END"
             " FROM images i JOIN papyri p ON p.id = i.papyrus_id"
@@ -550,6 +560,8 @@ def test_schema_2_upgrades_and_posting_lists_are_read_from_the_index_alone(url):
         assert rows[0]["hgv_id"] == "7"
         st = index.stats(c)
         assert st["images_with_words"] == 200 and st["signed_words"] is False
+        # migration 6: the words' params were not recorded, so `papyrus db rewords` takes up every image
+        assert index.stale_word_images(c, "sift/anything") == 200 == len(index.image_keys(c, not_made_from="x"))
 
 
 def test_word_candidates_take_each_windows_best_in_turn(conn):

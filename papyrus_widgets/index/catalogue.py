@@ -20,9 +20,8 @@ __all__ = [
     "add_images",
     "image_keys",
     "replace_words",
-    "WORDS_PARAMS",
     "ImageWords",
-    "words_params",
+    "stale_word_images",
     "recheck_signed_words",
     "set_meta",
     "get_meta",
@@ -74,6 +73,9 @@ class ImageRow:
     """… and for each word the 64-bit signatures (int64) of the image's keypoints of that word
     (:meth:`papyrus_widgets.retrieval.vocabulary.Vocabulary.signatures`); None: words alone (the
     index then counts words alone for every image: :func:`signed_words`)."""
+    words_params: str | None = None
+    """The params of the reference features the words were made from
+    (:func:`papyrus_widgets.retrieval.features.reference_params`; :func:`stale_word_images`)."""
 
 
 
@@ -152,9 +154,9 @@ def add_images(conn: psycopg.Connection, rows: Sequence[ImageRow]) -> tuple[int,
         with conn.cursor() as cur:
             with cur.copy(
                 "COPY images_load (papyrus_id, sha256, source_name, object_key, thumb_key, width, height,"
-                " model, embedding) FROM STDIN WITH (FORMAT BINARY)"
+                " model, embedding, words_params) FROM STDIN WITH (FORMAT BINARY)"
             ) as copy:
-                copy.set_types(["int8", "text", "text", "text", "text", "int4", "int4", "text", "vector"])
+                copy.set_types(["int8", "text", "text", "text", "text", "int4", "int4", "text", "vector", "text"])
                 for r in rows:
                     copy.write_row(
                         (
@@ -167,13 +169,14 @@ def add_images(conn: psycopg.Connection, rows: Sequence[ImageRow]) -> tuple[int,
                             r.height,
                             r.model,
                             np.asarray(r.embedding, dtype=np.float32),
+                            r.words_params if r.words is not None else None,
                         )
                     )
             cur.execute(
                 "INSERT INTO images (papyrus_id, sha256, source_name, object_key, thumb_key, width, height,"
-                " model, embedding)"
+                " model, embedding, words_params)"
                 " SELECT DISTINCT ON (papyrus_id, sha256) papyrus_id, sha256, source_name, object_key,"
-                " thumb_key, width, height, model, embedding FROM images_load"
+                " thumb_key, width, height, model, embedding, words_params FROM images_load"
                 " ON CONFLICT (papyrus_id, sha256) DO NOTHING RETURNING id, papyrus_id, sha256"
             )
             inserted = {(pid, sha): iid for iid, pid, sha in cur.fetchall()}
@@ -193,24 +196,41 @@ def add_images(conn: psycopg.Connection, rows: Sequence[ImageRow]) -> tuple[int,
 @dataclass
 class ImageWords:
     """The postings of one indexed image: as :class:`ImageRow`'s ``words``, ``word_weights`` and
-    ``word_signatures`` (None: words alone); ``name`` is what an error calls it."""
+    ``word_signatures`` (None: words alone), made from reference features of ``params``; ``name``
+    is what an error calls it."""
 
     image_id: int
     name: str
     words: np.ndarray = field(repr=False)
     weights: np.ndarray = field(repr=False)
     signatures: Sequence[np.ndarray] | None = field(default=None, repr=False)
+    params: str | None = None
 
 
-def image_keys(conn: psycopg.Connection) -> list[tuple[int, str]]:
-    """``(image id, object key of its original)`` of every indexed image, in id order."""
-    return [(int(i), str(k)) for i, k in conn.execute("SELECT id, object_key FROM images ORDER BY id")]
+def image_keys(conn: psycopg.Connection, *, not_made_from: str | None = None) -> list[tuple[int, str]]:
+    """``(image id, object key of its original)`` of the indexed images, in id order: all, or those
+    whose visual words were not made from reference features of ``not_made_from``."""
+    if not_made_from is None:
+        rows = conn.execute("SELECT id, object_key FROM images ORDER BY id")
+    else:
+        rows = conn.execute(
+            "SELECT id, object_key FROM images WHERE words_params IS DISTINCT FROM %s ORDER BY id", (not_made_from,)
+        )
+    return [(int(i), str(k)) for i, k in rows]
+
+
+def stale_word_images(conn: psycopg.Connection, params: str) -> int:
+    """How many indexed images have visual words not made from reference features of ``params``
+    (made by an earlier version, before 2026-12-06 not recorded, or none): ``papyrus db rewords``
+    makes them again."""
+    return int(scalar(conn, "SELECT count(*) FROM images WHERE words_params IS DISTINCT FROM %s", (params,)))
 
 
 def replace_words(conn: psycopg.Connection, worded: Sequence[ImageWords]) -> int:
-    """Put the postings ``worded`` in place of those the images have, in one transaction (a search
-    meanwhile reads each image's old postings or its new ones; ``word_df`` follows by its
-    triggers); returns how many images got them (those no longer indexed are left out)."""
+    """Put the postings ``worded`` in place of those the images have, and record their params, in
+    one transaction (a search meanwhile reads each image's old postings or its new ones;
+    ``word_df`` follows by its triggers); returns how many images got them (those no longer
+    indexed are left out)."""
     if not worded:
         return 0
     with conn.transaction(), conn.cursor() as cur:
@@ -220,21 +240,12 @@ def replace_words(conn: psycopg.Connection, worded: Sequence[ImageWords]) -> int
         cur.execute("DELETE FROM image_words WHERE image_id = ANY(%s)", (sorted(present),))
         if kept:
             _copy_words(cur, kept)
+            cur.execute(
+                "UPDATE images SET words_params = v.params FROM unnest(%s::bigint[], %s::text[]) AS v(id, params)"
+                " WHERE images.id = v.id",
+                ([w.image_id for w in kept], [w.params for w in kept]),
+            )
     return len(kept)
-
-
-WORDS_PARAMS = "words_params"
-"""``index_meta`` key: the reference features' params (:func:`papyrus_widgets.retrieval.features.reference_params`)
-from which every image's visual words were made: set by an ingest into an index whose words all
-were made from the same (or that had none), and by ``papyrus db rewords``; otherwise left as it was."""
-
-
-def words_params(conn: psycopg.Connection) -> str | None:
-    """The params of the features the index's visual words were made from (:data:`WORDS_PARAMS`):
-    other than the current ones when some words were made before a change, None when not recorded
-    (an index made before 2026-12-06). ``papyrus db rewords`` makes them all again from the current
-    ones."""
-    return get_meta(conn, WORDS_PARAMS)
 
 
 def recheck_signed_words(conn: psycopg.Connection) -> bool:

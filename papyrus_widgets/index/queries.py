@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 
 from ..errors import QueryError
 from ..request import EF_SEARCH_MAX, check_ef_search, check_k, clean_filters
-from .catalogue import PAPYRUS_COLUMNS, get_meta, signed_words, words_params
+from .catalogue import PAPYRUS_COLUMNS, get_meta, signed_words
 from .connection import scalar
 from .hnsw import hnsw_state
 from .schema import EMBEDDING_DIM, MAX_WORD_WINDOWS
@@ -493,6 +493,5 @@ def stats(conn: psycopg.Connection) -> dict[str, Any]:
         "vocabulary": get_meta(conn, "vocabulary"),
         "images_with_words": int(scalar(conn, "SELECT count(DISTINCT image_id) FROM image_words")),
         "signed_words": signed_words(conn),
-        "words_params": words_params(conn),
         "hnsw": hnsw_state(conn),
     }

@@ -148,6 +148,15 @@ MIGRATIONS: list[tuple[int, str]] = [
           FOR EACH STATEMENT EXECUTE FUNCTION papyrus_word_df_cleared();
         """,
     ),
+    (
+        6,
+        # the params of the reference features each image's visual words were made from
+        # (features.reference_params), so that `papyrus db rewords` makes again only the words of
+        # images described otherwise (NULL: words stored before, or none) and can be resumed
+        """
+        ALTER TABLE images ADD COLUMN words_params text;
+        """,
+    ),
 ]
 
 _MIGRATION_LOCK = 7_305_512_001  # pg_advisory_xact_lock key for migrations
