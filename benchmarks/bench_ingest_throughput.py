@@ -258,13 +258,6 @@ def core_budget(runs: list[dict[str, Any]], n: int, workers: int = 2) -> dict[st
     }
 
 
-def _forget_features(engine: Any) -> None:
-    """Empty the workers' caches of reference features (a rewording then reads the store)."""
-    from papyrus_widgets import tasks
-
-    engine.client.run(lambda: tasks._reference_features_cache().clear())
-
-
 def measure_reword(engine: Any, stale: bool) -> dict[str, Any]:
     """One ``Engine.reword(everything=True)`` of the index the last ingest made (``papyrus db
     rewords --all``, the postings' index not compacted): with the stored features current (read,
@@ -278,7 +271,6 @@ def measure_reword(engine: Any, stale: bool) -> dict[str, Any]:
             keys = [k for _, k in index.image_keys(conn)]
         for key in set(keys):
             engine.store.delete(storage.features_key(key))
-    _forget_features(engine)
     t0 = time.perf_counter()
     report = engine.reword(everything=True, progress=False, compact=False)
     seconds = time.perf_counter() - t0

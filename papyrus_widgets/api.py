@@ -436,10 +436,9 @@ class Engine:
             bar.close()
         if report.rewritten:
             with index.connect(url) as conn:
+                conn.autocommit = True  # REINDEX CONCURRENTLY runs outside a transaction
                 index.recheck_signed_words(conn)
-            if compact:
-                with index.connect(url) as conn:
-                    conn.autocommit = True  # REINDEX CONCURRENTLY runs outside a transaction
+                if compact:
                     try:
                         report.compacted = index.compact_postings(conn)
                     except PapyrusError as exc:

@@ -140,7 +140,8 @@ def cmd_db(args: argparse.Namespace) -> int:
     from .retrieval.features import reference_params
     from .services import database_url
 
-    url = database_url(settings_from_args(args))
+    settings = settings_from_args(args)
+    url = database_url(settings)
     if args.action == "url":
         print(mask_url(url) if not args.show_password else url)
         return 0
@@ -148,7 +149,7 @@ def cmd_db(args: argparse.Namespace) -> int:
     if args.action == "rewords":
         from .api import get_engine
 
-        report = get_engine(settings_from_args(args)).reword(
+        report = get_engine(settings).reword(
             everything=args.all, batch_size=args.batch_size, progress=not args.quiet
         )
         print(report)

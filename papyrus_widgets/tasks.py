@@ -521,27 +521,30 @@ def reference_features(settings: Settings, image_key: str) -> Any:
     the object store where ingest put them (``features/…npz``), else computed from the original and
     stored for next time (collections ingested before features were stored, or made with other
     bounds). Keys are content-addressed, so an entry never goes stale."""
+    store = worker_store(settings)
+    return _reference_features_cache().get((store.describe(), image_key), lambda: _stored_features(settings, image_key))
+
+
+def _stored_features(settings: Settings, image_key: str) -> Any:
+    """:func:`reference_features` without this process's LRU (``papyrus db rewords`` reads every
+    reference once, which would only push out those the searches use)."""
     from .retrieval.features import Features, describe_reference, reference_params
 
     store = worker_store(settings)
     fkey = storage.features_key(image_key)
-
-    def compute() -> Any:
-        try:
-            stored = Features.from_bytes(store.get(fkey))
-            if stored.params == reference_params():
-                return stored
-        except Exception:  # noqa: BLE001 - not stored (yet), the store failing, an unreadable .npz: recompute
-            pass
-        img = _decode_stored(settings, image_key, image_key, INGEST_SIDE)
-        features = describe_reference(img, size=img.info.get("original_size", img.size))
-        try:
-            store.put(fkey, features.to_bytes())
-        except PapyrusError:
-            pass  # a cache fill: the search goes on without it
-        return features
-
-    return _reference_features_cache().get((store.describe(), image_key), compute)
+    try:
+        stored = Features.from_bytes(store.get(fkey))
+        if stored.params == reference_params():
+            return stored
+    except Exception:  # noqa: BLE001 - not stored (yet), the store failing, an unreadable .npz: recompute
+        pass
+    img = _decode_stored(settings, image_key, image_key, INGEST_SIDE)
+    features = describe_reference(img, size=img.info.get("original_size", img.size))
+    try:
+        store.put(fkey, features.to_bytes())
+    except PapyrusError:
+        pass  # a cache fill: the search goes on without it
+    return features
 
 
 def _apply(hit: Hit, r: Any) -> Hit:
@@ -1263,6 +1266,17 @@ def _check_vocabulary(conn: Any, settings: Settings, vocabulary: Any, instead: s
         )
 
 
+def _postings(vocabulary: Any, features: Any) -> tuple[Any, Any, Any]:
+    """A reference's postings for the word index, ``(words, weights, signatures)``
+    (:func:`~papyrus_widgets.retrieval.shortlist.document_postings` of its features' words); Nones
+    for features other than SIFT, which have no visual words."""
+    from .retrieval.shortlist import document_postings
+
+    if features.method != "sift":
+        return None, None, None
+    return document_postings(*vocabulary.words_and_signatures(features.descriptors))
+
+
 def _no_stage(name: str) -> contextlib.AbstractContextManager[None]:
     return contextlib.nullcontext()
 
@@ -1279,7 +1293,6 @@ def ingest_batch_task(
     manager; the ingest benchmark passes a stopwatch to time the real steps."""
     from .model import embed_arrays
     from .retrieval.features import describe_reference
-    from .retrieval.shortlist import document_postings
 
     step = stage or _no_stage
     reading, decoding, writing, thumbnailing, describing, quantising, inputting, forwarding, copying = INGEST_STAGES
@@ -1329,11 +1342,7 @@ def ingest_batch_task(
             with step(writing):
                 store.put(storage.features_key(key), features.to_bytes())
             with step(quantising):
-                words = word_weights = word_signatures = None
-                if features.method == "sift":
-                    words, word_weights, word_signatures = document_postings(
-                        *vocabulary.words_and_signatures(features.descriptors)
-                    )
+                words, word_weights, word_signatures = _postings(vocabulary, features)
             with step(inputting):
                 arrays.append(imaging.model_input(img))
         except ImageError as exc:
@@ -1383,12 +1392,10 @@ class RewordBatch:
 
 def reword_batch_task(settings: Settings, images: Sequence[tuple[int, str]]) -> RewordBatch:
     """Make the visual words of indexed ``images`` ((image id, object key of the original)) again
-    from their current features (:func:`reference_features`: the stored ones when made as this
+    from their current features (:func:`_stored_features`: the stored ones when made as this
     version makes them, else made from the original and stored) and put them in place of the old
     ones with their params, in one transaction for the batch. An image whose original cannot be
     read or decoded keeps its words and is reported."""
-    from .retrieval.shortlist import document_postings
-
     url, _ = _require_resolved(settings)
     vocabulary = worker_vocabulary(settings)
     with index.pooled_connection(url) as conn:
@@ -1397,17 +1404,17 @@ def reword_batch_task(settings: Settings, images: Sequence[tuple[int, str]]) -> 
     worded: list[index.ImageWords] = []
     for image_id, key in images:
         try:
-            features = reference_features(settings, key)
+            features = _stored_features(settings, key)
         except KeyError:
             report.failed.append((key, "its original is gone from the object store: its words stay as they were"))
             continue
         except ImageError as exc:
             report.failed.append((key, f"{exc}: its words stay as they were"))
             continue
-        if features.method != "sift":
+        words, weights, signatures = _postings(vocabulary, features)
+        if words is None:
             report.failed.append((key, f"its features are {features.method}, which have no visual words"))
             continue
-        words, weights, signatures = document_postings(*vocabulary.words_and_signatures(features.descriptors))
         worded.append(index.ImageWords(image_id, key, words, weights, signatures, features.params))
     with index.pooled_connection(url) as conn:
         report.rewritten = index.replace_words(conn, worded)
