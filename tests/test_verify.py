@@ -941,6 +941,38 @@ def test_keypoints_described_in_one_pass_are_those_detected_then_described(scan,
     assert F._sift_balanced(blank, None, 100) == ((), None)
 
 
+def test_ingest_s_single_opencv_thread_describes_a_reference_as_opencv_s_threads_do(scan) -> None:
+    """Ingest and rewording batches run OpenCV on one thread (``tasks.one_opencv_thread``): a
+    reference's features are byte for byte those made on OpenCV's threads, so an index built either
+    way is the same; the thread count is put back after the block, also when it fails."""
+    import cv2
+
+    from papyrus_widgets import tasks
+    from papyrus_widgets.retrieval import describe_reference
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        on_two = describe_reference(scan, size=scan.info["original_size"]).to_bytes()
+        with tasks.one_opencv_thread():
+            assert cv2.getNumThreads() == 1
+            on_one = describe_reference(scan, size=scan.info["original_size"]).to_bytes()
+        assert cv2.getNumThreads() == 2
+        assert on_one == on_two
+
+        @tasks.one_opencv_thread()
+        def fails() -> None:
+            assert cv2.getNumThreads() == 1
+            raise RuntimeError("a failing batch")
+
+        with pytest.raises(RuntimeError, match="a failing batch"):
+            fails()
+        assert cv2.getNumThreads() == 2
+        assert tasks.ingest_batch_task.__name__ == "ingest_batch_task"  # Dask pickles it by name
+    finally:
+        cv2.setNumThreads(before)
+
+
 def test_keypoints_agreeing_with_a_weak_match_beyond_chance_confirm_a_smeared_photo(scan, monkeypatch) -> None:
     """A laptop panel photographed by a shaking hand (``scenes`` variant *lcd+shaky*): too few of
     the photo's keypoints pass the ratio test to confirm its papyrus by inliers, but counted with
