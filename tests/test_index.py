@@ -814,3 +814,17 @@ def test_word_candidates_diverse_window_lists(conn, monkeypatch):
     assert [r["hgv_id"] for r in first] == ["0", "1", "4", "2", "3", "5"]
     monkeypatch.setattr(queries, "DIVERSE_SHARE", None)
     assert listed(np.arange(29)) == ["0", "1", "2", "3", "4", "5"]  # the weak image alone put last
+
+
+def test_the_pairs_stable_order_is_numpy_s_stable_argsort():
+    """``_stable_order`` (radix passes of 16 bits, for the word lists' sums) orders keys as
+    ``np.argsort(kind="stable")`` does: ties in their first order, keys of one to four 16-bit digits."""
+    from papyrus_widgets.index.queries import _stable_order
+
+    rng = np.random.default_rng(7)
+    for top in (1, 2**16 - 1, 2**16, 2**31, 2**40, 2**62):
+        key = rng.integers(0, top, 5_000, dtype=np.int64, endpoint=True)
+        key[::7] = key[3]  # many ties
+        assert np.array_equal(_stable_order(key), np.argsort(key, kind="stable"))
+    assert len(_stable_order(np.zeros(0, np.int64))) == 0
+    assert np.array_equal(_stable_order(np.zeros(5, np.int64)), np.arange(5))

@@ -377,18 +377,41 @@ def _rank_pairs(
     images, rows, d = pairs.image_ids[keep], pairs.rows[keep], pairs.weights[keep]
     if not len(images):
         return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
-    # per (image, word): the matching pairs m in each window and the posting weight d
+    # per (image, word) group: the posting weight d, its pairs taken group by group (in their order)
     group_key = images * len(distinct) + word_of[rows]
-    groups, group_of = np.unique(group_key, return_inverse=True)
-    m = np.stack([np.bincount(group_of, weights=weights[rows, j], minlength=len(groups)) for j in range(windows)], 1)
-    d_group = np.zeros(len(groups))
-    np.maximum.at(d_group, group_of, d)
+    by_group = _stable_order(group_key)
+    sorted_key = group_key[by_group]
+    new_group = np.r_[True, sorted_key[1:] != sorted_key[:-1]]
+    groups = sorted_key[new_group]
+    group_of = np.empty(len(by_group), np.int64)
+    group_of[by_group] = np.cumsum(new_group) - 1
+    d_group = np.maximum.reduceat(d[by_group], np.flatnonzero(new_group))
+    # the matching pairs m of each group in each window: every pair once for each window its query
+    # row lies in (the rows' non-zero weights), summed per (group, window) cell in the pairs' order
+    in_row, in_window = np.nonzero(weights)
+    value = weights[in_row, in_window].astype(np.float64)
+    per_row = np.bincount(in_row, minlength=len(weights))
+    row_start = np.cumsum(per_row) - per_row
+    rows_in_order, groups_in_order = rows[by_group], group_of[by_group]
+    count = per_row[rows_in_order]
+    pair_of = np.repeat(np.arange(len(by_group)), count)
+    entry = np.repeat(row_start[rows_in_order] - (np.cumsum(count) - count), count) + np.arange(len(pair_of))
+    cell = groups_in_order[pair_of] * windows + in_window[entry]
+    by_cell = _stable_order(cell)
+    sorted_cell = cell[by_cell]
+    new_cell = np.r_[True, sorted_cell[1:] != sorted_cell[:-1]] if len(cell) else np.zeros(0, bool)
+    m = np.bincount(np.cumsum(new_cell) - 1, weights=value[entry][by_cell])
+    cell_group, cell_window = np.divmod(sorted_cell[new_cell], windows)
     word_idf = idf[groups % len(distinct)]
-    part = np.sqrt(m) * (d_group * word_idf * word_idf)[:, None]
-    # per image: a sum per window
-    ids, image_of = np.unique(groups // len(distinct), return_inverse=True)
+    part = np.sqrt(m) * (d_group * word_idf * word_idf)[cell_group]
+    # per image: a sum per window (the groups are in image order)
+    image_key = groups // len(distinct)
+    new_image = np.r_[True, image_key[1:] != image_key[:-1]]
+    ids = image_key[new_image]
+    image_of = np.cumsum(new_image) - 1
     pair_image = image_of[group_of]  # each pair's image, as a row of ``ids``
-    s = np.stack([np.bincount(image_of, weights=part[:, j], minlength=len(ids)) for j in range(windows)], 1)
+    s = np.bincount(image_of[cell_group] * windows + cell_window, weights=part, minlength=len(ids) * windows)
+    s = s.reshape(len(ids), windows)
     # each window's n best (higher sum, then lower id), ranked; an image's best rank in any window
     none = np.iinfo(np.int64).max
     best_rank = np.full(len(ids), none)
@@ -404,6 +427,21 @@ def _rank_pairs(
     score, window = normed.max(axis=1), normed.argmax(axis=1)
     order = np.lexsort((ids[chosen], -score, best_rank[chosen]))[:n]
     return ids[chosen][order], score[order], window[order]
+
+
+def _stable_order(key: np.ndarray) -> np.ndarray:
+    """``np.argsort(key, kind="stable")`` of non-negative int64 keys, as radix passes over 16 bits at a
+    time (NumPy sorts 16-bit keys by radix): the same order, in about half the time on a search's
+    pairs."""
+    order = np.arange(len(key))
+    top = int(key.max()) if len(key) else 0
+    shift = 0
+    while True:
+        digit = ((key[order] >> shift) & 0xFFFF).astype(np.uint16)
+        order = order[np.argsort(digit, kind="stable")]
+        shift += 16
+        if top >> shift == 0:
+            return order
 
 
 def _few_matched(
