@@ -828,3 +828,47 @@ def test_the_pairs_stable_order_is_numpy_s_stable_argsort():
         assert np.array_equal(_stable_order(key), np.argsort(key, kind="stable"))
     assert len(_stable_order(np.zeros(0, np.int64))) == 0
     assert np.array_equal(_stable_order(np.zeros(5, np.int64)), np.arange(5))
+
+
+@pytest.mark.parametrize("windows", [1, 6, 36])
+def test_the_word_lists_sums_are_the_same_cell_by_cell_and_window_by_window(monkeypatch, windows):
+    """``_rank_pairs`` sums the pairs cell by cell where the query rows lie in few windows and window
+    by window otherwise (``SPARSE_WINDOWS``): the same ids, scores and windows bit for bit either way,
+    and the scores as the documented formula gives them (repeated words, several pairs per image
+    and word, weights other than 0 and 1)."""
+    from papyrus_widgets.index import queries
+
+    rng = np.random.default_rng(windows)
+    rows_n = 400
+    words = rng.integers(0, 120, rows_n)
+    weights = rng.uniform(0.2, 2.0, (rows_n, windows)) * (rng.uniform(0, 1, (rows_n, windows)) < 0.15)
+    weights[:, 0] = 1.0
+    n_pairs = 3_000
+    pair_rows = np.sort(rng.integers(0, rows_n, n_pairs))
+    image_ids = rng.integers(1, 60, n_pairs)
+    doc_weight = rng.uniform(0.05, 0.5, 60)  # d: one per image
+    known = np.unique(words)[::2]  # half the query's words are in the index
+    keep = np.isin(words[pair_rows], known)
+    pairs = queries.WordPairs(
+        rows_n, image_ids[keep], pair_rows[keep], doc_weight[image_ids[keep]], known, rng.uniform(0.5, 3.0, len(known))
+    )
+    got = {}
+    for name, factor in (("cells", 0), ("windows", 10**9)):
+        monkeypatch.setattr(queries, "SPARSE_WINDOWS", factor)
+        got[name] = queries._rank_pairs(words, weights, pairs, 25)
+    for a, b in zip(got["cells"], got["windows"]):
+        assert np.array_equal(a, b)
+    # the formula: per window, Σ_w idf² · √m_w · d / ‖√q · idf‖
+    idf = dict(zip(known.tolist(), pairs.idf.tolist()))
+    ids, scores, best_window = got["cells"]
+    for image, score, j in zip(ids.tolist(), scores.tolist(), best_window.tolist()):
+        q = {}
+        for w, wt in zip(words.tolist(), weights[:, j].tolist()):
+            q[w] = q.get(w, 0.0) + wt
+        qnorm = np.sqrt(sum(v * idf[w] ** 2 for w, v in q.items() if w in idf))
+        m = {}
+        for img, r in zip(pairs.image_ids.tolist(), pairs.rows.tolist()):
+            if img == image:
+                m[int(words[r])] = m.get(int(words[r]), 0.0) + weights[r, j]
+        expected = sum(idf[w] ** 2 * np.sqrt(v) * doc_weight[image] for w, v in m.items()) / qnorm
+        assert score == pytest.approx(expected, rel=1e-9)
