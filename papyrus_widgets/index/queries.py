@@ -385,7 +385,7 @@ def _rank_pairs(
     groups = sorted_key[new_group]
     group_of = np.empty(len(by_group), np.int64)
     group_of[by_group] = np.cumsum(new_group) - 1
-    d_group = np.maximum.reduceat(d[by_group], np.flatnonzero(new_group))
+    d_group = np.maximum(np.maximum.reduceat(d[by_group], np.flatnonzero(new_group)), 0.0)  # as from 0
     word_idf = idf[groups % len(distinct)]
     coefficient = d_group * word_idf * word_idf
     # per image (the groups are in image order): a sum per window
