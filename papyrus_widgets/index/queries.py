@@ -381,7 +381,7 @@ def _rank_pairs(
     group_key = images * len(distinct) + word_of[rows]
     by_group = _stable_order(group_key)
     sorted_key = group_key[by_group]
-    new_group = np.r_[True, sorted_key[1:] != sorted_key[:-1]]
+    new_group = _run_starts(sorted_key)
     groups = sorted_key[new_group]
     group_of = np.empty(len(by_group), np.int64)
     group_of[by_group] = np.cumsum(new_group) - 1
@@ -390,7 +390,7 @@ def _rank_pairs(
     coefficient = d_group * word_idf * word_idf
     # per image (the groups are in image order): a sum per window
     image_key = groups // len(distinct)
-    new_image = np.r_[True, image_key[1:] != image_key[:-1]]
+    new_image = _run_starts(image_key)
     ids = image_key[new_image]
     image_of = np.cumsum(new_image) - 1
     pair_image = image_of[group_of]  # each pair's image, as a row of ``ids``
@@ -451,12 +451,19 @@ def _cell_sums(
     cell = group_of[pair_of] * windows + in_window[entry]
     by_cell = _stable_order(cell)
     sorted_cell = cell[by_cell]
-    new_cell = np.r_[True, sorted_cell[1:] != sorted_cell[:-1]] if len(cell) else np.zeros(0, bool)
+    new_cell = _run_starts(sorted_cell)
     m = np.bincount(np.cumsum(new_cell) - 1, weights=value[entry][by_cell])
     cell_group, cell_window = np.divmod(sorted_cell[new_cell], windows)
     part = np.sqrt(m) * coefficient[cell_group]
     s = np.bincount(image_of[cell_group] * windows + cell_window, weights=part, minlength=images * windows)
     return s.reshape(images, windows)
+
+
+def _run_starts(sorted_key: np.ndarray) -> np.ndarray:
+    """Where each run of equal values begins in ``sorted_key`` (bool, its length; empty for an empty key)."""
+    if not len(sorted_key):
+        return np.zeros(0, bool)
+    return np.r_[True, sorted_key[1:] != sorted_key[:-1]]
 
 
 def _stable_order(key: np.ndarray) -> np.ndarray:
