@@ -51,6 +51,15 @@ SECOND_LOOK_CANDIDATES = 90
 """How many more references the second look (:func:`_second_look`) confirms at most when the
 first stage's candidates confirmed nothing near the middle of the photo (0: no second look); in
 rounds, like the first ones, it stops at a confirmed match."""
+SECOND_LOOK_MAX_ROWS: int | None = None
+"""At most this many rows in the second look's word list (:func:`second_look_rows`: a photo's own
+words, then its more words, the nearest first, as :func:`query_rows` orders them), never fewer
+than the first pass's (whose matching pairs it reuses); None: all of them. A photo with a full
+4,000 keypoints has 16,000-19,600 such rows, three to four times the first pass's, and reading
+the more words' postings grows with the collection (0.68 s of a "no confirmed match" search at
+10,035 images). Cut at 12,000, the lists of 64 development photos lost nothing in a small
+in-memory index (benchmarks/results.md, figure 0d); not yet measured through the engine, so off:
+``bench_realphoto.py --trial capped-rows`` compares."""
 SECOND_LOOK_AFTER_OFF_CENTRE = 40
 """How many of those the second look confirms at most when the first look did confirm papyri, but
 only off the middle of the photo (:data:`~papyrus_widgets.retrieval.confirm.CONFIRM_STOP_OFF_CENTRE`):
@@ -642,12 +651,14 @@ def second_look_rows(
     settings: Settings, url: str, prepared: PreparedQuery, filters: Mapping[str, Any] | None
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, index.WordPairs | None]:
     """The second look's rows, ``(words, signatures, points, pairs)``: every keypoint's own word and
-    all its more words (:func:`query_rows`), and their matching pairs when the first pass ran in this
-    process (its rows are the start of these; their pairs are kept, :data:`PAIRS_CACHE`, and only the
-    rest's postings are read now), else None (:func:`second_look_list` reads them all)."""
+    all its more words (:func:`query_rows`; up to :data:`SECOND_LOOK_MAX_ROWS` rows when set), and
+    their matching pairs when the first pass ran in this process (its rows are the start of these;
+    their pairs are kept, :data:`PAIRS_CACHE`, and only the rest's postings are read now), else None
+    (:func:`second_look_list` reads them all)."""
     from .retrieval.features import QUERY_MAX_KEYPOINTS
 
-    words, signatures, points = query_rows(settings, prepared, None)
+    cap = SECOND_LOOK_MAX_ROWS
+    words, signatures, points = query_rows(settings, prepared, None if cap is None else max(cap, QUERY_MAX_KEYPOINTS))
     first = _within_budget(len(prepared.words), len(words), QUERY_MAX_KEYPOINTS)  # the first pass's rows
     pairs = _remembered_pairs(url, words[:first], None if signatures is None else signatures[:first], filters)
     if pairs is not None and first < len(words):

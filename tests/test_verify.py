@@ -744,6 +744,35 @@ def test_a_photos_more_words_fill_the_first_pass_up_to_its_budget_and_the_second
     assert tasks.query_rows(settings, orb, None)[0].tolist() == words.tolist()
 
 
+def test_the_second_look_s_rows_stop_at_their_cap_and_never_short_of_the_first_pass_s(tmp_path, monkeypatch) -> None:
+    """``tasks.SECOND_LOOK_MAX_ROWS``: the second look's rows are the start of all of them (its own
+    words, then the nearest more words), at most the cap, but never fewer than the first pass's
+    rows, whose kept pairs it extends; None: all of them."""
+    from papyrus_widgets import tasks
+    from papyrus_widgets.config import Settings
+    from papyrus_widgets.retrieval import Features
+    from papyrus_widgets.retrieval import features as F
+
+    settings = Settings(data_dir=tmp_path)
+    vocab = tasks.worker_vocabulary(settings)
+    rng = np.random.default_rng(9)
+    desc = rng.integers(0, 90, (300, 128)).astype(np.uint8)
+    points = rng.uniform(0, 800, (300, 2)).astype(np.float32)
+    words, sigs = vocab.words_and_signatures(desc)
+    feats = Features(points, desc, (800, 800), "sift", 800)
+    prepared = tasks.PreparedQuery(np.zeros(0), feats, words, (800, 800), False, sigs)
+    every, every_sigs, every_points = tasks.query_rows(settings, prepared, None)
+    assert len(every) > 700
+    monkeypatch.setattr(F, "QUERY_MAX_KEYPOINTS", 400)  # the first pass's budget
+    url = "postgresql:///no-such-database"  # no first pass ran in this process: no pairs to extend, none read
+    for cap, rows in ((None, len(every)), (600, 600), (200, 400), (10**6, len(every))):
+        monkeypatch.setattr(tasks, "SECOND_LOOK_MAX_ROWS", cap)
+        w, s, p, pairs = tasks.second_look_rows(settings, url, prepared, None)
+        assert pairs is None and len(w) == len(p) == rows
+        assert w.tolist() == every[:rows].tolist() and s is not None and s.tolist() == every_sigs[:rows].tolist()
+        assert p.tolist() == every_points[:rows].tolist()
+
+
 def test_several_papyri_confirmed_in_one_photo_the_middle_one_comes_first() -> None:
     from papyrus_widgets.retrieval import Reranked, Verification, locate, ranked
 
