@@ -680,7 +680,7 @@ TRIALS: dict[str, dict[str, Any]] = {
     "contrast02": {"retrieval.features.QUERY_CONTRAST": 0.02},
     "per-record": {"retrieval.confirm.ONE_MATCH_PER_IMAGE": False, "tasks.MERGE_BY_RECORD": False},
     "diverse": {"index.queries.DIVERSE_SHARE": 0.3, "index.queries.MIN_MATCHED": 3},
-    "capped-rows": {"tasks.SECOND_LOOK_MAX_ROWS": 12000},
+    "uncapped-rows": {"tasks.SECOND_LOOK_MAX_ROWS": None},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
 module switches of ``papyrus_widgets`` to set (``module.NAME``). *untilted*: without the tilted
@@ -721,8 +721,8 @@ threshold (``retrieval.features.QUERY_CONTRAST``: tried, not adopted); *diverse*
 window's word list made diverse and images with one or two matched keypoints put after the rest
 (``index.queries.DIVERSE_SHARE`` = 0.3, ``index.queries.MIN_MATCHED`` = 3; measured as the
 default, 2026-12-06, and turned off: the same answers at 1.06-1.18x the time);
-*capped-rows*: the second look's word list cut at 12,000 rows, its more words the nearest first
-(``tasks.SECOND_LOOK_MAX_ROWS``; off by default: all of them);
+*uncapped-rows*: the second look's word list takes every keypoint's more words, as before
+2026-12-06 (``tasks.SECOND_LOOK_MAX_ROWS``, now 12,000 rows, its more words the nearest first);
 *control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""

@@ -51,15 +51,17 @@ SECOND_LOOK_CANDIDATES = 90
 """How many more references the second look (:func:`_second_look`) confirms at most when the
 first stage's candidates confirmed nothing near the middle of the photo (0: no second look); in
 rounds, like the first ones, it stops at a confirmed match."""
-SECOND_LOOK_MAX_ROWS: int | None = None
+SECOND_LOOK_MAX_ROWS: int | None = 12000
 """At most this many rows in the second look's word list (:func:`second_look_rows`: a photo's own
 words, then its more words, the nearest first, as :func:`query_rows` orders them), never fewer
-than the first pass's (whose matching pairs it reuses); None: all of them. A photo with a full
-4,000 keypoints has 16,000-19,600 such rows, three to four times the first pass's, and reading
-the more words' postings grows with the collection (0.68 s of a "no confirmed match" search at
-10,035 images). Cut at 12,000, the lists of 64 development photos lost nothing in a small
-in-memory index (benchmarks/results.md, figure 0d); not yet measured through the engine, so off:
-``bench_realphoto.py --trial capped-rows`` compares."""
+than the first pass's (whose matching pairs it reuses); None: all of them, as before 2026-12-06.
+A photo with a full 4,000 keypoints has 16,000-19,600 such rows, three to four times the first
+pass's, and reading the more words' postings grows with the collection (0.68 s of a "no confirmed
+match" search at 10,035 images). Chosen on the lists of 64 development photos (seed 77123) in a
+small in-memory index: 12,000 lost none of them, 8,000 one, 6,000 two. Through the engine
+(benchmarks/results.md, figure 0d; ``bench_realphoto.py --trial uncapped-rows`` compares): the
+same answers on the benchmark's photos, "no confirmed match" 0.95x per photo on laptop panels
+photographed steeply; photos with fewer rows than this are searched as before."""
 SECOND_LOOK_AFTER_OFF_CENTRE = 40
 """How many of those the second look confirms at most when the first look did confirm papyri, but
 only off the middle of the photo (:data:`~papyrus_widgets.retrieval.confirm.CONFIRM_STOP_OFF_CENTRE`):
