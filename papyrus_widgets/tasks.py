@@ -60,8 +60,9 @@ pass's, and reading the more words' postings grows with the collection (0.68 s o
 match" search at 10,035 images). Chosen on the lists of 64 development photos (seed 77123) in a
 small in-memory index: 12,000 lost none of them, 8,000 one, 6,000 two. Through the engine
 (benchmarks/results.md, figure 0d; ``bench_realphoto.py --trial uncapped-rows`` compares): the
-same answers on the benchmark's photos, "no confirmed match" 0.95x per photo on laptop panels
-photographed steeply; photos with fewer rows than this are searched as before."""
+same answers on the benchmark's photos, "no confirmed match" 0.89x per photo with the papyrus at
+25 % of the frame, 0.95x on laptop panels photographed steeply; photos with fewer rows than this
+are searched as before."""
 SECOND_LOOK_AFTER_OFF_CENTRE = 40
 """How many of those the second look confirms at most when the first look did confirm papyri, but
 only off the middle of the photo (:data:`~papyrus_widgets.retrieval.confirm.CONFIRM_STOP_OFF_CENTRE`):
