@@ -681,6 +681,7 @@ TRIALS: dict[str, dict[str, Any]] = {
     "per-record": {"retrieval.confirm.ONE_MATCH_PER_IMAGE": False, "tasks.MERGE_BY_RECORD": False},
     "diverse": {"index.queries.DIVERSE_SHARE": 0.3, "index.queries.MIN_MATCHED": 3},
     "uncapped-rows": {"tasks.SECOND_LOOK_MAX_ROWS": None},
+    "ungated": {"retrieval.confirm.MATCH_GATE": None},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
 module switches of ``papyrus_widgets`` to set (``module.NAME``). *untilted*: without the tilted

@@ -1497,3 +1497,46 @@ def test_rounds_end_at_the_round_that_confirms_a_papyrus_off_the_middle(
     assert run(2) == ["other0", "right", "late0", "late1"]
     assert run(None) == ["other0", "right"] + [f"late{i}" for i in range(5)]  # on, for one in the middle
     assert run(None, aimed=False) == ["other0", "right"]  # a marked region: wherever it is
+
+
+def test_a_reference_is_matched_in_full_only_when_a_third_of_its_keypoints_finds_enough(
+    scan, warped, monkeypatch
+) -> None:
+    """``confirm.MATCH_GATE``: the photo's own scan passes the gate and gets the full match (the
+    same inliers as without the gate); another papyrus is stopped by it: only every third of its
+    keypoints is looked up in the photo's forest, and it keeps what those found (fewer than the
+    gate's inliers), as matched without the gate."""
+    confirm_module = importlib.import_module("papyrus_widgets.retrieval.confirm")
+    stride, enough = confirm_module.MATCH_GATE
+    photo, _ = warped
+    query = confirm_module.QueryIndex(
+        verify.extract_features(photo, max_side=verify.QUERY_MAX_SIDE, max_keypoints=verify.QUERY_MAX_KEYPOINTS)
+    )
+    looked_up: list[int] = []  # how many reference keypoints each search in the forest was given
+    pairs = query.pairs
+    monkeypatch.setattr(query, "pairs", lambda ref, ratio: looked_up.append(len(ref)) or pairs(ref, ratio))
+    own = verify.describe_reference(scan, size=scan.info["original_size"])
+    img = decode_image(reference(OTHER_NAME).read_bytes(), max_side=1024, name=OTHER_NAME)
+    other = verify.describe_reference(img, size=img.info["original_size"])
+    assert min(len(own), len(other)) >= confirm_module.MATCH_GATE_MIN_KEYPOINTS
+
+    part = own.every(stride)
+    kept = np.arange(0, len(own), stride)
+    assert len(part) == len(kept) and part.coarse == (kept >= len(own) - own.coarse).sum() > 0
+    assert np.array_equal(part.descriptors, own.descriptors[kept])
+    gated_own = verify.match(query, own)
+    assert looked_up == [len(part), len(own)]
+    full_own = verify.match(query, own, gate=False)
+    assert gated_own.confirmed and gated_own.inliers == full_own.inliers
+    assert gated_own.homography == full_own.homography
+
+    looked_up.clear()
+    stopped = verify.match(query, other)
+    assert looked_up == [len(other.every(stride))]
+    alone = verify.match(query, other.every(stride), gate=False, agreeing=False)
+    assert stopped.inliers < enough and not stopped.confirmed
+    assert (stopped.inliers, stopped.matches) == (alone.inliers, alone.matches)
+    monkeypatch.setattr(confirm_module, "MATCH_GATE", None)
+    looked_up.clear()
+    verify.match(query, other)
+    assert looked_up == [len(other)]

@@ -128,6 +128,21 @@ same 64 photos of indexed papyri and 16 of held-out ones at 3, 10 and 25 % of th
 (``bench_realphoto.py --fractions 0.03,0.1,0.25 --trial checks32``, results.md figure 0c): the
 same answers but one more photo at 3 % found and confirmed with 16, nothing held out confirmed
 either way, "no confirmed match" 0.75-0.88x the time (p50)."""
+MATCH_GATE: tuple[int, int] | None = (3, 4)
+"""(stride, inliers): a reference is matched first with every stride-th of its keypoints, and in
+full only when those find at least this many inliers (None: always in full, as before 2026-12-06).
+A wrong reference, which is nearly every one a search that confirms nothing tries (some 230
+through its three looks), then costs about a third of its matching: nearly all of a match's time
+is its keypoints' search in the query's forest (9.2 ms of 9.7 ms median, the robust fit 0.4 ms;
+100 distractor crops against 4 scene photos, an experiment script, not kept). A reference that
+fails the gate keeps what its keypoints found (fewer than ``inliers``: under
+:data:`MIN_INLIERS`, so neither confirmed nor a near miss, ranked by its first-stage score as
+before). A third of a true match's keypoints kept 0.27-0.75 of its inliers (development photos,
+seeds 1-2, not the benchmark's: 132 scenes, ordinary, *lcd+shaky*, *steep* and *lcd+steep*, each
+matched against its own scan; the fewest 8 of 13, 14 of 52, 15 of 25), and wrong references
+reached at most 6 (30 distractor crops per photo; 5 or more for about 3 % of them)."""
+MATCH_GATE_MIN_KEYPOINTS = 300
+"""References with fewer keypoints than this are matched in full at once (the gate saves little)."""
 MATCH_COARSE = True
 """Whether a reference's keypoints from its looks at half resolution and less
 (:data:`~.features.COARSE_KEYPOINTS`, :data:`~.features.COARSER_LOOKS`) are matched too; False:
@@ -335,6 +350,7 @@ def match(
     ratio: float = RATIO,
     max_evidence: int = MAX_EVIDENCE,
     agreeing: bool = True,
+    gate: bool = True,
 ) -> Verification:
     """Match ``query`` against ``reference``: ratio-tested nearest neighbours, then a RANSAC
     homography (reference → query). Returns the inliers as evidence. ``query`` may be a
@@ -347,7 +363,11 @@ def match(
 
     ``agreeing``: whether a weak match may be counted again with its homography as the guide
     (:data:`AGREEING`, when that is on too); False for a query whose keypoints are not all the
-    photo's own (its tilted views', :func:`~.features.tilted_features`, repeat its structures)."""
+    photo's own (its tilted views', :func:`~.features.tilted_features`, repeat its structures).
+
+    ``gate``: whether a reference is first matched with a part of its keypoints
+    (:data:`MATCH_GATE`, SIFT against a :class:`QueryIndex`) and its result kept when that finds
+    too few inliers to go on."""
     import cv2
 
     index = query if isinstance(query, QueryIndex) else None
@@ -356,6 +376,18 @@ def match(
     t0 = time.perf_counter()
     if not MATCH_COARSE:
         reference = reference.fine()
+    if (
+        gate
+        and MATCH_GATE is not None
+        and index is not None
+        and q_feats.method == "sift"
+        and len(reference) >= MATCH_GATE_MIN_KEYPOINTS
+    ):
+        stride, enough = MATCH_GATE
+        part = match(index, reference.every(stride), ratio=ratio, max_evidence=max_evidence, agreeing=False, gate=False)
+        if part.inliers < enough:
+            part.seconds = time.perf_counter() - t0
+            return part
     q_size, r_size = [int(v) for v in q_feats.size], [int(v) for v in reference.size]
     empty = Verification(0, [], None, 0.0, query_size=q_size, reference_size=r_size)
     if q_feats.method != reference.method:

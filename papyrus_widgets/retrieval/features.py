@@ -194,6 +194,12 @@ class Features:
         n = len(self) - self.coarse
         return dataclasses.replace(self, points=self.points[:n], descriptors=self.descriptors[:n], coarse=0)
 
+    def every(self, stride: int) -> "Features":
+        """Every ``stride``-th keypoint of these (from the first), fine and :attr:`coarse` alike."""
+        kept = np.arange(0, len(self), max(1, stride))
+        coarse = int((kept >= len(self) - self.coarse).sum()) if self.coarse else 0
+        return dataclasses.replace(self, points=self.points[kept], descriptors=self.descriptors[kept], coarse=coarse)
+
     def to_bytes(self) -> bytes:
         """A compact ``.npz`` (for an object store or a disk cache)."""
         buf = io.BytesIO()
