@@ -18,6 +18,12 @@ Inputs: scene photos of the Heidelberg references made by ``papyrus_widgets.scen
 function (``tasks._query_features``) and its tilted views (``features.tilted_features``); the
 reference scans decoded at the features' size (768 px) and described as ``tasks.ingest_batch_task``
 describes them (``features.describe_reference``).
+**Reading stored features** (kind *read*): each scan's features as ingest stores them
+(``features/…npz``), decoded by ``Features.from_bytes`` as the confirming stage does for every
+candidate its worker has not kept — written uncompressed (**now**, ``features.STORE_COMPRESSED``
+off) against compressed (**baseline**, as before 2026-12-06); ``READS`` reads per timed job, and
+the bytes of each.
+
 Both arms run on the same images in this process, alternated (the order flips each repeat),
 each timed on one thread of the caller with OpenCV's own threads as a worker has them; the
 outputs are compared keypoint for keypoint and byte for byte.
@@ -39,6 +45,8 @@ import _common as C
 
 NAME = "features"
 SEED = 7700
+READS = 20
+"""Reads per timed job of the *read* kind (one read takes milliseconds)."""
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -51,12 +59,15 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
-def measure(jobs: dict[str, list[Callable[[], Any]]], repeats: int) -> dict[str, Any]:
-    """Each job of each kind in both arms, alternated; per kind the medians, the median per-job
-    ratio now / baseline, and how many jobs gave the same features both ways."""
+def measure(
+    jobs: dict[str, list[Callable[[], Any]]], repeats: int, switch: str = "ONE_PASS", now: bool = True
+) -> dict[str, Any]:
+    """Each job of each kind in both arms (``features.<switch>`` ``now`` and not), alternated; per
+    kind the medians, the median per-job ratio now / baseline, and how many jobs gave the same
+    features both ways."""
     from papyrus_widgets.retrieval import features as F
 
-    arms = {"now": True, "baseline": False}  # features.ONE_PASS
+    arms = {"now": now, "baseline": not now}
     out: dict[str, Any] = {}
     for kind, fns in jobs.items():
         times: dict[str, list[list[float]]] = {"now": [[] for _ in fns], "baseline": [[] for _ in fns]}
@@ -66,11 +77,11 @@ def measure(jobs: dict[str, list[Callable[[], Any]]], repeats: int) -> dict[str,
             for rep in range(repeats):
                 order = ("now", "baseline") if (i + rep) % 2 == 0 else ("baseline", "now")
                 for arm in order:
-                    F.ONE_PASS = arms[arm]
+                    setattr(F, switch, arms[arm])
                     try:
                         seconds, results[arm] = _timed(fn)
                     finally:
-                        F.ONE_PASS = True
+                        setattr(F, switch, now)
                     times[arm][i].append(seconds)
             same += _same(results["now"], results["baseline"])
         per_job = {arm: [float(np.median(t)) for t in ts] for arm, ts in times.items()}
@@ -125,6 +136,33 @@ def main() -> None:
         "scan": [scan(img) for img in stored],
     }
     print(f"{len(photos)} photos, {len(stored)} scans, {repeats} repeats per arm; OpenCV threads {cv2.getNumThreads()}")
+    kinds = measure(jobs, repeats)
+    # stored features read back (what the confirming stage does for each candidate its worker has
+    # not kept): written uncompressed (now) or compressed (baseline), decoded by Features.from_bytes
+    described = [F.describe_reference(img, size=img.info.get("original_size")) for img in stored]
+    blobs: dict[bool, list[bytes]] = {}
+    for compressed in (False, True):
+        F.STORE_COMPRESSED = compressed
+        blobs[compressed] = [d.to_bytes() for d in described]
+    F.STORE_COMPRESSED = False
+
+    def read(i: int) -> Callable[[], Any]:
+        def job() -> Any:
+            blob = blobs[F.STORE_COMPRESSED][i]
+            for _ in range(READS - 1):
+                F.Features.from_bytes(blob)
+            return F.Features.from_bytes(blob)
+
+        return job
+
+    kinds.update(measure({"read": [read(i) for i in range(len(described))]}, repeats, "STORE_COMPRESSED", False))
+    kinds["read"]["per_job_reads"] = READS
+    kinds["read"]["bytes_median"] = {
+        "now": float(np.median([len(b) for b in blobs[False]])),
+        "baseline": float(np.median([len(b) for b in blobs[True]])),
+    }
+    sizes = kinds["read"]["bytes_median"]
+    print(f"read: bytes median now {sizes['now']:.0f}, baseline {sizes['baseline']:.0f}", flush=True)
     result = {
         "load_average_start": load_start,
         "candidates_per_keypoint": F.CANDIDATES_PER_KEYPOINT,
@@ -133,7 +171,7 @@ def main() -> None:
         "repeats": repeats,
         "opencv_threads": cv2.getNumThreads(),
         "seed": SEED,
-        "kinds": measure(jobs, repeats),
+        "kinds": kinds,
     }
     C.write_result(args.out, NAME, result)
 

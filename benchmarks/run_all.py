@@ -1380,6 +1380,8 @@ def render_features(r: dict[str, Any] | None, st: dict[str, Any] | None) -> list
         "photo": "a scene photo's keypoints (4,000 at 1,600 px: `tasks._query_features`)",
         "tilted": "its tilted views' (four of 1,000: `features.tilted_features`)",
         "scan": "a reference scan's (1,000 at 768 px, as the ingest describes it)",
+        "read": f"a reference's stored features read back, {kinds.get('read', {}).get('per_job_reads')} reads "
+        "(now uncompressed, baseline compressed: `features.STORE_COMPRESSED`)",
     }
     p = kinds["photo"]
     out = [
@@ -1417,6 +1419,13 @@ def render_features(r: dict[str, Any] | None, st: dict[str, Any] | None) -> list
             "costs about what the second pyramid did; a photo's 1,600 x 1,200 px give a pyramid several times as large."
         ),
     ]
+    if "read" in kinds and "bytes_median" in kinds["read"]:
+        b = kinds["read"]["bytes_median"]
+        out += [
+            "",
+            f"Stored features: {b['now'] / 1024:.0f} KB a scan uncompressed against {b['baseline'] / 1024:.0f} KB "
+            f"compressed ({b['now'] / b['baseline']:.2f}x the bytes).",
+        ]
     return out
 
 

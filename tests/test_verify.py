@@ -92,6 +92,26 @@ def test_features_round_trip_as_bytes(scan_features) -> None:
     assert len(data) < 200_000
 
 
+def test_stored_features_are_written_uncompressed_and_compressed_ones_still_read(scan_features, monkeypatch) -> None:
+    """``features.STORE_COMPRESSED`` off (the default): the ``.npz`` members are stored, not
+    deflated; features stored compressed before are read back the same."""
+    import zipfile
+
+    features_module = importlib.import_module("papyrus_widgets.retrieval.features")
+    plain = scan_features.to_bytes()
+    monkeypatch.setattr(features_module, "STORE_COMPRESSED", True)
+    packed = scan_features.to_bytes()
+    kinds = {
+        name: {i.compress_type for i in zipfile.ZipFile(io.BytesIO(b)).infolist()}
+        for name, b in (("plain", plain), ("packed", packed))
+    }
+    assert kinds == {"plain": {zipfile.ZIP_STORED}, "packed": {zipfile.ZIP_DEFLATED}}
+    for data in (plain, packed):
+        back = verify.Features.from_bytes(data)
+        assert (back.size, back.params, back.coarse) == (scan_features.size, scan_features.params, scan_features.coarse)
+        np.testing.assert_array_equal(back.descriptors, scan_features.descriptors)
+
+
 def test_known_perspective_gives_inliers_at_the_right_places(warped, scan, scan_features) -> None:
     photo, to_scan = warped
     query = verify.extract_features(photo)

@@ -69,6 +69,14 @@ benchmark's photos among 10,035 images (results.md, figure 0d; not alternated: a
 *lcd+shaky* 116 of 128 found against 114, its first stage's recall@10 0.703 / 0.781 → 0.859 /
 0.859 on its two sets, ordinary scenes at 25 % of the frame 64 of 64 either way, held-out 0 of 48
 confirmed. The references' features step of ingest 1.16x; a Heidelberg scan's keypoints 1.37x."""
+STORE_COMPRESSED = False
+"""Whether :meth:`Features.to_bytes` compresses (``np.savez_compressed``, as before 2026-12-06).
+SIFT descriptors barely compress, and every candidate a search confirms that its worker has not
+kept (:data:`CACHE_SIZE`) is read and decoded: a search that confirms nothing reads some 230.
+Uncompressed, a read takes 0.23x the time (0.5 against 2.2 ms median, 24 Heidelberg scans;
+``bench_features.py``, benchmarks/results.md figure 7) for 1.32-1.35x the bytes (figure 0's
+distractor crops 184 against 139 KB mean, the scans 281 against 208 KB median). Stored features
+written before are read as they are."""
 CACHE_SIZE = 512
 """Reference features kept per process (about 200 KB each for SIFT)."""
 
@@ -201,9 +209,10 @@ class Features:
         return dataclasses.replace(self, points=self.points[kept], descriptors=self.descriptors[kept], coarse=coarse)
 
     def to_bytes(self) -> bytes:
-        """A compact ``.npz`` (for an object store or a disk cache)."""
+        """An ``.npz`` (for an object store or a disk cache), compressed when
+        :data:`STORE_COMPRESSED` is set; :meth:`from_bytes` reads either."""
         buf = io.BytesIO()
-        np.savez_compressed(
+        (np.savez_compressed if STORE_COMPRESSED else np.savez)(
             buf,
             points=self.points.astype(np.float32),
             descriptors=self.descriptors.astype(np.uint8),
