@@ -138,13 +138,15 @@ def main() -> None:
     print(f"{len(photos)} photos, {len(stored)} scans, {repeats} repeats per arm; OpenCV threads {cv2.getNumThreads()}")
     kinds = measure(jobs, repeats)
     # stored features read back (what the confirming stage does for each candidate its worker has
-    # not kept): written uncompressed (now) or compressed (baseline), decoded by Features.from_bytes
+    # not kept): written as the package writes them (now) and the other way (baseline), decoded by
+    # Features.from_bytes
     described = [F.describe_reference(img, size=img.info.get("original_size")) for img in stored]
+    current = F.STORE_COMPRESSED
     blobs: dict[bool, list[bytes]] = {}
-    for compressed in (False, True):
+    for compressed in (current, not current):
         F.STORE_COMPRESSED = compressed
         blobs[compressed] = [d.to_bytes() for d in described]
-    F.STORE_COMPRESSED = False
+    F.STORE_COMPRESSED = current
 
     def read(i: int) -> Callable[[], Any]:
         def job() -> Any:
@@ -155,11 +157,11 @@ def main() -> None:
 
         return job
 
-    kinds.update(measure({"read": [read(i) for i in range(len(described))]}, repeats, "STORE_COMPRESSED", False))
+    kinds.update(measure({"read": [read(i) for i in range(len(described))]}, repeats, "STORE_COMPRESSED", current))
     kinds["read"]["per_job_reads"] = READS
     kinds["read"]["bytes_median"] = {
-        "now": float(np.median([len(b) for b in blobs[False]])),
-        "baseline": float(np.median([len(b) for b in blobs[True]])),
+        arm: float(np.median([len(b) for b in blobs[compressed]]))
+        for arm, compressed in (("now", current), ("baseline", not current))
     }
     sizes = kinds["read"]["bytes_median"]
     print(f"read: bytes median now {sizes['now']:.0f}, baseline {sizes['baseline']:.0f}", flush=True)
