@@ -1204,6 +1204,14 @@ def render_realphoto_variants(r: dict[str, Any] | None, st: dict[str, Any] | Non
         )
     misses = [f"{v['variant']}: {_miss_words(row)}" for v in r["variants"] for row in v["now"]["rows"] if row["rank"] != 1]
     out += ["", "Not first now: " + ("; ".join(misses) if misses else "none") + "."]
+    cornered = [
+        f"{_variant_words(v['variant'])} top-1 / top-5 {c['top1']:.3f} / {c['top5']:.3f} (confirmed "
+        f"{c['true_match_confirmed']:.3f}, p50 {c['latency']['p50']:.2f} s)"
+        for v in r["variants"]
+        if (c := v.get("true_corners"))
+    ]
+    if cornered:
+        out += ["", "The same photos searched with their true corners (now): " + "; ".join(cornered) + "."]
     out += ["", VARIANTS_NOTE]
     return out
 
