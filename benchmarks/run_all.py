@@ -666,6 +666,19 @@ def render_knn(r: dict[str, Any] | None, st: dict[str, Any] | None) -> list[str]
                     f"| {_ms(bs['hnsw'][str(ef_t)]['p50']) if ef_t is not None else '–'} "
                     f"| {bs['hnsw']['40']['recall_at_10']:.3f} / {bs['hnsw']['100']['recall_at_10']:.3f} |"
                 )
+        rb = size.get("rebuilds")
+        if rb:
+            out += [
+                "",
+                (
+                    f"The default graph built {rb['builds']} times on the same vectors, the same queries (pgvector draws "
+                    "each node's level at random): recall@10 lowest / median / highest per ef_search — "
+                    + "; ".join(
+                        f"{ef}: {s['min']:.3f} / {s['median']:.3f} / {s['max']:.3f}" for ef, s in rb["spread"].items()
+                    )
+                    + "."
+                ),
+            ]
     out += [
         "",
         (
