@@ -699,6 +699,7 @@ TRIALS: dict[str, dict[str, Any]] = {
     "diverse": {"index.queries.DIVERSE_SHARE": 0.3, "index.queries.MIN_MATCHED": 3},
     "uncapped-rows": {"tasks.SECOND_LOOK_MAX_ROWS": None},
     "ungated": {"retrieval.confirm.MATCH_GATE": None},
+    "unrectified": {"retrieval.features.RECTIFY_REGIONS": False},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
 module switches of ``papyrus_widgets`` to set (``module.NAME``). *untilted*: without the tilted
@@ -741,6 +742,9 @@ window's word list made diverse and images with one or two matched keypoints put
 default, 2026-12-06, and turned off: the same answers at 1.06-1.18x the time);
 *uncapped-rows*: the second look's word list takes every keypoint's more words, as before
 2026-12-06 (``tasks.SECOND_LOOK_MAX_ROWS``, now 12,000 rows, its more words the nearest first);
+*unrectified*: the corners a user marks looked at in the photo's own perspective, as before
+2026-12-06 evening (``retrieval.features.RECTIFY_REGIONS``: rectified, the sheet seen square-on;
+only searches with corners differ, so ``--variants``' true-corner rows are what it changes);
 *control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""
@@ -1057,8 +1061,9 @@ def by_variant(
     cluster, the two searches of each photo one right after the other (:func:`both_ways`); before
     them, each photo's first stage as it is (``verify=False``, k=100: recall@10/50/100, and each
     row's ``first_rank``), so that a miss says whether the first look's list held the papyrus; after
-    them, each photo of an indexed papyrus searched once more with its true corners, as it is
-    (:func:`corner_search`: ``true_corners``, a careful user who marks them). The
+    them, each photo of an indexed papyrus searched once more with its true corners
+    (:func:`corner_search`, a careful user who marks them), as it is and with ``trial``'s switches,
+    one right after the other (``true_corners``, ``true_corners_trial``). The
     ``n``-th variant of the list (from 0) gets the photos of seed ``SEED + 500 + 10 n``: a variant's
     photos depend on its place in the list (``--variants lcd+shaky,lcd+steep`` and
     ``--variants lcd+steep,lcd+shaky`` search different photos); each entry records its seed."""
@@ -1103,19 +1108,22 @@ def by_variant(
             )
         entry.update(compared)
         print(f"{variant}: trial / now per photo {compared}")
-        corner_rows = [corner_search(engine, q) for q in positives]  # both_ways left the search as it is
-        entry["true_corners"] = {
-            "top1": float(np.mean([r["rank"] == 1 for r in corner_rows])),
-            "top5": float(np.mean([r["rank"] is not None and r["rank"] <= 5 for r in corner_rows])),
-            "true_match_confirmed": float(np.mean([r["rank"] == 1 and r["confirmed"] for r in corner_rows])),
-            "latency": C.summary([r["latency"] for r in corner_rows]),
-            "rows": corner_rows,
-        }
-        print(
-            f"{variant} (true corners, now): top-1 {entry['true_corners']['top1']:.3f}, top-5 "
-            f"{entry['true_corners']['top5']:.3f}, p50 {entry['true_corners']['latency']['p50']:.2f} s",
-            flush=True,
-        )
+        corner_by = both_ways(engine, arms, positives, lambda q: corner_search(engine, q))
+        for label, key in (("now", "true_corners"), ("trial", "true_corners_trial")):
+            corner_rows = corner_by[label]
+            entry[key] = {
+                "top1": float(np.mean([r["rank"] == 1 for r in corner_rows])),
+                "top5": float(np.mean([r["rank"] is not None and r["rank"] <= 5 for r in corner_rows])),
+                "true_match_confirmed": float(np.mean([r["rank"] == 1 and r["confirmed"] for r in corner_rows])),
+                "latency": C.summary([r["latency"] for r in corner_rows]),
+                "rows": corner_rows,
+            }
+            print(
+                f"{variant} (true corners, {label}): top-1 {entry[key]['top1']:.3f}, top-5 "
+                f"{entry[key]['top5']:.3f}, p50 {entry[key]['latency']['p50']:.2f} s",
+                flush=True,
+            )
+        entry["true_corners_per_photo"] = per_photo_ratios(corner_by["now"], corner_by["trial"])
         now_top1 = entry["now"]["top1"]
         entry["ratio_top1_trial_vs_now"] = C.ratio(entry["trial"]["top1"], now_top1) if now_top1 else None
         out["variants"].append(entry)

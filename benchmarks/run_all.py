@@ -1220,6 +1220,12 @@ def render_realphoto_variants(r: dict[str, Any] | None, st: dict[str, Any] | Non
     cornered = [
         f"{_variant_words(v['variant'])} top-1 / top-5 {c['top1']:.3f} / {c['top5']:.3f} (confirmed "
         f"{c['true_match_confirmed']:.3f}, p50 {c['latency']['p50']:.2f} s)"
+        + (
+            f", trial {t['top1']:.3f} / {t['top5']:.3f} (confirmed {t['true_match_confirmed']:.3f}, "
+            f"p50 {t['latency']['p50']:.2f} s)"
+            if (t := v.get("true_corners_trial"))
+            else ""
+        )
         for v in r["variants"]
         if (c := v.get("true_corners"))
     ]

@@ -232,7 +232,9 @@ def _decode_query(settings: Settings, query_key: str, name: str, max_side: int) 
     return _photo_cache().get(key, decode).copy()
 
 
-def _query_features(img: Any, region: Sequence[Sequence[float]] | None) -> Any:
+def _query_features(img: Any, region: Sequence[Sequence[float]] | None, rectify: bool = False) -> Any:
+    """A photo's local features as a search makes them (of ``region`` when given; ``rectify``: as
+    :func:`papyrus_widgets.retrieval.features.extract_features` has it, for the corners a user marks)."""
     from .retrieval import features as F  # read at call time: a benchmark's trial may switch them
 
     return F.extract_features(
@@ -245,6 +247,7 @@ def _query_features(img: Any, region: Sequence[Sequence[float]] | None) -> Any:
         min_side=F.QUERY_MIN_SIDE,
         deband=F.DEBAND,
         contrast=F.QUERY_CONTRAST,
+        rectify=rectify,
     )
 
 
@@ -299,7 +302,7 @@ def prepare_task(
             worker_store(settings).put(storage.crop_key(query_key, corners), imaging.jpeg_bytes(crop, 90), "image/jpeg")
         except PapyrusError:
             pass
-    features = _query_features(img, region)
+    features = _query_features(img, region, rectify=True)  # the corners marked: the sheet seen square-on
     words, signatures = (
         worker_vocabulary(settings).words_and_signatures(features.descriptors)
         if features.method == "sift"

@@ -1560,3 +1560,73 @@ def test_a_reference_is_matched_in_full_only_when_a_third_of_its_keypoints_finds
     looked_up.clear()
     verify.match(query, other)
     assert looked_up == [len(other)]
+
+
+def _pinhole_photo(scan: Image.Image, tilt: float, yaw: float, focal: float) -> tuple[Image.Image, np.ndarray]:
+    """(photo, corners): ``scan`` as a camera of ``focal`` long sides with its optical centre in
+    the middle of a 1600 x 1200 frame sees it, tilted by ``tilt`` degrees about its horizontal axis
+    and turned by ``yaw`` about its vertical one; the corners where the scan's lie (TL, TR, BR, BL)."""
+    import cv2
+
+    w, h = 1600, 1200
+    t, y = np.deg2rad(tilt), np.deg2rad(yaw)
+    rx = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
+    ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
+    aspect = scan.width / scan.height
+    sheet = np.array([[-aspect / 2, -0.5, 0], [aspect / 2, -0.5, 0], [aspect / 2, 0.5, 0], [-aspect / 2, 0.5, 0]])
+    seen = sheet @ (ry @ rx).T + [0.0, 0.0, 2.6]
+    f = focal * w
+    corners = np.c_[f * seen[:, 0] / seen[:, 2] + w / 2, f * seen[:, 1] / seen[:, 2] + h / 2]
+    src = np.array([[0, 0], [scan.width, 0], [scan.width, scan.height], [0, scan.height]], dtype=np.float32)
+    m = cv2.getPerspectiveTransform(src, corners.astype(np.float32))
+    pixels = cv2.warpPerspective(np.asarray(scan), m, (w, h), flags=cv2.INTER_AREA, borderValue=(90, 90, 100))
+    return Image.fromarray(pixels), corners
+
+
+@pytest.mark.parametrize(("tilt", "yaw", "focal"), [(55, 20, 1.1), (40, 35, 0.8), (60, 10, 2.0), (5, 3, 1.2)])
+def test_the_sheets_proportions_are_found_from_the_corners_perspective(scan, tilt, yaw, focal) -> None:
+    """``imaging.rectangle_aspect``: a sheet's width / height from where a camera sees its corners,
+    whatever the camera's focal length (solved from the corners), where the sides' lengths in the
+    photo are far off."""
+    from papyrus_widgets.imaging import rectangle_aspect
+
+    _, corners = _pinhole_photo(scan, tilt, yaw, focal)
+    truth = scan.width / scan.height
+    assert rectangle_aspect(corners.tolist(), (1600, 1200)) == pytest.approx(truth, rel=0.02)
+    if tilt >= 55:
+        q = corners
+        sides = max(np.linalg.norm(q[1] - q[0]), np.linalg.norm(q[2] - q[3])) / max(
+            np.linalg.norm(q[3] - q[0]), np.linalg.norm(q[2] - q[1])
+        )
+        assert abs(sides / truth - 1) > 0.15  # what the sides alone would say
+
+
+def test_a_steep_region_marked_by_its_corners_is_described_square_on(scan, scan_features, monkeypatch) -> None:
+    """The corners a user marks on a sheet photographed at 55-60° are looked at rectified
+    (``features.RECTIFY_REGIONS``): the descriptors of the sheet seen square-on, the points where
+    they lie in the photo. The scan then matches with many more inliers than the region in the
+    photo's own perspective, and its outline lands on the corners; with the switch off, the
+    region is described as before."""
+    F = importlib.import_module("papyrus_widgets.retrieval.features")
+    photo, corners = _pinhole_photo(scan, 58, 20, 1.1)
+    region = corners.tolist()
+    kw = dict(size=photo.size, max_side=1600, max_keypoints=4000, region=region)
+    before = verify.extract_features(photo, **kw)
+    square_on = verify.extract_features(photo, rectify=True, **kw)
+    a, b = verify.match(before, scan_features), verify.match(square_on, scan_features)
+    assert b.inliers >= 2 * max(a.inliers, 20), (a.inliers, b.inliers)
+    assert b.outline is not None
+    assert np.abs(np.array(b.outline) - corners).max() < 0.02 * 1600
+    inside = [_inside(corners, p) for p in square_on.points]
+    assert np.mean(inside) > 0.99
+    monkeypatch.setattr(F, "RECTIFY_REGIONS", False)
+    off = verify.extract_features(photo, rectify=True, **kw)
+    assert np.array_equal(off.points, before.points) and np.array_equal(off.descriptors, before.descriptors)
+
+
+def _inside(quad: np.ndarray, point: np.ndarray) -> bool:
+    """Whether ``point`` lies in ``quad`` (or within 3 px of it)."""
+    import cv2
+
+    outline = quad.astype(np.float32).reshape(-1, 1, 2)
+    return cv2.pointPolygonTest(outline, (float(point[0]), float(point[1])), True) > -3

@@ -404,6 +404,7 @@ def extract_features(
     min_side: int = 0,
     deband: bool = False,
     contrast: float | None = None,
+    rectify: bool = False,
 ) -> Features:
     """Keypoints and descriptors of ``img``, computed at a long side of at most ``max_side`` px.
 
@@ -429,6 +430,10 @@ def extract_features(
 
     ``contrast``: SIFT's contrast threshold (queries: :data:`QUERY_CONTRAST`; None: OpenCV's
     default, as for references).
+
+    ``rectify``: a ``region`` of four corners (a sheet's, as a user marks them) is looked at as a
+    square-on camera would show it, when :data:`RECTIFY_REGIONS` is on too (:func:`_rectified`):
+    the descriptors are those of the rectified view, the points where its keypoints lie in ``img``.
     """
     import cv2
 
@@ -468,7 +473,14 @@ def extract_features(
         arr = np.clip((arr.astype(np.float32) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
     if deband and (region is None or DEBAND_REGIONS):
         arr = _without_bands(arr)
-    if region is not None:
+    work_side = max(grey.size)
+    view = None  # work pixels of the crop -> pixels of its rectified view
+    if region is not None and rectify and RECTIFY_REGIONS and len(poly) == 4:
+        from .. import imaging
+
+        arr, view = _rectified(arr, (poly - [x0, y0]) * r, imaging.rectangle_aspect(region, size))  # type: ignore[arg-type]
+        work_side = max(arr.shape)
+    elif region is not None:
         mask = np.zeros(arr.shape, dtype=np.uint8)
         cv2.fillPoly(mask, [np.round((poly - [x0, y0]) * r).astype(np.int32)], 255)
     if method == "sift" and SCALE_BALANCED:
@@ -480,18 +492,46 @@ def extract_features(
     if descriptors is None or not keypoints:
         width = 128 if method == "sift" else 32
         empty = (np.zeros((0, 2), np.float32), np.zeros((0, width), np.uint8))
-        return Features(*empty, size, method, max(grey.size), params, work_scale)  # type: ignore[arg-type]
+        return Features(*empty, size, method, work_side, params, work_scale)  # type: ignore[arg-type]
     if len(keypoints) > max_keypoints:  # SIFT may return a few more (ties at the cut)
         order = np.argsort([-k.response for k in keypoints])[:max_keypoints]
         keypoints = [keypoints[i] for i in order]
         descriptors = descriptors[order]
     pts = np.array([k.pt for k in keypoints], dtype=np.float64)
+    if view is not None:  # from the rectified view back to where they lie in the crop
+        back = cv2.perspectiveTransform((pts + 0.5).reshape(-1, 1, 2), np.linalg.inv(view)).reshape(-1, 2)
+        pts = np.asarray(back - 0.5, dtype=np.float64)
     # keypoint centres at pixel centres: (x + 0.5) is a pixel-edge coordinate; take it to the
     # stored image's pixels, and back to pixel centres
     pts[:, 0] = ((pts[:, 0] + 0.5) / r + x0) / fx - 0.5
     pts[:, 1] = ((pts[:, 1] + 0.5) / r + y0) / fy - 0.5
     desc = np.clip(np.rint(descriptors), 0, 255).astype(np.uint8) if method == "sift" else descriptors.astype(np.uint8)
-    return Features(pts.astype(np.float32), desc, size, method, max(grey.size), params, work_scale)  # type: ignore[arg-type]
+    return Features(pts.astype(np.float32), desc, size, method, work_side, params, work_scale)  # type: ignore[arg-type]
+
+
+RECTIFY_REGIONS = True
+"""Whether a region of four corners given to :func:`extract_features` with ``rectify`` (the corners
+a user marks: ``tasks.prepare_task``) is looked at rectified (:func:`_rectified`). False: in the
+photo's own perspective, as before 2026-12-06 (``bench_realphoto.py --trial unrectified``)."""
+
+
+def _rectified(arr: np.ndarray, quad: np.ndarray, aspect: float) -> tuple[np.ndarray, np.ndarray]:
+    """(view, M): the quadrilateral ``quad`` (top-left, top-right, bottom-right, bottom-left, in
+    pixels of ``arr``) warped to an upright rectangle of width / height ``aspect``
+    (``imaging.rectangle_aspect``) whose long side is the quadrilateral's longest side, so that its
+    nearest side keeps its pixels and the sides foreshortened are stretched back; M maps ``arr``'s
+    pixels to the view's. A sheet photographed at 45-60° is then described as its square-on scan
+    is: SIFT's descriptors hold up to a tilt of about 40° only."""
+    import cv2
+
+    q = np.asarray(quad, dtype=np.float64)
+    longest = float(np.linalg.norm(np.roll(q, -1, axis=0) - q, axis=1).max())
+    w, h = (longest, longest / aspect) if aspect >= 1 else (longest * aspect, longest)
+    w, h = max(8, int(round(w))), max(8, int(round(h)))
+    target = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)
+    m = cv2.getPerspectiveTransform(q.astype(np.float32), target)
+    view = cv2.warpPerspective(arr, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return view, m
 
 
 def _without_bands(arr: np.ndarray) -> np.ndarray:
