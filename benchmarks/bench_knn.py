@@ -337,7 +337,8 @@ def measure_insert(url: str, n: int, fingerprint: str) -> dict[str, Any]:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
             conn.execute(f"CREATE SCHEMA {schema}")
             conn.execute(f"SET search_path = {schema}, public")
-            conn.execute(index.MIGRATIONS[0][1])  # papyri, images, index_meta as the package makes them
+            for _, migration in index.MIGRATIONS:  # papyri, images, postings as the package makes them
+                conn.execute(migration)
             index.drop_hnsw(conn)
             conn.autocommit = False
             t0 = time.perf_counter()
