@@ -498,12 +498,13 @@ def held_out_searches(engine: Any, negatives: list[Any]) -> list[dict[str, Any]]
     return out
 
 
-def no_corner_search(engine: Any, q: Any) -> dict[str, Any]:
-    """The default search (``k=5``, no corners) of a photo of an indexed papyrus: the right
-    papyrus's rank, whether the top hit is confirmed, how long it took, and the evidence: the top
-    hit's file and inliers, and the right papyrus's inliers where it is among the 5 (so that a miss
-    says whether another papyrus was confirmed before it, or nothing was)."""
-    res, latency, stages = timed_search(engine, q.data, k=5)
+def no_corner_search(engine: Any, q: Any, **kw: Any) -> dict[str, Any]:
+    """The default search (``k=5``, no corners; ``kw``: more of ``engine.search``'s arguments) of a
+    photo of an indexed papyrus: the right papyrus's rank, whether the top hit is confirmed, how
+    long it took, and the evidence: the top hit's file and inliers, and the right papyrus's inliers
+    where it is among the 5 (so that a miss says whether another papyrus was confirmed before it,
+    or nothing was)."""
+    res, latency, stages = timed_search(engine, q.data, k=5, **kw)
     top = res.hits[0] if res.hits else None
     return {
         "name": q.name,
@@ -521,20 +522,8 @@ def no_corner_search(engine: Any, q: Any) -> dict[str, Any]:
 
 
 def corner_search(engine: Any, q: Any) -> dict[str, Any]:
-    """The search of a photo of an indexed papyrus with the scene's true corners (``k=5``; a
-    careful user who marks them): the right papyrus's rank, whether the top hit is confirmed, how
-    long it took."""
-    res, latency, stages = timed_search(engine, q.data, k=5, corners=q.corners)
-    top = res.hits[0] if res.hits else None
-    return {
-        "name": q.name,
-        "kind": q.kind,
-        "rank": rank_of(res.hits, q.truth),
-        "confirmed": bool(top and top.confirmed),
-        "truth_inliers": next((h.inliers for h in res.hits if h.inventory_key == q.truth), None),
-        "latency": latency,
-        "stages": stages,
-    }
+    """:func:`no_corner_search` with the scene's true corners (a careful user who marks them)."""
+    return no_corner_search(engine, q, corners=q.corners)
 
 
 @dataclass
