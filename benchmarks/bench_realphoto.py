@@ -689,6 +689,7 @@ TRIALS: dict[str, dict[str, Any]] = {
     "uncapped-rows": {"tasks.SECOND_LOOK_MAX_ROWS": None},
     "ungated": {"retrieval.confirm.MATCH_GATE": None},
     "unrectified": {"retrieval.features.RECTIFY_REGIONS": False},
+    "closer-unrectified": {"tasks.RECTIFY_CLOSER_LOOK": False},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
 module switches of ``papyrus_widgets`` to set (``module.NAME``). *untilted*: without the tilted
@@ -734,6 +735,8 @@ default, 2026-12-06, and turned off: the same answers at 1.06-1.18x the time);
 *unrectified*: the corners a user marks looked at in the photo's own perspective, as before
 2026-12-06 evening (``retrieval.features.RECTIFY_REGIONS``: rectified, the sheet seen square-on;
 only searches with corners differ, so ``--variants``' true-corner rows are what it changes);
+*closer-unrectified*: the closer look at a small match's region in the photo's own perspective, as
+before 2026-12-06 night (``tasks.RECTIFY_CLOSER_LOOK``: warped to the reference's proportions);
 *control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""

@@ -232,9 +232,12 @@ def _decode_query(settings: Settings, query_key: str, name: str, max_side: int) 
     return _photo_cache().get(key, decode).copy()
 
 
-def _query_features(img: Any, region: Sequence[Sequence[float]] | None, rectify: bool = False) -> Any:
-    """A photo's local features as a search makes them (of ``region`` when given; ``rectify``: as
-    :func:`papyrus_widgets.retrieval.features.extract_features` has it, for the corners a user marks)."""
+def _query_features(
+    img: Any, region: Sequence[Sequence[float]] | None, rectify: bool = False, aspect: float | None = None
+) -> Any:
+    """A photo's local features as a search makes them (of ``region`` when given; ``rectify`` and
+    ``aspect``: as :func:`papyrus_widgets.retrieval.features.extract_features` has them, for the
+    corners a user marks or a match's outline)."""
     from .retrieval import features as F  # read at call time: a benchmark's trial may switch them
 
     return F.extract_features(
@@ -248,6 +251,7 @@ def _query_features(img: Any, region: Sequence[Sequence[float]] | None, rectify:
         deband=F.DEBAND,
         contrast=F.QUERY_CONTRAST,
         rectify=rectify,
+        aspect=aspect,
     )
 
 
@@ -591,11 +595,19 @@ def _candidates(settings: Settings, hits: Sequence[Hit]) -> list[Any]:
     ]
 
 
+RECTIFY_CLOSER_LOOK = True
+"""Whether the closer look (:func:`_look_closer`) sees the region of its best match square-on: the
+match's outline (the reference's corners in the photo) warped to the reference's own proportions
+before SIFT (``features.extract_features``' ``rectify``), when the whole outline lies in the photo.
+False: in the photo's own perspective, as before 2026-12-06 night (``bench_realphoto.py --trial
+closer-unrectified``)."""
+
+
 def _look_closer(settings: Settings, photo: Callable[[], Any], results: list[Any]) -> list[Any]:
     """When the strongest plausible match of ``results`` (confirmed or not) covers a small part of
     the photo, match its region again in full detail against it and the first
-    :data:`REFINE_CANDIDATES`, keep the better evidence and re-rank. ``photo``: the decoded query
-    (decoded on first call, then kept)."""
+    :data:`REFINE_CANDIDATES`, keep the better evidence and re-rank; the region seen square-on
+    (:data:`RECTIFY_CLOSER_LOOK`). ``photo``: the decoded query (decoded on first call, then kept)."""
     from .retrieval import clip, match, needs_closer_look, ranked
     from .retrieval.confirm import QueryIndex
 
@@ -603,8 +615,13 @@ def _look_closer(settings: Settings, photo: Callable[[], Any], results: list[Any
     best = max(verified, key=lambda v: v.inliers) if verified else None
     if best is None or not needs_closer_look(best):
         return results
+    region = clip(best.outline, best.query_size)  # type: ignore[arg-type]
+    aspect = None  # the reference's own proportions, when its whole outline lies in the photo
+    inside = np.allclose(region, np.asarray(best.outline, dtype=np.float64))
+    if RECTIFY_CLOSER_LOOK and inside and best.reference_size and min(best.reference_size) > 0:
+        aspect = best.reference_size[0] / best.reference_size[1]
     try:
-        detail = _query_features(photo(), clip(best.outline, best.query_size))  # type: ignore[arg-type]
+        detail = _query_features(photo(), region, rectify=aspect is not None, aspect=aspect)
     except (PapyrusError, ValueError):
         return results
     if len(detail) < 4:

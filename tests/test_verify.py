@@ -1630,3 +1630,35 @@ def _inside(quad: np.ndarray, point: np.ndarray) -> bool:
 
     outline = quad.astype(np.float32).reshape(-1, 1, 2)
     return cv2.pointPolygonTest(outline, (float(point[0]), float(point[1])), True) > -3
+
+
+def test_the_closer_look_sees_a_steep_match_square_on(scan, tmp_path, monkeypatch) -> None:
+    """A small sheet photographed at 58° among a large frame, matched weakly as a whole photo: the
+    closer look at its region (``tasks._look_closer``) warps the match's outline to the reference's
+    own proportions before SIFT (``tasks.RECTIFY_CLOSER_LOOK``) and finds many more inliers than
+    the region in the photo's own perspective, with an outline that lands on the sheet's corners.
+    The reference's features are read from the object store as a search reads them."""
+    import types
+
+    from papyrus_widgets import imaging, storage, tasks
+    from papyrus_widgets.config import Settings
+
+    settings = Settings(data_dir=tmp_path)
+    data = reference(QUERY_NAME).read_bytes()
+    key = storage.object_key(storage.ORIGINALS, imaging.sha256_hex(data), ".jpg")
+    tasks.worker_store(settings).put(key, data)
+    photo, corners = _pinhole_photo(scan, 58, 20, 0.7)
+    whole = verify.match(tasks._query_features(photo, None), tasks.reference_features(settings, key))
+    assert verify.needs_closer_look(whole), (whole.inliers, whole.outline)
+
+    def closer(on: bool) -> verify.Verification:
+        monkeypatch.setattr(tasks, "RECTIFY_CLOSER_LOOK", on)
+        result = verify.Reranked(0.5, 0.5, dataclasses.replace(whole), types.SimpleNamespace(image_key=key))
+        v = tasks._look_closer(settings, lambda: photo, [result])[0].verification
+        assert v is not None and v.outline is not None
+        return v
+
+    before, after = closer(False), closer(True)
+    assert after.inliers >= 2 * max(before.inliers, whole.inliers), (whole.inliers, before.inliers, after.inliers)
+    off = np.abs(np.array(after.outline) - corners).max()
+    assert off < 0.01 * 1600, off

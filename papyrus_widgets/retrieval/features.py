@@ -405,6 +405,7 @@ def extract_features(
     deband: bool = False,
     contrast: float | None = None,
     rectify: bool = False,
+    aspect: float | None = None,
 ) -> Features:
     """Keypoints and descriptors of ``img``, computed at a long side of at most ``max_side`` px.
 
@@ -434,6 +435,8 @@ def extract_features(
     ``rectify``: a ``region`` of four corners (a sheet's, as a user marks them) is looked at as a
     square-on camera would show it, when :data:`RECTIFY_REGIONS` is on too (:func:`_rectified`):
     the descriptors are those of the rectified view, the points where its keypoints lie in ``img``.
+    ``aspect``: the sheet's width / height when it is known (a reference's, whose outline the region
+    is: the closer look); None: solved from the corners' perspective (``imaging.rectangle_aspect``).
     """
     import cv2
 
@@ -478,7 +481,8 @@ def extract_features(
     if region is not None and rectify and RECTIFY_REGIONS and len(poly) == 4:
         from .. import imaging
 
-        arr, view = _rectified(arr, (poly - [x0, y0]) * r, imaging.rectangle_aspect(region, size))  # type: ignore[arg-type]
+        sheet = aspect if aspect is not None else imaging.rectangle_aspect(region, size)  # type: ignore[arg-type]
+        arr, view = _rectified(arr, (poly - [x0, y0]) * r, sheet)
         work_side = max(arr.shape)
     elif region is not None:
         mask = np.zeros(arr.shape, dtype=np.uint8)
@@ -511,7 +515,8 @@ def extract_features(
 
 RECTIFY_REGIONS = True
 """Whether a region of four corners given to :func:`extract_features` with ``rectify`` (the corners
-a user marks: ``tasks.prepare_task``) is looked at rectified (:func:`_rectified`). False: in the
+a user marks: ``tasks.prepare_task``; a match's outline: ``tasks.RECTIFY_CLOSER_LOOK``) is looked at
+rectified (:func:`_rectified`). False: in the
 photo's own perspective, as before 2026-12-06 (``bench_realphoto.py --trial unrectified``)."""
 
 
