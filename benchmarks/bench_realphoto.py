@@ -690,6 +690,7 @@ TRIALS: dict[str, dict[str, Any]] = {
     "ungated": {"retrieval.confirm.MATCH_GATE": None},
     "unrectified": {"retrieval.features.RECTIFY_REGIONS": False},
     "closer-unrectified": {"tasks.RECTIFY_CLOSER_LOOK": False},
+    "no-strip-check": {"retrieval.confirm.STRIP_CHECK": False},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
 module switches of ``papyrus_widgets`` to set (``module.NAME``). *untilted*: without the tilted
@@ -737,6 +738,8 @@ default, 2026-12-06, and turned off: the same answers at 1.06-1.18x the time);
 only searches with corners differ, so ``--variants``' true-corner rows are what it changes);
 *closer-unrectified*: the closer look at a small match's region in the photo's own perspective, as
 before 2026-12-06 night (``tasks.RECTIFY_CLOSER_LOOK``: warped to the reference's proportions);
+*no-strip-check*: a match whose inliers lie on a strip but for a few chance ones confirmed by its
+spread along their principal axes, as before 2026-12-06 night (``retrieval.confirm.STRIP_CHECK``);
 *control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""

@@ -307,6 +307,43 @@ def test_confirmed_needs_spread_as_well_as_inliers() -> None:
     assert not verify.is_confirmed(band)
 
 
+# The inliers (reference pixels) of a light-box photo of 21100_p_g_231, held out of the index,
+# matched against 21119_p_g_771 (786 x 895): 30 on the Heidelberg footer both scans show, 5 by
+# chance on the papyrus (bench_realphoto.py --variants, seed 2536, steep; 2026-12-06).
+FOOTER_INLIERS = [
+    [53, 857], [325, 871], [55, 866], [364, 871], [243, 870], [243, 870], [276, 871], [358, 870], [98, 857],
+    [396, 871], [71, 862], [47, 866], [356, 870], [98, 857], [396, 871], [88, 862], [98, 857], [36, 853],
+    [209, 872], [338, 872], [33, 866], [456, 872], [204, 871], [415, 872], [528, 870], [741, 858], [635, 873],
+    [338, 872], [427, 526], [545, 874], [472, 873], [246, 455], [427, 526], [263, 251], [403, 253],
+]  # fmt: skip
+
+
+def test_a_strip_with_a_few_chance_inliers_off_it_confirms_nothing(monkeypatch) -> None:
+    """``confirm.STRIP_CHECK``: a match on the footer every scan of a library shows, with a few
+    chance inliers on the papyrus (14 % of them), lies on a strip (``Verification.narrowest``
+    under ``CONFIRM_BAND_SPREAD``), so it is neither confirmed nor a near miss, though those few
+    made its spread along the principal axes 0.43 of the reference and confirmed it, as before, a
+    papyrus not in the collection (with 42 keypoints agreeing). Inliers strewn over the sheet are
+    far from narrow; a straight strip is narrow at any angle."""
+    confirm_module = importlib.import_module("papyrus_widgets.retrieval.confirm")
+    footer, size = np.array(FOOTER_INLIERS, dtype=np.float64), (786, 895)
+    spread, narrowest = confirm_module._spread(footer, size), confirm_module._narrowest(footer, size)
+    assert spread > 0.4 and narrowest < confirm_module.CONFIRM_BAND_SPREAD, (spread, narrowest)
+    v = verify.Verification(
+        inliers=len(footer), matches=[], homography=None, support=0.5, spread=spread, narrowest=narrowest
+    )
+    v.agreeing, v.agreeing_spread = 42, 0.54
+    assert not verify.is_confirmed(v) and not confirm_module.is_near_miss(v)
+    monkeypatch.setattr(confirm_module, "STRIP_CHECK", False)
+    assert verify.is_confirmed(v)  # as it was
+    rng = np.random.default_rng(7)
+    sheet = rng.uniform([0, 0], size, (120, 2))
+    assert confirm_module._narrowest(sheet, size) > 0.5
+    c, s = np.cos(np.deg2rad(30)), np.sin(np.deg2rad(30))
+    strip = np.c_[rng.uniform(0, 700, 60), rng.normal(0, 4, 60)] @ [[c, s], [-s, c]]
+    assert confirm_module._narrowest(strip + 300, size) < 0.03
+
+
 def test_orb_fallback_matches_too(warped, scan) -> None:
     photo, _ = warped
     q = verify.extract_features(photo, method="orb")

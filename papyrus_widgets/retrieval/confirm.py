@@ -236,6 +236,9 @@ class Verification:
     0: not counted, the match being confirmed by its inliers or too weak to count again)."""
     agreeing_spread: float = 0.0
     """How far those spread over the reference (:attr:`spread`'s measure)."""
+    narrowest: float | None = None
+    """The inliers' narrowest spread over the reference (:func:`_narrowest`: a strip with a few
+    chance inliers off it stays a strip); None: not measured (a verification made before it)."""
 
     @property
     def confirmed(self) -> bool:
@@ -254,6 +257,8 @@ def is_confirmed(v: Verification | None) -> bool:
     (:attr:`Verification.agreeing`) over :data:`CONFIRM_SPREAD`."""
     if v is None:
         return False
+    if STRIP_CHECK and v.narrowest is not None and v.narrowest < CONFIRM_BAND_SPREAD:
+        return False  # the inliers lie on a strip, however a few chance ones off it widen `spread`
     if v.agreeing >= CONFIRM_INLIERS and v.agreeing_spread >= CONFIRM_SPREAD and v.spread >= CONFIRM_SPREAD:
         return True
     if v.inliers < CONFIRM_INLIERS:
@@ -267,6 +272,8 @@ def is_near_miss(v: Verification | None) -> bool:
     confirms it."""
     if NEAR_MISS_INLIERS is None or v is None or is_confirmed(v):
         return False
+    if STRIP_CHECK and v.narrowest is not None and v.narrowest < CONFIRM_BAND_SPREAD:
+        return False  # a strip every scan of a collection may share: not nearly this papyrus
     return v.inliers >= NEAR_MISS_INLIERS and v.spread >= NEAR_MISS_SPREAD
 
 
@@ -275,6 +282,35 @@ def confirmed_score(shortlist_score: float, v: Verification | None) -> float:
     if is_confirmed(v):
         return 0.5 + 0.5 * support(v.evidence)  # type: ignore[union-attr]  # is_confirmed: not None
     return 0.5 * min(1.0, max(0.0, float(shortlist_score))) * 0.999
+
+
+STRIP_CHECK = True
+"""Whether a match whose inliers lie on a strip (:attr:`Verification.narrowest` under
+:data:`CONFIRM_BAND_SPREAD`) is never confirmed, whatever :attr:`Verification.spread` says. That
+spread, the 10th-90th percentile extent along the inliers' principal axes, is widened by a few
+chance inliers off the strip: on 2026-12-06 a held-out Heidelberg papyrus photographed on a light
+box confirmed another Heidelberg scan with 30 inliers on the footer both scans show and 5 by chance
+on the papyrus (14 %; spread 0.43, narrowest 0.03). ``bench_realphoto.py --trial no-strip-check``
+searches without it."""
+SPREAD_DIRECTIONS = 36
+"""The directions (every 180 / this degrees) :func:`_narrowest` looks across."""
+SPREAD_IQR_FACTOR = 1.6
+""":func:`_narrowest` takes the interquartile extent times this for the 10th-90th percentile one
+(their ratio for points spread evenly), so that it keeps :data:`CONFIRM_SPREAD`'s scale."""
+
+
+def _narrowest(points: np.ndarray, size: Sequence[int]) -> float:
+    """How narrow ``points`` (reference pixels) lie on a reference of ``size``, as a fraction of its
+    short side: the narrowest, over :data:`SPREAD_DIRECTIONS` directions, of their 10th-90th
+    percentile extent and :data:`SPREAD_IQR_FACTOR` times their interquartile one, so that a
+    strip with up to a quarter of its points strewn off it stays as narrow as the strip."""
+    if len(points) < 5:
+        return 0.0
+    angles = np.pi * np.arange(SPREAD_DIRECTIONS) / SPREAD_DIRECTIONS
+    projected = points.astype(np.float64) @ np.stack([np.cos(angles), np.sin(angles)])
+    lo, q1, q3, hi = np.percentile(projected, [10, 25, 75, 90], axis=0)
+    extent = np.minimum(hi - lo, SPREAD_IQR_FACTOR * (q3 - q1))
+    return float(extent.min() / max(1.0, float(min(size))))
 
 
 def _spread(points: np.ndarray, size: Sequence[int]) -> float:
@@ -460,6 +496,7 @@ def match(
         reference_size=r_size,
         spread=_spread(reference.points[r_idx[inlier]], reference.size),
         outline=region,
+        narrowest=_narrowest(reference.points[r_idx[inlier]], reference.size),
     )
     if (
         AGREEING
