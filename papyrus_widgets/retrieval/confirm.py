@@ -257,8 +257,8 @@ def is_confirmed(v: Verification | None) -> bool:
     (:attr:`Verification.agreeing`) over :data:`CONFIRM_SPREAD`."""
     if v is None:
         return False
-    if STRIP_CHECK and v.narrowest is not None and v.narrowest < CONFIRM_BAND_SPREAD:
-        return False  # the inliers lie on a strip, however a few chance ones off it widen `spread`
+    if _on_a_strip(v):
+        return False
     if v.agreeing >= CONFIRM_INLIERS and v.agreeing_spread >= CONFIRM_SPREAD and v.spread >= CONFIRM_SPREAD:
         return True
     if v.inliers < CONFIRM_INLIERS:
@@ -270,10 +270,8 @@ def is_near_miss(v: Verification | None) -> bool:
     """Whether ``v`` is not confirmed but nearly (:data:`NEAR_MISS_INLIERS` over
     :data:`NEAR_MISS_SPREAD`): a papyrus the photo may well show, short of the evidence that
     confirms it."""
-    if NEAR_MISS_INLIERS is None or v is None or is_confirmed(v):
+    if NEAR_MISS_INLIERS is None or v is None or is_confirmed(v) or _on_a_strip(v):
         return False
-    if STRIP_CHECK and v.narrowest is not None and v.narrowest < CONFIRM_BAND_SPREAD:
-        return False  # a strip every scan of a collection may share: not nearly this papyrus
     return v.inliers >= NEAR_MISS_INLIERS and v.spread >= NEAR_MISS_SPREAD
 
 
@@ -297,6 +295,12 @@ SPREAD_DIRECTIONS = 36
 SPREAD_IQR_FACTOR = 1.6
 """:func:`_narrowest` takes the interquartile extent times this for the 10th-90th percentile one
 (their ratio for points spread evenly), so that it keeps :data:`CONFIRM_SPREAD`'s scale."""
+
+
+def _on_a_strip(v: Verification) -> bool:
+    """Whether ``v``'s inliers lie on a strip (:data:`STRIP_CHECK`), however a few chance ones off
+    it widen its :attr:`~Verification.spread`: neither confirmed nor a near miss."""
+    return STRIP_CHECK and v.narrowest is not None and v.narrowest < CONFIRM_BAND_SPREAD
 
 
 def _narrowest(points: np.ndarray, size: Sequence[int]) -> float:
@@ -487,6 +491,7 @@ def match(
     if not plausible_outline(region):
         empty.seconds = time.perf_counter() - t0
         return empty
+    matched = reference.points[r_idx[inlier]]
     result = Verification(
         inliers=n,
         matches=evidence,
@@ -494,9 +499,9 @@ def match(
         support=support(n),
         query_size=q_size,
         reference_size=r_size,
-        spread=_spread(reference.points[r_idx[inlier]], reference.size),
+        spread=_spread(matched, reference.size),
         outline=region,
-        narrowest=_narrowest(reference.points[r_idx[inlier]], reference.size),
+        narrowest=_narrowest(matched, reference.size),
     )
     if (
         AGREEING
