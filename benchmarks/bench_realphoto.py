@@ -691,6 +691,7 @@ TRIALS: dict[str, dict[str, Any]] = {
     "unrectified": {"retrieval.features.RECTIFY_REGIONS": False},
     "closer-unrectified": {"tasks.RECTIFY_CLOSER_LOOK": False},
     "no-strip-check": {"retrieval.confirm.STRIP_CHECK": False},
+    "no-edge-check": {"retrieval.confirm.EDGE_CHECK": False},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
 module switches of ``papyrus_widgets`` to set (``module.NAME``). *untilted*: without the tilted
@@ -740,6 +741,8 @@ only searches with corners differ, so ``--variants``' true-corner rows are what 
 before 2026-12-06 night (``tasks.RECTIFY_CLOSER_LOOK``: warped to the reference's proportions);
 *no-strip-check*: a match whose inliers lie on a strip but for a few chance ones confirmed by its
 spread along their principal axes, as before 2026-12-06 night (``retrieval.confirm.STRIP_CHECK``);
+*no-edge-check*: a match whose inliers keep to a band along an edge of the reference (a colour chart,
+a ruler) confirmed by its inliers and spread, as before 2026-12-07 (``retrieval.confirm.EDGE_CHECK``);
 *control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""

@@ -19,7 +19,7 @@ from papyrus_widgets import retrieval as verify
 from papyrus_widgets.imaging import _perspective_coefficients, decode_image
 from papyrus_widgets.training import recapture
 
-from .conftest import reference
+from .conftest import SHARED_DATA, reference
 
 QUERY_NAME = "19331_p_g_107.jpg"  # tall, fibrous, holes: plenty of texture
 OTHER_NAME = "21105_p_g_654.jpg"  # another papyrus, same library footer
@@ -343,6 +343,50 @@ def test_a_strip_with_a_few_chance_inliers_off_it_confirms_nothing(monkeypatch) 
     strip = np.c_[rng.uniform(0, 700, 60), rng.normal(0, 4, 60)] @ [[c, s], [-s, c]]
     assert confirm_module._narrowest(strip + 300, size) < 0.03
 
+
+MICHIGAN = SHARED_DATA / "more" / "michigan"
+SIDES = ("1203_C1_11R.0.jpg", "1203_C1_11V.0.jpg")  # recto and verso: one colour chart and ruler beside each
+
+
+def test_the_colour_chart_and_ruler_two_scans_share_confirm_neither_as_the_other(monkeypatch) -> None:
+    """``confirm.EDGE_CHECK``, on real scans: Michigan's scans of the recto and the verso of P.Mich.
+    1203 C1 11 each show the same colour chart and ruler down their left side, a band about a tenth
+    of the sheet wide. In generated photos of either side (seeds 7 and 17: light box, screen) each
+    confirms its own scan, and the other gets up to 66 inliers on the chart, which confirmed it in
+    3 of these 4 before the check: their spread along the principal axes reaches 0.15-0.23 (a few
+    chance inliers off the chart), their narrowest extent 0.09-0.10, neither under its gate. They
+    keep to the band along the edge (``Verification.edge_depth`` under ``EDGE_DEPTH``): neither
+    confirmed nor a near miss now. Inliers over a sheet reach far from every edge."""
+    from papyrus_widgets import scenes, tasks
+    from papyrus_widgets.retrieval.confirm import QueryIndex
+
+    confirm_module = importlib.import_module("papyrus_widgets.retrieval.confirm")
+    refs, targets = {}, []
+    for name in SIDES:
+        data = (MICHIGAN / name).read_bytes()
+        stored = decode_image(data, max_side=tasks.INGEST_SIDE, name=name)  # as ingest describes it
+        refs[name] = verify.describe_reference(stored, size=stored.info["original_size"])
+        targets.append((name, decode_image(data, max_side=1600, name=name)))
+    around = [decode_image(reference(n).read_bytes(), max_side=700, name=n) for n in (QUERY_NAME, OTHER_NAME)]
+    by_chart = []
+    for seed in (7, 17):
+        for name, scene in scenes.make_scenes(targets, around, 1, seed):
+            query = QueryIndex(tasks._query_features(scene.image, None))
+            own, other = verify.match(query, refs[name]), verify.match(query, refs[SIDES[1 - SIDES.index(name)]])
+            assert own.confirmed and own.inliers > 150 and own.edge_depth > 0.25, (seed, name, own)
+            assert not other.confirmed and not confirm_module.is_near_miss(other), (seed, name, other)
+            by_chart.append(other)
+    assert max(v.inliers for v in by_chart) >= confirm_module.CONFIRM_INLIERS, [v.inliers for v in by_chart]
+    assert all(v.edge_depth < confirm_module.EDGE_DEPTH for v in by_chart if v.inliers), by_chart
+    monkeypatch.setattr(confirm_module, "EDGE_CHECK", False)
+    assert sum(verify.is_confirmed(v) for v in by_chart) >= 2  # as before: the chart confirmed the other side
+    size = refs[SIDES[0]].size
+    rng = np.random.default_rng(3)
+    sheet = rng.uniform([0.2 * size[0], 0.1 * size[1]], [size[0], size[1]], (200, 2))
+    band = np.c_[rng.uniform(0, 0.1 * size[0], 60), rng.uniform(0, size[1], 60)]
+    assert confirm_module._edge_depth(sheet, size) > 0.3 and confirm_module._edge_depth(band, size) < 0.12
+    strewn = np.r_[band, sheet[:8]]  # a few chance inliers off the band
+    assert confirm_module._edge_depth(strewn, size) < confirm_module.EDGE_DEPTH
 
 def test_orb_fallback_matches_too(warped, scan) -> None:
     photo, _ = warped

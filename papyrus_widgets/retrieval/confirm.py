@@ -239,6 +239,9 @@ class Verification:
     narrowest: float | None = None
     """The inliers' narrowest spread over the reference (:func:`_narrowest`: a strip with a few
     chance inliers off it stays a strip); None: not measured (a verification made before it)."""
+    edge_depth: float | None = None
+    """How far into the reference from its nearest edge the inliers reach (:func:`_edge_depth`: a
+    colour chart or ruler laid along the sheet stays near its edge); None: not measured."""
 
     @property
     def confirmed(self) -> bool:
@@ -257,7 +260,7 @@ def is_confirmed(v: Verification | None) -> bool:
     (:attr:`Verification.agreeing`) over :data:`CONFIRM_SPREAD`."""
     if v is None:
         return False
-    if _on_a_strip(v):
+    if _on_furniture(v):
         return False
     if v.agreeing >= CONFIRM_INLIERS and v.agreeing_spread >= CONFIRM_SPREAD and v.spread >= CONFIRM_SPREAD:
         return True
@@ -270,7 +273,7 @@ def is_near_miss(v: Verification | None) -> bool:
     """Whether ``v`` is not confirmed but nearly (:data:`NEAR_MISS_INLIERS` over
     :data:`NEAR_MISS_SPREAD`): a papyrus the photo may well show, short of the evidence that
     confirms it."""
-    if NEAR_MISS_INLIERS is None or v is None or is_confirmed(v) or _on_a_strip(v):
+    if NEAR_MISS_INLIERS is None or v is None or is_confirmed(v) or _on_furniture(v):
         return False
     return v.inliers >= NEAR_MISS_INLIERS and v.spread >= NEAR_MISS_SPREAD
 
@@ -297,10 +300,56 @@ SPREAD_IQR_FACTOR = 1.6
 (their ratio for points spread evenly), so that it keeps :data:`CONFIRM_SPREAD`'s scale."""
 
 
+EDGE_CHECK = True
+"""Whether a match whose inliers keep to a band along one edge of the reference
+(:attr:`Verification.edge_depth` under :data:`EDGE_DEPTH`) is never confirmed: what a photographer
+lays beside every sheet — a colour chart, a ruler, a grey scale, the footer of a library's scans —
+is the same in many scans, and a photo showing it beside a papyrus that is not in the collection
+matched it in another scan. On 2026-12-07 the scans of the recto and the verso of P.Mich. 1203 C1 11
+(``../shared/data/more/michigan``), each with the same colour chart and ruler down its left side,
+confirmed each other in 3 of 68 generated photos (35-67 inliers on the chart in 42 of them; the
+chart's band is about a tenth of the sheet wide, so neither :data:`STRIP_CHECK` nor
+:data:`CONFIRM_SPREAD` held them all). ``bench_realphoto.py --trial no-edge-check`` searches
+without it."""
+EDGE_DEPTH = 0.16
+"""… the band's depth, as a fraction of the reference's short side. Chosen on 2026-12-07: the
+chart matches of 35 inliers or more reached at most 0.128 (42 photos); true matches at least 0.257
+(311 whole-photo matches of generated photos of the Heidelberg scans confirmed, plain, *closeup*,
+*steep*, *lcd+steep*, *lcd+shaky*, development seed 85000), 0.262 (the Michigan sides, 80 photos)
+and 0.209 (an infrared photograph of fragment 0567j against its colour photograph: two lines of
+text on a narrow fragment)."""
+EDGE_SHARE = 80
+"""… the percentile of the inliers' distances from an edge that must lie within it (a few chance
+inliers off the band, as on the footer, do not lift it)."""
+
+
 def _on_a_strip(v: Verification) -> bool:
     """Whether ``v``'s inliers lie on a strip (:data:`STRIP_CHECK`), however a few chance ones off
     it widen its :attr:`~Verification.spread`: neither confirmed nor a near miss."""
     return STRIP_CHECK and v.narrowest is not None and v.narrowest < CONFIRM_BAND_SPREAD
+
+
+def _along_an_edge(v: Verification) -> bool:
+    """Whether ``v``'s inliers keep to a band along an edge of the reference (:data:`EDGE_CHECK`)."""
+    return EDGE_CHECK and v.edge_depth is not None and v.edge_depth < EDGE_DEPTH
+
+
+def _on_furniture(v: Verification) -> bool:
+    """Whether ``v``'s inliers lie where scans share what lies beside the papyrus (a strip, a band
+    along an edge): neither confirmed nor a near miss, whatever their number."""
+    return _on_a_strip(v) or _along_an_edge(v)
+
+
+def _edge_depth(points: np.ndarray, size: Sequence[int]) -> float:
+    """How far into a reference of ``size`` from its nearest edge ``points`` (reference pixels)
+    reach, as a fraction of its short side: the smallest, over its four edges, of the
+    :data:`EDGE_SHARE` th percentile of their distances from it."""
+    if len(points) < 5:
+        return 0.0
+    w, h = float(size[0]), float(size[1])
+    x, y = points[:, 0].astype(np.float64), points[:, 1].astype(np.float64)
+    reach = np.percentile(np.stack([x, w - x, y, h - y]), EDGE_SHARE, axis=1)
+    return float(reach.min() / max(1.0, min(w, h)))
 
 
 def _narrowest(points: np.ndarray, size: Sequence[int]) -> float:
@@ -502,6 +551,7 @@ def match(
         spread=_spread(matched, reference.size),
         outline=region,
         narrowest=_narrowest(matched, reference.size),
+        edge_depth=_edge_depth(matched, reference.size),
     )
     if (
         AGREEING
