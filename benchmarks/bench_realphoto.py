@@ -80,10 +80,20 @@ With ``--derived N`` too (result ``realphoto-crosscapture-100k``): the same quer
 alone (``verify=False``, k=100) in that index and again after N derived items are added (none
 from a crop of a fragment's photograph), as figure 0b does for figure 0's photos.
 
+**What lies beside the papyrus, real** (``--furniture``, result ``realphoto-furniture``, figure 0f;
+not part of ``make bench``; no services): Michigan's scans of the recto and the verso of P.Mich.
+1203 C1 11 (``more/michigan``) each show the same colour chart and ruler down one side. Each side
+is photographed in ``--per-ref`` scenes (default :data:`FURNITURE_SCENES`; seed ``SEED + 700``,
+not the development seeds the gate was chosen on) among Heidelberg scans, and each photo's
+features (as a search makes them) are matched with both scans as ingest describes them: how
+often the photo confirms its own scan, and the other side's (through the chart: a photo of any
+papyrus of that imaging campaign could), with ``retrieval.confirm.EDGE_CHECK`` on (now) and off
+(before 2026-12-07), on the same matches; the other side's inliers and edge depths.
+
 Run alone: ``python benchmarks/bench_realphoto.py [--quick] [--distractors N] [--per-ref N] [--derived N]
 [--fractions F,F,...] [--variants V,V,...]
 [--trial NAME (TRIALS)]
-[--cross-capture]``.
+[--cross-capture] [--furniture]``.
 """
 
 from __future__ import annotations
@@ -845,6 +855,81 @@ def _cross_capture_queries(colour: list[Path], around: list[Any], per_photo: int
     return out
 
 
+FURNITURE_SIDES = ("1203_C1_11R.0.jpg", "1203_C1_11V.0.jpg")
+"""Figure 0f's two scans: the recto and the verso of P.Mich. 1203 C1 11, one colour chart and ruler beside each."""
+FURNITURE_SCENES = 40
+"""Figure 0f's photos of each side."""
+
+
+def furniture(per_side: int) -> dict[str, Any]:
+    """Figure 0f (``--furniture``, see the module's text): whether photos of either Michigan side
+    confirm their own scan and the other side's, with ``confirm.EDGE_CHECK`` on and off (the check
+    reads the match only: both arms judge the same matches)."""
+    import importlib
+
+    from papyrus_widgets import imaging, scenes, tasks
+    from papyrus_widgets.retrieval import describe_reference, match
+    from papyrus_widgets.retrieval.confirm import QueryIndex
+
+    # the module: the package exports a function of the same name
+    confirm = importlib.import_module("papyrus_widgets.retrieval.confirm")
+
+    refs, targets = {}, []
+    for name in FURNITURE_SIDES:
+        data = (C.MORE / "michigan" / name).read_bytes()
+        stored = imaging.decode_image(data, max_side=tasks.INGEST_SIDE, name=name)  # as ingest describes it
+        refs[name] = describe_reference(stored, size=stored.info["original_size"])
+        targets.append((name, imaging.decode_image(data, max_side=1600, name=name)))
+    around = [imaging.decode_image(p.read_bytes(), max_side=700, name=p.name) for p in C.reference_images()[:12]]
+    rows, pairs = [], []
+    t0 = time.perf_counter()
+    for name, scene in scenes.make_scenes(targets, around, per_side, SEED + 700):
+        query = QueryIndex(tasks._query_features(scene.image, None))
+        other_name = FURNITURE_SIDES[1 - FURNITURE_SIDES.index(name)]
+        own, other = match(query, refs[name]), match(query, refs[other_name])
+        pairs.append((own, other))
+        rows.append({"name": name, "kind": scene.kind, "fraction": round(scene.target_fraction, 3),
+                     "own_inliers": own.inliers, "own_edge_depth": own.edge_depth,
+                     "other_inliers": other.inliers, "other_edge_depth": other.edge_depth,
+                     "other_spread": other.spread, "other_narrowest": other.narrowest})  # fmt: skip
+    seconds = time.perf_counter() - t0
+    arms: dict[str, Any] = {}
+    was = confirm.EDGE_CHECK
+    try:
+        for arm, on in (("now", True), ("before", False)):
+            confirm.EDGE_CHECK = on
+            arms[arm] = {
+                "own_confirmed": float(np.mean([confirm.is_confirmed(o) for o, _ in pairs])),
+                "other_confirmed": float(np.mean([confirm.is_confirmed(x) for _, x in pairs])),
+                "other_near_miss": float(np.mean([confirm.is_near_miss(x) for _, x in pairs])),
+            }
+            for row, (o, x) in zip(rows, pairs):
+                row[f"own_confirmed_{arm}"], row[f"other_confirmed_{arm}"] = o.confirmed, x.confirmed
+    finally:
+        confirm.EDGE_CHECK = was
+    charted = [x for _, x in pairs if x.inliers >= confirm.CONFIRM_INLIERS]
+    out = {
+        "name": NAME + "-furniture",
+        "photos": len(rows),
+        "seed": SEED + 700,
+        "arms": arms,
+        "other_inliers": C.summary([x.inliers for _, x in pairs]),
+        "other_with_confirm_inliers": len(charted),
+        "other_edge_depth_max": max((x.edge_depth or 0.0 for x in charted), default=None),
+        "own_edge_depth_min": min((o.edge_depth or 0.0 for o, _ in pairs if o.confirmed), default=None),
+        "seconds_per_photo": seconds / max(1, len(rows)),
+        "rows": rows,
+    }
+    shown = ("own_confirmed", "other_confirmed", "other_near_miss")
+    table = [[arm, *(f"{a[k]:.3f}" for k in shown)] for arm, a in arms.items()]
+    print(C.table(table, ["edge check", "own confirmed", "other side confirmed", "near miss"]))
+    fewer = C.ratio(arms["now"]["other_confirmed"], arms["before"]["other_confirmed"])
+    print(f"other side: {len(charted)} of {len(rows)} photos with {confirm.CONFIRM_INLIERS}+ inliers (the chart), "
+          f"deepest {out['other_edge_depth_max']}; own confirmed: shallowest {out['own_edge_depth_min']}; "
+          f"other side confirmed now / before: {fewer}", flush=True)  # fmt: skip
+    return out
+
+
 def cross_capture(engine: Any, settings: Any, root: Path, around: list[Any], per_photo: int) -> dict[str, Any]:
     """Figure 0e: another photograph of the same papyrus, real. The colour photographs of the
     PapyrusViz fragments are ingested as references; each infrared photograph of the same fragments
@@ -1157,6 +1242,11 @@ def main() -> None:
                 help="figure 0e: infrared photographs of fragments searched against their colour photographs",
             ),
             p.add_argument(
+                "--furniture",
+                action="store_true",
+                help="figure 0f: photos of the two Michigan sides, which share a colour chart, against both scans",
+            ),
+            p.add_argument(
                 "--trial",
                 choices=sorted(TRIALS),
                 default=None,
@@ -1165,6 +1255,10 @@ def main() -> None:
         ),
     )
     C.setup_environment()
+    if args.furniture:  # no services: features and matches only
+        per_side = args.per_ref or (10 if args.quick else FURNITURE_SCENES)
+        C.write_result(args.out, NAME + "-furniture", furniture(per_side))
+        return
     n_distractors = args.distractors if args.distractors is not None else (1000 if args.quick else 10000)
     per_ref = args.per_ref or (1 if args.quick else 2)
     from papyrus_widgets import imaging, index
