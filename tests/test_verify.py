@@ -388,6 +388,7 @@ def test_the_colour_chart_and_ruler_two_scans_share_confirm_neither_as_the_other
     strewn = np.r_[band, sheet[:8]]  # a few chance inliers off the band
     assert confirm_module._edge_depth(strewn, size) < confirm_module.EDGE_DEPTH
 
+
 def test_orb_fallback_matches_too(warped, scan) -> None:
     photo, _ = warped
     q = verify.extract_features(photo, method="orb")

@@ -323,21 +323,14 @@ EDGE_SHARE = 80
 inliers off the band, as on the footer, do not lift it)."""
 
 
-def _on_a_strip(v: Verification) -> bool:
-    """Whether ``v``'s inliers lie on a strip (:data:`STRIP_CHECK`), however a few chance ones off
-    it widen its :attr:`~Verification.spread`: neither confirmed nor a near miss."""
-    return STRIP_CHECK and v.narrowest is not None and v.narrowest < CONFIRM_BAND_SPREAD
-
-
-def _along_an_edge(v: Verification) -> bool:
-    """Whether ``v``'s inliers keep to a band along an edge of the reference (:data:`EDGE_CHECK`)."""
-    return EDGE_CHECK and v.edge_depth is not None and v.edge_depth < EDGE_DEPTH
-
-
 def _on_furniture(v: Verification) -> bool:
-    """Whether ``v``'s inliers lie where scans share what lies beside the papyrus (a strip, a band
-    along an edge): neither confirmed nor a near miss, whatever their number."""
-    return _on_a_strip(v) or _along_an_edge(v)
+    """Whether ``v``'s inliers lie where scans share what lies beside the papyrus: on a strip
+    (:data:`STRIP_CHECK`), however a few chance ones off it widen its :attr:`~Verification.spread`,
+    or in a band along an edge (:data:`EDGE_CHECK`). Neither confirmed nor a near miss, whatever
+    their number."""
+    on_a_strip = STRIP_CHECK and v.narrowest is not None and v.narrowest < CONFIRM_BAND_SPREAD
+    along_an_edge = EDGE_CHECK and v.edge_depth is not None and v.edge_depth < EDGE_DEPTH
+    return on_a_strip or along_an_edge
 
 
 def _edge_depth(points: np.ndarray, size: Sequence[int]) -> float:
