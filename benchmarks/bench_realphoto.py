@@ -36,11 +36,17 @@ LocalCluster, one search at a time):
   computed in this process from the same index and store, quality only.
 
 **At 100,000** (``--derived 90000``, result ``realphoto-100k``; not part of ``make bench``): the
-same index plus 90,000 *derived* items made from the cached distractors' features without new
-pixel work: each a random window (50-85 % of each side) of one crop's keypoints, with the visual
-words of those keypoints (quantised once per crop) and its parent's embedding plus a little noise.
-No features of them are stored, so this configuration measures the first stage only (recall and
-latency of ``search(verify=False, k=100)``), not the confirming stage.
+main figure's photos searched with no corners, whole (the first stage's list, ``search(verify=False,
+k=100)``, then the default search with its confirming stage; photos of held-out papyri too) in the
+10,035-image index, then again after 90,000 *derived* items are added, made from the cached
+distractors' features without new pixel work: each a random window (50-85 % of each side) of one
+crop's keypoints, with the visual words of those keypoints (quantised once per crop), its parent's
+embedding plus a little noise, and those keypoints stored as its features (in the window's pixels,
+as ingest stores a reference's), so that the confirming stage matches it like any reference. Each
+size's first-stage recall and latency, top-1/top-5, confirmations, held-out confirmations and
+latency, and the larger size against the smaller photo by photo (same run, same photos). Until
+2026-12-07 no features of derived items were stored and this configuration measured the first stage
+only.
 
 **How small can the papyrus be** (``--fractions 0.05,0.1,0.2``, result ``realphoto-fractions``; not
 part of ``make bench``): the same index, and for each share of the frame new scenes of every
@@ -104,7 +110,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -296,9 +302,27 @@ def _cached_crops(settings: Any, accept: Any) -> int:
     return sum(accept(int(i)) for path in sorted(cache.glob("chunk-*.npz")) for i in np.load(path)["ids"])
 
 
-def add_derived(settings: Any, n: int, parent_ok: Any = None) -> float:
+class _Parent(NamedTuple):
+    """A cached distractor crop as derived items are cut from it: its keypoints (stored pixels), their
+    visual words and signatures, its embedding and size; with ``features``, its stored features'
+    descriptors, long side of work, parameters and count of coarse keypoints (the last ones)."""
+
+    points: np.ndarray
+    words: np.ndarray
+    signatures: np.ndarray
+    vector: np.ndarray
+    size: tuple[int, int]
+    descriptors: np.ndarray | None = None
+    work_side: int = 0
+    params: str = ""
+    coarse: int = 0
+
+
+def add_derived(settings: Any, n: int, parent_ok: Any = None, store: Any = None) -> float:
     """Index ``n`` derived items (see the module's docstring) from the cached distractor chunks (those
-    crops ``parent_ok(i)`` accepts, when given)."""
+    crops ``parent_ok(i)`` accepts, when given); with ``store`` (an object store), each derived item's
+    features too, as ingest stores a reference's (:func:`_derived_features`), so that the confirming
+    stage can match it."""
     from papyrus_widgets import index, tasks
 
     t0 = time.perf_counter()
@@ -308,28 +332,58 @@ def add_derived(settings: Any, n: int, parent_ok: Any = None) -> float:
     if not paths:
         raise SystemExit("--derived needs the cached distractor chunks: run without it first")
     rng = np.random.default_rng([SEED, 100_000])
-    parents: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]] = []
+    parents: list[_Parent] = []
     for path in paths:  # each crop's keypoints with their words, quantised once
         # each array read once per chunk: ``z[name]`` decompresses the whole array on every access,
         # and a slice of it keeps all of it alive (one copy per parent ran a 100k build out of memory)
         with np.load(path) as z:
             ids, points, vectors, sizes = z["ids"], z["points"], z["vectors"], z["feature_sizes"]
             f_off = np.concatenate([[0], np.cumsum(z["feature_counts"])])
-            words, signatures = vocab.words_and_signatures(z["descriptors"])
+            descriptors = z["descriptors"]
+            words, signatures = vocab.words_and_signatures(descriptors)
+            kept = (descriptors, z["work_sides"], str(z["params"]), z["coarse"]) if store is not None else None
         for j in range(len(ids)):
             if parent_ok is not None and not parent_ok(int(ids[j])):
                 continue
             a, b = f_off[j], f_off[j + 1]
-            size = tuple(int(v) for v in sizes[j])
-            parents.append((points[a:b], words[a:b], signatures[a:b], vectors[j], size))  # type: ignore[arg-type]
+            size = (int(sizes[j][0]), int(sizes[j][1]))
+            parent = _Parent(points[a:b], words[a:b], signatures[a:b], vectors[j], size)
+            if kept is not None:
+                parent = parent._replace(
+                    descriptors=kept[0][a:b], work_side=int(kept[1][j]), params=kept[2], coarse=int(kept[3][j])
+                )
+            parents.append(parent)
     print(f"  derived: {len(parents)} parents quantised in {time.perf_counter() - t0:.0f} s", flush=True)
     url = settings.database_url
     with index.hnsw_deferred(url):  # one HNSW build at the end, then VACUUM (ANALYZE) as an ingest does
-        _add_derived_rows(url, parents, n, fingerprint, rng, t0)
+        _add_derived_rows(url, parents, n, fingerprint, rng, t0, store)
     return time.perf_counter() - t0
 
 
-def _add_derived_rows(url: str, parents: list[Any], n: int, fingerprint: str, rng: Any, t0: float) -> None:
+def _derived_features(parent: _Parent, inside: np.ndarray, x0: float, y0: float, size: tuple[int, int]) -> Any:
+    """The stored features of a derived item: its parent's keypoints ``inside`` its window (whose top
+    left corner is ``x0, y0`` in the parent's pixels, ``size`` its size), in the window's pixels, at
+    the parent's scale of work (``Features.work_scale``: the window is not shrunk again), the coarse
+    ones still last."""
+    from papyrus_widgets.retrieval import Features
+
+    assert parent.descriptors is not None
+    kept = np.flatnonzero(inside)
+    return Features(
+        (parent.points[kept] - np.array([x0, y0], dtype=np.float32)).astype(np.float32),
+        parent.descriptors[kept],
+        size,
+        "sift",
+        parent.work_side,
+        parent.params,
+        work_scale=parent.work_side / max(parent.size),
+        coarse=int((kept >= len(parent.points) - parent.coarse).sum()),
+    )
+
+
+def _add_derived_rows(
+    url: str, parents: list[_Parent], n: int, fingerprint: str, rng: Any, t0: float, store: Any = None
+) -> None:
     from papyrus_widgets import index, storage
     from papyrus_widgets.metadata import PapyrusRecord
     from papyrus_widgets.retrieval.shortlist import document_postings
@@ -338,25 +392,32 @@ def _add_derived_rows(url: str, parents: list[Any], n: int, fingerprint: str, rn
     while done < n:
         rows = []
         for i in range(done, min(n, done + 2000)):
-            points, words, signatures, vector, (w, h) = parents[int(rng.integers(len(parents)))]
+            parent = parents[int(rng.integers(len(parents)))]
+            points, (w, h) = parent.points, parent.size
             fw, fh = rng.uniform(0.5, 0.85, 2)
             x0, y0 = rng.uniform(0, 1 - fw) * w, rng.uniform(0, 1 - fh) * h
             inside = (points[:, 0] >= x0) & (points[:, 0] < x0 + fw * w)
             inside &= (points[:, 1] >= y0) & (points[:, 1] < y0 + fh * h)
-            if inside.sum() < 80:
+            size = (int(fw * w), int(fh * h))
+            if inside.sum() < 80:  # too few keypoints in the window: the whole crop
                 inside[:] = True
-            distinct, weights, postings = document_postings(words[inside], signatures[inside])
-            vec = vector + rng.normal(0, 0.02, vector.shape).astype(np.float32)
+                if store is not None:  # its features as they are (without, the sizes as before)
+                    x0, y0, size = 0.0, 0.0, (w, h)
+            distinct, weights, postings = document_postings(parent.words[inside], parent.signatures[inside])
+            vec = parent.vector + rng.normal(0, 0.02, parent.vector.shape).astype(np.float32)
             sha = hashlib.sha256(f"derived-{SEED}-{i}".encode()).hexdigest()
+            key = storage.object_key(storage.ORIGINALS, sha, ".jpg")
+            if store is not None:
+                store.put(storage.features_key(key), _derived_features(parent, inside, x0, y0, size).to_bytes())
             rows.append(
                 index.ImageRow(
                     record=PapyrusRecord(key=f"derived:{i}", collection="derived", title=f"derived {i}"),
                     sha256=sha,
                     source_name=f"derived-{i}",
-                    object_key=storage.object_key(storage.ORIGINALS, sha, ".jpg"),
+                    object_key=key,
                     thumb_key=storage.object_key(storage.THUMBNAILS, sha, ".jpg"),
-                    width=int(fw * w),
-                    height=int(fh * h),
+                    width=size[0],
+                    height=size[1],
                     model=fingerprint,
                     embedding=vec / np.linalg.norm(vec),
                     words=distinct,
@@ -371,52 +432,45 @@ def _add_derived_rows(url: str, parents: list[Any], n: int, fingerprint: str, rn
             print(f"  derived: {done}/{n} in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def first_stage_only(
-    engine: Any, positives: list[Any], total: int, n_derived: int, build_s: float, trial: dict[str, Any] | None = None
+def at_scale(
+    engine: Any, settings: Any, papyri: "Papyri", n_derived: int, trial: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """recall@10/50/100 and latency of the first stage (``verify=False``, k=100) at this size; with
-    ``trial`` (:data:`TRIALS`), each photo searched with its switches too, right after or before
-    (:func:`both_ways`), and the trial's own figures beside (``"trial"``)."""
+    """Figure 0's no-corner search, whole (the first stage's list, ``verify=False`` and k=100, then the
+    default search with its confirming stage), of figure 0's photos of indexed and of held-out papyri
+    in the index as it is, then again after ``n_derived`` derived items are added with their features
+    stored (:func:`add_derived`); each size's figures (:func:`_scale_entry`), and the larger against
+    the smaller (:func:`per_photo_ratios`: the median per-photo latency ratio, the answers that
+    differ). With ``trial`` (:data:`TRIALS`), each photo searched with its switches too, right after
+    or before (:func:`both_ways`), at both sizes."""
+    from papyrus_widgets import index
 
-    def row(q: Any) -> dict[str, Any]:
-        t = time.perf_counter()
-        first = engine.search(q.data, k=100, verify=False)
-        seconds = time.perf_counter() - t
-        out = {"name": q.name, "kind": q.kind, "first_rank": rank_of(first.hits, q.truth), "latency": seconds}
-        print(f"  {q.kind:<8} {q.name:<26} first={out['first_rank']} {seconds:.2f}s", flush=True)
-        return out
-
-    def figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "first_stage": {
-                f"recall@{k}": float(np.mean([r["first_rank"] is not None and r["first_rank"] <= k for r in rows]))
-                for k in (10, 50, 100)
-            },
-            "first_stage_latency": C.summary([r["latency"] for r in rows]),
-            "rows": rows,
-        }
-
-    engine.search(positives[0].data, k=100, verify=False)  # warm
-    out: dict[str, Any] = {
-        "name": NAME + "-100k",
-        "gallery": {"images": total, "derived": n_derived},
-        "queries": {"positives": len(positives)},
-        "build_seconds": {"derived": build_s},
+    positives, negatives = papyri.photos(SEED)
+    sizes: list[dict[str, Any]] = []
+    for n in (0, n_derived):
+        build_s = add_derived(settings, n, store=engine.store) if n else 0.0
+        with index.connect(settings.database_url) as conn:
+            total = index.image_count(conn)
+        engine.search(positives[0].data, k=5)  # warm: the index just grew
+        if trial is None:
+            rows, held = [_fraction_row(engine, q) for q in positives], held_out_searches(engine, negatives)
+            entry = _scale_entry(total, n, rows, held)
+        else:
+            print(f"  … each photo searched as it is and with {trial}, alternately first", flush=True)
+            arms = {"now": _current(trial), "trial": trial}
+            rows_by, held_by, compared = _compared(engine, arms, positives, negatives, _fraction_row)
+            entry = _scale_entry(total, n, rows_by["now"], held_by["now"])
+            entry["trial"] = {"switches": trial, **_scale_entry(total, n, rows_by["trial"], held_by["trial"], "trial")}
+            entry.update(compared)
+            print(f"{total} images: trial / now per photo {compared}", flush=True)
+        entry["build_seconds"] = build_s
+        sizes.append(entry)
+    small, large = sizes
+    growth = {
+        "per_photo": per_photo_ratios(small["rows"], large["rows"]),
+        "held_out_per_photo": per_photo_ratios(small["held_out_rows"], large["held_out_rows"]),
     }
-    if trial is None:
-        out.update(figures([row(q) for q in positives]))
-    else:
-        print(f"  … each photo searched as it is and with {trial}, alternately first", flush=True)
-        rows_by = both_ways(engine, {"now": _current(trial), "trial": trial}, positives, row)
-        out.update(figures(rows_by["now"]))
-        out["trial"] = {"switches": trial, **figures(rows_by["trial"])}
-        out["trial"]["per_photo"] = per_photo_ratios(
-            [{**r, "rank": r["first_rank"], "confirmed": None} for r in rows_by["now"]],
-            [{**r, "rank": r["first_rank"], "confirmed": None} for r in rows_by["trial"]],
-        )
-        print(f"trial / now per photo {out['trial']['per_photo']}", flush=True)
-    out["load_average"] = C.load_average()
-    return out
+    print(f"{large['images']} against {small['images']} images, per photo: {growth}", flush=True)
+    return {"name": NAME + "-100k", "sizes": sizes, "larger_against_smaller": growth, "load_average": C.load_average()}
 
 
 def split_references() -> tuple[list[Path], list[Path]]:
@@ -609,23 +663,70 @@ def both_ways(
 
 
 def _fraction_row(engine: Any, q: Any) -> dict[str, Any]:
-    """A photo's first-stage rank (``verify=False``, k=100), then its default search, timed."""
+    """A photo's first-stage rank (``verify=False``, k=100) and that list's latency, then its default
+    search, timed."""
+    t = time.perf_counter()
     first = engine.search(q.data, k=100, verify=False)
-    return {**no_corner_search(engine, q), "first_rank": rank_of(first.hits, q.truth)}
+    seconds = time.perf_counter() - t
+    row = {**no_corner_search(engine, q), "first_rank": rank_of(first.hits, q.truth), "first_latency": seconds}
+    print(
+        f"  {q.kind:<8} {q.name:<26} first={row['first_rank']} ({seconds:.2f}s) rank={row['rank']} "
+        f"conf={row['confirmed']} {row['latency']:.2f}s",
+        flush=True,
+    )
+    return row
 
 
 def _fraction_entry(
     share: float, rows: list[dict[str, Any]], held: list[dict[str, Any]], label: str = "now"
 ) -> dict[str, Any]:
     """One share's figures from its photos' rows (:func:`_fraction_row`) and held-out searches."""
+    entry = {
+        "share": share,
+        "reached_median": float(np.median([r["fraction"] for r in rows])),
+        **_searched(rows, held),
+    }
+    print(
+        f"papyrus at {share:.0%} of the frame ({label}): first-stage recall@50 "
+        f"{entry['first_stage']['recall@50']:.3f}, top-1 {entry['top1']:.3f}, top-5 {entry['top5']:.3f}, "
+        f"held-out confirmed {entry['held_out_confirmed']}, p50 {entry['latency']['p50']:.2f} s",
+        flush=True,
+    )
+    return entry
+
+
+def _scale_entry(
+    images: int, derived: int, rows: list[dict[str, Any]], held: list[dict[str, Any]], label: str = "now"
+) -> dict[str, Any]:
+    """One index size's figures (:func:`at_scale`) from its photos' rows (:func:`_fraction_row`) and
+    held-out searches, with the first stage's own latency."""
+    entry = {
+        "images": images,
+        "derived": derived,
+        **_searched(rows, held),
+        "first_stage_latency": C.summary([r["first_latency"] for r in rows]),
+    }
+    print(
+        f"{images} images ({label}): first-stage recall@10/50/100 "
+        + " / ".join(f"{entry['first_stage'][f'recall@{k}']:.3f}" for k in (10, 50, 100))
+        + f", its p50 {entry['first_stage_latency']['p50']:.2f} s; top-1 {entry['top1']:.3f}, top-5 {entry['top5']:.3f}"
+        f", confirmed {entry['true_match_confirmed']:.3f}, held-out confirmed {entry['held_out_confirmed']}"
+        f"; p50 / p95 {entry['latency']['p50']:.2f} / {entry['latency']['p95']:.2f} s"
+        f", held-out {entry['held_out_latency']['p50']:.2f} / {entry['held_out_latency']['p95']:.2f} s",
+        flush=True,
+    )
+    return entry
+
+
+def _searched(rows: list[dict[str, Any]], held: list[dict[str, Any]]) -> dict[str, Any]:
+    """The figures of no-corner searches: rows of photos of indexed papyri (:func:`_fraction_row`)
+    and of held-out ones (:func:`held_out_searches`)."""
     held_confirmed, held_latency = [r["confirmed"] for r in held], [r["latency"] for r in held]
 
     def at(key: str, k: int) -> float:
         return float(np.mean([r[key] is not None and r[key] <= k for r in rows]))
 
-    entry = {
-        "share": share,
-        "reached_median": float(np.median([r["fraction"] for r in rows])),
+    return {
         "queries": len(rows),
         "first_stage": {f"recall@{k}": at("first_rank", k) for k in (10, 50, 100)},
         "top1": at("rank", 1),
@@ -638,13 +739,6 @@ def _fraction_entry(
         "rows": rows,
         "held_out_rows": held,
     }
-    print(
-        f"papyrus at {share:.0%} of the frame ({label}): first-stage recall@50 "
-        f"{entry['first_stage']['recall@50']:.3f}, top-1 {entry['top1']:.3f}, top-5 {entry['top5']:.3f}, "
-        f"held-out confirmed {entry['held_out_confirmed']}, p50 {entry['latency']['p50']:.2f} s",
-        flush=True,
-    )
-    return entry
 
 
 def _compared(
@@ -1223,7 +1317,10 @@ def main() -> None:
             ),
             p.add_argument("--per-ref", type=int, default=None, help="scenes per papyrus (default 2; --quick 1)"),
             p.add_argument(
-                "--derived", type=int, default=0, help="add N derived items, measure the first stage only (100k figure)"
+                "--derived",
+                type=int,
+                default=0,
+                help="add N derived items with stored features; the no-corner search at both sizes (100k figure)",
             ),
             p.add_argument(
                 "--fractions",
@@ -1301,13 +1398,7 @@ def main() -> None:
             C.write_result(args.out, NAME + "-crosscapture-100k", result)
             return
         if args.derived:
-            derived_s = add_derived(rs, args.derived)
-            with index.connect(rs.database_url) as conn:
-                total = index.image_count(conn)
-            trial = TRIALS[args.trial] if args.trial else None
-            result = first_stage_only(engine, positives, total, args.derived, derived_s, trial)
-            print(C.table([[k, f"{v:.3f}"] for k, v in result["first_stage"].items()], ["figure", f"{total} images"]))
-            print(f"first stage latency p50 {result['first_stage_latency']['p50']:.2f} s", flush=True)
+            result = at_scale(engine, rs, papyri, args.derived, TRIALS[args.trial] if args.trial else None)
             C.write_result(args.out, NAME + "-100k", result)
             return
 
