@@ -304,8 +304,9 @@ def _cached_crops(settings: Any, accept: Any) -> int:
 
 class _Parent(NamedTuple):
     """A cached distractor crop as derived items are cut from it: its keypoints (stored pixels), their
-    visual words and signatures, its embedding and size; with ``features``, its stored features'
-    descriptors, long side of work, parameters and count of coarse keypoints (the last ones)."""
+    visual words and signatures, its embedding and size; when the derived items' features are stored
+    (:func:`add_derived`'s ``store``), its stored features' descriptors, long side of work, parameters
+    and count of coarse keypoints (the last ones)."""
 
     points: np.ndarray
     words: np.ndarray
