@@ -304,19 +304,18 @@ def _cached_crops(settings: Any, accept: Any) -> int:
 
 class _Parent(NamedTuple):
     """A cached distractor crop as derived items are cut from it: its keypoints (stored pixels), their
-    visual words and signatures, its embedding and size; when the derived items' features are stored
-    (:func:`add_derived`'s ``store``), its stored features' descriptors, long side of work, parameters
-    and count of coarse keypoints (the last ones)."""
+    visual words and signatures, its embedding and size, and its stored features' descriptors, long
+    side of work, parameters and count of coarse keypoints (the last ones)."""
 
     points: np.ndarray
     words: np.ndarray
     signatures: np.ndarray
     vector: np.ndarray
     size: tuple[int, int]
-    descriptors: np.ndarray | None = None
-    work_side: int = 0
-    params: str = ""
-    coarse: int = 0
+    descriptors: np.ndarray
+    work_side: int
+    params: str
+    coarse: int
 
 
 def add_derived(settings: Any, n: int, parent_ok: Any = None, store: Any = None) -> float:
@@ -340,20 +339,26 @@ def add_derived(settings: Any, n: int, parent_ok: Any = None, store: Any = None)
         with np.load(path) as z:
             ids, points, vectors, sizes = z["ids"], z["points"], z["vectors"], z["feature_sizes"]
             f_off = np.concatenate([[0], np.cumsum(z["feature_counts"])])
-            descriptors = z["descriptors"]
+            descriptors, work_sides, params, coarse = z["descriptors"], z["work_sides"], str(z["params"]), z["coarse"]
             words, signatures = vocab.words_and_signatures(descriptors)
-            kept = (descriptors, z["work_sides"], str(z["params"]), z["coarse"]) if store is not None else None
         for j in range(len(ids)):
             if parent_ok is not None and not parent_ok(int(ids[j])):
                 continue
             a, b = f_off[j], f_off[j + 1]
             size = (int(sizes[j][0]), int(sizes[j][1]))
-            parent = _Parent(points[a:b], words[a:b], signatures[a:b], vectors[j], size)
-            if kept is not None:
-                parent = parent._replace(
-                    descriptors=kept[0][a:b], work_side=int(kept[1][j]), params=kept[2], coarse=int(kept[3][j])
+            parents.append(
+                _Parent(
+                    points[a:b],
+                    words[a:b],
+                    signatures[a:b],
+                    vectors[j],
+                    size,
+                    descriptors[a:b],
+                    int(work_sides[j]),
+                    params,
+                    int(coarse[j]),
                 )
-            parents.append(parent)
+            )
     print(f"  derived: {len(parents)} parents quantised in {time.perf_counter() - t0:.0f} s", flush=True)
     url = settings.database_url
     with index.hnsw_deferred(url):  # one HNSW build at the end, then VACUUM (ANALYZE) as an ingest does
@@ -368,7 +373,6 @@ def _derived_features(parent: _Parent, inside: np.ndarray, x0: float, y0: float,
     ones still last."""
     from papyrus_widgets.retrieval import Features
 
-    assert parent.descriptors is not None
     kept = np.flatnonzero(inside)
     return Features(
         (parent.points[kept] - np.array([x0, y0], dtype=np.float32)).astype(np.float32),
@@ -402,8 +406,7 @@ def _add_derived_rows(
             size = (int(fw * w), int(fh * h))
             if inside.sum() < 80:  # too few keypoints in the window: the whole crop
                 inside[:] = True
-                if store is not None:  # its features as they are (without, the sizes as before)
-                    x0, y0, size = 0.0, 0.0, (w, h)
+                x0, y0, size = 0.0, 0.0, (w, h)
             distinct, weights, postings = document_postings(parent.words[inside], parent.signatures[inside])
             vec = parent.vector + rng.normal(0, 0.02, parent.vector.shape).astype(np.float32)
             sha = hashlib.sha256(f"derived-{SEED}-{i}".encode()).hexdigest()
@@ -434,18 +437,22 @@ def _add_derived_rows(
 
 
 def at_scale(
-    engine: Any, settings: Any, papyri: "Papyri", n_derived: int, trial: dict[str, Any] | None = None
+    engine: Any,
+    settings: Any,
+    positives: list[Any],
+    negatives: list[Any],
+    n_derived: int,
+    trial: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Figure 0's no-corner search, whole (the first stage's list, ``verify=False`` and k=100, then the
-    default search with its confirming stage), of figure 0's photos of indexed and of held-out papyri
-    in the index as it is, then again after ``n_derived`` derived items are added with their features
-    stored (:func:`add_derived`); each size's figures (:func:`_scale_entry`), and the larger against
-    the smaller (:func:`per_photo_ratios`: the median per-photo latency ratio, the answers that
-    differ). With ``trial`` (:data:`TRIALS`), each photo searched with its switches too, right after
-    or before (:func:`both_ways`), at both sizes."""
+    default search with its confirming stage), of figure 0's photos of indexed papyri (``positives``)
+    and of held-out ones (``negatives``) in the index as it is, then again after ``n_derived`` derived
+    items are added with their features stored (:func:`add_derived`); each size's figures
+    (:func:`_scale_entry`), and the larger against the smaller (:func:`per_photo_ratios`: the median
+    per-photo latency ratio, the answers that differ). With ``trial`` (:data:`TRIALS`), each photo
+    searched with its switches too, right after or before (:func:`both_ways`), at both sizes."""
     from papyrus_widgets import index
 
-    positives, negatives = papyri.photos(SEED)
     sizes: list[dict[str, Any]] = []
     for n in (0, n_derived):
         build_s = add_derived(settings, n, store=engine.store) if n else 0.0
@@ -1399,7 +1406,8 @@ def main() -> None:
             C.write_result(args.out, NAME + "-crosscapture-100k", result)
             return
         if args.derived:
-            result = at_scale(engine, rs, papyri, args.derived, TRIALS[args.trial] if args.trial else None)
+            trial = TRIALS[args.trial] if args.trial else None
+            result = at_scale(engine, rs, positives, negatives, args.derived, trial)
             C.write_result(args.out, NAME + "-100k", result)
             return
 
