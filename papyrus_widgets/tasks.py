@@ -63,6 +63,23 @@ small in-memory index: 12,000 lost none of them, 8,000 one, 6,000 two. Through t
 same answers on the benchmark's photos, "no confirmed match" 0.89x per photo with the papyrus at
 25 % of the frame, 0.95x on laptop panels photographed steeply; photos with fewer rows than this
 are searched as before."""
+LATER_LOOK_POSTINGS: int | None = 3_000_000
+"""At most this many postings read for the rows a later look adds to the first pass's: the second
+look's more words (:func:`second_look_rows`) and the tilted look's words of its views
+(:func:`_tilted_look`), each on its own; the rarest words first (:func:`_rarest_within`: a row of a
+word that few images have reads few postings and weighs most in the scores). A row reads as many
+postings as its word has images, so these looks' cost grew with the collection: with this budget it
+stops growing once the collection fills it. None: every row, as before 2026-12-07.
+
+At 10,035 images no photo's later rows reach it (a photo with 8,000 more-word rows reads some 1.3
+million postings for them). At 100,035 (the benchmark's index and 90,000 derived items) a photo
+of a papyrus not in the collection read 26 million postings in all, 13 million for its second
+look's more words and 7 million for its tilted views' words; the rarest words' share of them is
+small (a tenth of the rows, the commonest, read a quarter of the postings), so the budget keeps
+about two fifths of the more-word rows and two thirds of the tilted ones. Measured in one process
+on that index, 16 held-out development photos (seed 82301), alternated with no budget: 12.6
+million postings instead of 26.3, 0.63x the time per photo (3.84 s p50 against 6.02 s), nothing
+confirmed either way; 6 million: 0.78x."""
 SECOND_LOOK_AFTER_OFF_CENTRE = 40
 """How many of those the second look confirms at most when the first look did confirm papyri, but
 only off the middle of the photo (:data:`~papyrus_widgets.retrieval.confirm.CONFIRM_STOP_OFF_CENTRE`):
@@ -670,13 +687,31 @@ def second_look_list(
     return [c for c in shortlist.fuse(rows, []) if c.row["object_key"] not in seen][:SECOND_LOOK_CANDIDATES]
 
 
+def _rarest_within(conn: Any, words: np.ndarray, budget: int | None) -> np.ndarray:
+    """Which rows of ``words`` a list reads within ``budget`` postings
+    (:data:`LATER_LOOK_POSTINGS`): a mask over the rows, the rows of the rarest words
+    (:func:`index.word_frequencies`) taken first, a tie by their order, while the postings they read
+    stay within it; every row when ``budget`` is None or they all fit."""
+    kept = np.ones(len(words), bool)
+    if budget is None or not len(words):
+        return kept
+    df = index.word_frequencies(conn, words)
+    if int(df.sum()) <= budget:
+        return kept
+    order = np.argsort(df, kind="stable")
+    kept[:] = False
+    kept[order[np.cumsum(df[order]) <= budget]] = True
+    return kept
+
+
 def second_look_rows(
     settings: Settings, url: str, prepared: PreparedQuery, filters: Mapping[str, Any] | None
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, index.WordPairs | None]:
     """The second look's rows, ``(words, signatures, points, pairs)``: every keypoint's own word and
-    all its more words (:func:`query_rows`; up to :data:`SECOND_LOOK_MAX_ROWS` rows when set), and
-    their matching pairs when the first pass ran in this process (its rows are the start of these;
-    their pairs are kept, :data:`PAIRS_CACHE`, and only the rest's postings are read now), else None
+    all its more words (:func:`query_rows`; up to :data:`SECOND_LOOK_MAX_ROWS` rows when set, the
+    rows after the first pass's within :data:`LATER_LOOK_POSTINGS`), and their matching pairs when
+    the first pass ran in this process (its rows are the start of these; their pairs are kept,
+    :data:`PAIRS_CACHE`, and only the rest's postings are read now), else None
     (:func:`second_look_list` reads them all)."""
     from .retrieval.features import QUERY_MAX_KEYPOINTS
 
@@ -684,10 +719,15 @@ def second_look_rows(
     words, signatures, points = query_rows(settings, prepared, None if cap is None else max(cap, QUERY_MAX_KEYPOINTS))
     first = _within_budget(len(prepared.words), len(words), QUERY_MAX_KEYPOINTS)  # the first pass's rows
     pairs = _remembered_pairs(url, words[:first], None if signatures is None else signatures[:first], filters)
-    if pairs is not None and first < len(words):
-        with index.pooled_connection(url) as conn:
+    if first == len(words):
+        return words, signatures, points, pairs
+    with index.pooled_connection(url) as conn:
+        kept = np.concatenate([np.ones(first, bool), _rarest_within(conn, words[first:], LATER_LOOK_POSTINGS)])
+        words, points = words[kept], points[kept]
+        signatures = None if signatures is None else signatures[kept]
+        if pairs is not None and first < len(words):
             later = _word_pairs(conn, url, words[first:], None if signatures is None else signatures[first:], filters)
-        pairs = pairs.joined(later)
+            pairs = pairs.joined(later)
     return words, signatures, points, pairs
 
 
@@ -770,7 +810,8 @@ def _tilted_look(
     (:data:`TILTED_LOOK`): the photo seen through its tilted views
     (:func:`papyrus_widgets.retrieval.features.tilted_features`, as a square-on camera would show
     a sheet photographed at about 60°); the views' own visual words, scored per window of
-    :data:`~papyrus_widgets.retrieval.shortlist.SECOND_LOOK_WINDOWS`, list up to
+    :data:`~papyrus_widgets.retrieval.shortlist.SECOND_LOOK_WINDOWS` (those within
+    :data:`LATER_LOOK_POSTINGS`), list up to
     :data:`TILTED_LOOK_CANDIDATES` references, which with the first :data:`TILTED_RETRIES` of the
     first look's ``first`` are confirmed with the photo's keypoints and the views' together.
     Returns their confirming results (a reference tried before may come back with more inliers:
@@ -790,12 +831,13 @@ def _tilted_look(
     again = [h for h in first if h.image_key][:TILTED_RETRIES]
     tried = {h.image_key for h in again}
     with index.pooled_connection(url) as conn:
+        kept = _rarest_within(conn, words, LATER_LOOK_POSTINGS)
         rows = _windowed_list(
             conn,
-            words,
-            tilted.points[n:],
+            words[kept],
+            tilted.points[n:][kept],
             tilted.size,
-            signatures,
+            None if signatures is None else signatures[kept],
             TILTED_LOOK_CANDIDATES + (len(tried) if TILTED_LIST_PAST_RETRIES else 0),
             shortlist.SECOND_LOOK_WINDOWS,
             filters,

@@ -422,6 +422,26 @@ def test_word_df_counts_the_images_of_each_word_as_they_come_and_go(conn):
     assert kept() == {}
 
 
+def test_a_later_looks_rows_are_the_rarest_words_within_its_postings_budget(conn):
+    """``index.word_frequencies`` is each row's word's df (a repeated word each time, a word no image
+    has 0), and ``tasks._rarest_within`` keeps the rows of the rarest words while the postings they
+    read stay within the budget (ties in their order), every row with no budget or when all fit."""
+    from papyrus_widgets import tasks
+
+    postings = [{5: [1], 6: [2], 7: [3]}, {5: [1], 6: [2]}, {5: [1]}, {5: [1]}]
+    index.add_images(conn, [_signed(i, p) for i, p in enumerate(postings)])
+    conn.commit()
+    words = np.array([6, 5, 9, 7, 6, 7], np.int32)  # df 2, 4, 0, 1, 2, 1
+    assert index.word_frequencies(conn, words).tolist() == [2, 4, 0, 1, 2, 1]
+    assert index.word_frequencies(conn, np.zeros(0, np.int32)).tolist() == []
+    assert tasks._rarest_within(conn, words, None).all()
+    assert tasks._rarest_within(conn, words, 10).all()  # 2 + 4 + 0 + 1 + 2 + 1 = 10
+    # rarest first: 9 (0), 7 (1), 7 (1), 6 (2), 6 (2) = 6 postings, then 5 (4) would make 10
+    assert tasks._rarest_within(conn, words, 9).tolist() == [True, False, True, True, True, True]
+    assert tasks._rarest_within(conn, words, 5).tolist() == [True, False, True, True, False, True]
+    assert tasks._rarest_within(conn, words, 0).tolist() == [False, False, True, False, False, False]
+
+
 def _signed(i: int, postings: dict[int, list[int]], **meta) -> index.ImageRow:
     from papyrus_widgets.retrieval.shortlist import document_postings
 

@@ -26,6 +26,7 @@ __all__ = [
     "knn",
     "WordPairs",
     "word_candidates",
+    "word_frequencies",
     "word_pairs",
     "stats",
 ]
@@ -286,6 +287,23 @@ class WordPairs:
             words,
             np.concatenate([self.idf, after.idf])[at],
         )
+
+
+def word_frequencies(conn: psycopg.Connection, words: np.ndarray) -> np.ndarray:
+    """How many images have each of ``words`` (their ``df``, table ``word_df``; 0 for a word no
+    image has), an int64 array beside ``words``: how many postings a row of that word reads."""
+    words = np.asarray(words, dtype=np.int64).reshape(-1)
+    distinct = np.unique(words)
+    if not len(distinct):
+        return np.zeros(len(words), np.int64)
+    known = conn.execute(
+        "SELECT word, df FROM word_df WHERE word = ANY(%s::int4[]) ORDER BY word", [distinct.tolist()]
+    ).fetchall()
+    df = np.zeros(len(distinct), np.int64)
+    if known:
+        found = np.asarray([w for w, _ in known], np.int64)
+        df[np.searchsorted(distinct, found)] = [d for _, d in known]
+    return df[np.searchsorted(distinct, words)]
 
 
 def word_pairs(
