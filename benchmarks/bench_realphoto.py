@@ -857,7 +857,7 @@ spread along their principal axes, as before 2026-12-06 night (``retrieval.confi
 *no-edge-check*: a match whose inliers keep to a band along an edge of the reference (a colour chart,
 a ruler) confirmed by its inliers and spread, as before 2026-12-07 (``retrieval.confirm.EDGE_CHECK``);
 *unbudgeted*: the second look's more words and the tilted look's words read whatever postings they
-have, as before 2026-12-07 (``tasks.LATER_LOOK_POSTINGS``, now 3 million each, the rarest words
+have, as before 2026-12-07 (``tasks.LATER_LOOK_POSTINGS``, now 6 million each, the rarest words
 first; an index of 10,035 images does not reach it: compare with ``--derived``); *control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""

@@ -63,7 +63,7 @@ small in-memory index: 12,000 lost none of them, 8,000 one, 6,000 two. Through t
 same answers on the benchmark's photos, "no confirmed match" 0.89x per photo with the papyrus at
 25 % of the frame, 0.95x on laptop panels photographed steeply; photos with fewer rows than this
 are searched as before."""
-LATER_LOOK_POSTINGS: int | None = 3_000_000
+LATER_LOOK_POSTINGS: int | None = 6_000_000
 """At most this many postings read for the rows a later look adds to the first pass's: the second
 look's more words (:func:`second_look_rows`) and the tilted look's words of its views
 (:func:`_tilted_look`), each on its own; the rarest words first (:func:`_rarest_within`: a row of a
@@ -71,15 +71,19 @@ word that few images have reads few postings and weighs most in the scores). A r
 postings as its word has images, so these looks' cost grew with the collection: with this budget it
 stops growing once the collection fills it. None: every row, as before 2026-12-07.
 
-At 10,035 images no photo's later rows reach it (a photo with 8,000 more-word rows reads some 1.3
-million postings for them). At 100,035 (the benchmark's index and 90,000 derived items) a photo
-of a papyrus not in the collection read 26 million postings in all, 13 million for its second
-look's more words and 7 million for its tilted views' words; the rarest words' share of them is
-small (a tenth of the rows, the commonest, read a quarter of the postings), so the budget keeps
-about two fifths of the more-word rows and two thirds of the tilted ones. Measured in one process
-on that index, 16 held-out development photos (seed 82301), alternated with no budget: 12.6
-million postings instead of 26.3, 0.63x the time per photo (3.84 s p50 against 6.02 s), nothing
-confirmed either way; 6 million: 0.78x."""
+At 10,035 images no photo's later rows reach it (8,000 more-word rows read some 1.3 million
+postings). At 100,035 (the benchmark's index and 90,000 derived items with their features) a
+photo of a papyrus not in the collection read 26 million postings, 13 million of them for its
+second look's more words and 7 million for its tilted views' words; the postings are spread evenly
+over the words (the commonest tenth of the rows read a quarter of them), so 6 million keeps about
+three quarters of the more-word rows (median of 16 photos) and 95 % of the tilted ones. Measured
+in one process on that index, alternated with no budget (development photos, not the benchmark's;
+2026-12-07): 16 photos of held-out papyri (seed 82301) 18.6 million postings instead of 26.3,
+0.78x the time per photo (4.69 s p50 against 6.02 s), none confirmed either way; 96 photos of
+indexed papyri on laptop panels shaken or photographed steeply, or at 3 % of the frame (32 each,
+seeds 79700-79720), and their 24 held-out ones: the same answers, photo for photo. 3 million (0.63x
+on the 16) lost 2 of the 32 steep ones, 3 million for the more words alone (with 6 for the tilted
+views) 1."""
 SECOND_LOOK_AFTER_OFF_CENTRE = 40
 """How many of those the second look confirms at most when the first look did confirm papyri, but
 only off the middle of the photo (:data:`~papyrus_widgets.retrieval.confirm.CONFIRM_STOP_OFF_CENTRE`):
@@ -719,7 +723,7 @@ def second_look_rows(
     words, signatures, points = query_rows(settings, prepared, None if cap is None else max(cap, QUERY_MAX_KEYPOINTS))
     first = _within_budget(len(prepared.words), len(words), QUERY_MAX_KEYPOINTS)  # the first pass's rows
     pairs = _remembered_pairs(url, words[:first], None if signatures is None else signatures[:first], filters)
-    if first == len(words):
+    if first == len(words) or (pairs is None and LATER_LOOK_POSTINGS is None):  # nothing to read here
         return words, signatures, points, pairs
     with index.pooled_connection(url) as conn:
         kept = np.concatenate([np.ones(first, bool), _rarest_within(conn, words[first:], LATER_LOOK_POSTINGS)])

@@ -442,6 +442,45 @@ def test_a_later_looks_rows_are_the_rarest_words_within_its_postings_budget(conn
     assert tasks._rarest_within(conn, words, 0).tolist() == [False, False, True, False, False, False]
 
 
+def test_the_second_look_reads_the_rarest_more_words_within_its_postings_budget(conn, url, tmp_path, monkeypatch):
+    """``tasks.second_look_rows`` with ``tasks.LATER_LOOK_POSTINGS``: every row of the first pass
+    kept, of the more words' rows after them those of the rarest words within the budget (the df
+    the index holds), in their order; no budget: every row."""
+    from papyrus_widgets import tasks
+    from papyrus_widgets.config import Settings
+    from papyrus_widgets.retrieval import Features
+    from papyrus_widgets.retrieval import features as F
+
+    settings = Settings(data_dir=tmp_path)
+    rng = np.random.default_rng(9)
+    desc = rng.integers(0, 90, (300, 128)).astype(np.uint8)
+    points = rng.uniform(0, 800, (300, 2)).astype(np.float32)
+    words, sigs = tasks.worker_vocabulary(settings).words_and_signatures(desc)
+    feats = Features(points, desc, (800, 800), "sift", 800)
+    prepared = tasks.PreparedQuery(np.zeros(0), feats, words, (800, 800), False, sigs)
+    every, _, every_points = tasks.query_rows(settings, prepared, None)
+    monkeypatch.setattr(F, "QUERY_MAX_KEYPOINTS", 400)  # the first pass's rows: the first 400
+    monkeypatch.setattr(tasks, "SECOND_LOOK_MAX_ROWS", None)
+    assert len(every) > 700
+    later = np.unique(every[400:])
+    df = {int(w): 1 + int(w) % 4 for w in later}  # 1-4 images each
+    index.add_images(conn, [_signed(i, {w: [w] for w, d in df.items() if d > i}) for i in range(4)])
+    conn.commit()
+    postings = sum(df[int(w)] for w in every[400:])
+    for budget in (None, postings, postings // 2, 0):
+        monkeypatch.setattr(tasks, "LATER_LOOK_POSTINGS", budget)
+        w, s, p, pairs = tasks.second_look_rows(settings, url, prepared, None)
+        kept = np.concatenate([np.ones(400, bool), tasks._rarest_within(conn, every[400:], budget)])
+        assert pairs is None and len(w) == len(p) == len(s) == kept.sum()
+        assert w.tolist() == every[kept].tolist() and p.tolist() == every_points[kept].tolist()
+        read = sum(df[int(x)] for x in w[400:])
+        if budget is None or budget >= postings:
+            assert read == postings
+        else:  # within it, and the rarest row left out would not have fitted
+            assert read <= budget < read + min(df[int(x)] for x in every[~kept])
+    assert len(w) == 400  # a budget of none: the first pass's rows alone
+
+
 def _signed(i: int, postings: dict[int, list[int]], **meta) -> index.ImageRow:
     from papyrus_widgets.retrieval.shortlist import document_postings
 

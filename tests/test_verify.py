@@ -866,6 +866,7 @@ def test_the_second_look_s_rows_stop_at_their_cap_and_never_short_of_the_first_p
     every, every_sigs, every_points = tasks.query_rows(settings, prepared, None)
     assert len(every) > 700
     monkeypatch.setattr(F, "QUERY_MAX_KEYPOINTS", 400)  # the first pass's budget
+    monkeypatch.setattr(tasks, "LATER_LOOK_POSTINGS", None)  # no budget of postings (test_index.py has it)
     url = "postgresql:///no-such-database"  # no first pass ran in this process: no pairs to extend, none read
     for cap, rows in ((None, len(every)), (600, 600), (200, 400), (10**6, len(every))):
         monkeypatch.setattr(tasks, "SECOND_LOOK_MAX_ROWS", cap)
