@@ -696,14 +696,11 @@ def _rarest_within(conn: Any, words: np.ndarray, budget: int | None) -> np.ndarr
     (:data:`LATER_LOOK_POSTINGS`): a mask over the rows, the rows of the rarest words
     (:func:`index.word_frequencies`) taken first, a tie by their order, while the postings they read
     stay within it; every row when ``budget`` is None or they all fit."""
-    kept = np.ones(len(words), bool)
     if budget is None or not len(words):
-        return kept
+        return np.ones(len(words), bool)
     df = index.word_frequencies(conn, words)
-    if int(df.sum()) <= budget:
-        return kept
     order = np.argsort(df, kind="stable")
-    kept[:] = False
+    kept = np.zeros(len(words), bool)
     kept[order[np.cumsum(df[order]) <= budget]] = True
     return kept
 
