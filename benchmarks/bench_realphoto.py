@@ -71,7 +71,11 @@ too when one is given (*words-alone*: as before Hamming embedding). The two sear
 (as it is, with the trial) run one right after the other, taking turns at going first, so that a
 slow spell of the machine or the warmer caches of a second search fall on both alike; each set
 reports the median per-photo latency ratio and how many answers changed. Given both,
-``--fractions`` and ``--variants`` run one after the other on one index (one result each).
+``--fractions`` and ``--variants`` run one after the other on one index (one result each). With
+``--derived N`` too (results ``realphoto-fractions-100k``, ``realphoto-variants-100k``): the same,
+in the index after N derived items are added (as ``--derived`` alone adds them), not at figure 0's
+size; the same seeds, so the same photos as a run without ``--derived`` with the same list and
+``--per-ref``.
 
 **Another photograph of the same papyrus, real** (``--cross-capture``, result
 ``realphoto-crosscapture``, figure 0e; not part of ``make bench``): the PapyrusViz fragments were
@@ -1331,7 +1335,8 @@ def main() -> None:
                 "--derived",
                 type=int,
                 default=0,
-                help="add N derived items with stored features; the no-corner search at both sizes (100k figure)",
+                help="add N derived items with stored features; the no-corner search at both sizes (100k figure), "
+                "or with --fractions / --variants those at the larger size",
             ),
             p.add_argument(
                 "--fractions",
@@ -1408,12 +1413,20 @@ def main() -> None:
             result["distractors"] = kept
             C.write_result(args.out, NAME + "-crosscapture-100k", result)
             return
-        if args.derived:
+        if args.derived and not (args.fractions or args.variants):
             trial = TRIALS[args.trial] if args.trial else None
             result = at_scale(engine, rs, positives, negatives, args.derived, trial)
             C.write_result(args.out, NAME + "-100k", result)
             return
 
+        larger: dict[str, Any] = {}  # with --derived, --fractions and --variants search the larger index
+        if args.derived:
+            build_s = add_derived(rs, args.derived, store=engine.store)
+            with index.connect(rs.database_url) as conn:
+                total = index.image_count(conn)
+            larger = {"derived": args.derived, "derived_build_seconds": build_s}
+            print(f"index: {total} images after {args.derived} derived items, added in {build_s:.0f} s", flush=True)
+        suffix = "-100k" if larger else ""
         engine.search(positives[0].data, k=5)  # warm: model, pools, vocabulary on the workers
         if args.cross_capture:
             around = list(ref_imgs.values()) + list(sources.values())  # no fragment among them
@@ -1423,11 +1436,13 @@ def main() -> None:
         if args.fractions:
             shares = [float(f) for f in args.fractions.split(",") if f.strip()]
             result = by_fraction(engine, papyri, shares, total, TRIALS[args.trial] if args.trial else None)
-            C.write_result(args.out, NAME + "-fractions", result)
+            name = NAME + "-fractions" + suffix
+            C.write_result(args.out, name, {**result, **larger, "name": name})
         if args.variants:  # after --fractions too when both are given: one index for both
             chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
             result = by_variant(engine, papyri, chosen, total, TRIALS[args.trial] if args.trial else TRIAL)
-            C.write_result(args.out, NAME + "-variants", result)
+            name = NAME + "-variants" + suffix
+            C.write_result(args.out, name, {**result, **larger, "name": name})
         if args.fractions or args.variants:
             return
         rows: list[dict[str, Any]] = []

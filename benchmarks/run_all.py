@@ -1102,15 +1102,28 @@ GRID_TRIAL = (
 )
 
 
+def _larger_index(r: dict[str, Any], heading: str, option: str) -> tuple[str, str]:
+    """The heading and the index's words of an opt-in figure (``--fractions``, ``--variants``), which
+    ``--derived N`` runs in the larger index instead (results ``realphoto-*-100k``)."""
+    images = f"{r['gallery']['images']:,} images"
+    if not r.get("derived"):
+        return f"## {heading} (opt-in: `bench_realphoto.py {option} ...`)", f"Figure 0's index ({images})"
+    return (
+        f"### {heading.split('.')[0]} at {images} (opt-in: `bench_realphoto.py {option} ... --derived {r['derived']}`)",
+        f"Figure 0's index with {r['derived']:,} derived items added as figure 0b adds them ({images})",
+    )
+
+
 def render_realphoto_fractions(r: dict[str, Any] | None, st: dict[str, Any] | None) -> list[str]:
     """The opt-in degradation curve (``bench_realphoto.py --fractions ...``): nothing when not run."""
     if not r:
         return []
+    heading, where = _larger_index(r, "0c. How small (or large) can the papyrus be in the photo", "--fractions")
     out = [
-        "## 0c. How small (or large) can the papyrus be in the photo (opt-in: `bench_realphoto.py --fractions ...`)",
+        heading,
         "",
         (
-            f"Figure 0's index ({r['gallery']['images']:,} images) and scene kinds, with the papyrus at a fixed share of the "
+            f"{where} and scene kinds, with the papyrus at a fixed share of the "
             "1600 x 1200 frame instead of 10-40 %: new scenes of every indexed papyrus (and of the held-out ones) at each "
             f"share, the default search with no corners through the engine; run {r.get('date', '')[:10]}."
         ),
@@ -1206,11 +1219,12 @@ def render_realphoto_variants(r: dict[str, Any] | None, st: dict[str, Any] | Non
     """The opt-in photos beyond the scenes' range (``bench_realphoto.py --variants ...``)."""
     if not r:
         return []
+    heading, where = _larger_index(r, "0d. Photos beyond the scenes' range", "--variants")
     out = [
-        "## 0d. Photos beyond the scenes' range (opt-in: `bench_realphoto.py --variants ...`)",
+        heading,
         "",
         (
-            f"Figure 0's index ({r['gallery']['images']:,} images); for each variant new scenes of every indexed papyrus "
+            f"{where}; for each variant new scenes of every indexed papyrus "
             "(and of the held-out ones) made by `scenes.make_scene(..., variant=...)`, searched with no corners through "
             f"the engine twice on the same cluster: the search as it is (**now**) and {_trial_words(r.get('trial'))}, "
             f"set on the workers (**trial**); run {r.get('date', '')[:10]}."
@@ -1481,7 +1495,9 @@ RENDERERS: list[tuple[str, Callable[[dict[str, Any] | None, dict[str, Any] | Non
     ("realphoto", render_realphoto),
     ("realphoto-100k", render_realphoto_100k),
     ("realphoto-fractions", render_realphoto_fractions),
+    ("realphoto-fractions-100k", render_realphoto_fractions),
     ("realphoto-variants", render_realphoto_variants),
+    ("realphoto-variants-100k", render_realphoto_variants),
     ("realphoto-crosscapture", render_realphoto_crosscapture),
     ("realphoto-crosscapture-100k", render_realphoto_crosscapture_100k),
     ("query_latency", render_latency),
