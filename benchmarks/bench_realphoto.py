@@ -809,6 +809,7 @@ TRIALS: dict[str, dict[str, Any]] = {
     "no-strip-check": {"retrieval.confirm.STRIP_CHECK": False},
     "no-edge-check": {"retrieval.confirm.EDGE_CHECK": False},
     "unbudgeted": {"tasks.LATER_LOOK_POSTINGS": None},
+    "budgeted": {"tasks.LATER_LOOK_POSTINGS": 6_000_000},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
 module switches of ``papyrus_widgets`` to set (``module.NAME``). *untilted*: without the tilted
@@ -861,8 +862,10 @@ spread along their principal axes, as before 2026-12-06 night (``retrieval.confi
 *no-edge-check*: a match whose inliers keep to a band along an edge of the reference (a colour chart,
 a ruler) confirmed by its inliers and spread, as before 2026-12-07 (``retrieval.confirm.EDGE_CHECK``);
 *unbudgeted*: the second look's more words and the tilted look's words read whatever postings they
-have, as before 2026-12-07 (``tasks.LATER_LOOK_POSTINGS``, now 6 million each, the rarest words
-first; an index of 10,035 images does not reach it: compare with ``--derived``); *control*: no switch at
+have (``tasks.LATER_LOOK_POSTINGS`` None: as the search is again since 2026-12-07 evening; it was 6
+million each, the rarest words first, for that day); *budgeted*: each reads at most 6 million
+postings, the rarest words first (an index of 10,035 images does not reach it: compare with
+``--derived``); *control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""
 TRIAL = TRIALS["untilted"]

@@ -63,8 +63,10 @@ small in-memory index: 12,000 lost none of them, 8,000 one, 6,000 two. Through t
 same answers on the benchmark's photos, "no confirmed match" 0.89x per photo with the papyrus at
 25 % of the frame, 0.95x on laptop panels photographed steeply; photos with fewer rows than this
 are searched as before."""
-LATER_LOOK_POSTINGS: int | None = 6_000_000
-"""At most this many postings read for the rows a later look adds to the first pass's: the second
+LATER_LOOK_POSTINGS: int | None = None
+"""Off (None) by default since 2026-12-07 (evening): a collection of 100,000 images or more that
+would rather answer "no confirmed match" sooner than find the steepest photos may set it.
+At most this many postings read for the rows a later look adds to the first pass's: the second
 look's more words (:func:`second_look_rows`) and the tilted look's words of its views
 (:func:`_tilted_look`), each on its own; the rarest words first (:func:`_rarest_within`: a row of a
 word that few images have reads few postings and weighs most in the scores). A row reads as many
@@ -83,7 +85,12 @@ in one process on that index, alternated with no budget (development photos, not
 indexed papyri on laptop panels shaken or photographed steeply, or at 3 % of the frame (32 each,
 seeds 79700-79720), and their 24 held-out ones: the same answers, photo for photo. 3 million (0.63x
 on the 16) lost 2 of the 32 steep ones, 3 million for the more words alone (with 6 for the tilted
-views) 1."""
+views) 1. So it was on at 6 million from then until the same day's run of the benchmark's own
+photos through the engine at 100,035 images (``bench_realphoto.py --derived 90000 --variants
+lcd+steep,steep,lcd+shaky --per-ref 1 --trial unbudgeted``, alternated; benchmarks/results.md,
+figure 0d at 100,035 images): with 6 million 30 of 32 steep laptop-panel photos and 29 of 32
+steep photos first, with none 32 and 31; a search that confirms nothing 0.79x the time with it
+(figure 0b). The answers come first: off."""
 SECOND_LOOK_AFTER_OFF_CENTRE = 40
 """How many of those the second look confirms at most when the first look did confirm papyri, but
 only off the middle of the photo (:data:`~papyrus_widgets.retrieval.confirm.CONFIRM_STOP_OFF_CENTRE`):
