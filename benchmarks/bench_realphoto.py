@@ -54,8 +54,8 @@ indexed and held-out papyrus with the papyrus at exactly that share (the same sc
 share); first-stage recall, top-1/top-5 of the default search with no corners, its latency, and the
 held-out papyri confirmed. A degradation curve outside the 10-40 % the main figure draws from.
 
-**Beyond the scenes' range** (``--variants closeup,steep,phone,turned,dim,print,relit,wavy,resent,lcd,shaky``, result
-``realphoto-variants``; not part of ``make bench``): the same index, and for each of
+**Beyond the scenes' range** (``--variants closeup,steep,phone,turned,dim,print,relit,wavy,resent,lcd,shaky,bare``,
+result ``realphoto-variants``; not part of ``make bench``): the same index, and for each of
 ``scenes.VARIANTS`` new scenes of every indexed and held-out papyrus (close-ups showing 35-60 % of
 the papyrus; the camera tilted 45-60 degrees; 12-megapixel portrait photos stored turned with EXIF
 orientation 6; frames turned a quarter or half turn without EXIF; dark, noisy, soft photos at JPEG
@@ -63,7 +63,9 @@ orientation 6; frames turned a quarter or half turn without EXIF; dark, noisy, s
 its scan, lit from a low side, sometimes infrared; a sheet that does not lie flat; the photo as a
 messenger sends it on, shrunk to 480-1,024 px; a laptop panel as a phone sees it — off-axis tone
 curve, its pixels' colour stripes, flicker bands, the room's reflection, over-exposure; a camera
-shaken during the exposure, the photo smeared along its path), each searched
+shaken during the exposure, the photo smeared along its path; the papyrus itself rather than its
+scan, without the scan's white ground, footer bar and colour strip, as in a museum's case or on a
+desk, the papyri around it alike), each searched
 with no corners twice on the same cluster: as the search is now and as it would be with
 ``--trial``'s switches (``TRIALS``, set on the workers; default *untilted*: without the tilted
 look, ``tasks.TILTED_LOOK``, which is on by default). ``--fractions`` compares with a ``--trial``

@@ -686,7 +686,9 @@ RESENT_SIDE = (480, 1024)
 """Long side (pixels) of a *resent* photo: what messengers and mail clients shrink a photo to
 (640-1,280 px are common settings; 480 is a thumbnail's)."""
 
-VARIANTS = ("closeup", "steep", "phone", "turned", "dim", "print", "relit", "wavy", "resent", "lcd", "shaky")
+VARIANTS = (
+    "closeup", "steep", "phone", "turned", "dim", "print", "relit", "wavy", "resent", "lcd", "shaky", "bare"
+)  # fmt: skip
 """Photos outside the range the scenes are drawn from (``make_scene(..., variant=...)``), to see how
 the search holds up beyond it rather than to tune on: *closeup*, only 35-60 % of the papyrus in the
 frame, which it fills; *steep*, the camera tilted by :data:`STEEP_TILT` degrees from square-on
@@ -708,9 +710,15 @@ tinted (:func:`_off_axis`), its pixels' colour stripes, its backlight's flicker 
 reflection of the room and the photographer, over-exposure (:func:`_lcd_capture`). *shaky*, any
 kind (added 2026-12-04, after the search was settled): the scene of the same seed smeared along
 the path a hand-held camera moved during the exposure (:data:`SHAKE_LENGTH`, :func:`_shaken`), with
-the sensor noise of a long exposure, saved again as JPEG. Several join into one photo with
-:data:`COMBINED` (``"lcd+steep+shaky"``: a laptop panel photographed steeply with a shaking
-hand), as real photos bring several of these at once."""
+the sensor noise of a long exposure, saved again as JPEG. *bare*, any kind (added 2026-12-07, after
+the search was settled): the papyrus itself, not its scan (:func:`_bare`): without the scan's
+white ground, footer bar (the library's logo, address and seal) and colour strip, its holes and
+torn edges showing what it lies on — the sheet in a museum's case, on a conservator's desk, on a
+light box, or a website's cut-out of it — and the papyri around it alike; the same scene as the
+seed's photo without it otherwise. A collection's scans share their footer, which no photo of the
+sheet itself shows: with it a photo's words find the collection's scans before anything else.
+Several join into one photo with :data:`COMBINED` (``"lcd+steep+shaky"``: a laptop panel
+photographed steeply with a shaking hand), as real photos bring several of these at once."""
 
 
 COMBINED = "+"
@@ -765,6 +773,8 @@ def make_scene(
         "shaky": lambda s: _shaken(s, rng),
         "dim": lambda s: _dim(s, rng),
     }
+    if "bare" in parts:
+        target, others = _bare(target), _Bare(others)
     for part in parts:
         if part in changes:
             target = changes[part](target, rng)
@@ -821,6 +831,56 @@ def _printed(target: Image.Image, rng: np.random.Generator) -> Image.Image:
         left = np.stack([1 - 0.85 * screen(1 - img[..., c], deg) for c, deg in enumerate((15.0, 75.0, 0.0))], -1)
     out: np.ndarray = cv2.GaussianBlur((paper * left).astype(np.float32), (0, 0), rng.uniform(0.4, 0.8))
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+
+BARE_SATURATION = 24
+"""A pixel of a scan is of the papyrus (:func:`_bare`) when its channels differ by this much or more
+(0-255: papyrus is brown; a scan's ground, footer bar and grey scale are not)…"""
+BARE_DARK = 96
+"""… or when none is brighter than this (its ink)."""
+BARE_KEEP = 0.03
+"""Pieces of papyrus under this share of the largest piece's area are left out with the ground (a
+footer's seal or logo, its text; a few crumbs of papyrus go with them)."""
+
+
+def _bare(target: Image.Image) -> Image.Image:
+    """``target`` (a scan) as the papyrus itself: transparent (RGBA) but where it shows papyrus
+    (:data:`BARE_SATURATION`, :data:`BARE_DARK`; closed over its ink, opened over the ground's
+    speckle; pieces under :data:`BARE_KEEP` of the largest dropped), so that its ground, footer bar
+    and colour strip go, and its holes show what lies under it. The same size, so its corners stay
+    where they were. Deterministic (it draws nothing), and ``target`` as it is when it shows no
+    papyrus, or is cut out already (transparent somewhere)."""
+    if target.mode == "RGBA" and np.asarray(target.getchannel("A")).min() < 255:
+        return target
+    rgb = np.asarray(target.convert("RGB"))
+    sat = rgb.max(-1).astype(np.int16) - rgb.min(-1)
+    papyrus = ((sat >= BARE_SATURATION) | (rgb.max(-1) < BARE_DARK)).astype(np.uint8)
+    r = max(1, round(0.004 * max(rgb.shape[:2])))
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    papyrus = cv2.morphologyEx(cv2.morphologyEx(papyrus, cv2.MORPH_CLOSE, disc), cv2.MORPH_OPEN, disc)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(papyrus, connectivity=8)
+    if n <= 1:
+        return target
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    kept = np.isin(labels, np.flatnonzero(areas >= BARE_KEEP * areas.max()) + 1).astype(np.float32)
+    alpha = np.round(cv2.GaussianBlur(kept, (0, 0), 0.7) * 255).astype(np.uint8)
+    return Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
+
+
+class _Bare(Sequence[Image.Image]):
+    """``others`` as :func:`_bare` shows each, cut out when a scene picks it (a scene shows a few, at
+    most 700 px long)."""
+
+    def __init__(self, others: Sequence[Image.Image]):
+        self._others = others
+
+    def __len__(self) -> int:
+        return len(self._others)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        return _bare(_shrink(self._others[i], 700))
 
 
 def _split_alpha(target: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:

@@ -134,10 +134,11 @@ def _visible_deskew(img: Image.Image, corners: np.ndarray, w: int, h: int) -> tu
     return _deskew(scene, w, h), _deskew(inside, w, h) > 254
 
 
-RESHAPED = ("relit", "wavy")
+RESHAPED = ("relit", "wavy", "bare")
 """Variants that change the sheet itself before the scene places it, the same size: *wavy* moves
 its pixels between the corners, *relit* shades its relief (which shifts a correlation's peak
-without moving anything). Their own tests check that they keep the corners; the scene places
+without moving anything), *bare* cuts away what is not papyrus (the random-block target is grey:
+nothing of it would be left). Their own tests check that they keep the corners; the scene places
 them as any target."""
 
 
@@ -333,6 +334,45 @@ def test_relit_is_another_photo_of_the_same_sheet(target, others):
     assert out.shape == (200, 300, 4) and (out[:, 210:, 3] == 0).all() and (out[:, :190, 3] == 255).all()
     scene = scenes.make_scene(target, others, np.random.default_rng(6), kind="desk", variant="relit")
     assert scene.image.size == (1600, 1200) and 0.1 <= scene.target_fraction <= 0.4
+
+
+def _scan() -> np.ndarray:
+    """A scan as libraries publish them: a papyrus (brown, with ink strokes and a hole) on a white
+    ground, a grey footer bar with the library's red seal and a line of dark text below it."""
+    scan = np.full((400, 300, 3), 252, np.uint8)
+    sheet = np.array([[40, 30], [250, 45], [270, 300], [150, 330], [30, 290]], np.int32)
+    cv2.fillPoly(scan, [sheet], (190, 150, 100))
+    scan[100:104, 60:230] = 35  # ink
+    scan[180:184, 60:230] = 35
+    scan[220:250, 120:150] = 252  # a hole: the ground shows through
+    scan[360:] = 206  # the footer bar
+    cv2.circle(scan, (270, 380), 12, (170, 20, 40), -1)  # its seal
+    scan[376:380, 40:200] = 60  # its text
+    return scan
+
+
+def test_bare_is_the_papyrus_without_its_scans_ground_and_footer(target, others):
+    """*bare*: the scan the same size, transparent but for the papyrus — its ink kept, its hole,
+    the white ground, the footer bar, its seal and its text gone, the papyrus's pixels unchanged; a
+    fragment cut out already is left as it is; in a scene the same corners as the seed's photo
+    without the variant (it draws nothing), the target and the papyri around it cut out."""
+    scan = _scan()
+    out = np.asarray(scenes._bare(Image.fromarray(scan)))
+    assert out.shape == (400, 300, 4)
+    alpha = out[..., 3]
+    assert alpha[60:90, 60:230].min() == 255 and alpha[100:104, 60:230].min() == 255  # papyrus, ink
+    assert alpha[230:240, 130:140].max() == 0  # the hole
+    assert alpha[5:20].max() == 0 and alpha[360:].max() == 0  # the ground; the footer, seal and text
+    assert np.array_equal(out[..., :3], scan)
+    cut = Image.fromarray(out)
+    assert scenes._bare(cut) is cut
+    rng = np.random.default_rng
+    for kind in scenes.KINDS:
+        plain = scenes.make_scene(target, others, rng(11), kind=kind)
+        bare = scenes.make_scene(target, others, rng(11), kind=kind, variant="bare")
+        assert np.array_equal(plain.corners, bare.corners), kind
+        assert not np.array_equal(np.asarray(plain.image), np.asarray(bare.image)), kind
+    assert all(im.mode == "RGBA" for im in scenes._Bare(others)[:2])
 
 
 def _shift(patch: np.ndarray, ref: np.ndarray, at: tuple[int, int], reach: int) -> tuple[int, int]:
