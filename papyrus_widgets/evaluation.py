@@ -235,14 +235,11 @@ def distractor_crop(sources: Sequence[Image.Image], i: int, seed: int = 0, max_s
 
 def quad_iou(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> float:
     """Intersection over union of two convex quadrilaterals (e.g. a region found and the truth)."""
-    import cv2
+    from .imaging import polygon_area
+    from .retrieval.locate import intersection_area
 
-    pa, pb = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
-    try:
-        inter, _ = cv2.intersectConvexConvex(pa, pb)
-    except cv2.error:
-        return 0.0
-    union = abs(cv2.contourArea(pa)) + abs(cv2.contourArea(pb)) - inter
+    inter = intersection_area(a, b)
+    union = polygon_area(np.asarray(a, dtype=np.float64)) + polygon_area(np.asarray(b, dtype=np.float64)) - inter
     return float(inter / union) if union > 0 else 0.0
 
 

@@ -60,6 +60,9 @@ class Hit:
     """Local-feature matches that agree on one homography: its RANSAC inliers, or, when more, the
     reference keypoints that agree with it beyond chance (``Verification.evidence``; ``matches``
     holds inlier pairs either way)."""
+    whole_photo: bool = False
+    """Confirmed in the whole photo, where the corners given confirmed nothing within their region:
+    its outline covers most of that region (``tasks.WHOLE_PHOTO_AFTER_REGION``)."""
     region: list[list[float]] | None = None
     """Where this reference is in the photo: its corners (TL, TR, BR, BL) mapped by the
     homography, in the pixels of the photo as stored, clipped to the photo so that it can be passed
@@ -140,7 +143,12 @@ class Results:
             )
         top = best[0]
         more = f" (+{len(best) - 1} more confirmed)" if len(best) > 1 else ""
-        return f"confirmed: {top.inventory or top.key}, {top.inliers} keypoints agree on one geometry{more}."
+        where = (
+            "; found in the whole photo, where it covers the corners marked (their region alone confirmed nothing)"
+            if top.whole_photo
+            else ""
+        )
+        return f"confirmed: {top.inventory or top.key}, {top.inliers} keypoints agree on one geometry{more}{where}."
 
     @property
     def ef_search(self) -> int | None:

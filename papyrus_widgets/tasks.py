@@ -219,6 +219,8 @@ class PreparedQuery:
     region_given: bool = False
     signatures: np.ndarray | None = field(default=None, repr=False)
     """The 64-bit signature of each keypoint in its word (None: words alone)."""
+    region: list[list[float]] | None = None
+    """The corners given (TL, TR, BR, BL, in the photo's stored pixels), None without."""
 
 
 def _photo_cache() -> Any:
@@ -340,7 +342,9 @@ def prepare_task(
         if features.method == "sift"
         else (np.zeros(0, dtype=np.int64), None)
     )
-    return PreparedQuery(imaging.model_input(crop), features, words, size, region is not None, signatures)  # type: ignore[arg-type]
+    return PreparedQuery(
+        imaging.model_input(crop), features, words, size, region is not None, signatures, region  # type: ignore[arg-type]
+    )
 
 
 def embed_task(settings: Settings, prepared: PreparedQuery | np.ndarray) -> np.ndarray:
@@ -911,6 +915,9 @@ class FirstLook:
     """The first stage's candidates."""
     more: bool = False
     """Whether a second look is due (a photo without corners, nothing confirmed near its middle)."""
+    whole: bool = False
+    """Whether the whole photo is searched next (:func:`_whole_photo`: corners were given and their
+    region confirmed nothing)."""
 
 
 def first_look_task(
@@ -959,7 +966,8 @@ def first_look_task(
     aimed_at = any(in_the_middle(r.verification) for r in results)
     more = whole_photo and prepared is not None and SECOND_LOOK_CANDIDATES > 0 and not aimed_at
     first = [dataclasses.replace(h, matches=list(h.matches)) for h in hits] if more else []  # before _best edits them
-    return FirstLook(_best(settings, results, hits, k), results if more else [], first, more)
+    whole = not whole_photo and WHOLE_PHOTO_AFTER_REGION and not any(r.confirmed for r in results)
+    return FirstLook(_best(settings, results, hits, k), results if more else [], first, more, whole)
 
 
 def second_look_task(
@@ -981,6 +989,8 @@ def second_look_task(
     from .retrieval import clip, ranked
     from .retrieval.confirm import CONFIRM_AFTER_OFF_CENTRE
 
+    if look.whole and prepared is not None and prepared.region is not None:
+        return _whole_photo(settings, query_key, name, look, k, prepared.region, filters)
     if not look.more or prepared is None:
         return look.hits
     # a copy: the first look's result is what the widget shows meanwhile, and stays as it was
@@ -1007,6 +1017,54 @@ def second_look_task(
             more = []
         results = ranked(_merged(results, more))
     return _best(settings, results, hits, k)
+
+
+WHOLE_PHOTO_AFTER_REGION = True
+"""Whether a search with corners whose region confirmed nothing searches the whole photo next, as
+a search without corners does (first stage, then each look), and answers with a papyrus confirmed
+there whose outline covers at least :data:`REGION_COVERED` of the corners' region
+(:func:`_whole_photo`). The corners a person marks are a hint, not the truth: a few pixels off,
+drawn around a fragment inside its scan, or a steep sheet whose proportions they do not give
+(``features.RECTIFY_REGIONS``). A papyrus confirmed elsewhere in the photo is not taken for the
+one marked. Costs only a search whose region confirmed nothing: about the time of a search without
+corners more. False: the region's answer stands, as before 2026-12-07."""
+REGION_COVERED = 0.5
+"""How much of the corners' region a papyrus confirmed in the whole photo must cover to be the
+answer (:func:`papyrus_widgets.retrieval.locate.covered`)."""
+
+
+def _whole_photo(
+    settings: Settings,
+    query_key: str,
+    name: str,
+    look: FirstLook,
+    k: int,
+    region: Sequence[Sequence[float]],
+    filters: Mapping[str, Any] | None,
+) -> list[Hit]:
+    """The corners' region confirmed nothing (``look``): the whole photo searched as without corners
+    (:func:`prepare_task` to :func:`verify_task`, in this task); its confirmed papyri whose outline
+    covers :data:`REGION_COVERED` of ``region`` come first, marked ``Hit.whole_photo``, then its
+    other hits. Where it confirms none there, the region's answer (``look.hits``) stands."""
+    from .retrieval.confirm import CONFIRM_MAX
+    from .retrieval.locate import covered
+
+    try:
+        whole = prepare_task(settings, query_key, name, None)
+        vector = embed_task(settings, whole)
+        hits = search_task(settings, vector, k, filters, None, whole, max(k, CONFIRM_MAX))
+        found = verify_task(settings, query_key, name, hits, k, whole, filters, vector)
+    except PapyrusError:
+        return look.hits
+    there = [h for h in found if h.confirmed and h.region and covered(region, h.region) >= REGION_COVERED]
+    if not there:
+        return look.hits
+    taken = {id(h) for h in there}
+    out = there + [h for h in found if id(h) not in taken]
+    for rank, h in enumerate(out, start=1):
+        h.rank = rank
+        h.whole_photo = id(h) in taken
+    return out
 
 
 def _best(settings: Settings, results: list[Any], hits: list[Hit], k: int) -> list[Hit]:
@@ -1189,7 +1247,7 @@ class SearchJob:
                 look = first.result(timeout=5)
             except Exception:  # noqa: BLE001 - the job's own status reports a failure
                 return None
-            self._interim = list(look.hits) if isinstance(look, FirstLook) and look.more else []
+            self._interim = list(look.hits) if isinstance(look, FirstLook) and (look.more or look.whole) else []
         return list(self._interim) or None
 
     def hits(self, timeout: float | None = None) -> list[Hit]:

@@ -13,7 +13,7 @@ from PIL import Image
 from papyrus_widgets import api
 from papyrus_widgets.errors import CornersError, ImageError, JobError, QueryError
 
-from .conftest import HGV_DIR, REFERENCES, reference
+from .conftest import HGV_DIR, REFERENCES, SHARED_DATA, reference
 
 
 def test_ingest_indexes_every_reference_once(indexed_engine, ingest_report):
@@ -63,6 +63,37 @@ def test_search_with_corners_and_metadata(indexed_engine):
     res = indexed_engine.search(path, k=3, corners=corners)
     assert res.top.inventory_key == "p_g_107"
     assert res.top.title == "Erlaß des Statthalters Sulpicius Similis"
+
+
+def test_corners_whose_region_confirms_nothing_are_a_hint(indexed_engine):
+    """Corners marked around a thin band across a papyrus confirm nothing by themselves (a match on
+    a strip confirms nothing): the whole photo is searched next, and its papyrus, whose outline
+    covers the band, is the answer, and the verdict says where it was found. Corners around a sheet
+    that is not in the collection keep "no confirmed match", though the papyrus of the collection
+    beside it is confirmed in the whole photo: it is not the one marked."""
+    ref = Image.open(reference("19331_p_g_107.jpg")).convert("RGB")
+    ref.thumbnail((900, 900))
+    other = Image.open(SHARED_DATA / "more" / "princeton-bnf" / "btv1b10538865g.jpg").convert("RGB")
+    other.thumbnail((700, 700))
+    canvas = Image.new("RGB", (ref.width + other.width + 300, max(ref.height, other.height) + 200), (30, 32, 36))
+    canvas.paste(ref, (100, 100))
+    canvas.paste(other, (ref.width + 200, 100))
+    buf = io.BytesIO()
+    canvas.save(buf, "JPEG", quality=92)
+    w, h = ref.size
+    x0, x1, y0, y1 = 100 + 0.1 * w, 100 + 0.9 * w, 100 + 0.45 * h, 100 + 0.48 * h
+    band = [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+    res = indexed_engine.search(buf.getvalue(), k=3, corners=band)
+    top = res.top
+    assert top.inventory_key == "p_g_107" and top.confirmed and top.whole_photo, res.verdict
+    assert top.region is not None and top.region[0][0] < x0 and top.region[2][1] > y1  # the sheet's outline
+    assert res.verdict.startswith("confirmed: ") and "found in the whole photo" in res.verdict, res.verdict
+    assert not any(h.whole_photo for h in res.hits[1:])
+    ox, oy = ref.width + 200, 100
+    around = [[ox, oy], [ox + other.width, oy], [ox + other.width, oy + other.height], [ox, oy + other.height]]
+    res = indexed_engine.search(buf.getvalue(), k=3, corners=around)
+    assert not res.confirmed and not any(h.whole_photo for h in res.hits), [(h.inventory_key, h.confirmed) for h in res]
+    assert res.verdict.startswith("no confirmed match"), res.verdict
 
 
 def test_corners_are_in_original_pixels_even_for_big_photos(indexed_engine):

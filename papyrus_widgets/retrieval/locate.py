@@ -26,6 +26,8 @@ __all__ = [
     "aim_order",
     "off_centre",
     "outside",
+    "intersection_area",
+    "covered",
     "suggest_corners",
 ]
 
@@ -94,6 +96,24 @@ def outside(points: np.ndarray, quads: Sequence[Sequence[Sequence[float]]]) -> n
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     outlines = [np.asarray(q, dtype=np.float64) for q in quads]
     return np.array([not any(_inside(p, q) for q in outlines) for p in pts], dtype=bool)
+
+
+def intersection_area(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> float:
+    """The area two convex quadrilaterals share (0 where they do not meet, or one is degenerate)."""
+    import cv2
+
+    try:
+        inter, _ = cv2.intersectConvexConvex(np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32))
+    except cv2.error:
+        return 0.0
+    return float(inter)
+
+
+def covered(region: Sequence[Sequence[float]], outline: Sequence[Sequence[float]]) -> float:
+    """How much of ``region`` (the corners a user marked) the ``outline`` of a papyrus found covers:
+    0 (none) to 1 (all of it)."""
+    area = polygon_area(np.asarray(region, dtype=np.float64))
+    return min(1.0, intersection_area(region, outline) / area) if area > 0 else 0.0
 
 
 def aim_order(outlines: Sequence[Sequence[Sequence[float]]], size: Sequence[int]) -> list[int]:
