@@ -934,7 +934,8 @@ def first_look_task(
     keep the better evidence (:func:`_look_closer`). A photo searched without corners whose
     candidates confirmed nothing near its middle
     (:func:`~papyrus_widgets.retrieval.confirm.in_the_middle`) is due a second look
-    (:func:`second_look_task`).
+    (:func:`second_look_task`); a search with corners whose region confirmed nothing, a search of
+    the whole photo (:func:`_whole_photo`, :data:`WHOLE_PHOTO_AFTER_REGION`).
 
     Evidence is a bonus: a reference whose features cannot be had keeps its first-stage place, and
     a query whose features cannot be had (e.g. a search submitted without ``prepared``) is decoded
@@ -980,8 +981,9 @@ def second_look_task(
     filters: Mapping[str, Any] | None = None,
     vector: np.ndarray | None = None,
 ) -> list[Hit]:
-    """Stage 4, confirming, its end: the first look's answer when no second look is due; else the
-    second look (:func:`_second_look`: smaller windows, more candidates, the keypoints outside the
+    """Stage 4, confirming, its end: the whole photo searched when corners were given and their
+    region confirmed nothing (:func:`_whole_photo`); the first look's answer when no second look is
+    due; else the second look (:func:`_second_look`: smaller windows, more candidates, the keypoints outside the
     papyri found; ``filters`` as the search's, ``vector`` its embedding), and with
     :data:`TILTED_LOOK` a third (:func:`_tilted_look`) when nothing is confirmed at all. Returns the
     best ``k``: confirmed hits first (the one nearest the middle of the photo first), each with its
