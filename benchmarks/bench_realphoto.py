@@ -812,6 +812,7 @@ TRIALS: dict[str, dict[str, Any]] = {
     "no-edge-check": {"retrieval.confirm.EDGE_CHECK": False},
     "unbudgeted": {"tasks.LATER_LOOK_POSTINGS": None},
     "budgeted": {"tasks.LATER_LOOK_POSTINGS": 6_000_000},
+    "region-only": {"tasks.WHOLE_PHOTO_AFTER_REGION": False},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
 module switches of ``papyrus_widgets`` to set (``module.NAME``). *untilted*: without the tilted
@@ -867,7 +868,9 @@ a ruler) confirmed by its inliers and spread, as before 2026-12-07 (``retrieval.
 have (``tasks.LATER_LOOK_POSTINGS`` None: as the search is again since 2026-12-07 evening; it was 6
 million each, the rarest words first, for that day); *budgeted*: each reads at most 6 million
 postings, the rarest words first (an index of 10,035 images does not reach it: compare with
-``--derived``); *control*: no switch at
+``--derived``); *region-only*: a search with corners whose region confirms nothing answers with the
+region's hits, as before 2026-12-07 (``tasks.WHOLE_PHOTO_AFTER_REGION``: now the whole photo is
+searched next; the *true corners* rows of ``--variants`` compare them); *control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""
 TRIAL = TRIALS["untilted"]
