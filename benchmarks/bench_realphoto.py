@@ -1133,7 +1133,7 @@ def second_look_rank(settings: Any, data: bytes, seen: set[str], right: Any) -> 
     img = imaging.decode_image(data, max_side=tasks.PHOTO_MAX_SIDE)
     features = tasks._query_features(img, None)
     words, signatures = tasks.worker_vocabulary(settings).words_and_signatures(features.descriptors)
-    prepared = tasks.PreparedQuery(np.zeros(0), features, words, features.size, False, signatures)
+    prepared = tasks.PreparedQuery(np.zeros(0), features, words, features.size, None, signatures)
     url = settings.database_url
     first_rows = tasks.query_rows(settings, prepared, QUERY_MAX_KEYPOINTS)  # as search_task asks
 

@@ -216,11 +216,15 @@ class PreparedQuery:
     words: np.ndarray = field(repr=False)
     size: tuple[int, int] = (0, 0)
     """(width, height) of the photo as stored (EXIF-upright)."""
-    region_given: bool = False
-    signatures: np.ndarray | None = field(default=None, repr=False)
-    """The 64-bit signature of each keypoint in its word (None: words alone)."""
     region: list[list[float]] | None = None
     """The corners given (TL, TR, BR, BL, in the photo's stored pixels), None without."""
+    signatures: np.ndarray | None = field(default=None, repr=False)
+    """The 64-bit signature of each keypoint in its word (None: words alone)."""
+
+    @property
+    def region_given(self) -> bool:
+        """Whether corners were given (:attr:`region`)."""
+        return self.region is not None
 
 
 def _photo_cache() -> Any:
@@ -343,7 +347,7 @@ def prepare_task(
         else (np.zeros(0, dtype=np.int64), None)
     )
     return PreparedQuery(
-        imaging.model_input(crop), features, words, size, region is not None, signatures, region  # type: ignore[arg-type]
+        imaging.model_input(crop), features, words, size, region, signatures  # type: ignore[arg-type]
     )
 
 

@@ -457,7 +457,7 @@ def test_the_second_look_reads_the_rarest_more_words_within_its_postings_budget(
     points = rng.uniform(0, 800, (300, 2)).astype(np.float32)
     words, sigs = tasks.worker_vocabulary(settings).words_and_signatures(desc)
     feats = Features(points, desc, (800, 800), "sift", 800)
-    prepared = tasks.PreparedQuery(np.zeros(0), feats, words, (800, 800), False, sigs)
+    prepared = tasks.PreparedQuery(np.zeros(0), feats, words, (800, 800), None, sigs)
     every, _, every_points = tasks.query_rows(settings, prepared, None)
     monkeypatch.setattr(F, "QUERY_MAX_KEYPOINTS", 400)  # the first pass's rows: the first 400
     monkeypatch.setattr(tasks, "SECOND_LOOK_MAX_ROWS", None)

@@ -831,7 +831,7 @@ def test_a_photos_more_words_fill_the_first_pass_up_to_its_budget_and_the_second
     points = rng.uniform(0, 800, (300, 2)).astype(np.float32)
     feats = Features(points, desc, (800, 800), "sift", 800)
     words, sigs = vocab.words_and_signatures(desc)
-    prepared = tasks.PreparedQuery(np.zeros(0), feats, words, (800, 800), False, sigs)
+    prepared = tasks.PreparedQuery(np.zeros(0), feats, words, (800, 800), None, sigs)
     rows, more, more_sigs = vocab.more_words(desc, words)
     w, s, p = tasks.query_rows(settings, prepared, 500)
     assert len(w) == len(s) == len(p) == 500
@@ -862,7 +862,7 @@ def test_the_second_look_s_rows_stop_at_their_cap_and_never_short_of_the_first_p
     points = rng.uniform(0, 800, (300, 2)).astype(np.float32)
     words, sigs = vocab.words_and_signatures(desc)
     feats = Features(points, desc, (800, 800), "sift", 800)
-    prepared = tasks.PreparedQuery(np.zeros(0), feats, words, (800, 800), False, sigs)
+    prepared = tasks.PreparedQuery(np.zeros(0), feats, words, (800, 800), None, sigs)
     every, every_sigs, every_points = tasks.query_rows(settings, prepared, None)
     assert len(every) > 700
     monkeypatch.setattr(F, "QUERY_MAX_KEYPOINTS", 400)  # the first pass's budget
