@@ -138,18 +138,51 @@ def _load_sources(max_side: int) -> list[Any]:
 
 
 _SOURCES: list[Any] | None = None
+_FOOTERS: list[Any] | None = None
+
+DRESSED = 0.0
+"""The share of distractors dressed as the library's scans (``--dressed``; 0: none, figure 0 as
+before 2026-12-07 evening): each chosen crop on a white ground above the footer bar of a Heidelberg
+scan (``evaluation.dressed_as_scan``), as every image of a collection of that library's scans
+carries it. The footers are those of the held-out papyri's scans, so that an indexed reference's
+footer shares the library's logo, seal and the start of its address with the distractors and its
+own inventory's address with none, as in the library's collection; a photo of a held-out papyrus's
+scan shows the very footer of some 1,100 distractors (at 1.0), which is harder than any collection
+makes it for the confirming stage, not easier."""
+
+
+def _footers() -> list[Any]:
+    """The footer bars of the held-out papyri's scans (``evaluation.scan_footer``)."""
+    from PIL import Image
+
+    from papyrus_widgets.evaluation import distinct_files, scan_footer
+
+    out = []
+    for path in distinct_files(split_references()[1]):
+        with Image.open(path) as scan:
+            if (bar := scan_footer(scan)) is not None:
+                out.append(bar)
+    if not out:
+        raise SystemExit("--dressed: no footer bar found on the held-out scans")
+    return out
+
+
+def _dressed(i: int, share: float) -> bool:
+    """Whether distractor ``i`` is dressed as a scan when ``share`` of them are."""
+    return share > 0 and bool(np.random.default_rng([SEED, 13, i]).random() < share)
 
 
 def _distractor_rows(
-    args: tuple[list[int], str, str, str],
+    args: tuple[list[int], str, str, str, float],
 ) -> list[tuple[int, str, bytes, Any, Any, bytes, tuple[int, int]]]:
-    """(i, sha, features .npz, words, weights, model input bytes, size) of distractors ``ids``."""
-    ids, _model, _revision, vocabulary = args
-    global _SOURCES
+    """(i, sha, features .npz, words, weights, model input bytes, size) of distractors ``ids``,
+    ``dressed`` of them as the library's scans (:data:`DRESSED`)."""
+    ids, _model, _revision, vocabulary, dressed = args
+    global _SOURCES, _FOOTERS
     import cv2
 
     from papyrus_widgets import imaging
-    from papyrus_widgets.evaluation import distractor_crop
+    from papyrus_widgets.evaluation import distractor_crop, dressed_as_scan
     from papyrus_widgets.retrieval.features import describe_reference
     from papyrus_widgets.retrieval.shortlist import document_weights
     from papyrus_widgets.retrieval.vocabulary import load_vocabulary
@@ -157,10 +190,14 @@ def _distractor_rows(
     cv2.setNumThreads(1)
     if _SOURCES is None:
         _SOURCES = _load_sources(3000)
+    if dressed and _FOOTERS is None:
+        _FOOTERS = _footers()
     vocab = load_vocabulary(vocabulary or None)
     out = []
     for i in ids:
         crop = distractor_crop(_SOURCES, i, SEED)
+        if _dressed(i, dressed):
+            crop = dressed_as_scan(crop, _FOOTERS or [], i, SEED)
         data = imaging.jpeg_bytes(crop, 90)
         sha = hashlib.sha256(data).hexdigest()
         feats = describe_reference(crop)
@@ -223,10 +260,12 @@ def _load_chunk(path: Path) -> tuple[list[Any], np.ndarray]:
 
 
 def _cache_dir(vocabulary: str, model: str) -> Path:
-    """The cache of distractor rows made with this seed, vocabulary, feature params and model."""
+    """The cache of distractor rows made with this seed, vocabulary, feature params and model (and
+    share dressed as scans, :data:`DRESSED`)."""
     from papyrus_widgets.retrieval.features import reference_params
 
-    return CACHE / f"{SEED}-{vocabulary}-{reference_params().replace('/', '_').replace('+', '_')}-{model}"
+    dressed = f"-dressed{DRESSED:g}" if DRESSED else ""
+    return CACHE / f"{SEED}-{vocabulary}-{reference_params().replace('/', '_').replace('+', '_')}-{model}{dressed}"
 
 
 def add_distractors(engine: Any, settings: Any, n: int, keep: Any = None) -> tuple[float, int]:
@@ -247,7 +286,7 @@ def add_distractors(engine: Any, settings: Any, n: int, keep: Any = None) -> tup
     chunks = [list(range(s, min(n, s + CHUNK))) for s in range(0, n, CHUNK)]
     todo = [c for c in chunks if not (cache / f"chunk-{c[0]:06d}-{len(c)}.npz").exists()]
     url = settings.database_url
-    args = [(c, settings.model, settings.model_revision or "", settings.vocabulary or "") for c in todo]
+    args = [(c, settings.model, settings.model_revision or "", settings.vocabulary or "", DRESSED) for c in todo]
 
     def write(batch: list[Any], vectors: np.ndarray) -> None:
         rows = []
@@ -1368,6 +1407,12 @@ def main() -> None:
                 help="figure 0f: photos of the two Michigan sides, which share a colour chart, against both scans",
             ),
             p.add_argument(
+                "--dressed",
+                type=float,
+                default=0.0,
+                help="share of the distractors dressed as the library's scans: on white above a Heidelberg footer bar",
+            ),
+            p.add_argument(
                 "--trial",
                 choices=sorted(TRIALS),
                 default=None,
@@ -1376,6 +1421,8 @@ def main() -> None:
         ),
     )
     C.setup_environment()
+    global DRESSED
+    DRESSED = args.dressed
     if args.furniture:  # no services: features and matches only
         per_side = args.per_ref or (10 if args.quick else FURNITURE_SCENES)
         C.write_result(args.out, NAME + "-furniture", furniture(per_side))
@@ -1445,12 +1492,12 @@ def main() -> None:
             shares = [float(f) for f in args.fractions.split(",") if f.strip()]
             result = by_fraction(engine, papyri, shares, total, TRIALS[args.trial] if args.trial else None)
             name = NAME + "-fractions" + suffix
-            C.write_result(args.out, name, {**result, **larger, "name": name})
+            C.write_result(args.out, name, {**result, **larger, "name": name, "dressed": DRESSED})
         if args.variants:  # after --fractions too when both are given: one index for both
             chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
             result = by_variant(engine, papyri, chosen, total, TRIALS[args.trial] if args.trial else TRIAL)
             name = NAME + "-variants" + suffix
-            C.write_result(args.out, name, {**result, **larger, "name": name})
+            C.write_result(args.out, name, {**result, **larger, "name": name, "dressed": DRESSED})
         if args.fractions or args.variants:
             return
         rows: list[dict[str, Any]] = []
@@ -1493,6 +1540,7 @@ def main() -> None:
         "gallery": {
             "images": total,
             "distractors": n_distractors,
+            "distractors_dressed_as_scans": DRESSED,
             "references": report.added,
             "held_out_papyri": HELD_OUT,
         },

@@ -233,6 +233,48 @@ def distractor_crop(sources: Sequence[Image.Image], i: int, seed: int = 0, max_s
     return crop
 
 
+FOOTER_GREY = 206
+"""The grey (0-255) of a Heidelberg scan's footer bar, its ground between the library's logo, the
+scan's address and the seal (all 44 references of ``heidelberg/references``)."""
+FOOTER_HEIGHT = (0.04, 0.12)
+"""A footer bar is this high as a share of the scan's width (Heidelberg's: 0.070-0.072 on all 44)."""
+
+
+def scan_footer(scan: Image.Image) -> Image.Image | None:
+    """The footer bar across the foot of a library's scan (Heidelberg's: grey, with the library's
+    logo, the scan's address and a seal): the last rows of which at least a quarter are the bar's
+    plain grey (:data:`FOOTER_GREY`); None when they are not :data:`FOOTER_HEIGHT` high (no such bar)."""
+    rgb = np.asarray(scan.convert("RGB"), dtype=np.int16)
+    plain = (np.abs(rgb.mean(-1) - FOOTER_GREY) <= 10) & (rgb.max(-1) - rgb.min(-1) <= 8)
+    bar = plain.mean(axis=1) >= 0.25
+    n = len(bar) - (int(np.flatnonzero(~bar)[-1]) + 1 if not bar.all() else 0)
+    lo, hi = FOOTER_HEIGHT
+    if not lo * scan.width <= n <= hi * scan.width:
+        return None
+    return scan.convert("RGB").crop((0, scan.height - n, scan.width, scan.height))
+
+
+def dressed_as_scan(
+    crop: Image.Image, footers: Sequence[Image.Image], i: int, seed: int = 0, max_side: int = 1024
+) -> Image.Image:
+    """``crop`` (a distractor) as a library's scan shows a papyrus: on a white ground (margins of
+    3-10 % of its long side) above one of ``footers`` (:func:`scan_footer`'s bars; seeded by ``i``
+    and ``seed``), scaled to the ground's width; long side ≤ ``max_side``. In a collection of one
+    library's scans every image carries its footer, so the footer's visual words weigh little and
+    match every scan; distractors without it flatter a search for that library's papyri."""
+    rng = np.random.default_rng([seed, 11, i])
+    footer = footers[int(rng.integers(len(footers)))]
+    w, h = crop.size
+    left, top, right, bottom = (int(rng.uniform(0.03, 0.10) * max(w, h)) for _ in range(4))
+    width = w + left + right
+    bar = footer.resize((width, max(1, round(footer.height * width / footer.width))), Image.Resampling.LANCZOS)
+    out = Image.new("RGB", (width, h + top + bottom + bar.height), "white")
+    out.paste(crop.convert("RGB"), (left, top))
+    out.paste(bar, (0, h + top + bottom))
+    out.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return out
+
+
 def quad_iou(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> float:
     """Intersection over union of two convex quadrilaterals (e.g. a region found and the truth)."""
     from .imaging import polygon_area

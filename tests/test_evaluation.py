@@ -142,6 +142,41 @@ def test_distractor_source_names_the_photograph_a_crop_is_cut_from() -> None:
     assert seen == {0, 1, 2, 3}
 
 
+def test_a_library_scans_footer_is_found_and_dresses_a_distractor() -> None:
+    """``scan_footer`` finds the grey footer bar of every Heidelberg scan (logo, address and seal
+    on it) and nothing on an image without one; ``dressed_as_scan`` puts a crop on white with that
+    bar under it, scaled to its width, the crop's pixels unchanged."""
+    from papyrus_widgets.evaluation import dressed_as_scan, scan_footer
+
+    for path in sorted(REFERENCES.glob("*.jpg")):
+        with Image.open(path) as scan:
+            bar = scan_footer(scan)
+            assert bar is not None and bar.width == scan.width, path.name
+            assert 0.069 <= bar.height / scan.width <= 0.072, (path.name, bar.height)
+            above = np.asarray(scan.convert("RGB"))[scan.height - bar.height - 1]
+            assert np.median(np.abs(above.astype(int) - 206)) > 10, path.name  # the row above is not the bar
+    papyrus = Image.new("RGB", (300, 200), (150, 110, 60))
+    assert scan_footer(papyrus) is None
+    grey = Image.new("RGB", (300, 200), (206, 206, 206))  # all bar: too high for a footer
+    assert scan_footer(grey) is None
+
+    footer = Image.new("RGB", (500, 35), (206, 206, 206))
+    footer.paste((150, 20, 30), (470, 5, 495, 30))  # the seal, at its right end
+    crop = Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8))
+    out = dressed_as_scan(crop, [footer], i=3, seed=1)
+    arr = np.asarray(out)
+    bar = scan_footer(out)
+    assert bar is not None and abs(bar.height - round(35 * out.width / 500)) <= 1
+    assert np.asarray(bar)[:, -15].tolist()[10] == [150, 20, 30]  # the seal scaled along, still at the end
+    body = arr[: out.height - bar.height]
+    white = np.all(body == 255, axis=-1)
+    ys, xs = np.nonzero(~white)
+    assert (ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) == (200, 300)  # the crop, on white
+    assert np.array_equal(body[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1], np.asarray(crop))
+    assert 0.03 * 300 <= xs.min() <= 0.10 * 300 + 1 and 0.03 * 300 <= ys.min() <= 0.10 * 300 + 1
+    assert np.array_equal(np.asarray(dressed_as_scan(crop, [footer], i=3, seed=1)), arr)  # seeded
+
+
 def test_inventory_of_names_and_folders(tmp_path) -> None:
     assert inventory_of("19317_p_g_192_c.jpg") == "p_g_192_c"
     assert inventory_of("21090.xml_p_g_159.jpg") == "p_g_159"
