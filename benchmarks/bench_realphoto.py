@@ -852,6 +852,7 @@ TRIALS: dict[str, dict[str, Any]] = {
     "unbudgeted": {"tasks.LATER_LOOK_POSTINGS": None},
     "budgeted": {"tasks.LATER_LOOK_POSTINGS": 6_000_000},
     "region-only": {"tasks.WHOLE_PHOTO_AFTER_REGION": False},
+    "common-words": {"index.queries.COMMON_WORDS": 0.1},
 }
 """What ``--trial`` runs against the search as it is, on the same photos, index and cluster:
 module switches of ``papyrus_widgets`` to set (``module.NAME``). *untilted*: without the tilted
@@ -909,7 +910,10 @@ million each, the rarest words first, for that day); *budgeted*: each reads at m
 postings, the rarest words first (an index of 10,035 images does not reach it: compare with
 ``--derived``); *region-only*: a search with corners whose region confirms nothing answers with the
 region's hits, as before 2026-12-07 (``tasks.WHOLE_PHOTO_AFTER_REGION``: now the whole photo is
-searched next; the *true corners* rows of ``--variants`` compare them); *control*: no switch at
+searched next; the *true corners* rows of ``--variants`` compare them); *common-words*: the
+postings of words that more than a tenth of the images hold are not read (``index.queries.COMMON_WORDS``
+= 0.1; off in the search as it is: compare with ``--dressed``, where the footer every distractor
+then carries makes such words); *control*: no switch at
 all, so trial and now differ only in running first and second (what the order alone does: the
 workers' caches of reference features are warmer for the second)."""
 TRIAL = TRIALS["untilted"]

@@ -491,6 +491,53 @@ def _signed(i: int, postings: dict[int, list[int]], **meta) -> index.ImageRow:
     return row
 
 
+def test_words_most_images_hold_are_not_read_and_weigh_in_the_querys_norm_alone(conn, url, monkeypatch):
+    """With ``COMMON_WORDS`` set, ``word_pairs`` reads no posting of a word that more than that
+    share of the images hold (a library's footer on every scan): the pairs are the rest's, at the
+    query's rows they came from, on one connection or several; the word's idf is still returned, so
+    the scores are the documented ones less that word's pairs, over the same norm."""
+    from papyrus_widgets.index import queries
+
+    docs = {
+        i: {**({1: 1.0} if i < 9 else {}), **({2: 0.5} if i < 3 else {}), **({3: 0.7} if i == 0 else {}), 10 + i: 0.4}
+        for i in range(10)
+    }
+    index.add_images(conn, [_worded(i, d) for i, d in docs.items()])
+    conn.commit()
+    words = np.array([1, 2, 11, 1, 3, 1], np.int32)  # word 1 in 9 of 10 images, 2 in three, 3 and 11 in one
+    everything = index.word_pairs(conn, words)
+    assert sorted(set(words[everything.rows].tolist())) == [1, 2, 3, 11]
+    monkeypatch.setattr(queries, "COMMON_WORDS", 0.5)
+    with index.connect(url) as other:
+        for more in ((), (other,)):
+            pairs = index.word_pairs(conn, words, more=more)
+            keep = words[everything.rows] != 1
+            assert sorted(zip(pairs.rows.tolist(), pairs.image_ids.tolist())) == sorted(
+                zip(everything.rows[keep].tolist(), everything.image_ids[keep].tolist())
+            )
+            assert pairs.words.tolist() == everything.words.tolist() == [1, 2, 3, 11]
+            assert pairs.idf.tolist() == pytest.approx(everything.idf.tolist())
+    query = {1: 3.0, 2: 1.0, 3: 1.0, 11: 1.0}
+    weights = np.ones(len(words), np.float32)
+    got = {int(r["hgv_id"]): r["words_score"] for r in index.word_candidates(conn, words, weights, 10)}
+    n = len(docs)
+    idf = {1: np.log((n + 1) / 10), 2: np.log((n + 1) / 4), 3: np.log((n + 1) / 2), 11: np.log((n + 1) / 2)}
+    norm = np.sqrt(sum(query[w] * idf[w] ** 2 for w in query))
+    expected = {
+        i: sum(idf[w] ** 2 * np.sqrt(query[w]) * d[w] for w in query if w in d and w != 1) / norm
+        for i, d in docs.items()
+        if any(w in d for w in (2, 3, 11))
+    }
+    assert got.keys() == expected.keys() == {0, 1, 2}  # the images with nothing but the common word are not listed
+    for i, score in expected.items():
+        assert got[i] == pytest.approx(score, rel=1e-4)
+    monkeypatch.setattr(queries, "COMMON_WORDS", 1.0)  # no word is held by more than all images
+    assert len(index.word_pairs(conn, words).rows) == len(everything.rows)
+    monkeypatch.setattr(queries, "COMMON_WORDS", 0.0)  # every word held by any image: nothing read
+    nothing = index.word_pairs(conn, words)
+    assert len(nothing.rows) == 0 and nothing.words.tolist() == [1, 2, 3, 11]
+
+
 def test_word_candidates_count_only_keypoints_whose_signatures_agree(conn):
     """Hamming embedding, by hand: a query keypoint and an indexed one of the same word match only
     when their signatures differ in at most HAMMING_THRESHOLD bits; m_w counts the matching pairs,

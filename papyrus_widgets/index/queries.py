@@ -159,6 +159,20 @@ much) are no evidence, and such an image could not be confirmed. Only with the k
 as :data:`DIVERSE_SHARE`, and measured with it (3): off, an option."""
 
 
+COMMON_WORDS: float | None = None
+"""Words that more than this share of the collection's images hold are not read by
+:func:`word_pairs` (None: every word read). A collection of one library's scans shares what every
+scan shows — the library's footer bar, the white ground, a colour strip — and its words are held by
+most images: their postings are long and their idf is low (``ln 10`` at a tenth of the images,
+against about 4.6 for a word of a hundredth), so a photo of a scan that shows the footer reads
+thousands of postings per footer keypoint for a few per cent of any score. Skipped, such a word
+still counts in the query's norm, so no image's score gains from it. In figure 0's index (10,000
+distractor crops of photographs, no footer) 69 of 65,536 words are held by more than a tenth of
+the images, 0.8 % of the postings; with the distractors dressed as the library's scans
+(``bench_realphoto.py --dressed 1``), 821 words, 17.9 % of the postings (45 words by more than
+half). Measured with 0.1 as ``bench_realphoto.py --trial common-words`` (results.md, figure 0g)."""
+
+
 def word_candidates(
     conn: psycopg.Connection,
     words: np.ndarray,
@@ -322,7 +336,10 @@ def word_pairs(
     the keypoints are then cut into as many runs as there are connections, each run's postings
     read on its own connection at the same time (a statement runs on one core of the server: this
     puts the others to work for one search). The pairs are the same either way, in the same order
-    when the server returns each run's in the order of the keypoints."""
+    when the server returns each run's in the order of the keypoints.
+
+    With :data:`COMMON_WORDS` set, the postings of the words that more than that share of the
+    images hold are not read (no pairs of theirs); their idf is returned all the same."""
     from ..retrieval.vocabulary import HAMMING_THRESHOLD, SIGNATURE_BITS
 
     words = np.asarray(words, dtype=np.int32).reshape(-1)
@@ -333,6 +350,14 @@ def word_pairs(
         return WordPairs(0, empty, empty, np.zeros(0), empty, np.zeros(0))
     hamming = HAMMING_THRESHOLD if signatures is not None and signed_words(conn) else SIGNATURE_BITS
     sigs = np.zeros(len(words), np.int64) if signatures is None else np.asarray(signatures, dtype=np.int64)
+    distinct = np.unique(words)
+    known = conn.execute(
+        "SELECT d.word, ln((n.n + 1.0) / (d.df + 1.0)), d.df > %s * n.n FROM word_df d"
+        " CROSS JOIN (SELECT count(*)::float8 AS n FROM images) n WHERE d.word = ANY(%s::int4[]) ORDER BY d.word",
+        [COMMON_WORDS if COMMON_WORDS is not None else float("inf"), distinct.tolist()],
+    ).fetchall()
+    common = [w for w, _, too in known if too]
+    read_rows = np.flatnonzero(~np.isin(words, common)) if common else np.arange(len(words))  # rows of words read
     where, params = filter_sql(filters)
     allowed = " JOIN images i ON i.id = w.image_id JOIN papyri p ON p.id = i.papyrus_id" if where else ""
     match = "(w.signature IS NULL OR bit_count((w.signature # qk.sig)::bit(64)) <= %s)"
@@ -343,36 +368,31 @@ def word_pairs(
     )
 
     def read(c: psycopg.Connection, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        at = read_rows[start:stop]
         with c.cursor(binary=True) as cur:
-            got = cur.execute(sql, [words[start:stop].tolist(), sigs[start:stop].tolist(), *params, hamming]).fetchone()
+            got = cur.execute(sql, [words[at].tolist(), sigs[at].tolist(), *params, hamming]).fetchone()
         images, rows, weights = got if got is not None else (None, None, None)
         return (
             np.asarray(images or [], np.int64),
-            np.asarray(rows or [], np.int64) - 1 + start,
+            at[np.asarray(rows or [], np.int64) - 1],
             np.asarray(weights or [], np.float64),
         )
 
-    cuts = np.linspace(0, len(words), min(len(more) + 1, len(words)) + 1).round().astype(int).tolist()
+    cuts = np.linspace(0, len(read_rows), min(len(more) + 1, len(read_rows)) + 1).round().astype(int).tolist()
     runs = list(zip(cuts, cuts[1:]))
     if len(runs) > 1:
         with ThreadPoolExecutor(len(runs) - 1, thread_name_prefix="papyrus-pairs") as pool:
             others = [pool.submit(read, c, a, b) for c, (a, b) in zip(more, runs[1:])]
             parts = [read(conn, *runs[0])] + [f.result() for f in others]
     else:
-        parts = [read(conn, 0, len(words))]
-    distinct = np.unique(words)
-    known = conn.execute(
-        "SELECT d.word, ln((n.n + 1.0) / (d.df + 1.0)) FROM word_df d"
-        " CROSS JOIN (SELECT count(*)::float8 AS n FROM images) n WHERE d.word = ANY(%s::int4[]) ORDER BY d.word",
-        [distinct.tolist()],
-    ).fetchall()
+        parts = [read(conn, 0, len(read_rows))]
     return WordPairs(
         len(words),
         np.concatenate([p[0] for p in parts]),
         np.concatenate([p[1] for p in parts]),
         np.concatenate([p[2] for p in parts]),
-        np.asarray([w for w, _ in known], np.int64),
-        np.asarray([v for _, v in known], np.float64),
+        np.asarray([w for w, _, _ in known], np.int64),
+        np.asarray([v for _, v, _ in known], np.float64),
     )
 
 
