@@ -102,7 +102,11 @@ often the photo confirms its own scan, and the other side's (through the chart: 
 papyrus of that imaging campaign could), with ``retrieval.confirm.EDGE_CHECK`` on (now) and off
 (before 2026-12-07), on the same matches; the other side's inliers and edge depths.
 
-Run alone: ``python benchmarks/bench_realphoto.py [--quick] [--distractors N] [--per-ref N] [--derived N]
+**Distractors dressed as the library's scans** (``--dressed F``, figure 0g; any of the above): that
+share of the distractors on a white ground above the footer bar of a held-out Heidelberg scan
+(:data:`DRESSED`), as every image of one library's collection carries it; their own cache.
+
+Run alone: ``python benchmarks/bench_realphoto.py [--quick] [--distractors N] [--per-ref N] [--derived N] [--dressed F]
 [--fractions F,F,...] [--variants V,V,...]
 [--trial NAME (TRIALS)]
 [--cross-capture] [--furniture]``.
