@@ -244,14 +244,15 @@ def scan_footer(scan: Image.Image) -> Image.Image | None:
     """The footer bar across the foot of a library's scan (Heidelberg's: grey, with the library's
     logo, the scan's address and a seal): the last rows of which at least a quarter are the bar's
     plain grey (:data:`FOOTER_GREY`); None when they are not :data:`FOOTER_HEIGHT` high (no such bar)."""
-    rgb = np.asarray(scan.convert("RGB"), dtype=np.int16)
+    scan = scan.convert("RGB")
+    rgb = np.asarray(scan, dtype=np.int16)
     plain = (np.abs(rgb.mean(-1) - FOOTER_GREY) <= 10) & (rgb.max(-1) - rgb.min(-1) <= 8)
     bar = plain.mean(axis=1) >= 0.25
-    n = len(bar) - (int(np.flatnonzero(~bar)[-1]) + 1 if not bar.all() else 0)
+    n = len(bar) if bar.all() else int(np.argmin(bar[::-1]))  # the bar's rows at the foot
     lo, hi = FOOTER_HEIGHT
     if not lo * scan.width <= n <= hi * scan.width:
         return None
-    return scan.convert("RGB").crop((0, scan.height - n, scan.width, scan.height))
+    return scan.crop((0, scan.height - n, scan.width, scan.height))
 
 
 def dressed_as_scan(

@@ -352,12 +352,12 @@ def word_pairs(
     sigs = np.zeros(len(words), np.int64) if signatures is None else np.asarray(signatures, dtype=np.int64)
     distinct = np.unique(words)
     known = conn.execute(
-        "SELECT d.word, ln((n.n + 1.0) / (d.df + 1.0)), d.df > %s * n.n FROM word_df d"
+        "SELECT d.word, ln((n.n + 1.0) / (d.df + 1.0)), d.df, n.n FROM word_df d"
         " CROSS JOIN (SELECT count(*)::float8 AS n FROM images) n WHERE d.word = ANY(%s::int4[]) ORDER BY d.word",
-        [COMMON_WORDS if COMMON_WORDS is not None else float("inf"), distinct.tolist()],
+        [distinct.tolist()],
     ).fetchall()
-    common = [w for w, _, too in known if too]
-    read_rows = np.flatnonzero(~np.isin(words, common)) if common else np.arange(len(words))  # rows of words read
+    common = [w for w, _, df, n in known if COMMON_WORDS is not None and df > COMMON_WORDS * n]
+    read_rows = np.flatnonzero(~np.isin(words, common))  # the rows whose postings are read
     where, params = filter_sql(filters)
     allowed = " JOIN images i ON i.id = w.image_id JOIN papyri p ON p.id = i.papyrus_id" if where else ""
     match = "(w.signature IS NULL OR bit_count((w.signature # qk.sig)::bit(64)) <= %s)"
@@ -391,8 +391,8 @@ def word_pairs(
         np.concatenate([p[0] for p in parts]),
         np.concatenate([p[1] for p in parts]),
         np.concatenate([p[2] for p in parts]),
-        np.asarray([w for w, _, _ in known], np.int64),
-        np.asarray([v for _, v, _ in known], np.float64),
+        np.asarray([w for w, *_ in known], np.int64),
+        np.asarray([v for _, v, *_ in known], np.float64),
     )
 
 
